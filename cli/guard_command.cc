@@ -1,0 +1,18 @@
+// `cloudvmi guard`: internal, started by every session (see redirector/guardian.h).
+#include "cli/commands.h"
+#include "redirector/guardian.h"
+
+#include <cstdio>
+
+namespace cloudvmi::cli {
+
+int guard_main(int argc, char** argv) {
+    auto args = parse_guardian_args(argc, argv);
+    if (!args) {
+        std::fprintf(stderr, "cloudvmi guard: %s\n", args.error().describe().c_str());
+        return kExitUsage;
+    }
+    return run_guardian(*args);
+}
+
+}  // namespace cloudvmi::cli

@@ -1,0 +1,273 @@
+#include "redirector/gdb/rsp_connection.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <vector>
+
+#include "common/log.h"
+#include "common/strings.h"
+
+namespace cloudvmi::gdb {
+
+namespace {
+
+constexpr int kMaxResends = 3;
+// A peer that sends this much non-protocol data is not a GDB stub.
+constexpr int kMaxGarbageBytes = 4096;
+
+ErrorOr<void> wait_connected(int fd, Deadline deadline, const std::string& what) {
+    pollfd p{fd, POLLOUT, 0};
+    int r;
+    do {
+        r = ::poll(&p, 1, deadline.poll_timeout_ms());
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno_error("poll " + what);
+    if (r == 0) return make_error(ETIMEDOUT, "connecting to " + what + " timed out");
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno_error("getsockopt");
+    if (err != 0) return make_error(err, "connecting to " + what);
+    return {};
+}
+
+ErrorOr<UniqueFd> connect_unix(const std::string& path, Deadline deadline) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path) {
+        return make_error(ENAMETOOLONG, "socket path too long: " + path);
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd.valid()) return errno_error("socket");
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+        if (errno != EINPROGRESS && errno != EAGAIN) return errno_error("connecting to " + path);
+        TRY(wait_connected(fd.get(), deadline, path));
+    }
+    return fd;
+}
+
+ErrorOr<UniqueFd> connect_tcp(const std::string& host, uint16_t port, Deadline deadline) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    std::string service = std::to_string(port);
+    int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
+    if (rc != 0) return make_error(EHOSTUNREACH, "resolving " + host + ": " + gai_strerror(rc));
+    std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+    Error last(ECONNREFUSED, "connecting to " + host + ":" + service);
+    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+        UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        if (!fd.valid()) continue;
+        int one = 1;
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) return fd;
+        if (errno != EINPROGRESS) {
+            last = Error(errno, "connecting to " + host + ":" + service);
+            continue;
+        }
+        auto ok = wait_connected(fd.get(), deadline, host + ":" + service);
+        if (ok) return fd;
+        last = ok.error();
+    }
+    return std::unexpected(last);
+}
+
+}  // namespace
+
+ErrorOr<Endpoint> Endpoint::parse(std::string_view text) {
+    Endpoint e;
+    if (starts_with(text, "unix:")) {
+        e.kind = Kind::kUnix;
+        e.path = std::string(text.substr(5));
+        // QEMU-style options after a comma (",server=on") are not part of the path.
+        if (auto comma = e.path.find(','); comma != std::string::npos) e.path.resize(comma);
+        if (e.path.empty()) return make_error(EINVAL, "empty unix socket path");
+        return e;
+    }
+    if (!text.empty() && text[0] == '/') {
+        e.kind = Kind::kUnix;
+        e.path = std::string(text);
+        return e;
+    }
+    std::string_view rest = text;
+    if (starts_with(rest, "tcp:")) rest = rest.substr(4);
+    auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) {
+        return make_error(EINVAL, "gdbstub address '" + std::string(text) +
+                                      "' is neither unix:PATH nor tcp:HOST:PORT");
+    }
+    auto port = parse_u64(rest.substr(colon + 1));
+    if (!port || *port == 0 || *port > 65535) {
+        return make_error(EINVAL, "bad port in gdbstub address '" + std::string(text) + "'");
+    }
+    e.kind = Kind::kTcp;
+    e.host = std::string(rest.substr(0, colon));
+    if (e.host.size() >= 2 && e.host.front() == '[' && e.host.back() == ']') {
+        e.host = e.host.substr(1, e.host.size() - 2);
+    }
+    if (e.host.empty()) e.host = "127.0.0.1";
+    e.port = static_cast<uint16_t>(*port);
+    return e;
+}
+
+std::string Endpoint::to_string() const {
+    if (kind == Kind::kUnix) return "unix:" + path;
+    return "tcp:" + host + ":" + std::to_string(port);
+}
+
+RspConnection::RspConnection(UniqueFd fd, Endpoint endpoint)
+    : fd_(std::move(fd)), endpoint_(std::move(endpoint)) {}
+
+ErrorOr<std::unique_ptr<RspConnection>> RspConnection::connect(const Endpoint& endpoint,
+                                                               Deadline deadline) {
+    UniqueFd fd = endpoint.kind == Endpoint::Kind::kUnix
+                      ? TRY(connect_unix(endpoint.path, deadline))
+                      : TRY(connect_tcp(endpoint.host, endpoint.port, deadline));
+    return std::unique_ptr<RspConnection>(new RspConnection(std::move(fd), endpoint));
+}
+
+void RspConnection::close() {
+    fd_.reset();
+    events_.clear();
+    decoder_.reset();
+}
+
+ErrorOr<void> RspConnection::write_all(std::string_view bytes, Deadline deadline) {
+    if (closed()) return make_error(ENOTCONN, "gdbstub connection is closed");
+    while (!bytes.empty()) {
+        ssize_t n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            bytes.remove_prefix(static_cast<size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            pollfd p{fd_.get(), POLLOUT, 0};
+            int r = ::poll(&p, 1, deadline.poll_timeout_ms());
+            if (r == 0) return make_error(ETIMEDOUT, "sending to gdbstub timed out");
+            if (r < 0 && errno != EINTR) return errno_error("poll");
+            continue;
+        }
+        int err = errno;
+        close();
+        return make_error(err == EPIPE ? ECONNRESET : err, "sending to gdbstub");
+    }
+    return {};
+}
+
+ErrorOr<bool> RspConnection::read_some(Deadline deadline) {
+    if (closed()) return make_error(ENOTCONN, "gdbstub connection is closed");
+    pollfd p{fd_.get(), POLLIN, 0};
+    int r;
+    do {
+        r = ::poll(&p, 1, deadline.poll_timeout_ms());
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno_error("poll");
+    if (r == 0) return false;
+    char buf[16384];
+    ssize_t n;
+    do {
+        n = ::recv(fd_.get(), buf, sizeof buf, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0) {
+        close();
+        return make_error(ECONNRESET, "gdbstub closed the connection");
+    }
+    if (n < 0) {
+        if (errno == EAGAIN) return true;
+        int err = errno;
+        close();
+        return make_error(err, "reading from gdbstub");
+    }
+    std::vector<WireEvent> out;
+    decoder_.feed(std::string_view(buf, static_cast<size_t>(n)), out);
+    for (auto& e : out) events_.push_back(std::move(e));
+    return true;
+}
+
+ErrorOr<void> RspConnection::send_raw(std::string_view bytes, Deadline deadline) {
+    return write_all(bytes, deadline);
+}
+
+ErrorOr<void> RspConnection::send_packet(std::string_view payload, Deadline deadline) {
+    last_sent_ = encode_packet(payload);
+    LOG_TRACE("gdb <- %s", printable(payload, 200).c_str());
+    return write_all(last_sent_, deadline);
+}
+
+ErrorOr<std::optional<std::string>> RspConnection::next_packet(Deadline deadline,
+                                                               bool timeout_is_error) {
+    int resends = 0;
+    while (true) {
+        while (!events_.empty()) {
+            WireEvent e = std::move(events_.front());
+            events_.pop_front();
+            switch (e.kind) {
+                case WireEvent::Kind::kAck:
+                    break;
+                case WireEvent::Kind::kNack:
+                    if (!ack_mode_ || last_sent_.empty()) break;
+                    if (++resends > kMaxResends) {
+                        return make_error(EPROTO, "gdbstub keeps rejecting our packet");
+                    }
+                    TRY(write_all(last_sent_, deadline));
+                    break;
+                case WireEvent::Kind::kPacket:
+                    if (ack_mode_) TRY(write_all("+", deadline));
+                    LOG_TRACE("gdb -> %s", printable(e.payload, 200).c_str());
+                    return std::optional<std::string>(std::move(e.payload));
+                case WireEvent::Kind::kNotification:
+                    LOG_DEBUG("gdbstub notification ignored: %s", printable(e.payload).c_str());
+                    break;
+                case WireEvent::Kind::kBadPacket:
+                    LOG_WARN("gdbstub sent a corrupted packet (%s), asking again",
+                             printable(e.payload).c_str());
+                    if (ack_mode_) TRY(write_all("-", deadline));
+                    if (++garbage_bytes_ > kMaxGarbageBytes / 64) {
+                        close();
+                        return make_error(EPROTO, "too many corrupted packets from " +
+                                                      endpoint_.to_string());
+                    }
+                    break;
+                case WireEvent::Kind::kInterrupt:
+                case WireEvent::Kind::kGarbage:
+                    if (++garbage_bytes_ > kMaxGarbageBytes) {
+                        close();
+                        return make_error(EPROTO, endpoint_.to_string() +
+                                                      " does not speak the GDB remote protocol");
+                    }
+                    break;
+            }
+        }
+        if (deadline.expired() && !timeout_is_error) return std::optional<std::string>();
+        auto got = TRY(read_some(deadline));
+        if (!got && events_.empty()) {
+            if (!timeout_is_error) return std::optional<std::string>();
+            if (garbage_bytes_ > 0) {
+                return make_error(EPROTO, strformat("%s sent %d bytes that are not GDB remote "
+                                                    "protocol and no valid answer",
+                                                    endpoint_.to_string().c_str(), garbage_bytes_));
+            }
+            return make_error(ETIMEDOUT, "no answer from gdbstub " + endpoint_.to_string() +
+                                             (decoder_.mid_packet() ? " (packet cut off)" : ""));
+        }
+    }
+}
+
+ErrorOr<std::string> RspConnection::receive_packet(Deadline deadline) {
+    auto p = TRY(next_packet(deadline, true));
+    return std::move(*p);
+}
+
+ErrorOr<std::optional<std::string>> RspConnection::try_receive_packet(Deadline deadline) {
+    return next_packet(deadline, false);
+}
+
+}  // namespace cloudvmi::gdb

@@ -1,0 +1,59 @@
+// GuestAccess over a QEMU gdbstub.
+#pragma once
+
+#include <map>
+#include <memory>
+
+#include "redirector/gdb/gdb_client.h"
+#include "redirector/guest_access.h"
+
+namespace cloudvmi {
+
+class GdbstubAccess final : public GuestAccess {
+public:
+    static ErrorOr<std::unique_ptr<GdbstubAccess>> attach(const gdb::Endpoint& endpoint,
+                                                          gdb::ClientOptions options = {});
+
+    std::string describe() const override;
+    bool running() const override { return client_->running(); }
+    ErrorOr<void> resume() override;
+    ErrorOr<StopEvent> wait_for_stop(Deadline deadline) override;
+    ErrorOr<StopEvent> interrupt(Deadline deadline) override;
+    ErrorOr<StopEvent> step(VcpuId vcpu, Deadline deadline) override;
+
+    ErrorOr<std::vector<VcpuId>> vcpus() override;
+    ErrorOr<RegisterSnapshot> snapshot(VcpuId vcpu) override;
+    ErrorOr<void> restore(const RegisterSnapshot& snapshot) override;
+    ErrorOr<void> write_regs(VcpuId vcpu, const kvm_regs& regs) override;
+
+    ErrorOr<void> read_virtual(VcpuId vcpu, uint64_t va, std::span<uint8_t> out) override;
+    ErrorOr<void> write_virtual(VcpuId vcpu, uint64_t va, std::span<const uint8_t> data) override;
+    ErrorOr<void> read_physical(uint64_t pa, std::span<uint8_t> out) override;
+    ErrorOr<void> write_physical(uint64_t pa, std::span<const uint8_t> data) override;
+
+    ErrorOr<void> insert_breakpoint(uint64_t va) override;
+    ErrorOr<void> remove_breakpoint(uint64_t va) override;
+    ErrorOr<void> detach() override;
+
+    gdb::GdbClient& client() { return *client_; }
+
+    // Decodes a raw 'g' register file with the stub's layout (exposed for tests).
+    static ErrorOr<VcpuState> decode(const gdb::RegisterLayout& layout,
+                                     std::span<const uint8_t> raw);
+    // Writes regs' fields into a raw register file.
+    static ErrorOr<void> encode_regs(const gdb::RegisterLayout& layout, const kvm_regs& regs,
+                                     std::span<uint8_t> raw);
+
+private:
+    explicit GdbstubAccess(std::unique_ptr<gdb::GdbClient> client) : client_(std::move(client)) {}
+    gdb::ThreadId thread_of(VcpuId vcpu) const;
+    StopEvent to_event(const gdb::StopReply& stop) const;
+    ErrorOr<void> use_memory_mode(VcpuId vcpu, bool physical);
+
+    std::unique_ptr<gdb::GdbClient> client_;
+    // Register files read since the last resume: a stopped vCPU's registers only change
+    // through us, so re-reading them would only cost round trips.
+    std::map<VcpuId, RegisterSnapshot> cache_;
+};
+
+}  // namespace cloudvmi

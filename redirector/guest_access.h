@@ -1,0 +1,87 @@
+// The narrow interface between the redirector and whatever drives the VM.
+//
+// Like Cloud Hypervisor's Debuggable trait, it is the only thing the injection engine
+// knows about the hypervisor: run control, vCPU registers (in linux/kvm.h's vocabulary),
+// guest memory and execution breakpoints. GdbstubAccess implements it over QEMU's
+// gdbstub; tests implement it with an in-memory fake.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/deadline.h"
+#include "common/error.h"
+
+namespace cloudvmi {
+
+// vCPU numbers as the stub reports them (QEMU: cpu_index + 1).
+using VcpuId = int;
+
+struct VcpuState {
+    kvm_regs regs{};    // rax..r15, rip, rflags
+    kvm_sregs sregs{};  // segment selectors, fs/gs base, cr0/2/3/4/8, efer
+    uint64_t kernel_gs_base = 0;  // MSR_KERNEL_GS_BASE, which kvm_sregs does not hold
+
+    bool user_mode() const { return (sregs.cs.selector & 3) == 3; }
+};
+
+// An exact copy of a vCPU's whole register file, FPU/SSE state included, as the backend
+// represents it. Restoring it puts the vCPU back bit for bit; the journal persists `raw`.
+struct RegisterSnapshot {
+    VcpuId vcpu = 0;
+    std::vector<uint8_t> raw;
+    VcpuState state;
+};
+
+struct StopEvent {
+    VcpuId vcpu = 0;
+    enum class Reason { kBreakpoint, kInterrupted, kOther } reason = Reason::kOther;
+};
+
+class GuestAccess {
+public:
+    virtual ~GuestAccess() = default;
+
+    // A short description for messages ("unix:/run/vm1.gdb").
+    virtual std::string describe() const = 0;
+
+    // --- run control; the guest is stopped right after attach ---
+    virtual bool running() const = 0;
+    // Resumes every vCPU.
+    virtual ErrorOr<void> resume() = 0;
+    // Waits for the next stop after resume()/step().
+    virtual ErrorOr<StopEvent> wait_for_stop(Deadline deadline) = 0;
+    // Stops a running guest.
+    virtual ErrorOr<StopEvent> interrupt(Deadline deadline) = 0;
+    // Executes one instruction on one vCPU (the others stay stopped) and returns its stop.
+    virtual ErrorOr<StopEvent> step(VcpuId vcpu, Deadline deadline) = 0;
+
+    // --- vCPU state (guest stopped) ---
+    virtual ErrorOr<std::vector<VcpuId>> vcpus() = 0;
+    virtual ErrorOr<RegisterSnapshot> snapshot(VcpuId vcpu) = 0;
+    virtual ErrorOr<void> restore(const RegisterSnapshot& snapshot) = 0;
+    // Sets the general-purpose registers, rip and rflags; everything else is unchanged.
+    virtual ErrorOr<void> write_regs(VcpuId vcpu, const kvm_regs& regs) = 0;
+
+    // --- memory (guest stopped) ---
+    // Through the vCPU's current page tables.
+    virtual ErrorOr<void> read_virtual(VcpuId vcpu, uint64_t va, std::span<uint8_t> out) = 0;
+    virtual ErrorOr<void> write_virtual(VcpuId vcpu, uint64_t va,
+                                        std::span<const uint8_t> data) = 0;
+    virtual ErrorOr<void> read_physical(uint64_t pa, std::span<uint8_t> out) = 0;
+    virtual ErrorOr<void> write_physical(uint64_t pa, std::span<const uint8_t> data) = 0;
+
+    // --- execution breakpoints on a guest-virtual address, on every vCPU ---
+    // A vCPU resumed on an armed breakpoint stops again at once: step over it first.
+    virtual ErrorOr<void> insert_breakpoint(uint64_t va) = 0;
+    virtual ErrorOr<void> remove_breakpoint(uint64_t va) = 0;
+
+    // Removes every breakpoint, lets the guest run and ends the session.
+    virtual ErrorOr<void> detach() = 0;
+};
+
+}  // namespace cloudvmi

@@ -1,0 +1,389 @@
+#include "redirector/guest_file_ops.h"
+
+#include <cstring>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "redirector/shadow_layout.h"
+#include "redirector/x86/guest_abi.h"
+
+namespace cloudvmi {
+
+namespace {
+
+using namespace x86abi;
+using B = SyscallBatch;
+
+constexpr size_t kNameMax = 255;
+constexpr size_t kDirentBuffer = 64 * 1024;
+// One batch holds a getdents64 plus this many newfstatat calls.
+constexpr size_t kStatsPerBatch = 96;
+
+Error guest_failure(const BatchOutcome& out, SyscallBatch::OpId op, const std::string& what) {
+    return Error::guest(out.error_of(op), what);
+}
+
+ErrorOr<void> check_path(const std::string& path) {
+    if (path.empty()) return make_error(ENOENT, "empty path");
+    if (path.size() >= GuestFileOps::kMaxPath) return make_error(ENAMETOOLONG, path.substr(0, 64));
+    if (path.find('\0') != std::string::npos) return make_error(EINVAL, "path contains NUL");
+    return {};
+}
+
+}  // namespace
+
+bool is_safe_name(std::string_view name) {
+    return !name.empty() && name.size() <= kNameMax && name.find('/') == std::string_view::npos &&
+           name.find('\0') == std::string_view::npos;
+}
+
+std::vector<GuestDirEntry> parse_dirents(std::span<const uint8_t> buf, int* skipped) {
+    std::vector<GuestDirEntry> out;
+    size_t pos = 0;
+    while (pos + kDirent64NameOffset < buf.size()) {
+        Dirent64Header h;
+        std::memcpy(&h.d_ino, buf.data() + pos, 8);
+        std::memcpy(&h.d_off, buf.data() + pos + 8, 8);
+        std::memcpy(&h.d_reclen, buf.data() + pos + 16, 2);
+        h.d_type = buf[pos + 18];
+        if (h.d_reclen <= kDirent64NameOffset || pos + h.d_reclen > buf.size()) {
+            LOG_WARN("malformed directory record from the guest (reclen %u at %zu of %zu)",
+                     h.d_reclen, pos, buf.size());
+            if (skipped) ++*skipped;
+            break;
+        }
+        const char* name = reinterpret_cast<const char*>(buf.data() + pos + kDirent64NameOffset);
+        size_t max_len = h.d_reclen - kDirent64NameOffset;
+        size_t len = strnlen(name, max_len);
+        std::string_view n(name, len);
+        if (len == max_len || !is_safe_name(n)) {
+            // Unterminated, empty, too long or containing '/': not a name we can serve.
+            LOG_WARN("skipping unusable guest file name '%s'", printable(n).c_str());
+            if (skipped) ++*skipped;
+        } else {
+            out.push_back({h.d_ino, h.d_type, std::string(n)});
+        }
+        pos += h.d_reclen;
+    }
+    return out;
+}
+
+GuestStat parse_stat(std::span<const uint8_t> buf) {
+    Stat s{};
+    std::memcpy(&s, buf.data(), std::min(buf.size(), sizeof s));
+    GuestStat g;
+    g.dev = s.st_dev;
+    g.ino = s.st_ino;
+    g.mode = s.st_mode;
+    g.nlink = s.st_nlink;
+    g.uid = s.st_uid;
+    g.gid = s.st_gid;
+    g.rdev = s.st_rdev;
+    g.size = s.st_size;
+    g.blksize = s.st_blksize;
+    g.blocks = s.st_blocks;
+    g.atime_sec = static_cast<int64_t>(s.st_atime_sec);
+    g.atime_nsec = static_cast<int64_t>(s.st_atime_nsec % 1000000000);
+    g.mtime_sec = static_cast<int64_t>(s.st_mtime_sec);
+    g.mtime_nsec = static_cast<int64_t>(s.st_mtime_nsec % 1000000000);
+    g.ctime_sec = static_cast<int64_t>(s.st_ctime_sec);
+    g.ctime_nsec = static_cast<int64_t>(s.st_ctime_nsec % 1000000000);
+    return g;
+}
+
+GuestUname parse_utsname(std::span<const uint8_t> buf) {
+    auto field = [&](size_t i) {
+        if ((i + 1) * kUtsFieldSize > buf.size()) return std::string();
+        const char* p = reinterpret_cast<const char*>(buf.data() + i * kUtsFieldSize);
+        return std::string(p, strnlen(p, kUtsFieldSize));
+    };
+    return {field(0), field(1), field(2), field(3), field(4), field(5)};
+}
+
+ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_t mode) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec),
+                              B::imm(mode)});
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
+    int64_t fd = out.result(op);
+    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
+    return static_cast<int>(fd);
+}
+
+ErrorOr<void> GuestFileOps::close(int fd) {
+    SyscallBatch b;
+    auto op = b.add(kClose, {B::imm(static_cast<uint64_t>(fd))});
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "close"));
+    return {};
+}
+
+ErrorOr<std::vector<uint8_t>> GuestFileOps::pread(int fd, size_t size, uint64_t offset) {
+    size = std::min(size, kMaxTransfer);
+    SyscallBatch b;
+    auto data = b.output(size);
+    auto op = b.add(kPread64, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size),
+                               B::imm(offset)});
+    b.filled_by(data, op, B::Fill::kResultBytes);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
+    return out.bytes(data);
+}
+
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read(int fd, size_t size) {
+    size = std::min(size, kMaxTransfer);
+    SyscallBatch b;
+    auto data = b.output(size);
+    auto op = b.add(kRead, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size)});
+    b.filled_by(data, op, B::Fill::kResultBytes);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
+    return out.bytes(data);
+}
+
+ErrorOr<size_t> GuestFileOps::pwrite(int fd, const std::vector<uint8_t>& data, uint64_t offset) {
+    size_t n = std::min(data.size(), kMaxTransfer);
+    SyscallBatch b;
+    auto in = b.input(std::span(data.data(), n));
+    auto op = b.add(kPwrite64, {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n),
+                                B::imm(offset)});
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "write"));
+    return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
+}
+
+ErrorOr<size_t> GuestFileOps::write(int fd, const std::vector<uint8_t>& data) {
+    size_t n = std::min(data.size(), kMaxTransfer);
+    SyscallBatch b;
+    auto in = b.input(std::span(data.data(), n));
+    auto op = b.add(kWrite, {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n)});
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "write"));
+    return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
+}
+
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
+    TRY(check_path(path));
+    // Each batch opens, reads two chunks from an offset and closes: a proc or sys file is
+    // read in one round trip (the second read sees EOF). Bigger files take more batches,
+    // each reopening at the offset reached.
+    constexpr size_t kChunk = 64 * 1024;
+    std::vector<uint8_t> content;
+    while (content.size() < max_bytes) {
+        SyscallBatch b;
+        auto p = b.input_string(path);
+        auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p),
+                                       B::imm(kORdonly | kOCloexec | kONoctty | kONonblock)},
+                             true);
+        SyscallBatch::OpId reads[2];
+        SyscallBatch::BufferId bufs[2];
+        for (int i = 0; i < 2; ++i) {
+            bufs[i] = b.output(kChunk);
+            reads[i] = b.add(kPread64, {B::result_of(open_op), B::buf(bufs[i]), B::imm(kChunk),
+                                        B::imm(content.size() + i * kChunk)});
+            b.filled_by(bufs[i], reads[i], B::Fill::kResultBytes);
+        }
+        auto close_op = b.add(kClose, {B::result_of(open_op)});
+        auto out = TRY(session_.run(b));
+        if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
+        bool eof = false;
+        for (int i = 0; i < 2 && !eof; ++i) {
+            if (out.failed(reads[i])) {
+                // Not seekable (a pipe-like proc file): fall back to plain sequential reads.
+                if (out.error_of(reads[i]) == ESPIPE && content.empty() && i == 0) {
+                    return read_file_sequential(path, max_bytes);
+                }
+                return std::unexpected(guest_failure(out, reads[i], path));
+            }
+            const auto& bytes = out.bytes(bufs[i]);
+            content.insert(content.end(), bytes.begin(), bytes.end());
+            if (out.result(reads[i]) == 0) eof = true;
+        }
+        if (out.failed(close_op)) return std::unexpected(guest_failure(out, close_op, path));
+        if (eof) break;
+    }
+    if (content.size() > max_bytes) content.resize(max_bytes);
+    return content;
+}
+
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file_sequential(const std::string& path,
+                                                                 size_t max_bytes) {
+    int fd = TRY(open(path, kORdonly | kONoctty | kONonblock));
+    std::vector<uint8_t> content;
+    std::optional<Error> err;
+    while (content.size() < max_bytes) {
+        auto chunk = read(fd, std::min(kMaxTransfer, max_bytes - content.size()));
+        if (!chunk) {
+            err = chunk.error();
+            break;
+        }
+        if (chunk->empty()) break;
+        content.insert(content.end(), chunk->begin(), chunk->end());
+    }
+    auto closed = close(fd);
+    if (err) return std::unexpected(*err);
+    if (!closed) return std::unexpected(closed.error());
+    return content;
+}
+
+ErrorOr<size_t> GuestFileOps::write_file(const std::string& path, const std::vector<uint8_t>& data,
+                                         bool truncate) {
+    TRY(check_path(path));
+    if (data.size() > kMaxTransfer) return make_error(EFBIG, "write_file: data too large");
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto in = b.input(data);
+    uint64_t flags = kOWronly | kOCloexec | kONoctty | (truncate ? kOTrunc : 0);
+    auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags)}, true);
+    auto write_op = b.add(kWrite, {B::result_of(open_op), B::buf(in), B::imm(data.size())});
+    auto close_op = b.add(kClose, {B::result_of(open_op)});
+    auto out = TRY(session_.run(b));
+    if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
+    if (out.failed(write_op)) return std::unexpected(guest_failure(out, write_op, path));
+    if (out.failed(close_op)) return std::unexpected(guest_failure(out, close_op, path));
+    return std::min<size_t>(static_cast<size_t>(out.result(write_op)), data.size());
+}
+
+ErrorOr<GuestStat> GuestFileOps::stat(const std::string& path, bool follow_symlinks) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto st = b.output(sizeof(Stat));
+    auto op = b.add(kNewfstatat, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(st),
+                                  B::imm(follow_symlinks ? 0 : kAtSymlinkNofollow)});
+    b.filled_by(st, op, B::Fill::kWhole);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
+    return parse_stat(out.bytes(st));
+}
+
+ErrorOr<GuestStat> GuestFileOps::fstat(int fd) {
+    SyscallBatch b;
+    auto empty = b.input_string("");
+    auto st = b.output(sizeof(Stat));
+    auto op = b.add(kNewfstatat, {B::imm(static_cast<uint64_t>(fd)), B::buf(empty), B::buf(st),
+                                  B::imm(kAtEmptyPath)});
+    b.filled_by(st, op, B::Fill::kWhole);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "fstat"));
+    return parse_stat(out.bytes(st));
+}
+
+ErrorOr<std::string> GuestFileOps::readlink(const std::string& path) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto target = b.output(kMaxPath);
+    auto op = b.add(kReadlinkat, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(target),
+                                  B::imm(kMaxPath)});
+    b.filled_by(target, op, B::Fill::kResultBytes);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
+    const auto& bytes = out.bytes(target);
+    return std::string(bytes.begin(), bytes.end());
+}
+
+ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& path) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p),
+                                   B::imm(kORdonly | kODirectory | kOCloexec | kONonblock)},
+                         true);
+    auto buf = b.output(kDirentBuffer);
+    auto dents_op = b.add(kGetdents64, {B::result_of(open_op), B::buf(buf), B::imm(kDirentBuffer)});
+    b.filled_by(buf, dents_op, B::Fill::kResultBytes);
+    auto out = TRY(session_.run(b));
+    if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
+    int fd = static_cast<int>(out.result(open_op));
+    std::vector<GuestDirEntry> entries;
+    std::optional<Error> err;
+    auto result = out.result(dents_op);
+    auto bytes = out.bytes(buf);
+    while (true) {
+        if (out.failed(dents_op)) {
+            err = guest_failure(out, dents_op, path);
+            break;
+        }
+        if (result == 0) break;
+        for (auto& e : parse_dirents(bytes)) entries.push_back(std::move(e));
+        SyscallBatch more;
+        auto mbuf = more.output(kDirentBuffer);
+        auto mop = more.add(kGetdents64, {B::imm(static_cast<uint64_t>(fd)), B::buf(mbuf),
+                                          B::imm(kDirentBuffer)});
+        more.filled_by(mbuf, mop, B::Fill::kResultBytes);
+        auto next = session_.run(more);
+        if (!next) {
+            err = next.error();
+            break;
+        }
+        out = std::move(*next);
+        dents_op = mop;
+        buf = mbuf;
+        result = out.result(mop);
+        bytes = out.bytes(mbuf);
+    }
+    auto closed = close(fd);
+    if (err) return std::unexpected(*err);
+    if (!closed) return std::unexpected(closed.error());
+    return entries;
+}
+
+ErrorOr<std::vector<GuestDirEntryWithStat>> GuestFileOps::list_dir_with_stats(
+    const std::string& path) {
+    auto entries = TRY(list_dir(path));
+    std::vector<GuestDirEntryWithStat> out;
+    out.reserve(entries.size());
+    std::string base = path.back() == '/' ? path : path + "/";
+    for (size_t start = 0; start < entries.size(); start += kStatsPerBatch) {
+        size_t end = std::min(entries.size(), start + kStatsPerBatch);
+        SyscallBatch b;
+        std::vector<std::pair<SyscallBatch::OpId, SyscallBatch::BufferId>> ops;
+        for (size_t i = start; i < end; ++i) {
+            auto p = b.input_string(base + entries[i].name);
+            auto st = b.output(sizeof(Stat));
+            auto op = b.add(kNewfstatat, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(st),
+                                          B::imm(kAtSymlinkNofollow)});
+            b.filled_by(st, op, B::Fill::kWhole);
+            ops.emplace_back(op, st);
+        }
+        auto res = TRY(session_.run(b));
+        for (size_t i = start; i < end; ++i) {
+            GuestDirEntryWithStat e;
+            e.entry = std::move(entries[i]);
+            auto [op, st] = ops[i - start];
+            if (res.failed(op)) {
+                e.stat_errno = res.error_of(op);
+            } else {
+                e.stat = parse_stat(res.bytes(st));
+            }
+            out.push_back(std::move(e));
+        }
+    }
+    return out;
+}
+
+ErrorOr<GuestUname> GuestFileOps::uname() {
+    SyscallBatch b;
+    auto buf = b.output(kUtsnameSize);
+    auto op = b.add(kUname, {B::buf(buf)});
+    b.filled_by(buf, op, B::Fill::kWhole);
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "uname"));
+    return parse_utsname(out.bytes(buf));
+}
+
+ErrorOr<void> GuestFileOps::kill(int64_t pid, int signal) {
+    SyscallBatch b;
+    auto op = b.add(kKill, {B::imm(static_cast<uint64_t>(pid)), B::imm(static_cast<uint64_t>(signal))});
+    auto out = TRY(session_.run(b));
+    if (out.failed(op)) {
+        return std::unexpected(guest_failure(out, op, strformat("kill %lld", static_cast<long long>(pid))));
+    }
+    return {};
+}
+
+}  // namespace cloudvmi

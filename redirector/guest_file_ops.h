@@ -1,0 +1,97 @@
+// File operations on the guest's own file namespace, each built as one or a few batches.
+//
+// The guest's errno is returned unchanged (Error::from_guest()). Everything the guest sends
+// back is untrusted: lengths are clamped to what was asked, directory records are
+// bounds-checked and names containing '/' or NUL, or longer than NAME_MAX, are dropped.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "redirector/guest_session.h"
+
+namespace cloudvmi {
+
+struct GuestStat {
+    uint64_t dev = 0;
+    uint64_t ino = 0;
+    uint32_t mode = 0;
+    uint64_t nlink = 0;
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    uint64_t rdev = 0;
+    int64_t size = 0;
+    int64_t blksize = 0;
+    int64_t blocks = 0;
+    int64_t atime_sec = 0, atime_nsec = 0;
+    int64_t mtime_sec = 0, mtime_nsec = 0;
+    int64_t ctime_sec = 0, ctime_nsec = 0;
+};
+
+struct GuestDirEntry {
+    uint64_t ino = 0;
+    uint8_t type = 0;  // DT_* as the guest reports it
+    std::string name;
+};
+
+struct GuestUname {
+    std::string sysname, nodename, release, version, machine, domainname;
+};
+
+// An entry with its attributes, as `ls -l` wants them (stat may fail per entry: a process
+// that exits between getdents and stat).
+struct GuestDirEntryWithStat {
+    GuestDirEntry entry;
+    std::optional<GuestStat> stat;
+    int stat_errno = 0;
+};
+
+class GuestFileOps {
+public:
+    explicit GuestFileOps(GuestSession& session) : session_(session) {}
+
+    // Chunk size for reads and writes through the shadow's data area.
+    static constexpr size_t kMaxTransfer = 256 * 1024;
+    static constexpr size_t kMaxPath = 4096;
+
+    ErrorOr<int> open(const std::string& path, uint64_t flags, uint32_t mode = 0);
+    ErrorOr<void> close(int fd);
+    ErrorOr<std::vector<uint8_t>> pread(int fd, size_t size, uint64_t offset);
+    ErrorOr<std::vector<uint8_t>> read(int fd, size_t size);
+    ErrorOr<size_t> pwrite(int fd, const std::vector<uint8_t>& data, uint64_t offset);
+    ErrorOr<size_t> write(int fd, const std::vector<uint8_t>& data);
+
+    // Reads a whole file (at most max_bytes); one batch for proc and sys files.
+    ErrorOr<std::vector<uint8_t>> read_file(const std::string& path, size_t max_bytes = 64 << 20);
+    // open(O_WRONLY [|O_TRUNC]) + write + close in one batch; returns bytes written.
+    ErrorOr<size_t> write_file(const std::string& path, const std::vector<uint8_t>& data,
+                               bool truncate = false);
+
+    ErrorOr<GuestStat> stat(const std::string& path, bool follow_symlinks = false);
+    ErrorOr<GuestStat> fstat(int fd);
+    ErrorOr<std::string> readlink(const std::string& path);
+    ErrorOr<std::vector<GuestDirEntry>> list_dir(const std::string& path);
+    // getdents64 and then one newfstatat per entry, batched.
+    ErrorOr<std::vector<GuestDirEntryWithStat>> list_dir_with_stats(const std::string& path);
+    ErrorOr<GuestUname> uname();
+    ErrorOr<void> kill(int64_t pid, int signal);
+
+private:
+    ErrorOr<std::vector<uint8_t>> read_file_sequential(const std::string& path, size_t max_bytes);
+    GuestSession& session_;
+};
+
+// --- parsing of guest-written structures, pure and unit-tested ---
+
+// Parses a getdents64 buffer; malformed records end the parse, bad names are skipped.
+// `skipped` counts dropped names.
+std::vector<GuestDirEntry> parse_dirents(std::span<const uint8_t> buf, int* skipped = nullptr);
+GuestStat parse_stat(std::span<const uint8_t> buf);
+GuestUname parse_utsname(std::span<const uint8_t> buf);
+// Checks a guest-supplied file name for use as a path component.
+bool is_safe_name(std::string_view name);
+
+}  // namespace cloudvmi

@@ -1,0 +1,342 @@
+#include "redirector/guest_session.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <functional>
+#include <thread>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "redirector/gdbstub_access.h"
+#include "redirector/recovery.h"
+
+namespace cloudvmi {
+
+namespace {
+
+// Errors after which the connection to the stub cannot be trusted any more.
+bool is_connection_error(const Error& e) {
+    if (e.from_guest()) return false;
+    switch (e.code()) {
+        case ECONNRESET:
+        case ENOTCONN:
+        case EPIPE:
+        case EPROTO:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// A file name that identifies the VM behind an endpoint.
+std::string state_name(const std::string& endpoint) {
+    std::string s;
+    for (char c : endpoint) {
+        s += (std::isalnum(static_cast<unsigned char>(c)) != 0) ? c : '_';
+    }
+    if (s.size() > 80) s = s.substr(s.size() - 80);
+    return strformat("%s-%08zx", s.c_str(), std::hash<std::string>{}(endpoint) & 0xffffffff);
+}
+
+ErrorOr<void> make_dirs(const std::string& dir) {
+    std::string partial;
+    for (auto part : split(dir, '/')) {
+        partial += std::string(part) + "/";
+        if (part.empty()) continue;
+        if (::mkdir(partial.c_str(), 0700) < 0 && errno != EEXIST) {
+            return errno_error("creating " + partial);
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
+const char* to_string(SessionState s) {
+    switch (s) {
+        case SessionState::kDetached: return "idle";
+        case SessionState::kAttaching: return "attaching";
+        case SessionState::kAttached: return "attached";
+        case SessionState::kError: return "error";
+    }
+    return "?";
+}
+
+std::string GuestSession::default_state_dir() {
+    if (const char* env = std::getenv("CLOUDVMI_STATE_DIR"); env != nullptr && *env != '\0') {
+        return env;
+    }
+    if (::geteuid() == 0) return "/run/cloudvmi";
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
+        return std::string(xdg) + "/cloudvmi";
+    }
+    return strformat("/tmp/cloudvmi-%d", static_cast<int>(::geteuid()));
+}
+
+GuestSession::GuestSession(SessionOptions options) : options_(std::move(options)) {
+    if (options_.state_dir.empty()) options_.state_dir = default_state_dir();
+    std::string name = state_name(options_.gdb_endpoint);
+    log_path_ = options_.state_dir + "/" + name + ".log";
+    lock_path_ = options_.state_dir + "/" + name + ".lock";
+    parker_ = std::thread([this] { parker_main(); });
+}
+
+GuestSession::~GuestSession() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    park_cv_.notify_all();
+    parker_.join();
+    std::lock_guard lock(mutex_);
+    if (auto r = detach_locked(); !r) {
+        LOG_WARN("detaching from %s: %s", options_.gdb_endpoint.c_str(), r.error().describe().c_str());
+    }
+}
+
+SessionStatus GuestSession::status() const {
+    std::lock_guard lock(mutex_);
+    SessionStatus s = status_;
+    if (shadow_) {
+        s.shadow_pid = shadow_->pid();
+        s.shadow_region = shadow_->region();
+    }
+    return s;
+}
+
+ErrorOr<void> GuestSession::attach() {
+    std::lock_guard lock(mutex_);
+    if (status_.state == SessionState::kAttached) return {};
+    return attach_locked();
+}
+
+ErrorOr<void> GuestSession::attach_locked() {
+    status_.state = SessionState::kAttaching;
+    auto fail = [&](const Error& e) -> ErrorOr<void> {
+        fail_locked(e);
+        return std::unexpected(e);
+    };
+    if (auto r = make_dirs(options_.state_dir); !r) return fail(r.error());
+
+    // One owner per VM: a concurrent cloudvmi, or the guardian of a dead one, holds this.
+    lock_fd_.reset(::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!lock_fd_.valid()) return fail(Error(errno, "opening " + lock_path_));
+    auto deadline = Deadline::after(options_.attach_timeout);
+    while (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK) return fail(Error(errno, "locking " + lock_path_));
+        if (deadline.expired()) {
+            auto rec = RecoveryLog::read_file(log_path_);
+            return fail(Error(EBUSY, strformat("the VM at %s is held by cloudvmi process %d (or "
+                                               "its guardian is restoring it)",
+                                               options_.gdb_endpoint.c_str(),
+                                               rec ? rec->owner_pid : 0)));
+        }
+        std::this_thread::sleep_for(Millis(20));
+    }
+
+    std::optional<RecoveryRecord> leftover;
+    if (::access(log_path_.c_str(), F_OK) == 0) {
+        auto rec = RecoveryLog::read_file(log_path_);
+        if (rec && !rec->clean) leftover = *rec;
+        if (!rec) LOG_WARN("ignoring unreadable recovery log: %s", rec.error().describe().c_str());
+    }
+
+    auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
+    if (!endpoint) return fail(endpoint.error());
+    auto access = GdbstubAccess::attach(*endpoint, options_.client);
+    if (!access) return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
+    guest_ = std::move(*access);
+
+    auto log = RecoveryLog::open_file(log_path_, leftover.has_value());
+    if (!log) return fail(log.error());
+    log_ = std::move(*log);
+    if (leftover) {
+        LOG_WARN("a previous session (pid %d) left the guest modified; restoring it first",
+                 leftover->owner_pid);
+        auto report = recover_guest(*guest_, *leftover, *log_, options_.shadow);
+        if (!report) return fail(report.error().with_context("restoring after a crashed session"));
+        status_.recovered = report->describe();
+        LOG_WARN("restored: %s", status_.recovered.c_str());
+    }
+    auto& rec = log_->edit();
+    rec = RecoveryRecord{};
+    rec.session_id = random_u64() | 1;
+    rec.owner_pid = ::getpid();
+    std::snprintf(rec.endpoint, sizeof rec.endpoint, "%s", endpoint->to_string().c_str());
+    log_->commit();
+
+    if (!options_.guardian_program.empty()) {
+        GuardianArgs ga;
+        ga.log_path = log_path_;
+        ga.lock_path = lock_path_;
+        ga.session_id = rec.session_id;
+        ga.report_path = options_.state_dir + "/guardian.log";
+        auto g = spawn_guardian(options_.guardian_program, ga);
+        if (!g) return fail(g.error());
+        status_.guardian_pid = g->pid;
+        guardian_ = std::move(*g);
+    }
+
+    auto threads = guest_->vcpus();
+    if (!threads) return fail(threads.error());
+    if (threads->empty()) return fail(Error(EPROTO, "the stub reports no vCPU"));
+    auto snap = guest_->snapshot((*threads)[0]);
+    if (!snap) return fail(snap.error());
+    auto kernel = discover_kernel_entry_points(*guest_, (*threads)[0]);
+    if (!kernel) {
+        // Nothing was changed yet: leave the guest as we found it.
+        auto e = kernel.error();
+        (void)detach_locked();
+        status_.state = SessionState::kError;
+        status_.error = e.describe();
+        return std::unexpected(e);
+    }
+    status_.kernel = *kernel;
+    if (auto r = ensure_shadow_locked(); !r) return fail(r.error());
+    status_.state = SessionState::kAttached;
+    status_.error.clear();
+    schedule_park_locked();
+    return {};
+}
+
+ErrorOr<void> GuestSession::ensure_shadow_locked() {
+    if (shadow_ && (shadow_->state() == ShadowProcess::State::kHeld ||
+                    shadow_->state() == ShadowProcess::State::kParked)) {
+        return {};
+    }
+    shadow_.reset();
+    if (guest_->running()) TRY(guest_->interrupt(Deadline::after(options_.client.request_timeout)));
+    auto shadow = TRY(ShadowProcess::create(*guest_, status_.kernel, *log_, options_.shadow));
+    status_.bootstrap = shadow->bootstrap_stats();
+    ++status_.shadows_created;
+    shadow_ = std::move(shadow);
+    return {};
+}
+
+ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
+    std::unique_lock lock(mutex_);
+    if (status_.state != SessionState::kAttached) TRY(attach_locked());
+    ++status_.batches;
+    for (int attempt = 0;; ++attempt) {
+        auto ready = ensure_shadow_locked();
+        if (!ready) {
+            ++status_.failures;
+            if (is_connection_error(ready.error())) fail_locked(ready.error());
+            return std::unexpected(ready.error());
+        }
+        auto out = shadow_->execute(batch);
+        if (out) {
+            schedule_park_locked();
+            return out;
+        }
+        const Error& e = out.error();
+        // A shadow that vanished before running anything (killed inside the guest) is
+        // replaced once. One stuck inside the batch is not: the batch may have had effects.
+        if (e.code() == ESRCH && attempt == 0) {
+            LOG_WARN("%s; creating a new shadow", e.describe().c_str());
+            continue;
+        }
+        ++status_.failures;
+        if (is_connection_error(e)) {
+            fail_locked(e);
+        } else if (guest_ && guest_->running() == false &&
+                   shadow_->state() != ShadowProcess::State::kHeld) {
+            // Whatever happened to the shadow, the guest runs between requests.
+            if (auto r = guest_->resume(); !r) fail_locked(r.error());
+        } else {
+            schedule_park_locked();
+        }
+        return std::unexpected(e);
+    }
+}
+
+void GuestSession::schedule_park_locked() {
+    if (!shadow_ || shadow_->state() != ShadowProcess::State::kHeld) return;
+    if (options_.linger.count() <= 0) {
+        if (auto r = shadow_->park(); !r) fail_locked(r.error());
+        return;
+    }
+    park_at_ = Clock::now() + options_.linger;
+    park_cv_.notify_all();
+}
+
+void GuestSession::parker_main() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+        if (!park_at_) {
+            park_cv_.wait(lock);
+            continue;
+        }
+        auto at = *park_at_;
+        if (Clock::now() < at) {
+            park_cv_.wait_until(lock, at);
+            continue;
+        }
+        park_at_.reset();
+        if (shadow_ && shadow_->state() == ShadowProcess::State::kHeld) {
+            if (auto r = shadow_->park(); !r) {
+                LOG_WARN("parking the shadow: %s", r.error().describe().c_str());
+                fail_locked(r.error());
+            }
+        }
+    }
+}
+
+ErrorOr<void> GuestSession::detach() {
+    std::lock_guard lock(mutex_);
+    return detach_locked();
+}
+
+ErrorOr<void> GuestSession::detach_locked() {
+    park_at_.reset();
+    std::optional<Error> first;
+    if (shadow_) {
+        if (auto r = shadow_->terminate(); !r) first = r.error();
+        shadow_.reset();
+    }
+    if (guest_) {
+        if (log_ && !log_->current().nothing_to_undo()) {
+            // Something could not be undone in-process: the guardian takes over.
+            fail_locked(first.value_or(Error(EIO, "unclean detach")));
+            return std::unexpected(first.value_or(Error(EIO, "unclean detach")));
+        }
+        if (auto r = guest_->detach(); !r && !first) first = r.error();
+        guest_.reset();
+    }
+    if (log_) log_->commit();
+    release_lock_and_guardian_locked();
+    if (status_.state != SessionState::kError) status_.state = SessionState::kDetached;
+    if (first) return std::unexpected(*first);
+    return {};
+}
+
+void GuestSession::release_lock_and_guardian_locked() {
+    log_.reset();
+    // The guardian wakes when its link closes; it waits for the lock, sees a clean log
+    // (or a dirty one after a failure) and acts accordingly.
+    guardian_.reset();
+    status_.guardian_pid = 0;
+    lock_fd_.reset();
+}
+
+void GuestSession::fail_locked(const Error& error) {
+    LOG_ERROR("session %s: %s", options_.gdb_endpoint.c_str(), error.describe().c_str());
+    status_.state = SessionState::kError;
+    status_.error = error.describe();
+    park_at_.reset();
+    if (shadow_) shadow_.reset();
+    if (guest_) {
+        if (log_ && log_->current().nothing_to_undo()) {
+            (void)guest_->detach();
+        } else if (auto* g = dynamic_cast<GdbstubAccess*>(guest_.get())) {
+            g->client().abandon();
+        }
+        guest_.reset();
+    }
+    release_lock_and_guardian_locked();
+}
+
+}  // namespace cloudvmi

@@ -1,0 +1,109 @@
+// One VM, as the rest of CloudVMI sees it: a place to run batches of syscalls.
+//
+// A GuestSession owns the gdbstub connection, the recovery log and its guardian, the
+// discovered kernel entry points and the shadow process. It attaches lazily on the first
+// request, re-creates a shadow that was lost, and hands the guest over to the guardian if
+// the connection breaks. All guest access is serialised by one mutex per session; sessions
+// of different VMs share nothing and run in parallel.
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "common/deadline.h"
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "redirector/gdb/gdb_client.h"
+#include "redirector/guardian.h"
+#include "redirector/guest_access.h"
+#include "redirector/kernel_discovery.h"
+#include "redirector/recovery_log.h"
+#include "redirector/shadow_process.h"
+#include "redirector/syscall_batch.h"
+
+namespace cloudvmi {
+
+struct SessionOptions {
+    std::string gdb_endpoint;          // "unix:/path" or "tcp:host:port"
+    gdb::ClientOptions client;
+    ShadowOptions shadow;
+    // After a batch the shadow stays caught (guest paused) this long, so that the next
+    // request of a burst (lookup, open, read, release of one `cat`) needs no new catch.
+    Millis linger{3};
+    Millis attach_timeout{10000};      // waiting for the session lock (another owner)
+    std::string state_dir;             // recovery logs and locks; "" = default_state_dir()
+    std::string guardian_program;      // cloudvmi binary for `guard`; "" = no guardian
+};
+
+enum class SessionState { kDetached, kAttaching, kAttached, kError };
+const char* to_string(SessionState s);
+
+struct SessionStatus {
+    SessionState state = SessionState::kDetached;
+    std::string error;  // last failure, for kError
+    KernelEntryPoints kernel;
+    int64_t shadow_pid = 0;
+    uint64_t shadow_region = 0;
+    pid_t guardian_pid = 0;
+    BootstrapStats bootstrap;
+    uint64_t batches = 0;
+    uint64_t failures = 0;
+    uint64_t shadows_created = 0;
+    std::string recovered;  // what an earlier, crashed session left and we undid
+};
+
+class GuestSession {
+public:
+    explicit GuestSession(SessionOptions options);
+    ~GuestSession();
+    GuestSession(const GuestSession&) = delete;
+    GuestSession& operator=(const GuestSession&) = delete;
+
+    // Attaches now instead of on the first batch.
+    ErrorOr<void> attach();
+    // Ends the shadow, removes every trace and lets the guest run. Idempotent.
+    ErrorOr<void> detach();
+
+    // Runs a batch in the shadow (attaching first if needed).
+    ErrorOr<BatchOutcome> run(const SyscallBatch& batch);
+
+    SessionStatus status() const;
+    const SessionOptions& options() const { return options_; }
+
+    static std::string default_state_dir();
+
+private:
+    ErrorOr<void> attach_locked();
+    ErrorOr<void> ensure_shadow_locked();
+    ErrorOr<void> detach_locked();
+    // Gives up the guest: the guardian (or the next attach) restores what the log names.
+    void fail_locked(const Error& error);
+    void release_lock_and_guardian_locked();
+    void parker_main();
+    void schedule_park_locked();
+
+    SessionOptions options_;
+    mutable std::mutex mutex_;  // guards everything below; never held across sessions
+    std::condition_variable park_cv_;
+    std::thread parker_;
+    bool stopping_ = false;
+    std::optional<Clock::time_point> park_at_;
+
+    SessionStatus status_;
+    std::string log_path_;
+    std::string lock_path_;
+    UniqueFd lock_fd_;
+    std::unique_ptr<RecoveryLog> log_;
+    std::optional<GuardianHandle> guardian_;
+    std::unique_ptr<GuestAccess> guest_;
+    std::unique_ptr<ShadowProcess> shadow_;
+};
+
+}  // namespace cloudvmi

@@ -1,0 +1,122 @@
+#include "redirector/recovery_log.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <optional>
+#include <random>
+#include <type_traits>
+
+#include "common/unique_fd.h"
+
+namespace cloudvmi {
+
+namespace {
+
+static_assert(std::is_trivially_copyable_v<RecoveryRecord>);
+
+// On-disk/in-mapping layout: a sequence number selects which of two slots is current.
+struct LogFile {
+    uint64_t magic;
+    uint64_t sequence;  // accessed with __atomic builtins: the file is shared
+    RecoveryRecord slots[2];
+};
+constexpr uint64_t kFileMagic = 0x676f6c6976636c63ULL;  // "clcvilog"
+
+}  // namespace
+
+uint64_t random_u64() {
+    std::random_device rd;
+    return (uint64_t{rd()} << 32) ^ rd();
+}
+
+bool RecoveryRecord::has_breakpoint(uint64_t addr) const {
+    for (uint32_t i = 0; i < breakpoint_count && i < kMaxBreakpoints; ++i) {
+        if (breakpoints[i] == addr) return true;
+    }
+    return false;
+}
+
+void RecoveryRecord::add_breakpoint(uint64_t addr) {
+    if (has_breakpoint(addr) || breakpoint_count >= kMaxBreakpoints) return;
+    breakpoints[breakpoint_count++] = addr;
+}
+
+void RecoveryRecord::remove_breakpoint(uint64_t addr) {
+    for (uint32_t i = 0; i < breakpoint_count; ++i) {
+        if (breakpoints[i] == addr) {
+            breakpoints[i] = breakpoints[--breakpoint_count];
+            breakpoints[breakpoint_count] = 0;
+            return;
+        }
+    }
+}
+
+bool RecoveryRecord::nothing_to_undo() const {
+    return breakpoint_count == 0 && thread_phase == ThreadPhase::kNone &&
+           shadow_phase == ShadowPhase::kNone;
+}
+
+RecoveryLog::RecoveryLog() = default;
+
+RecoveryLog::~RecoveryLog() {
+    if (map_ != nullptr) ::munmap(map_, map_size_);
+    if (fd_ >= 0) ::close(fd_);
+}
+
+ErrorOr<std::unique_ptr<RecoveryLog>> RecoveryLog::open_file(const std::string& path,
+                                                             bool keep) {
+    std::optional<RecoveryRecord> previous;
+    if (keep) {
+        if (auto r = read_file(path)) previous = *r;
+    }
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd.valid()) return errno_error("opening recovery log " + path);
+    if (::ftruncate(fd.get(), sizeof(LogFile)) < 0) return errno_error("sizing " + path);
+    void* map = ::mmap(nullptr, sizeof(LogFile), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (map == MAP_FAILED) return errno_error("mapping " + path);
+    auto log = std::unique_ptr<RecoveryLog>(new RecoveryLog());
+    log->path_ = path;
+    log->map_ = map;
+    log->map_size_ = sizeof(LogFile);
+    log->fd_ = fd.release();
+    auto* file = static_cast<LogFile*>(map);
+    file->magic = kFileMagic;
+    if (previous) log->working_ = *previous;
+    log->commit();
+    return log;
+}
+
+void RecoveryLog::commit() {
+    if (map_ == nullptr) return;
+    auto* file = static_cast<LogFile*>(map_);
+    working_.clean = working_.nothing_to_undo() ? 1 : 0;
+    uint64_t seq = __atomic_load_n(&file->sequence, __ATOMIC_RELAXED);
+    std::memcpy(&file->slots[(seq + 1) & 1], &working_, sizeof working_);
+    // The slot is complete before the sequence names it: a reader after our death sees
+    // either the previous record or this one, never a mix.
+    __atomic_store_n(&file->sequence, seq + 1, __ATOMIC_RELEASE);
+}
+
+ErrorOr<RecoveryRecord> RecoveryLog::read_file(const std::string& path) {
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return errno_error("opening recovery log " + path);
+    LogFile file;
+    ssize_t n = ::pread(fd.get(), &file, sizeof file, 0);
+    if (n != static_cast<ssize_t>(sizeof file)) {
+        return make_error(EINVAL, "recovery log " + path + " is truncated");
+    }
+    if (file.magic != kFileMagic) return make_error(EINVAL, path + " is not a recovery log");
+    RecoveryRecord r = file.slots[file.sequence & 1];
+    if (r.magic != RecoveryRecord::kMagic || r.version != RecoveryRecord::kVersion) {
+        return make_error(EINVAL, "recovery log " + path + " has an unknown format");
+    }
+    r.endpoint[sizeof r.endpoint - 1] = '\0';
+    if (r.breakpoint_count > RecoveryRecord::kMaxBreakpoints) r.breakpoint_count = 0;
+    return r;
+}
+
+}  // namespace cloudvmi

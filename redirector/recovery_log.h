@@ -1,0 +1,106 @@
+// Write-ahead record of every change CloudVMI makes to a guest, kept where it survives us.
+//
+// QEMU leaves a VM paused, with our breakpoints armed, when its gdb client dies, and a
+// hijacked thread would be left half-modified. So before each change the injector and the
+// shadow update this record; it lives in a shared file mapping (the guardian process and
+// the next attach read it after a SIGKILL) and is published atomically: the writer fills
+// the inactive slot, then flips the sequence number.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/error.h"
+
+namespace cloudvmi {
+
+enum class ThreadPhase : uint32_t {
+    kNone = 0,
+    kHeld = 1,       // stopped at a return-to-user instruction, possibly with our registers
+    kInFlight = 2,   // executing an injected syscall
+};
+
+enum class ShadowPhase : uint32_t {
+    kNone = 0,
+    kStarting = 1,      // clone issued; the shadow may exist but has not been caught yet
+    kParked = 2,        // looping in its page, no breakpoint needed
+    kHeld = 3,          // stopped at one of its breakpoints
+    kBatchInFlight = 4, // running a batch towards its batch_done breakpoint
+};
+
+struct RecoveryRecord {
+    static constexpr uint32_t kMagic = 0x43564d4a;  // "CVMJ"
+    static constexpr uint32_t kVersion = 1;
+    static constexpr int kMaxBreakpoints = 8;
+
+    uint32_t magic = kMagic;
+    uint32_t version = kVersion;
+    uint64_t session_id = 0;
+    int32_t owner_pid = 0;
+    uint32_t clean = 1;  // 1: nothing of ours is left in the guest
+    char endpoint[256] = {};
+
+    uint64_t syscall_entry = 0;
+    uint64_t sysret = 0;
+    uint64_t iret = 0;
+
+    uint32_t breakpoint_count = 0;
+    uint32_t pad0 = 0;
+    uint64_t breakpoints[kMaxBreakpoints] = {};
+
+    ThreadPhase thread_phase = ThreadPhase::kNone;
+    int32_t thread_vcpu = 0;
+    uint64_t cookie = 0;        // in rbx while the thread runs our syscalls
+    uint64_t thread_cr3 = 0;
+    uint64_t expected_rcx = 0;  // return address of the syscall in flight
+    kvm_regs thread_regs{};     // the thread's own registers, to put back
+    uint64_t parent_region = 0; // region mapped in the hijacked process (0: none)
+
+    ShadowPhase shadow_phase = ShadowPhase::kNone;
+    int32_t shadow_vcpu = 0;
+    int64_t shadow_pid = 0;
+    uint64_t shadow_cr3 = 0;
+    uint64_t shadow_region = 0;
+
+    bool has_breakpoint(uint64_t addr) const;
+    void add_breakpoint(uint64_t addr);
+    void remove_breakpoint(uint64_t addr);
+    // True when nothing would need undoing.
+    bool nothing_to_undo() const;
+};
+
+class RecoveryLog {
+public:
+    // A log kept in memory only (unit tests, the guardian's working copy).
+    RecoveryLog();
+    // A log backed by a file other processes can read after we die. With `keep`, the last
+    // committed record of an existing file becomes the working copy; otherwise the file
+    // starts with an empty (clean) record.
+    static ErrorOr<std::unique_ptr<RecoveryLog>> open_file(const std::string& path,
+                                                           bool keep = false);
+    ~RecoveryLog();
+
+    RecoveryRecord& edit() { return working_; }
+    const RecoveryRecord& current() const { return working_; }
+    // Publishes the working copy.
+    void commit();
+    const std::string& path() const { return path_; }
+
+    // Reads the last committed record of a log file written by another process.
+    static ErrorOr<RecoveryRecord> read_file(const std::string& path);
+
+private:
+    RecoveryRecord working_;
+    std::string path_;
+    void* map_ = nullptr;
+    size_t map_size_ = 0;
+    int fd_ = -1;
+};
+
+// Makes an exact 64-bit id for correlating records with sessions.
+uint64_t random_u64();
+
+}  // namespace cloudvmi

@@ -1,0 +1,599 @@
+#include "redirector/shadow_process.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "redirector/shadow_layout.h"
+#include "redirector/x86/guest_abi.h"
+#include "redirector/x86/page_walker.h"
+
+extern "C" {
+extern const uint8_t cloudvmi_shadow_begin[];
+extern const uint8_t cloudvmi_shadow_child_entry[];
+extern const uint8_t cloudvmi_shadow_park_loop[];
+extern const uint8_t cloudvmi_shadow_sleep_syscall[];
+extern const uint8_t cloudvmi_shadow_after_sleep[];
+extern const uint8_t cloudvmi_shadow_run_batch[];
+extern const uint8_t cloudvmi_shadow_batch_done[];
+extern const uint8_t cloudvmi_shadow_exit[];
+extern const uint8_t cloudvmi_shadow_end[];
+}
+
+namespace cloudvmi {
+
+namespace {
+
+using namespace x86abi;
+
+uint64_t offset_of(const uint8_t* symbol) {
+    return static_cast<uint64_t>(symbol - cloudvmi_shadow_begin);
+}
+
+// Where the shadow region goes in the hijacked process: below the usual mmap area and far
+// above heaps, randomised so that two shadows (or a stale one) never collide.
+uint64_t region_hint() {
+    constexpr uint64_t kSlots =
+        (SyscallInjector::kShadowBandEnd - SyscallInjector::kShadowBandStart) / SHADOW_REGION_SIZE;
+    return SyscallInjector::kShadowBandStart + (random_u64() % kSlots) * SHADOW_REGION_SIZE;
+}
+
+constexpr char kShadowName[] = "cloudvmi-shadow";
+static_assert(sizeof kShadowName <= CTRL_NAME_SIZE);
+
+std::string as_text(const std::vector<uint8_t>& bytes) {
+    return std::string(bytes.begin(), bytes.end());
+}
+
+}  // namespace
+
+std::span<const uint8_t> ShadowCode::bytes() {
+    return {cloudvmi_shadow_begin, static_cast<size_t>(cloudvmi_shadow_end - cloudvmi_shadow_begin)};
+}
+uint64_t ShadowCode::child_entry() { return offset_of(cloudvmi_shadow_child_entry); }
+uint64_t ShadowCode::park_loop() { return offset_of(cloudvmi_shadow_park_loop); }
+uint64_t ShadowCode::sleep_syscall() { return offset_of(cloudvmi_shadow_sleep_syscall); }
+uint64_t ShadowCode::after_sleep() { return offset_of(cloudvmi_shadow_after_sleep); }
+uint64_t ShadowCode::run_batch() { return offset_of(cloudvmi_shadow_run_batch); }
+uint64_t ShadowCode::batch_done() { return offset_of(cloudvmi_shadow_batch_done); }
+uint64_t ShadowCode::exit() { return offset_of(cloudvmi_shadow_exit); }
+
+ShadowProcess::ShadowProcess(GuestAccess& guest, RecoveryLog& log, ShadowOptions options)
+    : guest_(guest), log_(log), options_(options), traps_(guest, log) {}
+
+ShadowProcess::~ShadowProcess() {
+    if (state_ == State::kHeld) {
+        if (auto r = park(); !r) {
+            LOG_WARN("could not park the shadow on shutdown: %s", r.error().describe().c_str());
+        }
+    } else if (!traps_.empty() && !guest_.running()) {
+        (void)traps_.disarm_all();
+    }
+}
+
+uint64_t ShadowProcess::lease_iterations() const {
+    uint64_t per_iteration_ms = std::max<uint64_t>(options_.sleep_max_ns / 1'000'000, 1);
+    return std::max<uint64_t>(static_cast<uint64_t>(options_.lease.count()) / per_iteration_ms,
+                              100);
+}
+
+std::vector<uint8_t> ShadowProcess::initial_control_block() const {
+    std::vector<uint8_t> ctrl(CTRL_SCRATCH, 0);
+    auto put = [&](size_t off, uint64_t v) { std::memcpy(ctrl.data() + off, &v, 8); };
+    put(CTRL_MAGIC, SHADOW_MAGIC);
+    put(CTRL_LEASE, lease_iterations());
+    put(CTRL_SLEEP_CUR, options_.sleep_min_ns);
+    put(CTRL_SLEEP_MIN, options_.sleep_min_ns);
+    put(CTRL_SLEEP_MAX, std::min<uint64_t>(options_.sleep_max_ns, 999'999'999));
+    std::memcpy(ctrl.data() + CTRL_NAME, kShadowName, sizeof kShadowName);
+    put(CTRL_SIGSET, ~uint64_t{0});
+    return ctrl;
+}
+
+void ShadowProcess::journal() {
+    auto& rec = log_.edit();
+    switch (state_) {
+        case State::kHeld:
+            rec.shadow_phase = in_flight_ ? ShadowPhase::kBatchInFlight : ShadowPhase::kHeld;
+            break;
+        case State::kParked: rec.shadow_phase = ShadowPhase::kParked; break;
+        case State::kLost:
+        case State::kGone: rec.shadow_phase = ShadowPhase::kNone; break;
+    }
+    rec.shadow_pid = pid_;
+    rec.shadow_cr3 = cr3_;
+    rec.shadow_region = region_;
+    rec.shadow_vcpu = vcpu_;
+    log_.commit();
+}
+
+ErrorOr<std::unique_ptr<ShadowProcess>> ShadowProcess::create(GuestAccess& guest,
+                                                              const KernelEntryPoints& kernel,
+                                                              RecoveryLog& log,
+                                                              ShadowOptions options) {
+    auto start = Clock::now();
+    std::unique_ptr<ShadowProcess> shadow(new ShadowProcess(guest, log, options));
+    std::set<uint64_t> skip;
+    std::optional<Error> last;
+    for (int attempt = 1; attempt <= options.max_bootstrap_attempts; ++attempt) {
+        bool retry = false;
+        auto r = shadow->bootstrap_once(kernel, skip, retry);
+        if (r) {
+            shadow->bootstrap_.attempts = attempt;
+            shadow->bootstrap_.total_ms = elapsed_ms(start);
+            LOG_INFO("shadow process %lld ready in %.1f ms (region %s)",
+                     static_cast<long long>(shadow->pid_), shadow->bootstrap_.total_ms,
+                     hex_u64(shadow->region_).c_str());
+            return shadow;
+        }
+        last = r.error();
+        if (!retry) break;
+        LOG_INFO("shadow bootstrap attempt %d failed (%s); trying another thread", attempt,
+                 r.error().describe().c_str());
+    }
+    return std::unexpected(last->with_context("creating the shadow process"));
+}
+
+ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
+                                            std::set<uint64_t>& skip, bool& retry_other_thread) {
+    SyscallInjector inj(guest_, kernel, log_, options_.injector);
+    TRY(inj.hijack(skip));
+    bootstrap_.hijack_ms = inj.stats().hijack_ms;
+    uint64_t parent_space = SyscallInjector::address_space(inj.cr3());
+    retry_other_thread = true;
+    // A signal that took the thread back says nothing against its process; anything else
+    // does, and the process is not tried again.
+    auto give_up_on = [&](const Error& e) -> std::unexpected<Error> {
+        if (e.code() != EINTR) skip.insert(parent_space);
+        if (e.code() == EINTR && log_.current().parent_region != 0) {
+            LOG_WARN("a %u KiB region stays mapped in a guest process (cr3 %s) after a signal",
+                     SHADOW_REGION_SIZE / 1024, hex_u64(inj.cr3()).c_str());
+            log_.edit().parent_region = 0;
+            log_.commit();
+        }
+        return std::unexpected(e);
+    };
+    auto steps = [&]() -> ErrorOr<void> {
+
+        uint64_t region = 0;
+        for (int i = 0; i < 4 && region == 0; ++i) {
+            uint64_t hint = region_hint();
+            log_.edit().parent_region = hint;  // write-ahead: mmap may succeed and we die
+            log_.commit();
+            uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE,
+                                                 kProtRead | kProtWrite | kProtExec,
+                                                 kMapShared | kMapAnonymous | kMapPopulate |
+                                                     kMapFixedNoreplace,
+                                                 ~uint64_t{0}, 0}));
+            if (is_error_result(r)) {
+                log_.edit().parent_region = 0;
+                log_.commit();
+                if (static_cast<int>(-as_signed(r)) == EEXIST) continue;
+                return make_error(static_cast<int>(-as_signed(r)),
+                                  "mmap of the shadow region in the hijacked thread");
+            }
+            if ((r & 0xfff) != 0 || r >= 0x00007ffffff00000ULL) {
+                return make_error(EPROTO, "guest returned an implausible mmap address " + hex_u64(r));
+            }
+            region = r;
+            log_.edit().parent_region = region;
+            log_.commit();
+        }
+        if (region == 0) return make_error(EEXIST, "no free address for the shadow region");
+
+        auto code = ShadowCode::bytes();
+        TRY(inj.write_memory(region, code));
+        TRY(inj.write_memory(region + SHADOW_CTRL_OFFSET, initial_control_block()));
+        std::vector<uint8_t> check(code.size());
+        TRY(inj.read_memory(region, check));
+        if (!std::equal(check.begin(), check.end(), code.begin())) {
+            return make_error(EIO, "shadow code did not reach the guest intact");
+        }
+
+        pid_ = 0;
+        region_ = region;
+        log_.edit().shadow_phase = ShadowPhase::kStarting;
+        log_.edit().shadow_region = region;
+        log_.commit();
+
+        // exit_signal 0: the helper's exit must not send SIGCHLD to P, whose handler would run
+        // with our registers (wait4 with __WALL still reaps it).
+        uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}, region + ShadowCode::child_entry()));
+        bool helper_started = !is_error_result(child);
+        // From the clone on, a failure may leave a shadow behind: it is caught and ended.
+        auto after_clone = [&]() -> ErrorOr<void> {
+            std::optional<Error> failure;
+            if (!helper_started) {
+                failure = Error::guest(static_cast<int>(-as_signed(child)), "clone in the hijacked thread");
+            } else {
+                uint64_t waited = TRY(inj.syscall(
+                    kWait4, {child, region + SHADOW_CTRL_OFFSET + CTRL_WAIT_STATUS, kWall, 0}));
+                // ECHILD: the process ignores SIGCHLD and the kernel reaped the helper itself.
+                if (waited != child && as_signed(waited) != -ECHILD) {
+                    LOG_WARN("wait4 for the helper returned %lld", static_cast<long long>(as_signed(waited)));
+                }
+                int64_t s2 = 0;
+                TRY(inj.read_memory(region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
+                                    std::span(reinterpret_cast<uint8_t*>(&s2), 8)));
+                if (s2 <= 0 || s2 > (1 << 22)) {
+                    failure = Error(s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
+                                    strformat("the helper could not clone the shadow (reported %lld)",
+                                              static_cast<long long>(s2)));
+                } else {
+                    pid_ = s2;
+                }
+            }
+            uint64_t unmapped = TRY(inj.syscall(kMunmap, {region, SHADOW_REGION_SIZE}));
+            if (!is_error_result(unmapped)) {
+                log_.edit().parent_region = 0;
+                log_.commit();
+            } else {
+                LOG_WARN("munmap of the shadow region in the hijacked process failed: %lld",
+                         static_cast<long long>(as_signed(unmapped)));
+            }
+            TRY(inj.release());
+            bootstrap_.injector = inj.stats();
+            if (failure) return std::unexpected(*failure);
+            log_.edit().shadow_pid = pid_;
+            log_.commit();
+            return {};
+        };
+        if (auto r = after_clone(); !r) {
+            // P first: ending the stray shadow lets the guest run.
+            if (auto released = inj.release(); !released) return std::unexpected(released.error());
+            if (helper_started) end_stray_shadow(parent_space);
+            log_.edit().shadow_phase = ShadowPhase::kNone;
+            log_.commit();
+            return std::unexpected(r.error());
+        }
+        TRY(catch_newborn(parent_space));
+        bool acceptable = true;
+        TRY(configure(acceptable));
+        if (!acceptable) {
+            (void)terminate();
+            TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+            return make_error(EAGAIN, "the hijacked process lives in another mount namespace or root");
+        }
+        retry_other_thread = false;
+        return {};
+    };
+    if (auto r = steps(); !r) return give_up_on(r.error());
+    return {};
+}
+
+void ShadowProcess::end_stray_shadow(uint64_t parent_space) {
+    cr3_ = 0;
+    parent_space_ = parent_space;
+    state_ = State::kParked;
+    if (auto r = terminate(); !r) {
+        LOG_WARN("a half-started shadow could not be ended (%s); its lease will end it",
+                 r.error().describe().c_str());
+    }
+    if (guest_.running()) (void)guest_.interrupt(Deadline::after(options_.acquire_timeout));
+}
+
+ErrorOr<void> ShadowProcess::catch_newborn(uint64_t parent_space) {
+    auto start = Clock::now();
+    uint64_t at = region_ + ShadowCode::after_sleep();
+    TRY(traps_.arm(at));
+    auto vcpu = run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space);
+    if (!vcpu) {
+        state_ = State::kLost;
+        (void)traps_.disarm_all();
+        return std::unexpected(vcpu.error().with_context(
+            strformat("catching the new shadow process %lld", static_cast<long long>(pid_))));
+    }
+    auto snap = TRY(guest_.snapshot(*vcpu));
+    cr3_ = snap.state.sregs.cr3;
+    vcpu_ = *vcpu;
+    state_ = State::kHeld;
+    bootstrap_.first_catch_ms = elapsed_ms(start);
+    journal();
+    return {};
+}
+
+ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadline,
+                                                   bool any_space, uint64_t exclude_space) {
+    TRY(guest_.resume());
+    uint64_t own_space = SyscallInjector::address_space(cr3_);
+    while (true) {
+        auto ev = guest_.wait_for_stop(deadline);
+        if (!ev) {
+            if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+            return std::unexpected(ev.error());
+        }
+        auto snap = TRY(guest_.snapshot(ev->vcpu));
+        uint64_t rip = snap.state.regs.rip;
+        uint64_t space = SyscallInjector::address_space(snap.state.sregs.cr3);
+        if (rip == addr) {
+            bool ours = any_space ? space != exclude_space : space == own_space;
+            if (ours) return ev->vcpu;
+        }
+        if (traps_.armed(rip)) {
+            // Another process executing the same address, or our shadow at another of our
+            // breakpoints on its way: let it pass.
+            TRY(traps_.step_over(ev->vcpu, rip, Deadline::after(options_.acquire_timeout)));
+        }
+        TRY(guest_.resume());
+    }
+}
+
+ErrorOr<void> ShadowProcess::set_rip(uint64_t address) {
+    auto snap = TRY(guest_.snapshot(vcpu_));
+    kvm_regs regs = snap.state.regs;
+    regs.rip = address;
+    return guest_.write_regs(vcpu_, regs);
+}
+
+ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
+    SyscallBatch b;
+    uint64_t ctrl = region_ + SHADOW_CTRL_OFFSET;
+    auto pid = b.add(kGetpid, {});
+    auto uid = b.add(kGetuid, {});
+    auto sid = b.add(kSetsid, {});
+    auto root = b.input_string("/");
+    auto cd = b.add(kChdir, {SyscallBatch::buf(root)});
+    auto closed = b.add(kCloseRange, {SyscallBatch::imm(0), SyscallBatch::imm(0xffffffffu),
+                                      SyscallBatch::imm(0)});
+    auto name = b.add(kPrctl, {SyscallBatch::imm(kPrSetName), SyscallBatch::imm(ctrl + CTRL_NAME)});
+    auto args_start = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
+                                     SyscallBatch::imm(ctrl + CTRL_NAME), SyscallBatch::imm(0),
+                                     SyscallBatch::imm(0)});
+    auto args_end = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgEnd),
+                                   SyscallBatch::imm(ctrl + CTRL_NAME + sizeof kShadowName),
+                                   SyscallBatch::imm(0), SyscallBatch::imm(0)});
+    auto masked = b.add(kRtSigprocmask, {SyscallBatch::imm(kSigSetmask),
+                                         SyscallBatch::imm(ctrl + CTRL_SIGSET),
+                                         SyscallBatch::imm(0), SyscallBatch::imm(8)});
+    auto locked = b.add(kMlock, {SyscallBatch::imm(region_), SyscallBatch::imm(SHADOW_REGION_SIZE)});
+    b.add(kUmask, {SyscallBatch::imm(022)});
+    auto readlink = [&](const char* path) {
+        auto p = b.input_string(path);
+        auto out = b.output(256);
+        auto op = b.add(kReadlinkat, {SyscallBatch::imm_signed(kAtFdcwd), SyscallBatch::buf(p),
+                                      SyscallBatch::buf(out), SyscallBatch::imm(255)});
+        b.filled_by(out, op, SyscallBatch::Fill::kResultBytes);
+        return std::make_pair(op, out);
+    };
+    auto own_ns = readlink("/proc/self/ns/mnt");
+    auto init_ns = readlink("/proc/1/ns/mnt");
+    auto own_root = readlink("/proc/self/root");
+    auto out = TRY(execute(b));
+
+    if (out.result(pid) != pid_) {
+        return make_error(EPROTO, strformat("the caught process reports pid %lld, expected the "
+                                            "shadow %lld",
+                                            static_cast<long long>(out.result(pid)),
+                                            static_cast<long long>(pid_)));
+    }
+    if (out.result(uid) != 0) {
+        acceptable = false;
+        return {};
+    }
+    if (out.failed(sid)) LOG_WARN("shadow setsid failed: %s", std::strerror(out.error_of(sid)));
+    if (out.failed(cd)) LOG_WARN("shadow chdir / failed: %s", std::strerror(out.error_of(cd)));
+    if (out.failed(closed)) {
+        // Kernels before 5.9 lack close_range: close the usual range one by one.
+        SyscallBatch c;
+        for (int fd = 0; fd < 192; ++fd) c.add(kClose, {SyscallBatch::imm(static_cast<uint64_t>(fd))});
+        TRY(execute(c));
+    }
+    if (out.failed(name)) LOG_WARN("shadow PR_SET_NAME failed: %s", std::strerror(out.error_of(name)));
+    if (out.failed(args_start) || out.failed(args_end)) {
+        // The kernel wants arg_start <= arg_end at every step: try the other order.
+        SyscallBatch m;
+        m.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgEnd),
+                       SyscallBatch::imm(ctrl + CTRL_NAME + sizeof kShadowName),
+                       SyscallBatch::imm(0), SyscallBatch::imm(0)});
+        m.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
+                       SyscallBatch::imm(ctrl + CTRL_NAME), SyscallBatch::imm(0),
+                       SyscallBatch::imm(0)});
+        auto retry = TRY(execute(m));
+        if (retry.failed(0) || retry.failed(1)) {
+            LOG_INFO("shadow cmdline not renamed (PR_SET_MM: %s); ps shows the parent's",
+                     std::strerror(retry.error_of(retry.failed(0) ? 0 : 1)));
+        }
+    }
+    if (out.failed(masked)) {
+        return make_error(out.error_of(masked), "blocking signals in the shadow");
+    }
+    if (out.failed(locked)) {
+        LOG_INFO("shadow region not locked in memory: %s", std::strerror(out.error_of(locked)));
+    }
+    auto ns_self = as_text(out.bytes(own_ns.second));
+    auto ns_init = as_text(out.bytes(init_ns.second));
+    auto root_dir = as_text(out.bytes(own_root.second));
+    if (out.failed(own_ns.first) || out.failed(init_ns.first) || ns_self != ns_init) {
+        LOG_INFO("hijacked process is in mount namespace '%s', init in '%s': not usable",
+                 printable(ns_self).c_str(), printable(ns_init).c_str());
+        acceptable = false;
+    } else if (!out.failed(own_root.first) && root_dir != "/") {
+        LOG_INFO("hijacked process is chrooted to '%s': not usable", printable(root_dir).c_str());
+        acceptable = false;
+    }
+    return {};
+}
+
+std::unique_ptr<ShadowProcess> ShadowProcess::adopt(GuestAccess& guest, RecoveryLog& log,
+                                                    const RecoveryRecord& record,
+                                                    ShadowOptions options) {
+    std::unique_ptr<ShadowProcess> shadow(new ShadowProcess(guest, log, options));
+    shadow->pid_ = record.shadow_pid;
+    shadow->region_ = record.shadow_region;
+    shadow->cr3_ = record.shadow_cr3;
+    shadow->vcpu_ = record.shadow_vcpu;
+    shadow->parent_space_ = SyscallInjector::address_space(record.thread_cr3);
+    shadow->state_ = State::kParked;
+    return shadow;
+}
+
+ErrorOr<void> ShadowProcess::acquire() {
+    auto start = Clock::now();
+    if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+    uint64_t at = region_ + ShadowCode::after_sleep();
+    TRY(traps_.arm(at));
+    bool newborn = cr3_ == 0;
+    auto vcpu = run_until_shadow_at(at, Deadline::after(options_.acquire_timeout), newborn,
+                                    parent_space_);
+    if (!vcpu) {
+        (void)traps_.disarm_all();
+        poison_lease();
+        state_ = State::kLost;
+        journal();
+        if (vcpu.error().code() == ETIMEDOUT) {
+            return make_error(ESRCH, strformat("the shadow process %lld did not come back within "
+                                               "%lld ms (killed inside the guest?)",
+                                               static_cast<long long>(pid_),
+                                               static_cast<long long>(options_.acquire_timeout.count())));
+        }
+        return std::unexpected(vcpu.error());
+    }
+    vcpu_ = *vcpu;
+    if (newborn) cr3_ = TRY(guest_.snapshot(vcpu_)).state.sregs.cr3;
+    state_ = State::kHeld;
+    last_acquire_ms_ = elapsed_ms(start);
+    journal();
+    return {};
+}
+
+ErrorOr<BatchOutcome> ShadowProcess::execute(const SyscallBatch& batch) {
+    TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_DATA_SIZE));
+    if (state_ == State::kLost || state_ == State::kGone) {
+        return make_error(ESRCH, "the shadow process is gone");
+    }
+    if (state_ == State::kParked) TRY(acquire());
+
+    uint64_t data_area = region_ + SHADOW_DATA_OFFSET;
+    EncodedBatch enc = encode_batch(batch, data_area);
+    TRY(guest_.write_virtual(vcpu_, region_ + SHADOW_OPS_OFFSET, enc.op_records));
+    for (const auto& chunk : enc.inputs) {
+        TRY(guest_.write_virtual(vcpu_, data_area + chunk.offset, chunk.bytes));
+    }
+    uint64_t done_at = region_ + ShadowCode::batch_done();
+    TRY(traps_.arm(done_at));
+    TRY(set_rip(region_ + ShadowCode::run_batch()));
+    in_flight_ = true;
+    journal();
+    auto vcpu = run_until_shadow_at(done_at, Deadline::after(options_.batch_timeout), false, 0);
+    if (!vcpu) {
+        // The shadow is stuck in a syscall (a blocking read, say). It cannot be interrupted
+        // from outside; make sure it leaves once it gets out, and start afresh next time.
+        (void)traps_.disarm_all();
+        poison_lease();
+        in_flight_ = false;
+        state_ = State::kLost;
+        journal();
+        if (vcpu.error().code() == ETIMEDOUT) {
+            return make_error(ETIMEDOUT,
+                              strformat("guest syscalls did not complete within %lld ms "
+                                        "(blocked inside the guest?)",
+                                        static_cast<long long>(options_.batch_timeout.count())));
+        }
+        return std::unexpected(vcpu.error());
+    }
+    vcpu_ = *vcpu;
+    in_flight_ = false;
+    journal();
+
+    BatchOutcome out;
+    std::vector<uint8_t> records(enc.op_records.size());
+    TRY(guest_.read_virtual(vcpu_, region_ + SHADOW_OPS_OFFSET, records));
+    out.results = decode_results(records, batch.ops().size());
+    out.buffers.resize(batch.buffers().size());
+    // Read the outputs, merging neighbours into one transfer.
+    const auto& bufs = batch.buffers();
+    size_t i = 0;
+    while (i < bufs.size()) {
+        size_t len = output_length(bufs[i], out.results);
+        if (len == 0) {
+            ++i;
+            continue;
+        }
+        size_t begin = bufs[i].offset;
+        size_t end = begin + len;
+        size_t j = i + 1;
+        while (j < bufs.size()) {
+            size_t l = output_length(bufs[j], out.results);
+            if (l == 0) {
+                ++j;
+                continue;
+            }
+            if (bufs[j].offset > end + 256) break;
+            end = bufs[j].offset + l;
+            ++j;
+        }
+        std::vector<uint8_t> span(end - begin);
+        TRY(guest_.read_virtual(vcpu_, data_area + begin, span));
+        for (size_t k = i; k < j; ++k) {
+            size_t l = output_length(bufs[k], out.results);
+            if (l == 0) continue;
+            auto from = span.begin() + static_cast<ptrdiff_t>(bufs[k].offset - begin);
+            out.buffers[k].assign(from, from + static_cast<ptrdiff_t>(l));
+        }
+        i = j;
+    }
+    return out;
+}
+
+ErrorOr<void> ShadowProcess::park() {
+    if (state_ == State::kParked) return {};
+    if (state_ != State::kHeld) return make_error(ESRCH, "the shadow process is gone");
+    uint64_t fields[4] = {lease_iterations(), 0, 0, options_.sleep_min_ns};
+    static_assert(CTRL_REQ_SEQ == CTRL_LEASE + 8 && CTRL_DONE_SEQ == CTRL_LEASE + 16 &&
+                  CTRL_SLEEP_CUR == CTRL_LEASE + 24);
+    TRY(guest_.write_virtual(vcpu_, region_ + SHADOW_CTRL_OFFSET + CTRL_LEASE,
+                             std::span(reinterpret_cast<const uint8_t*>(fields), sizeof fields)));
+    TRY(set_rip(region_ + ShadowCode::park_loop()));
+    TRY(traps_.disarm_all());
+    state_ = State::kParked;
+    journal();
+    return guest_.resume();
+}
+
+ErrorOr<void> ShadowProcess::terminate() {
+    if (state_ == State::kGone) return {};
+    if (state_ == State::kParked) {
+        if (auto r = acquire(); !r) {
+            state_ = State::kGone;
+            journal();
+            return std::unexpected(r.error());
+        }
+    }
+    if (state_ == State::kLost) {
+        state_ = State::kGone;
+        journal();
+        return {};
+    }
+    TRY(set_rip(region_ + ShadowCode::exit()));
+    TRY(traps_.disarm_all());
+    state_ = State::kGone;
+    journal();
+    LOG_INFO("shadow process %lld told to exit", static_cast<long long>(pid_));
+    return guest_.resume();
+}
+
+void ShadowProcess::poison_lease() {
+    if (cr3_ == 0 || region_ == 0) return;
+    if (guest_.running()) {
+        if (!guest_.interrupt(Deadline::after(options_.acquire_timeout))) return;
+    }
+    PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
+        return guest_.read_physical(pa, out);
+    };
+    auto t = translate_virtual(read, cr3_, region_ + SHADOW_CTRL_OFFSET + CTRL_LEASE);
+    if (!t) {
+        LOG_WARN("cannot reach the lost shadow's lease: %s", t.error().describe().c_str());
+        return;
+    }
+    uint64_t one = 1;
+    if (auto w = guest_.write_physical(t->physical, std::span(reinterpret_cast<uint8_t*>(&one), 8));
+        !w) {
+        LOG_WARN("cannot shorten the lost shadow's lease: %s", w.error().describe().c_str());
+        return;
+    }
+    LOG_WARN("shadow process %lld lost; it will exit on its next loop",
+             static_cast<long long>(pid_));
+}
+
+}  // namespace cloudvmi

@@ -1,0 +1,138 @@
+// The shadow: a guest process of our own in which every redirected syscall runs.
+//
+// Waiting for guest activity on every request is unacceptable (an idle guest may make no
+// syscall for seconds), so the first hijack is used once, to create a dedicated process:
+//
+//   1. In the hijacked root thread P: mmap a shared RWX region, copy the shadow code in,
+//      clone() with the return address set to that code, wait4() the child, munmap.
+//      The child S1 never runs P's code: its first instruction is ours.
+//   2. S1 clones S2 and exits, so S2 is adopted by init (no zombie under P when S2 ends)
+//      and reports S2's pid through the shared page.
+//   3. P is given back untouched. S2 is caught on its park loop, then made a proper
+//      daemon: setsid, chdir /, every inherited fd closed, signals blocked, named
+//      cloudvmi-shadow (comm and cmdline), its region locked in memory.
+//
+// S2 then loops in its page: it runs a posted batch of syscalls (shadow_payload.S) or
+// sleeps with exponential back-off. The trap engine here posts a batch and waits on a
+// breakpoint at the end of the batch code: one VM stop per batch, whatever its size.
+// A lease counter in the page makes S2 exit on its own if nobody renews it (a dead host).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "common/deadline.h"
+#include "common/error.h"
+#include "redirector/breakpoint_set.h"
+#include "redirector/guest_access.h"
+#include "redirector/kernel_discovery.h"
+#include "redirector/recovery_log.h"
+#include "redirector/syscall_batch.h"
+#include "redirector/syscall_injector.h"
+
+namespace cloudvmi {
+
+struct ShadowOptions {
+    InjectorOptions injector;
+    Millis catch_timeout{15000};    // catching the newborn shadow
+    Millis acquire_timeout{3000};   // catching a parked shadow (well above sleep_max)
+    Millis batch_timeout{10000};    // one batch
+    uint64_t sleep_min_ns = 1'000'000;
+    uint64_t sleep_max_ns = 50'000'000;
+    // How long a shadow survives without the host renewing its lease, counted in park-loop
+    // iterations at the longest sleep.
+    Millis lease{600000};
+    int max_bootstrap_attempts = 8;
+};
+
+// Offsets of the shadow code's entry points within its region.
+struct ShadowCode {
+    static std::span<const uint8_t> bytes();
+    static uint64_t child_entry();
+    static uint64_t park_loop();
+    static uint64_t sleep_syscall();
+    static uint64_t after_sleep();
+    static uint64_t run_batch();
+    static uint64_t batch_done();
+    static uint64_t exit();
+};
+
+struct BootstrapStats {
+    double hijack_ms = 0;      // from arming the trap to holding a root thread
+    double first_catch_ms = 0; // from giving P back to catching the shadow
+    double total_ms = 0;
+    int attempts = 0;
+    InjectorStats injector;
+};
+
+class ShadowProcess {
+public:
+    enum class State { kHeld, kParked, kLost, kGone };
+
+    // Creates a shadow; the guest must be stopped and is left stopped, the shadow held.
+    static ErrorOr<std::unique_ptr<ShadowProcess>> create(GuestAccess& guest,
+                                                          const KernelEntryPoints& kernel,
+                                                          RecoveryLog& log, ShadowOptions options);
+
+    // Takes over a shadow described by a recovery record (after a crash), assumed parked.
+    static std::unique_ptr<ShadowProcess> adopt(GuestAccess& guest, RecoveryLog& log,
+                                                const RecoveryRecord& record,
+                                                ShadowOptions options);
+
+    ~ShadowProcess();
+
+    // Runs a batch; leaves the shadow held and the guest stopped.
+    ErrorOr<BatchOutcome> execute(const SyscallBatch& batch);
+    // Lets the guest run with the shadow looping in its page; renews the lease.
+    ErrorOr<void> park();
+    // Makes the shadow exit and lets the guest run. Idempotent.
+    ErrorOr<void> terminate();
+
+    State state() const { return state_; }
+    int64_t pid() const { return pid_; }
+    uint64_t region() const { return region_; }
+    uint64_t cr3() const { return cr3_; }
+    const BootstrapStats& bootstrap_stats() const { return bootstrap_; }
+    double last_acquire_ms() const { return last_acquire_ms_; }
+
+private:
+    ShadowProcess(GuestAccess& guest, RecoveryLog& log, ShadowOptions options);
+
+    ErrorOr<void> bootstrap_once(const KernelEntryPoints& kernel, std::set<uint64_t>& skip,
+                                 bool& retry_other_thread);
+    ErrorOr<void> catch_newborn(uint64_t parent_space);
+    // After a failed bootstrap: catch a shadow that may have been started, and end it.
+    void end_stray_shadow(uint64_t parent_space);
+    ErrorOr<void> configure(bool& acceptable);
+    // Brings a parked shadow to its after_sleep breakpoint.
+    ErrorOr<void> acquire();
+    // Resumes until the shadow stops at `addr`; other threads there are stepped over.
+    ErrorOr<VcpuId> run_until_shadow_at(uint64_t addr, Deadline deadline, bool any_space,
+                                        uint64_t exclude_space);
+    ErrorOr<void> set_rip(uint64_t address);
+    // Best effort for a shadow we lost: shorten its lease so it exits by itself.
+    void poison_lease();
+    void journal();
+    uint64_t lease_iterations() const;
+    std::vector<uint8_t> initial_control_block() const;
+
+    GuestAccess& guest_;
+    RecoveryLog& log_;
+    ShadowOptions options_;
+    BreakpointSet traps_;
+    State state_ = State::kGone;
+    int64_t pid_ = 0;
+    uint64_t region_ = 0;
+    uint64_t cr3_ = 0;
+    VcpuId vcpu_ = 0;
+    bool in_flight_ = false;
+    // For a shadow adopted before it was ever caught: its address space is unknown, but it
+    // is not the one of the process that cloned it.
+    uint64_t parent_space_ = 0;
+    BootstrapStats bootstrap_;
+    double last_acquire_ms_ = 0;
+};
+
+}  // namespace cloudvmi

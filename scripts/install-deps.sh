@@ -1,0 +1,44 @@
+#!/bin/sh
+# Installs every Debian 12 package CloudVMI needs to build, test and run its demo guest.
+# Idempotent: running it again only re-checks. Needs root (or sudo).
+set -eu
+
+PACKAGES="
+build-essential cmake pkg-config
+libfuse3-dev fuse3
+libvirt-dev
+libyaml-cpp-dev
+catch2
+linux-libc-dev
+qemu-system-x86 qemu-utils
+busybox-static cpio gzip
+python3-docutils
+socat
+procps
+"
+
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        exec sudo -E "$0" "$@"
+    fi
+    echo "install-deps: must run as root (or with sudo available)" >&2
+    exit 1
+fi
+
+missing=""
+for p in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+
+echo "install-deps: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+# shellcheck disable=SC2086
+apt-get install -y --no-install-recommends $missing
