@@ -25,7 +25,8 @@ Level initial_level() {
 }
 
 std::atomic<int> g_level{static_cast<int>(initial_level())};
-std::mutex g_write_mutex;  // keeps lines from different threads whole
+std::mutex g_write_mutex;  // keeps lines from different threads whole; guards g_output
+FILE* g_output = nullptr;  // nullptr: stderr
 
 const char* level_name(Level l) {
     switch (l) {
@@ -70,8 +71,19 @@ void write(Level l, const char* fmt, ...) {
     tm tmv{};
     localtime_r(&ts.tv_sec, &tmv);
     std::lock_guard lock(g_write_mutex);
-    std::fprintf(stderr, "%02d:%02d:%02d.%03ld cloudvmi[%d] %s: %s\n", tmv.tm_hour, tmv.tm_min,
+    FILE* out = g_output != nullptr ? g_output : stderr;
+    std::fprintf(out, "%02d:%02d:%02d.%03ld cloudvmi[%d] %s: %s\n", tmv.tm_hour, tmv.tm_min,
                  tmv.tm_sec, ts.tv_nsec / 1000000, static_cast<int>(getpid()), level_name(l), msg);
+    std::fflush(out);
+}
+
+bool set_output_file(const std::string& path) {
+    std::lock_guard lock(g_write_mutex);
+    if (g_output != nullptr) std::fclose(g_output);
+    g_output = nullptr;
+    if (path.empty()) return true;
+    g_output = std::fopen(path.c_str(), "ae");
+    return g_output != nullptr;
 }
 
 }  // namespace cloudvmi::log

@@ -17,6 +17,9 @@ bool enabled(Level level);
 
 void write(Level level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
+// Sends log lines to a file (appending) instead of stderr; "" restores stderr.
+bool set_output_file(const std::string& path);
+
 }  // namespace cloudvmi::log
 
 #define CVMI_LOG(lvl, ...)                                                   \

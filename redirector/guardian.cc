@@ -186,6 +186,17 @@ int run_guardian(const GuardianArgs& args) {
 
     report(args, "session ended uncleanly (owner pid %d); restoring the guest at %s",
            rec->owner_pid, rec->endpoint);
+    // Our stderr goes nowhere: the details of the recovery go next to the report.
+    if (!args.report_path.empty()) {
+        log::set_output_file(args.report_path);
+        if (!log::enabled(log::Level::kInfo)) log::set_level(log::Level::kInfo);
+    }
+    LOG_INFO("record: thread phase %u (vcpu %d, cr3 %s, rcx %s), shadow phase %u (pid %lld), "
+             "%u breakpoints, parent region %s",
+             static_cast<unsigned>(rec->thread_phase), rec->thread_vcpu,
+             hex_u64(rec->thread_cr3).c_str(), hex_u64(rec->expected_rcx).c_str(),
+             static_cast<unsigned>(rec->shadow_phase), static_cast<long long>(rec->shadow_pid),
+             rec->breakpoint_count, hex_u64(rec->parent_region).c_str());
     auto endpoint = gdb::Endpoint::parse(rec->endpoint);
     if (!endpoint) {
         report(args, "bad endpoint in log: %s", endpoint.error().describe().c_str());
@@ -212,11 +223,15 @@ int run_guardian(const GuardianArgs& args) {
         return 1;
     }
     auto result = recover_guest(*guest, *rec, **log, ShadowOptions{});
-    auto detached = guest->detach();
     if (!result) {
-        report(args, "recovery failed: %s", result.error().describe().c_str());
+        // Detaching now could let a thread run on with our registers: leave the VM as it
+        // is (its breakpoints still catch that thread) and the log dirty, so that the next
+        // cloudvmi to attach finishes the job.
+        report(args, "recovery failed, the log is kept for the next attach: %s",
+               result.error().describe().c_str());
         return 1;
     }
+    auto detached = guest->detach();
     if (!detached) {
         report(args, "detach failed: %s", detached.error().describe().c_str());
         return 1;

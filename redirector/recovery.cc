@@ -11,7 +11,7 @@ namespace cloudvmi {
 std::string RecoveryReport::describe() const {
     return strformat("breakpoints removed: %d, hijacked thread %s, parent region %s, shadow %s",
                      breakpoints_removed,
-                     thread_restored ? "restored" : (thread_lost ? "NOT found" : "none"),
+                     thread_restored ? "restored" : "none",
                      parent_region_unmapped ? "unmapped" : "none",
                      shadow_ended ? "ended" : "none");
 }
@@ -19,6 +19,7 @@ std::string RecoveryReport::describe() const {
 ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& record,
                                       RecoveryLog& log, const ShadowOptions& options) {
     RecoveryReport report;
+    bool shadow_never_started = false;
     log.edit() = record;
     log.commit();
 
@@ -35,12 +36,30 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         KernelEntryPoints kernel;
         kernel.syscall_entry = record.syscall_entry;
         kernel.sysret = record.sysret;
+        kernel.slow_return = record.slow_return;
         kernel.iret = record.iret;
         SyscallInjector inj(guest, kernel, log, options.injector);
         TRY_CTX(inj.adopt(record), "locating the hijacked thread");
-        if (record.parent_region != 0) {
-            // Only reachable once the thread is held; a thread still in flight is waited for
-            // by the munmap itself.
+        // The injected syscalls are short (mmap, clone, wait4 of a helper that exits at once,
+        // munmap), but the guest may be slow: wait long rather than abandon the thread.
+        TRY_CTX(inj.finish(Deadline::after(options.recovery_timeout)),
+                "waiting for the hijacked thread to come back");
+        if (inj.hijacked() && record.parent_region != 0 &&
+            record.shadow_phase == ShadowPhase::kStarting) {
+            // The helper reports the shadow's pid through the shared region; no pid and no
+            // clone in flight means no shadow was ever started.
+            int64_t s2 = 0;
+            auto read = inj.read_memory(record.parent_region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
+                                        std::span(reinterpret_cast<uint8_t*>(&s2), 8));
+            bool clone_was_in_flight =
+                record.expected_rcx == record.parent_region + ShadowCode::child_entry();
+            if (read && s2 <= 0 && !clone_was_in_flight) shadow_never_started = true;
+            if (read && s2 > 0) {
+                log.edit().shadow_pid = s2;
+                log.commit();
+            }
+        }
+        if (inj.hijacked() && record.parent_region != 0) {
             auto r = inj.syscall(x86abi::kMunmap, {record.parent_region, SHADOW_REGION_SIZE});
             if (r && !x86abi::is_error_result(*r)) {
                 report.parent_region_unmapped = true;
@@ -48,20 +67,14 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
                 log.commit();
             }
         }
-        if (auto r = inj.release(); !r) {
-            LOG_ERROR("recovery: the hijacked thread could not be given back: %s",
-                      r.error().describe().c_str());
-            report.thread_lost = true;
-            log.edit().thread_phase = ThreadPhase::kNone;
-            log.commit();
-        } else {
-            report.thread_restored = true;
-        }
+        TRY_CTX(inj.release(), "giving the hijacked thread back");
+        report.thread_restored = true;
     }
 
     // 3. The shadow, if one was started: catch it and make it exit.
-    if (record.shadow_phase != ShadowPhase::kNone && record.shadow_region != 0) {
-        RecoveryRecord r = record;
+    if (record.shadow_phase != ShadowPhase::kNone && record.shadow_region != 0 &&
+        !shadow_never_started) {
+        RecoveryRecord r = log.current();
         if (record.shadow_phase == ShadowPhase::kStarting || record.shadow_cr3 == 0) {
             // Never caught: its address space is unknown. Catch it where it parks.
             LOG_INFO("recovery: catching a shadow that was still starting");
@@ -78,7 +91,6 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         if (guest.running()) TRY(guest.interrupt(Deadline::after(options.acquire_timeout)));
     }
     log.edit().shadow_phase = ShadowPhase::kNone;
-    log.edit().thread_phase = ThreadPhase::kNone;
     log.commit();
     return report;
 }

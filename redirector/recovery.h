@@ -14,7 +14,6 @@ namespace cloudvmi {
 
 struct RecoveryReport {
     bool thread_restored = false;
-    bool thread_lost = false;       // could not be found again (left as the kernel runs it)
     bool parent_region_unmapped = false;
     bool shadow_ended = false;
     int breakpoints_removed = 0;

@@ -33,7 +33,7 @@ enum class ShadowPhase : uint32_t {
 
 struct RecoveryRecord {
     static constexpr uint32_t kMagic = 0x43564d4a;  // "CVMJ"
-    static constexpr uint32_t kVersion = 1;
+    static constexpr uint32_t kVersion = 2;
     static constexpr int kMaxBreakpoints = 8;
 
     uint32_t magic = kMagic;
@@ -45,6 +45,7 @@ struct RecoveryRecord {
 
     uint64_t syscall_entry = 0;
     uint64_t sysret = 0;
+    uint64_t slow_return = 0;
     uint64_t iret = 0;
 
     uint32_t breakpoint_count = 0;

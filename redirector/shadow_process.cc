@@ -258,7 +258,15 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         retry_other_thread = false;
         return {};
     };
-    if (auto r = steps(); !r) return give_up_on(r.error());
+    if (auto r = steps(); !r) {
+        // A thread that cannot be given back ends the bootstrap: another hijack would
+        // overwrite its record, and only the guardian may take over from here.
+        if (auto released = inj.release(); !released) {
+            retry_other_thread = false;
+            return std::unexpected(released.error());
+        }
+        return give_up_on(r.error());
+    }
     return {};
 }
 
@@ -327,8 +335,29 @@ ErrorOr<void> ShadowProcess::set_rip(uint64_t address) {
 }
 
 ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
+    // The kernel reads /proc/PID/cmdline only from private anonymous memory (FOLL_ANON),
+    // and the region is shared: the name gets a private page of its own.
+    uint64_t name_page = 0;
+    {
+        SyscallBatch m;
+        auto op = m.add(kMmap, {SyscallBatch::imm(0), SyscallBatch::imm(4096),
+                                SyscallBatch::imm(kProtRead | kProtWrite),
+                                SyscallBatch::imm(kMapPrivate | kMapAnonymous | kMapPopulate),
+                                SyscallBatch::imm(~uint64_t{0}), SyscallBatch::imm(0)});
+        auto out = TRY(execute(m));
+        if (!out.failed(op)) {
+            name_page = static_cast<uint64_t>(out.result(op));
+            if ((name_page & 0xfff) != 0 || name_page >= 0x00007ffffffff000ULL) {
+                return make_error(EPROTO, "implausible mmap result in the shadow");
+            }
+            TRY(guest_.write_virtual(vcpu_, name_page,
+                                     std::span(reinterpret_cast<const uint8_t*>(kShadowName),
+                                               sizeof kShadowName)));
+        }
+    }
     SyscallBatch b;
     uint64_t ctrl = region_ + SHADOW_CTRL_OFFSET;
+    uint64_t name_at = name_page != 0 ? name_page : ctrl + CTRL_NAME;
     auto pid = b.add(kGetpid, {});
     auto uid = b.add(kGetuid, {});
     auto sid = b.add(kSetsid, {});
@@ -336,12 +365,12 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     auto cd = b.add(kChdir, {SyscallBatch::buf(root)});
     auto closed = b.add(kCloseRange, {SyscallBatch::imm(0), SyscallBatch::imm(0xffffffffu),
                                       SyscallBatch::imm(0)});
-    auto name = b.add(kPrctl, {SyscallBatch::imm(kPrSetName), SyscallBatch::imm(ctrl + CTRL_NAME)});
+    auto name = b.add(kPrctl, {SyscallBatch::imm(kPrSetName), SyscallBatch::imm(name_at)});
     auto args_start = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
-                                     SyscallBatch::imm(ctrl + CTRL_NAME), SyscallBatch::imm(0),
+                                     SyscallBatch::imm(name_at), SyscallBatch::imm(0),
                                      SyscallBatch::imm(0)});
     auto args_end = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgEnd),
-                                   SyscallBatch::imm(ctrl + CTRL_NAME + sizeof kShadowName),
+                                   SyscallBatch::imm(name_at + sizeof kShadowName),
                                    SyscallBatch::imm(0), SyscallBatch::imm(0)});
     auto masked = b.add(kRtSigprocmask, {SyscallBatch::imm(kSigSetmask),
                                          SyscallBatch::imm(ctrl + CTRL_SIGSET),
@@ -384,11 +413,10 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
         // The kernel wants arg_start <= arg_end at every step: try the other order.
         SyscallBatch m;
         m.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgEnd),
-                       SyscallBatch::imm(ctrl + CTRL_NAME + sizeof kShadowName),
-                       SyscallBatch::imm(0), SyscallBatch::imm(0)});
-        m.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
-                       SyscallBatch::imm(ctrl + CTRL_NAME), SyscallBatch::imm(0),
+                       SyscallBatch::imm(name_at + sizeof kShadowName), SyscallBatch::imm(0),
                        SyscallBatch::imm(0)});
+        m.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
+                       SyscallBatch::imm(name_at), SyscallBatch::imm(0), SyscallBatch::imm(0)});
         auto retry = TRY(execute(m));
         if (retry.failed(0) || retry.failed(1)) {
             LOG_INFO("shadow cmdline not renamed (PR_SET_MM: %s); ps shows the parent's",

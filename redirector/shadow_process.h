@@ -39,6 +39,8 @@ struct ShadowOptions {
     Millis catch_timeout{15000};    // catching the newborn shadow
     Millis acquire_timeout{3000};   // catching a parked shadow (well above sleep_max)
     Millis batch_timeout{10000};    // one batch
+    // Recovery after a crash: how long to wait for a syscall the dead session left running.
+    Millis recovery_timeout{600000};
     uint64_t sleep_min_ns = 1'000'000;
     uint64_t sleep_max_ns = 50'000'000;
     // How long a shadow survives without the host renewing its lease, counted in park-loop

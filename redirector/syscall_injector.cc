@@ -39,6 +39,7 @@ void SyscallInjector::journal_thread() {
     auto& rec = log_.edit();
     rec.syscall_entry = kernel_.syscall_entry;
     rec.sysret = kernel_.sysret;
+    rec.slow_return = kernel_.slow_return;
     rec.iret = kernel_.iret;
     switch (phase_) {
         case Phase::kIdle: rec.thread_phase = ThreadPhase::kNone; break;
@@ -339,6 +340,20 @@ ErrorOr<void> SyscallInjector::write_memory(uint64_t va, std::span<const uint8_t
     return guest_.write_virtual(vcpu_, va, data);
 }
 
+ErrorOr<void> SyscallInjector::settle_slow_paths() {
+    if (kernel_.slow_return == 0 || kernel_.iret <= kernel_.slow_return) return {};
+    for (VcpuId v : TRY(guest_.vcpus())) {
+        // The path from its entry to the iretq is straight-line code with interrupts off.
+        for (int steps = 0; steps < 512; ++steps) {
+            auto snap = TRY(guest_.snapshot(v));
+            uint64_t rip = snap.state.regs.rip;
+            if (rip <= kernel_.slow_return || rip >= kernel_.iret) break;
+            TRY(guest_.step(v, Deadline::after(options_.syscall_timeout)));
+        }
+    }
+    return {};
+}
+
 ErrorOr<void> SyscallInjector::adopt(const RecoveryRecord& record) {
     if (phase_ != Phase::kIdle) return make_error(EBUSY, "internal: a thread is already hijacked");
     cookie_ = record.cookie;
@@ -346,40 +361,57 @@ ErrorOr<void> SyscallInjector::adopt(const RecoveryRecord& record) {
     cr3_ = record.thread_cr3;
     expected_rcx_ = record.expected_rcx;
     vcpu_ = record.thread_vcpu;
-    // Where is the thread now? Ours (cookie in rbx) or untouched (its own registers) at a
-    // return instruction means it is held; otherwise it is still inside our syscall.
+    TRY(settle_slow_paths());
+    // A thread still standing at its trap with its own registers was never touched.
     for (VcpuId v : TRY(guest_.vcpus())) {
         auto snap = TRY(guest_.snapshot(v));
         const kvm_regs& r = snap.state.regs;
-        bool at_landing = r.rip == kernel_.sysret || (kernel_.iret != 0 && r.rip == kernel_.iret);
-        if (!at_landing) continue;
+        if (r.rip != kernel_.sysret && r.rip != kernel_.iret) continue;
         kvm_regs pristine = original_;
         pristine.rip = r.rip;
-        bool untouched = std::memcmp(&pristine, &r, sizeof r) == 0;
-        if (r.rbx == cookie_ || untouched) {
+        if (address_space(snap.state.sregs.cr3) == address_space(cr3_) &&
+            std::memcmp(&pristine, &r, sizeof r) == 0) {
             vcpu_ = v;
             phase_ = Phase::kHeld;
             journal_thread();
             return {};
         }
     }
+    // Otherwise it runs our syscall, or waits at sysret/iretq with our cookie: the traps
+    // catch it there (a vCPU resumed on an armed breakpoint stops again at once).
     phase_ = Phase::kInFlight;
     TRY(traps_.arm(kernel_.sysret));
+    for (VcpuId v : TRY(guest_.vcpus())) {
+        auto snap = TRY(guest_.snapshot(v));
+        if (kernel_.iret != 0 && snap.state.regs.rip == kernel_.iret &&
+            snap.state.regs.rbx == cookie_ &&
+            address_space(snap.state.sregs.cr3) == address_space(cr3_)) {
+            TRY(traps_.arm(kernel_.iret));
+        }
+    }
     journal_thread();
+    return {};
+}
+
+ErrorOr<void> SyscallInjector::finish(Deadline deadline) {
+    if (phase_ != Phase::kInFlight) return {};
+    auto arrival = TRY(run_until_return(deadline));
+    if (arrival.ours) {
+        phase_ = Phase::kHeld;
+        vcpu_ = arrival.vcpu;
+        journal_thread();
+    }
     return {};
 }
 
 ErrorOr<void> SyscallInjector::release() {
     if (phase_ == Phase::kInFlight) {
         LOG_WARN("waiting for an injected syscall to finish before giving the thread back");
-        auto arrival = run_until_return(Deadline::after(options_.syscall_timeout));
-        if (!arrival) {
-            return std::unexpected(arrival.error().with_context(
-                "the hijacked thread is still inside an injected syscall"));
-        }
-        if (arrival->ours) {
-            phase_ = Phase::kHeld;
-            vcpu_ = arrival->vcpu;
+        if (auto r = finish(Deadline::after(options_.syscall_timeout)); !r) {
+            // Never let it go like this: it would return to user mode with our registers.
+            // The breakpoints stay armed and the log names it, for whoever comes next.
+            return std::unexpected(
+                r.error().with_context("the hijacked thread is still inside an injected syscall"));
         }
     }
     if (phase_ == Phase::kHeld) {

@@ -73,9 +73,14 @@ public:
     // stopped. Safe to call in any phase: a syscall still in flight is waited for.
     ErrorOr<void> release();
 
-    // Takes charge of a thread a dead process left hijacked (from its recovery record), so
-    // that release() can give it back. The guest must be stopped with no breakpoints set.
+    // Takes charge of a thread a dead process left hijacked (from its recovery record). The
+    // guest must be stopped with no breakpoints set. Afterwards the thread is either held
+    // (hijacked() and syscalls possible) or still inside our syscall: finish() waits for it.
     ErrorOr<void> adopt(const RecoveryRecord& record);
+    bool in_flight() const { return phase_ == Phase::kInFlight; }
+    // Waits for a syscall left in flight to come back; the thread is then held, or, if a
+    // signal reached it, repaired and released (hijacked() is false).
+    ErrorOr<void> finish(Deadline deadline);
 
     VcpuId vcpu() const { return vcpu_; }
     uint64_t cr3() const { return cr3_; }
@@ -105,6 +110,9 @@ private:
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr);
     // Resumes and waits until our thread is back at a return instruction.
     ErrorOr<Arrival> run_until_return(Deadline deadline);
+    // Single-steps every vCPU that stands inside the slow return path up to its iretq, so
+    // that no thread can leave through it unseen.
+    ErrorOr<void> settle_slow_paths();
     // Restores the thread's registers on the vCPU it now sits on.
     ErrorOr<void> put_back(VcpuId vcpu);
     ErrorOr<void> repair_signal_frame(VcpuId vcpu, const kvm_regs& at_iret, uint64_t frame_rsp);

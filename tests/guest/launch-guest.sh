@@ -1,0 +1,320 @@
+#!/bin/bash
+# launch-guest.sh - start/stop CloudVMI test guests under QEMU, and pick TCG or KVM.
+# See usage() and README.md next to this file.
+set -euo pipefail
+
+SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROG=${0##*/}
+QEMU=${QEMU:-qemu-system-x86_64}
+BUILD=$SELF_DIR/build-guest.sh
+DEFAULT_CPU='qemu64,vendor=GenuineIntel'
+READY_MARK=CLOUDVMI-GUEST-READY
+
+usage() {
+    cat <<EOF
+Usage:
+  $PROG start --name NAME --dir RUNDIR [--flavour generic|cloud|rt] [--append "EXTRA"]
+               [--smp N] [--mem MB] [--accel auto|kvm|tcg] [--cpu MODEL]
+               [--timeout SECONDS] [--hostname NAME] [--cache DIR]
+  $PROG stop --name NAME --dir RUNDIR [--timeout SECONDS]
+  $PROG detect-accel [--flavour F] [--cpu MODEL] [--cache DIR] [--force]
+  $PROG help
+
+start         builds/locates the guest kit (build-guest.sh), starts qemu-system-x86_64
+              daemonized with its gdbstub, QMP and serial console under RUNDIR:
+                RUNDIR/NAME.gdb (gdbstub socket)   RUNDIR/NAME.qmp (QMP socket)
+                RUNDIR/NAME.serial (console log)   RUNDIR/NAME.pid (QEMU pid)
+              waits until the guest prints $READY_MARK and prints sourceable lines:
+                GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp SERIAL=... PID=... ACCEL=tcg|kvm
+                (plus NAME, RUNDIR, FLAVOUR, KERNEL_VERSION, BOOT_SECONDS)
+              Defaults: --flavour generic --smp 1 --mem 512 --accel auto
+                        --cpu $DEFAULT_CPU --timeout 120
+              The kernel command line is "console=ttyS0 quiet panic=-1 [cloudvmi.hostname=H] EXTRA".
+              On failure or timeout the tail of the console log is shown, QEMU is killed, exit 1.
+stop          asks QEMU to quit over QMP, then SIGTERM, then SIGKILL (default timeout 10 s);
+              removes the sockets and the pidfile (the serial log is kept). Exit 0 if gone.
+detect-accel  prints kvm if KVM really boots this guest kernel here, else tcg. The verdict
+              (a short boot under -accel kvm that must print "Linux version" and get through
+              kernel init) is cached per kernel version, host kernel and CPU model.
+
+Environment: QEMU (emulator binary, default qemu-system-x86_64), CLOUDVMI_CACHE (cache root).
+Exit status: 0 success, 1 failure, 2 bad usage.
+EOF
+}
+
+die() { echo "$PROG: error: $*" >&2; exit 1; }
+bad_usage() { echo "$PROG: $*" >&2; echo "Try '$PROG help'." >&2; exit 2; }
+need_arg() { [ "$2" -ge 2 ] || bad_usage "option $1 needs a value"; }
+
+q() { printf '%s=%q\n' "$1" "$2"; }
+
+alive() {   # running, not a zombie
+    local pid=$1 st
+    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
+    st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
+# Is PID the QEMU that owns RUNDIR/NAME.pid? (guards against pid reuse)
+is_our_qemu() {
+    local pid=$1 pidfile=$2
+    alive "$pid" || return 1
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$pidfile"
+}
+
+wait_gone() {   # pid seconds
+    local pid=$1 n=$(( $2 * 10 ))
+    while [ $n -gt 0 ]; do
+        alive "$pid" || return 0
+        sleep 0.1
+        n=$((n - 1))
+    done
+    ! alive "$pid"
+}
+
+check_name() {
+    [ -n "$1" ] || bad_usage "--name is required"
+    case $1 in *[!A-Za-z0-9._-]*|.*) bad_usage "invalid --name '$1' (use letters, digits, . _ -)" ;; esac
+}
+
+# ---------------------------------------------------------------- detect-accel
+# detect_accel FLAVOUR CPU CACHE FORCE -> prints kvm|tcg
+detect_accel() {
+    local flavour=$1 cpu=$2 cache=$3 force=$4
+    if [ ! -c /dev/kvm ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+        echo tcg; return 0
+    fi
+    local kit KERNEL KERNEL_VERSION
+    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+    eval "$kit"
+    local key verdict_file
+    key="kernel=$KERNEL_VERSION host=$(uname -r) cpu=$cpu qemu=$("$QEMU" --version 2>/dev/null | head -n1 | tr -dc 'A-Za-z0-9.:+~ -')"
+    verdict_file=$(dirname "$KERNEL")/accel.$(printf '%s' "$key" | cksum | cut -d' ' -f1)
+    cached_verdict() {
+        local v=
+        [ -f "$verdict_file" ] && read -r v <"$verdict_file" 2>/dev/null
+        case $v in kvm|tcg) echo "$v"; return 0 ;; esac
+        return 1
+    }
+    if [ "$force" = 0 ]; then cached_verdict && return 0; fi
+    # one probe at a time (guests are often started in parallel)
+    exec 8>"$verdict_file.lock"
+    command -v flock >/dev/null 2>&1 && flock 8
+    if [ "$force" = 0 ]; then cached_verdict && { exec 8>&-; return 0; }; fi
+    local tmp qpid verdict=tcg t=0 limit=${CLOUDVMI_KVM_PROBE_TIMEOUT:-8}
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/cloudvmi-kvmprobe.XXXXXX")
+    # No initrd: a kernel that really runs prints its banner (earlyprintk) and gets all
+    # the way to "VFS: Unable to mount root fs" + panic within a second or two under KVM.
+    "$QEMU" -accel kvm -cpu "$cpu" -m 256 -smp 1 -nodefaults -display none -no-reboot \
+        -kernel "$KERNEL" -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=7" \
+        -serial "file:$tmp/serial" </dev/null >"$tmp/qemu.out" 2>&1 &
+    qpid=$!
+    booted() {
+        grep -q 'Linux version' "$tmp/serial" 2>/dev/null &&
+        grep -qE 'Unable to mount root|Kernel panic|Run /init|Freeing unused kernel' "$tmp/serial" 2>/dev/null
+    }
+    while [ $t -lt $((limit * 10)) ]; do
+        if booted; then verdict=kvm; break; fi
+        if ! kill -0 "$qpid" 2>/dev/null; then
+            booted && verdict=kvm   # it may have panicked and exited meanwhile
+            break
+        fi
+        sleep 0.1
+        t=$((t + 1))
+    done
+    kill -KILL "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
+    if [ "$verdict" = tcg ] && [ -n "${CLOUDVMI_DEBUG:-}" ]; then
+        { echo "$PROG: KVM probe failed; qemu said:"; cat "$tmp/qemu.out"
+          echo "--- serial:"; head -c 2000 "$tmp/serial" 2>/dev/null; echo; } >&2
+    fi
+    rm -rf "$tmp"
+    printf '%s\n%s\n' "$verdict" "$key" >"$verdict_file.new" && mv -f "$verdict_file.new" "$verdict_file"
+    exec 8>&-
+    echo "$verdict"
+}
+
+cmd_detect_accel() {
+    local flavour=generic cpu=$DEFAULT_CPU cache='' force=0
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --flavour|--flavor) need_arg "$1" $#; flavour=$2; shift 2 ;;
+            --cpu) need_arg "$1" $#; cpu=$2; shift 2 ;;
+            --cache) need_arg "$1" $#; cache=$2; shift 2 ;;
+            --force) force=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) bad_usage "detect-accel: unknown argument: $1" ;;
+        esac
+    done
+    case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour'" ;; esac
+    detect_accel "$flavour" "$cpu" "$cache" "$force"
+}
+
+# ---------------------------------------------------------------- stop
+stop_guest() {   # rundir name timeout -> 0 if gone
+    local dir=$1 name=$2 timeout=$3
+    local pidfile=$dir/$name.pid qmp=$dir/$name.qmp pid=
+    [ -f "$pidfile" ] && read -r pid <"$pidfile" 2>/dev/null || true
+    if [ -n "$pid" ] && is_our_qemu "$pid" "$pidfile"; then
+        if [ -S "$qmp" ] && command -v socat >/dev/null 2>&1; then
+            printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"quit"}' |
+                timeout 5 socat -t 3 - "UNIX-CONNECT:$qmp" >/dev/null 2>&1 || true
+        fi
+        if ! wait_gone "$pid" "$timeout"; then
+            echo "$PROG: $name: QMP quit did not stop QEMU (pid $pid), sending SIGTERM" >&2
+            kill -TERM "$pid" 2>/dev/null || true
+            if ! wait_gone "$pid" 3; then
+                echo "$PROG: $name: sending SIGKILL to pid $pid" >&2
+                kill -KILL "$pid" 2>/dev/null || true
+                wait_gone "$pid" 3 || true
+            fi
+        fi
+        if alive "$pid"; then
+            echo "$PROG: $name: QEMU pid $pid is still running" >&2
+            return 1
+        fi
+    fi
+    rm -f "$dir/$name.gdb" "$qmp" "$pidfile" "$dir/$name.qemu.err"
+    return 0
+}
+
+cmd_stop() {
+    local name='' dir='' timeout=10
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --name) need_arg "$1" $#; name=$2; shift 2 ;;
+            --dir) need_arg "$1" $#; dir=$2; shift 2 ;;
+            --timeout) need_arg "$1" $#; timeout=$2; shift 2 ;;
+            -h|--help) usage; exit 0 ;;
+            *) bad_usage "stop: unknown argument: $1" ;;
+        esac
+    done
+    check_name "$name"
+    [ -n "$dir" ] || bad_usage "--dir is required"
+    case $timeout in ''|*[!0-9]*) bad_usage "--timeout must be a number of seconds" ;; esac
+    [ -d "$dir" ] || return 0
+    dir=$(cd "$dir" && pwd)
+    stop_guest "$dir" "$name" "$timeout"
+}
+
+# ---------------------------------------------------------------- start
+cmd_start() {
+    local name='' dir='' flavour=generic extra='' smp=1 mem=512 accel=auto cpu=$DEFAULT_CPU
+    local timeout=120 ghost='' cache=''
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --name) need_arg "$1" $#; name=$2; shift 2 ;;
+            --dir) need_arg "$1" $#; dir=$2; shift 2 ;;
+            --flavour|--flavor) need_arg "$1" $#; flavour=$2; shift 2 ;;
+            --append) need_arg "$1" $#; extra="$extra $2"; shift 2 ;;
+            --smp) need_arg "$1" $#; smp=$2; shift 2 ;;
+            --mem) need_arg "$1" $#; mem=$2; shift 2 ;;
+            --accel) need_arg "$1" $#; accel=$2; shift 2 ;;
+            --cpu) need_arg "$1" $#; cpu=$2; shift 2 ;;
+            --timeout) need_arg "$1" $#; timeout=$2; shift 2 ;;
+            --hostname) need_arg "$1" $#; ghost=$2; shift 2 ;;
+            --cache) need_arg "$1" $#; cache=$2; shift 2 ;;
+            -h|--help) usage; exit 0 ;;
+            *) bad_usage "start: unknown argument: $1" ;;
+        esac
+    done
+    check_name "$name"
+    [ -n "$dir" ] || bad_usage "--dir is required"
+    case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour' (generic, cloud or rt)" ;; esac
+    case $accel in auto|kvm|tcg) ;; *) bad_usage "--accel must be auto, kvm or tcg" ;; esac
+    case $smp in ''|*[!0-9]*|0) bad_usage "--smp must be a positive number" ;; esac
+    case $mem in ''|*[!0-9]*) bad_usage "--mem must be a number of MiB" ;; esac
+    case $timeout in ''|*[!0-9]*) bad_usage "--timeout must be a number of seconds" ;; esac
+    case $ghost in *[!A-Za-z0-9.-]*) bad_usage "invalid --hostname '$ghost'" ;; esac
+    command -v "$QEMU" >/dev/null 2>&1 || die "$QEMU not found (apt-get install qemu-system-x86)"
+
+    mkdir -p "$dir" || die "cannot create $dir"
+    dir=$(cd "$dir" && pwd)
+    local gdb=$dir/$name.gdb qmp=$dir/$name.qmp serial=$dir/$name.serial pidfile=$dir/$name.pid
+    local err=$dir/$name.qemu.err
+    [ ${#qmp} -lt 100 ] || die "socket path $qmp is too long for a unix socket (use a shorter --dir)"
+
+    local oldpid=
+    [ -f "$pidfile" ] && read -r oldpid <"$pidfile" 2>/dev/null || true
+    if [ -n "$oldpid" ] && is_our_qemu "$oldpid" "$pidfile"; then
+        die "guest '$name' is already running in $dir (pid $oldpid); stop it first"
+    fi
+
+    local kit KERNEL INITRD KERNEL_VERSION
+    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+    eval "$kit"
+
+    case $accel in
+        auto) accel=$(detect_accel "$flavour" "$cpu" "$cache" 0) ;;
+        kvm) [ -c /dev/kvm ] && [ -w /dev/kvm ] || die "--accel kvm: /dev/kvm is not usable" ;;
+    esac
+
+    rm -f "$gdb" "$qmp" "$serial" "$pidfile" "$err"
+    local append="console=ttyS0 quiet panic=-1"
+    [ -z "$ghost" ] || append="$append cloudvmi.hostname=$ghost"
+    extra=${extra# }
+    [ -z "$extra" ] || append="$append $extra"
+
+    local t0 t1
+    t0=$(date +%s%N)
+    if ! "$QEMU" -name "$name" -accel "$accel" -cpu "$cpu" -smp "$smp" -m "$mem" \
+            -kernel "$KERNEL" -initrd "$INITRD" -append "$append" \
+            -gdb "unix:$gdb,server=on,wait=off" \
+            -qmp "unix:$qmp,server=on,wait=off" \
+            -serial "file:$serial" \
+            -pidfile "$pidfile" -display none -nodefaults -no-reboot -daemonize \
+            </dev/null >"$err" 2>&1; then
+        cat "$err" >&2
+        rm -f "$gdb" "$qmp" "$pidfile"
+        die "QEMU failed to start guest '$name'"
+    fi
+    local pid=
+    [ -f "$pidfile" ] && read -r pid <"$pidfile" 2>/dev/null || true
+    [ -n "$pid" ] || die "QEMU started but wrote no pidfile $pidfile"
+
+    local n=$((timeout * 10)) why=
+    while :; do
+        if grep -q "$READY_MARK" "$serial" 2>/dev/null; then break; fi
+        if ! alive "$pid"; then why="QEMU exited before the guest was ready"; break; fi
+        if [ $n -le 0 ]; then why="timed out after ${timeout}s waiting for $READY_MARK"; break; fi
+        sleep 0.1
+        n=$((n - 1))
+    done
+    if [ -n "$why" ]; then
+        {
+            echo "$PROG: error: guest '$name' ($flavour, $accel): $why"
+            echo "---- last lines of $serial:"
+            if [ -s "$serial" ]; then tail -n 40 "$serial" | tr -d '\r'; else echo "(nothing)"; fi
+            [ -s "$err" ] && { echo "---- QEMU stderr:"; cat "$err"; }
+            echo "----"
+        } >&2
+        stop_guest "$dir" "$name" 2 >/dev/null 2>&1 || true
+        exit 1
+    fi
+    t1=$(date +%s%N)
+    [ -s "$err" ] || rm -f "$err"
+
+    q GDB "unix:$gdb"
+    q QMP "$qmp"
+    q SERIAL "$serial"
+    q PID "$pid"
+    q ACCEL "$accel"
+    q NAME "$name"
+    q RUNDIR "$dir"
+    q FLAVOUR "$flavour"
+    q KERNEL_VERSION "$KERNEL_VERSION"
+    q BOOT_SECONDS "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')"
+}
+
+# ---------------------------------------------------------------- main
+[ $# -gt 0 ] || { usage >&2; exit 2; }
+sub=$1; shift
+case $sub in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    detect-accel) cmd_detect_accel "$@" ;;
+    help|-h|--help) usage ;;
+    *) bad_usage "unknown command '$sub'" ;;
+esac

@@ -1,0 +1,267 @@
+#include "tests/integration/guest_fixture.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// Listeners need the external interfaces.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "common/deadline.h"
+#include "common/strings.h"
+
+namespace cloudvmi::test {
+
+namespace {
+
+std::string env_or(const char* name, const std::string& fallback) {
+    const char* v = std::getenv(name);
+    return (v != nullptr && *v != '\0') ? std::string(v) : fallback;
+}
+
+std::string make_temp_dir(const std::string& prefix) {
+    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    char* dir = ::mkdtemp(buf.data());
+    REQUIRE(dir != nullptr);
+    return dir;
+}
+
+bool executable(const std::string& path) { return ::access(path.c_str(), X_OK) == 0; }
+
+std::string find_in_path(const std::string& prog) {
+    std::string path = env_or("PATH", "/usr/bin:/bin");
+    for (auto dir : split(path, ':')) {
+        std::string candidate = std::string(dir) + "/" + prog;
+        if (executable(candidate)) return candidate;
+    }
+    return "";
+}
+
+}  // namespace
+
+std::string GuestConfig::describe() const {
+    return strformat("%s kernel, %d vCPU%s, cmdline '%s'", flavour.c_str(), smp,
+                     smp == 1 ? "" : "s", append.c_str());
+}
+
+GuestConfig GuestConfig::from_environment() {
+    GuestConfig c;
+    c.flavour = env_or("CLOUDVMI_TEST_FLAVOUR", "generic");
+    c.append = env_or("CLOUDVMI_TEST_APPEND", "");
+    c.smp = static_cast<int>(parse_u64(env_or("CLOUDVMI_TEST_SMP", "1")).value_or(1));
+    return c;
+}
+
+std::string source_dir() { return CLOUDVMI_SOURCE_DIR; }
+std::string cloudvmi_binary() { return CLOUDVMI_BINARY; }
+
+std::string read_host_file(const std::string& path) {
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line);
+    return line;
+}
+
+void require_guest_prerequisites() {
+    INFO("guest tests need qemu-system-x86_64 (apt-get install qemu-system-x86); "
+         "run scripts/install-deps.sh");
+    REQUIRE_FALSE(find_in_path("qemu-system-x86_64").empty());
+    INFO("the guest kit is missing: " + source_dir() + "/tests/guest/launch-guest.sh");
+    REQUIRE(executable(source_dir() + "/tests/guest/launch-guest.sh"));
+    INFO("the cloudvmi binary under test is missing: " + cloudvmi_binary());
+    REQUIRE(executable(cloudvmi_binary()));
+}
+
+CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms) {
+    // No Catch assertions in here: it also runs after the test run (stopping guests).
+    CommandResult r;
+    int out_pipe[2], err_pipe[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0) return r;
+    if (::pipe2(err_pipe, O_CLOEXEC) != 0) return r;
+    std::vector<char*> args;
+    std::vector<std::string> store = argv;
+    for (auto& s : store) args.push_back(s.data());
+    args.push_back(nullptr);
+    auto start = Clock::now();
+    pid_t pid = ::fork();
+    if (pid < 0) return r;
+    if (pid == 0) {
+        ::dup2(out_pipe[1], 1);
+        ::dup2(err_pipe[1], 2);
+        ::setpgid(0, 0);
+        ::execvp(args[0], args.data());
+        ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    auto deadline = Deadline::after_ms(timeout_ms);
+    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        int n = ::poll(fds, 2, deadline.poll_timeout_ms());
+        if (n == 0) {
+            ::kill(-pid, SIGKILL);
+            break;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        for (auto& p : fds) {
+            if (p.fd < 0 || !(p.revents & (POLLIN | POLLHUP))) continue;
+            char buf[8192];
+            ssize_t k = ::read(p.fd, buf, sizeof buf);
+            if (k <= 0) {
+                ::close(p.fd);
+                p.fd = -1;
+                --open_fds;
+                continue;
+            }
+            (p.fd == fds[0].fd ? r.out : r.err).append(buf, static_cast<size_t>(k));
+        }
+    }
+    for (auto& p : fds) {
+        if (p.fd >= 0) ::close(p.fd);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.elapsed_ms = elapsed_ms(start);
+    return r;
+}
+
+TestGuest TestGuest::start(const GuestConfig& config) {
+    require_guest_prerequisites();
+    TestGuest g;
+    g.config_ = config;
+    g.run_dir_ = make_temp_dir("cloudvmi-test-" + config.name);
+    g.state_dir_ = g.run_dir_ + "/state";
+    std::vector<std::string> cmd = {source_dir() + "/tests/guest/launch-guest.sh",
+                                    "start",
+                                    "--name",
+                                    config.name,
+                                    "--dir",
+                                    g.run_dir_,
+                                    "--flavour",
+                                    config.flavour,
+                                    "--smp",
+                                    std::to_string(config.smp)};
+    if (!config.append.empty()) {
+        cmd.push_back("--append");
+        cmd.push_back(config.append);
+    }
+    auto r = run_command(cmd, 300000);
+    INFO("launch-guest.sh start (" + config.describe() + ") failed:\n" + r.out + r.err);
+    REQUIRE(r.status == 0);
+    for (auto line : split(r.out, '\n')) {
+        auto eq = line.find('=');
+        if (eq == std::string_view::npos) continue;
+        std::string key(line.substr(0, eq));
+        std::string value(line.substr(eq + 1));
+        if (key == "GDB") g.gdb_ = value;
+        if (key == "QMP") g.qmp_ = value;
+        if (key == "SERIAL") g.serial_ = value;
+        if (key == "PID") g.qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
+    }
+    REQUIRE_FALSE(g.gdb_.empty());
+    REQUIRE_FALSE(g.serial_.empty());
+    g.running_ = true;
+    return g;
+}
+
+TestGuest::TestGuest(TestGuest&& o) noexcept
+    : config_(std::move(o.config_)),
+      run_dir_(std::move(o.run_dir_)),
+      state_dir_(std::move(o.state_dir_)),
+      gdb_(std::move(o.gdb_)),
+      qmp_(std::move(o.qmp_)),
+      serial_(std::move(o.serial_)),
+      qemu_pid_(o.qemu_pid_),
+      running_(o.running_) {
+    o.running_ = false;
+}
+
+TestGuest::~TestGuest() { stop(); }
+
+void TestGuest::stop() {
+    if (!running_) return;
+    running_ = false;
+    std::vector<std::string> cmd = {source_dir() + "/tests/guest/launch-guest.sh", "stop",
+                                    "--name", config_.name, "--dir", run_dir_};
+    auto r = run_command(cmd, 60000);
+    if (r.status != 0 && qemu_pid_ > 0) ::kill(qemu_pid_, SIGKILL);
+}
+
+namespace {
+std::unique_ptr<TestGuest>& shared_guest() {
+    static std::unique_ptr<TestGuest> guest;
+    return guest;
+}
+
+// Stops the shared guest when the test run ends (not from a static destructor, when
+// Catch is already gone).
+struct SharedGuestStopper : Catch::TestEventListenerBase {
+    using TestEventListenerBase::TestEventListenerBase;
+    void testRunEnded(const Catch::TestRunStats&) override { shared_guest().reset(); }
+};
+}  // namespace
+CATCH_REGISTER_LISTENER(SharedGuestStopper)
+
+TestGuest& TestGuest::shared() {
+    auto& guest = shared_guest();
+    if (!guest) {
+        GuestConfig c = GuestConfig::from_environment();
+        guest = std::make_unique<TestGuest>(start(c));
+    }
+    return *guest;
+}
+
+std::string TestGuest::serial_log() const {
+    std::ifstream f(serial_);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+long TestGuest::last_heartbeat() const {
+    std::string log = serial_log();
+    long best = -1;
+    size_t pos = 0;
+    const std::string key = "cloudvmi-heartbeat ";
+    while ((pos = log.find(key, pos)) != std::string::npos) {
+        pos += key.size();
+        size_t end = pos;
+        while (end < log.size() && std::isdigit(static_cast<unsigned char>(log[end]))) ++end;
+        if (auto v = parse_u64(log.substr(pos, end - pos))) best = std::max(best, static_cast<long>(*v));
+    }
+    return best;
+}
+
+bool TestGuest::wait_heartbeat_beyond(long beyond, int timeout_ms) const {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    while (!deadline.expired()) {
+        if (last_heartbeat() > beyond) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return last_heartbeat() > beyond;
+}
+
+SessionOptions TestGuest::session_options() const {
+    SessionOptions o;
+    o.gdb_endpoint = gdb_;
+    o.state_dir = state_dir_;
+    o.guardian_program = cloudvmi_binary();
+    return o;
+}
+
+}  // namespace cloudvmi::test

@@ -1,0 +1,87 @@
+// A real QEMU guest for integration tests, booted once per test process and shared.
+//
+// The configuration comes from the environment so that one test binary covers every
+// kernel flavour and boot option (ctest registers one entry per configuration):
+//   CLOUDVMI_TEST_FLAVOUR  generic (default), cloud, rt
+//   CLOUDVMI_TEST_APPEND   extra kernel command line, e.g. "nopti" or "nokaslr"
+//   CLOUDVMI_TEST_SMP      vCPU count (default 1)
+// A missing QEMU, guest kernel or launcher is a test failure, never a skip.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "redirector/guest_session.h"
+
+namespace cloudvmi::test {
+
+struct GuestConfig {
+    std::string flavour = "generic";
+    std::string append;
+    int smp = 1;
+    std::string name = "itest";
+    std::string describe() const;
+    static GuestConfig from_environment();
+};
+
+class TestGuest {
+public:
+    // The shared guest, started on first use (REQUIREs success).
+    static TestGuest& shared();
+
+    // Starts another guest (for tests that need two, or a disposable one).
+    static TestGuest start(const GuestConfig& config);
+    ~TestGuest();
+    TestGuest(TestGuest&&) noexcept;
+    TestGuest& operator=(TestGuest&&) = delete;
+    TestGuest(const TestGuest&) = delete;
+
+    void stop();
+
+    const std::string& gdb() const { return gdb_; }
+    const std::string& qmp() const { return qmp_; }
+    const std::string& serial_path() const { return serial_; }
+    const std::string& state_dir() const { return state_dir_; }
+    const GuestConfig& config() const { return config_; }
+    int qemu_pid() const { return qemu_pid_; }
+
+    std::string serial_log() const;
+    // Highest "cloudvmi-heartbeat N" seen on the console (-1 if none).
+    long last_heartbeat() const;
+    // Waits until the heartbeat passes `beyond` (true) or the timeout expires (false).
+    bool wait_heartbeat_beyond(long beyond, int timeout_ms) const;
+
+    // Session options pointing at this guest, with the guardian enabled.
+    SessionOptions session_options() const;
+
+private:
+    TestGuest() = default;
+    GuestConfig config_;
+    std::string run_dir_;
+    std::string state_dir_;
+    std::string gdb_, qmp_, serial_;
+    int qemu_pid_ = 0;
+    bool running_ = false;
+};
+
+// Runs a command, capturing stdout and stderr; returns the exit status (or 128+signal).
+struct CommandResult {
+    int status = -1;
+    std::string out;
+    std::string err;
+    double elapsed_ms = 0;
+};
+CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms = 120000);
+
+// The cloudvmi binary under test.
+std::string cloudvmi_binary();
+// Repository root (for the guest kit).
+std::string source_dir();
+// Reads the first line of a file on the host.
+std::string read_host_file(const std::string& path);
+
+// Checks the prerequisites of guest tests and fails loudly if one is missing.
+void require_guest_prerequisites();
+
+}  // namespace cloudvmi::test

@@ -1,0 +1,374 @@
+// ShadowProcess against the fake guest: bootstrap, batches, park/acquire, termination.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "common/log.h"
+#include "fake_guest.h"
+#include "redirector/recovery_log.h"
+#include "redirector/shadow_layout.h"
+#include "redirector/shadow_process.h"
+#include "redirector/syscall_batch.h"
+#include "redirector/x86/guest_abi.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::fake;
+using namespace cloudvmi::x86abi;
+using B = SyscallBatch;
+
+namespace {
+
+struct QuietLog {
+    log::Level saved = log::level();
+    QuietLog() { log::set_level(log::Level::kError); }
+    ~QuietLog() { log::set_level(saved); }
+};
+
+void run_free(FakeGuest& g, uint64_t ticks) {
+    if (!g.running()) REQUIRE(g.resume());
+    g.advance(ticks);
+    REQUIRE(g.interrupt(Deadline::after_ms(100)));
+}
+
+// Pids of the processes a workload thread was borrowed in (injected syscalls beyond the
+// single getuid of a rejected candidate).
+std::vector<int64_t> borrowed(FakeGuest& g) {
+    std::vector<int64_t> out;
+    for (const auto& p : g.processes()) {
+        if (p.zombie || p.tids.empty()) continue;
+        auto t = g.thread(p.tids[0]);
+        if (t && t->injected_syscalls > 1 && t->natural_syscalls > 0) out.push_back(p.pid);
+    }
+    return out;
+}
+
+void check_no_zombies(FakeGuest& g) {
+    for (const auto& p : g.processes()) {
+        INFO("pid " << p.pid << " " << p.comm << " parent " << p.ppid);
+        CHECK_FALSE(p.zombie);
+    }
+}
+
+constexpr uint64_t kBandStart = SyscallInjector::kShadowBandStart;
+constexpr uint64_t kBandEnd = SyscallInjector::kShadowBandEnd;
+
+}  // namespace
+
+TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[fake]") {
+    QuietLog quiet;
+    // The root process in another mount namespace is the first root thread to come by.
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 100, .container = true, .container_sleep_ms = 1});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, k, log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    CHECK(s.state() == ShadowProcess::State::kHeld);
+    CHECK_FALSE(g.running());
+
+    // The container process was tried first and refused (after configure() saw its mount
+    // namespace); its helper and its shadow are gone, its region unmapped.
+    CHECK(s.bootstrap_stats().attempts == 2);
+    CHECK(g.thread(kContainerPid)->injected_syscalls > 1);
+    CHECK_FALSE(g.has_mapping_in(kContainerPid, kBandStart, kBandEnd));
+
+    // The shadow: a daemon of init, named, in the init mount namespace.
+    auto info = g.process(s.pid());
+    REQUIRE(info);
+    CHECK(info->comm == "cloudvmi-shadow");
+    CHECK(info->ppid == kInitPid);
+    CHECK(info->uid == 0);
+    CHECK(info->mnt_ns == kInitMntNs);
+    CHECK(info->cwd == "/");
+    CHECK(info->sid == s.pid());
+    CHECK(info->fds.empty());
+    CHECK(info->locked);
+    CHECK(info->umask == 022);
+    const uint64_t all_blockable = ~((1ULL << 8) | (1ULL << 18));
+    CHECK(info->sigmask == all_blockable);
+    // cmdline (arg_start..arg_end) reads "cloudvmi-shadow".
+    REQUIRE(info->arg_end > info->arg_start);
+    auto cmdline = g.read_process(s.pid(), info->arg_start, info->arg_end - info->arg_start);
+    REQUIRE(cmdline);
+    CHECK(std::string(cmdline->begin(), cmdline->end()) == std::string("cloudvmi-shadow", 16));
+    CHECK(s.region() >= kBandStart);
+    CHECK(s.region() < kBandEnd);
+    CHECK(SyscallInjector::address_space(s.cr3()) == info->cr3);
+    CHECK(g.shadow_like_processes() == std::vector<int64_t>{s.pid()});
+
+    // The hijacked parent: not the container process, region unmapped, helper reaped,
+    // no zombie anywhere, only the shadow added.
+    auto parents = borrowed(g);
+    REQUIRE(parents.size() == 2);
+    CHECK((parents[0] == kInitPid || parents[0] == kSleeperPid));
+    CHECK(parents[1] == kContainerPid);
+    for (int64_t pid : parents) CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
+    check_no_zombies(g);
+    std::set<int64_t> pids;
+    for (const auto& p : g.processes()) pids.insert(p.pid);
+    CHECK(pids == std::set<int64_t>{kInitPid, kSleeperPid, kWorkerPid, kContainerPid, s.pid()});
+    CHECK(log.current().shadow_phase == ShadowPhase::kHeld);
+    CHECK(log.current().thread_phase == ThreadPhase::kNone);
+    CHECK(log.current().parent_region == 0);
+
+    SECTION("batches") {
+        B b;
+        auto pid = b.add(kGetpid, {});
+        auto ppid = b.add(kGetppid, {});
+        auto out = s.execute(b);
+        REQUIRE(out);
+        CHECK(out->result(pid) == s.pid());
+        CHECK(out->result(ppid) == kInitPid);
+
+        // open + read + close with result references.
+        B m;
+        auto path = m.input_string("/proc/meminfo");
+        auto fd = m.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)},
+                        true);
+        auto data = m.output(4096);
+        auto rd = m.add(kRead, {B::result_of(fd), B::buf(data), B::imm(4096)});
+        m.filled_by(data, rd, B::Fill::kResultBytes);
+        auto cl = m.add(kClose, {B::result_of(fd)});
+        out = s.execute(m);
+        REQUIRE(out);
+        CHECK(out->result(fd) == 0);
+        CHECK(out->result(rd) == static_cast<int64_t>(std::strlen(kMeminfo)));
+        CHECK(std::string(out->bytes(data).begin(), out->bytes(data).end()) == kMeminfo);
+        CHECK(out->result(cl) == 0);
+        CHECK(g.process(s.pid())->fds.empty());
+
+        // A failed op with OPF_STOP_ON_ERROR cancels everything after it.
+        B st;
+        auto p1 = st.input_string("/nonexistent");
+        auto before = st.add(kGetuid, {});
+        auto bad = st.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p1), B::imm(kORdonly), B::imm(0)},
+                          true);
+        auto dep = st.add(kClose, {B::result_of(bad)});
+        auto indep = st.add(kGetpid, {});
+        out = s.execute(st);
+        REQUIRE(out);
+        CHECK(out->result(before) == 0);
+        CHECK(out->error_of(bad) == ENOENT);
+        CHECK(out->error_of(dep) == ECANCELED);
+        CHECK(out->error_of(indep) == ECANCELED);
+
+        // Without the flag, only the ops depending on the failed one are cancelled.
+        B nd;
+        auto p2 = nd.input_string("/etc/nothing");
+        auto bad2 = nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p2), B::imm(kORdonly), B::imm(0)});
+        auto buf2 = nd.output(64);
+        auto rd2 = nd.add(kRead, {B::result_of(bad2), B::buf(buf2), B::imm(64)});
+        auto ok2 = nd.add(kGetpid, {});
+        auto p3 = nd.input_string("/etc/cloudvmi-known");
+        auto fd3 = nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p3), B::imm(kORdonly), B::imm(0)});
+        auto buf3 = nd.output(64);
+        auto rd3 = nd.add(kPread64, {B::result_of(fd3), B::buf(buf3), B::imm(64), B::imm(0)});
+        nd.filled_by(buf3, rd3, B::Fill::kResultBytes);
+        auto st3 = nd.output(sizeof(Stat));
+        auto fs3 = nd.add(kNewfstatat, {B::result_of(fd3), B::buf(nd.input_string("")), B::buf(st3),
+                                        B::imm(kAtEmptyPath)});
+        nd.filled_by(st3, fs3, B::Fill::kWhole);
+        auto cl3 = nd.add(kClose, {B::result_of(fd3)});
+        out = s.execute(nd);
+        REQUIRE(out);
+        CHECK(out->error_of(bad2) == ENOENT);
+        CHECK(out->error_of(rd2) == ECANCELED);
+        CHECK(out->result(ok2) == s.pid());
+        CHECK(out->result(fd3) == 0);
+        CHECK(std::string(out->bytes(buf3).begin(), out->bytes(buf3).end()) == kKnownContent);
+        REQUIRE(out->result(fs3) == 0);
+        Stat sb;
+        std::memcpy(&sb, out->bytes(st3).data(), sizeof sb);
+        CHECK(sb.st_size == static_cast<int64_t>(std::strlen(kKnownContent)));
+        CHECK((sb.st_mode & 0170000) == 0100000);
+        CHECK(out->result(cl3) == 0);
+
+        // Directory listing and a few more calls.
+        B d;
+        auto dp = d.input_string("/etc");
+        auto dfd = d.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(dp),
+                                   B::imm(kORdonly | kODirectory), B::imm(0)}, true);
+        auto ents = d.output(1024);
+        auto gd = d.add(kGetdents64, {B::result_of(dfd), B::buf(ents), B::imm(1024)});
+        d.filled_by(ents, gd, B::Fill::kResultBytes);
+        d.add(kClose, {B::result_of(dfd)});
+        auto uts = d.output(kUtsnameSize);
+        auto un = d.add(kUname, {B::buf(uts)});
+        d.filled_by(uts, un, B::Fill::kWhole);
+        auto lk = d.output(64);
+        auto rl = d.add(kReadlinkat, {B::imm_signed(kAtFdcwd), B::buf(d.input_string("/proc/self/ns/mnt")),
+                                      B::buf(lk), B::imm(64)});
+        d.filled_by(lk, rl, B::Fill::kResultBytes);
+        out = s.execute(d);
+        REQUIRE(out);
+        std::string names;
+        const auto& e = out->bytes(ents);
+        for (size_t at = 0; at + kDirent64NameOffset < e.size();) {
+            uint16_t reclen;
+            std::memcpy(&reclen, e.data() + at + 16, 2);
+            REQUIRE(reclen > 0);
+            names += std::string(reinterpret_cast<const char*>(e.data() + at + kDirent64NameOffset)) + " ";
+            at += reclen;
+        }
+        CHECK(names == ". .. cloudvmi-known secret ");
+        CHECK(std::string(reinterpret_cast<const char*>(out->bytes(uts).data())) == "Linux");
+        CHECK(std::string(out->bytes(lk).begin(), out->bytes(lk).end()) == kInitMntNs);
+        // While held, only the shadow's own breakpoints are armed.
+        for (uint64_t bp : g.armed_breakpoints()) {
+            CHECK(bp >= s.region());
+            CHECK(bp < s.region() + 4096);
+        }
+    }
+
+    SECTION("park, re-acquire, terminate") {
+        REQUIRE(s.park());
+        CHECK(s.state() == ShadowProcess::State::kParked);
+        CHECK(g.armed_breakpoints().empty());
+        CHECK(g.running());
+        CHECK(log.current().shadow_phase == ShadowPhase::kParked);
+        CHECK(log.current().breakpoint_count == 0);
+        // Parked, it sleeps with back-off and costs no stop.
+        uint64_t stops = g.stats().stops;
+        g.advance(1000);
+        CHECK(g.stats().stops == stops);
+        auto hb = g.read_process(s.pid(), s.region() + SHADOW_CTRL_OFFSET + CTRL_HEARTBEAT, 16);
+        REQUIRE(hb);
+        uint64_t heartbeat, sleep_cur;
+        std::memcpy(&heartbeat, hb->data(), 8);
+        auto sc = g.read_process(s.pid(), s.region() + SHADOW_CTRL_OFFSET + CTRL_SLEEP_CUR, 8);
+        std::memcpy(&sleep_cur, sc->data(), 8);
+        CHECK(heartbeat > 20);
+        CHECK(heartbeat < 200);
+        CHECK(sleep_cur == ShadowOptions{}.sleep_max_ns);
+
+        // execute() re-acquires the parked shadow.
+        B b;
+        auto uid = b.add(kGetuid, {});
+        auto out = s.execute(b);
+        REQUIRE(out);
+        CHECK(out->result(uid) == 0);
+        CHECK(s.state() == ShadowProcess::State::kHeld);
+        CHECK_FALSE(g.running());
+        CHECK(s.last_acquire_ms() < 3000);
+
+        REQUIRE(s.park());
+        REQUIRE(s.terminate());  // from parked: acquire, then exit
+        CHECK(s.state() == ShadowProcess::State::kGone);
+        CHECK(g.armed_breakpoints().empty());
+        CHECK(g.running());
+        CHECK(log.current().shadow_phase == ShadowPhase::kNone);
+        g.advance(100);
+        REQUIRE(g.interrupt(Deadline::after_ms(100)));
+        CHECK_FALSE(g.process(s.pid()));  // exited and reaped by init
+        CHECK(g.shadow_like_processes().empty());
+        check_no_zombies(g);
+        CHECK(s.terminate());  // idempotent
+        B again;
+        again.add(kGetpid, {});
+        CHECK(s.execute(again).error().code() == ESRCH);
+    }
+
+    // Whatever happened above, every workload thread still runs correctly.
+    if (g.running()) REQUIRE(g.interrupt(Deadline::after_ms(100)));
+    std::map<int64_t, uint64_t> before;
+    for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid}) before[pid] = g.thread(pid)->checked_returns;
+    if (s.state() == ShadowProcess::State::kHeld) REQUIRE(s.park());
+    run_free(g, 200);
+    for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid}) {
+        INFO("pid " << pid);
+        CHECK(g.thread(pid)->checked_returns > before[pid]);
+    }
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a shadow killed inside the guest gives ESRCH within the acquire timeout",
+          "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.vcpus = 2});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    ShadowOptions o;
+    auto created = ShadowProcess::create(g, k, log, o);
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    int64_t pid = s.pid();
+    REQUIRE(s.park());
+    g.advance(200);
+    REQUIRE(g.kill_process(pid));
+
+    B b;
+    b.add(kGetpid, {});
+    auto start = Clock::now();
+    uint64_t t0 = g.now();
+    auto out = s.execute(b);
+    REQUIRE_FALSE(out);
+    CHECK(out.error().code() == ESRCH);
+    CHECK(elapsed_ms(start) < static_cast<double>(o.acquire_timeout.count()));
+    CHECK(g.now() - t0 <= static_cast<uint64_t>(o.acquire_timeout.count()) + 1);
+    CHECK(s.state() == ShadowProcess::State::kLost);
+    CHECK(g.armed_breakpoints().empty());
+    CHECK_FALSE(g.running());
+    CHECK(log.current().shadow_phase == ShadowPhase::kNone);
+    CHECK(s.execute(b).error().code() == ESRCH);
+    CHECK(s.terminate());
+    run_free(g, 50);
+    CHECK_FALSE(g.process(pid));  // init reaped it
+    check_no_zombies(g);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a batch blocked in the guest times out and the shadow is given up",
+          "[fake]") {
+    QuietLog quiet;
+    FakeGuest g;
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    ShadowOptions o;
+    o.batch_timeout = Millis(300);
+    auto created = ShadowProcess::create(g, k, log, o);
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    B b;
+    auto path = b.input_string("/run/blocking");
+    auto fd = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
+    auto buf = b.output(16);
+    b.add(kRead, {B::result_of(fd), B::buf(buf), B::imm(16)});
+    uint64_t t0 = g.now();
+    auto out = s.execute(b);
+    REQUIRE_FALSE(out);
+    CHECK(out.error().code() == ETIMEDOUT);
+    CHECK(g.now() - t0 >= 299);
+    CHECK(s.state() == ShadowProcess::State::kLost);
+    CHECK(g.armed_breakpoints().empty());
+    CHECK(g.thread(s.pid())->sched == SchedState::kBlocked);
+    // Once the read returns the shadow finishes its batch and goes back to its loop.
+    g.release_blocking_reads();
+    run_free(g, 100);
+    CHECK(g.thread(s.pid())->sched != SchedState::kDead);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a shadow whose lease is not renewed exits by itself", "[fake]") {
+    QuietLog quiet;
+    FakeGuest g;
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    ShadowOptions o;
+    o.lease = Millis(100);  // the minimum: 100 loop iterations
+    o.sleep_max_ns = 10'000'000;
+    auto created = ShadowProcess::create(g, k, log, o);
+    REQUIRE(created);
+    int64_t pid = (*created)->pid();
+    REQUIRE((*created)->park());
+    g.advance(500);
+    CHECK(g.process(pid));
+    g.advance(1500);
+    REQUIRE(g.interrupt(Deadline::after_ms(100)));
+    CHECK_FALSE(g.process(pid));
+    check_no_zombies(g);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}

@@ -1,0 +1,171 @@
+// A gdbstub that is missing, silent, dead or not a gdbstub at all gives a clear error within
+// the configured timeout. Real sockets, fake peers; no guest needed.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <string>
+#include <thread>
+
+#include "common/deadline.h"
+#include "redirector/guest_session.h"
+
+using namespace cloudvmi;
+
+namespace {
+
+// A unix-socket server running `behaviour` on each accepted connection.
+class FakePeer {
+public:
+    explicit FakePeer(std::function<void(int)> behaviour) : behaviour_(std::move(behaviour)) {
+        char tmpl[] = "/tmp/cloudvmi-peer-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl) != nullptr);
+        dir_ = tmpl;
+        path_ = dir_ + "/stub.sock";
+        fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        REQUIRE(fd_ >= 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(fd_, 4) == 0);
+        thread_ = std::thread([this] {
+            while (!stop_) {
+                int c = ::accept(fd_, nullptr, nullptr);
+                if (c < 0) return;
+                behaviour_(c);
+                ::close(c);
+            }
+        });
+    }
+    ~FakePeer() {
+        stop_ = true;
+        ::shutdown(fd_, SHUT_RDWR);
+        ::close(fd_);
+        thread_.join();
+        ::unlink(path_.c_str());
+        ::rmdir(dir_.c_str());
+    }
+    std::string endpoint() const { return "unix:" + path_; }
+    const std::string& dir() const { return dir_; }
+
+private:
+    std::function<void(int)> behaviour_;
+    std::string dir_, path_;
+    int fd_ = -1;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+SessionOptions fast_options(const std::string& endpoint, const std::string& state_dir) {
+    SessionOptions o;
+    o.gdb_endpoint = endpoint;
+    o.state_dir = state_dir;
+    o.client.connect_timeout = Millis(400);
+    o.client.request_timeout = Millis(400);
+    return o;
+}
+
+Error attach_error(const SessionOptions& o, double* took_ms) {
+    auto start = Clock::now();
+    GuestSession s(o);
+    auto r = s.attach();
+    *took_ms = elapsed_ms(start);
+    REQUIRE_FALSE(r);
+    CHECK(s.status().state == SessionState::kError);
+    return r.error();
+}
+
+void sleep_until_closed(int c) {
+    char buf[256];
+    while (::read(c, buf, sizeof buf) > 0) {
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a missing gdbstub socket fails at once with ENOENT", "[stub]") {
+    char tmpl[] = "/tmp/cloudvmi-state-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    double ms = 0;
+    auto e = attach_error(fast_options("unix:/nonexistent/dir/vm.gdb", tmpl), &ms);
+    CHECK(e.code() == ENOENT);
+    CHECK(e.describe().find("/nonexistent/dir/vm.gdb") != std::string::npos);
+    CHECK(ms < 1000);
+}
+
+TEST_CASE("a silent peer times out within the request timeout", "[stub]") {
+    FakePeer peer([](int c) { sleep_until_closed(c); });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK(e.code() == ETIMEDOUT);
+    CHECK(e.describe().find("no answer from gdbstub") != std::string::npos);
+    CHECK(ms >= 350);
+    CHECK(ms < 2000);
+}
+
+TEST_CASE("a peer speaking another protocol is reported as such", "[stub]") {
+    FakePeer peer([](int c) {
+        std::string junk = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        (void)::write(c, junk.data(), junk.size());
+        sleep_until_closed(c);
+    });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK(e.code() == EPROTO);
+    CHECK(e.describe().find("not GDB remote protocol") != std::string::npos);
+    CHECK(ms < 2000);
+}
+
+TEST_CASE("a peer flooding garbage is cut off", "[stub]") {
+    FakePeer peer([](int c) {
+        std::string junk(8192, 'x');
+        for (int i = 0; i < 4; ++i) {
+            if (::write(c, junk.data(), junk.size()) < 0) break;
+        }
+        sleep_until_closed(c);
+    });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK(e.code() == EPROTO);
+    CHECK(e.describe().find("does not speak the GDB remote protocol") != std::string::npos);
+    CHECK(ms < 2000);
+}
+
+TEST_CASE("a peer that hangs up is reported as a reset connection", "[stub]") {
+    FakePeer peer([](int) {});
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK(e.code() == ECONNRESET);
+    CHECK(ms < 1000);
+}
+
+TEST_CASE("a peer with corrupted checksums is asked again, then dropped", "[stub]") {
+    FakePeer peer([](int c) {
+        char buf[512];
+        while (::read(c, buf, sizeof buf) > 0) {
+            std::string bad = "$OK#00";  // wrong checksum every time
+            if (::write(c, bad.data(), bad.size()) < 0) break;
+        }
+    });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK((e.code() == EPROTO || e.code() == ETIMEDOUT));
+    CHECK(ms < 2000);
+}
+
+TEST_CASE("a malformed endpoint is rejected before connecting", "[stub]") {
+    auto bad = gdb::Endpoint::parse("tcp:localhost:99999");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code() == EINVAL);
+    auto nohost = gdb::Endpoint::parse("vm.gdb");
+    REQUIRE_FALSE(nohost);
+    auto ok = gdb::Endpoint::parse("unix:/run/vm.gdb,server=on,wait=off");
+    REQUIRE(ok);
+    CHECK(ok->path == "/run/vm.gdb");
+    auto tcp = gdb::Endpoint::parse("tcp:127.0.0.1:1234");
+    REQUIRE(tcp);
+    CHECK(tcp->port == 1234);
+}
