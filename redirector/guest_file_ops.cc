@@ -70,7 +70,7 @@ std::vector<GuestDirEntry> parse_dirents(std::span<const uint8_t> buf, int* skip
 
 GuestStat parse_stat(std::span<const uint8_t> buf) {
     Stat s{};
-    std::memcpy(&s, buf.data(), std::min(buf.size(), sizeof s));
+    if (!buf.empty()) std::memcpy(&s, buf.data(), std::min(buf.size(), sizeof s));
     GuestStat g;
     g.dev = s.st_dev;
     g.ino = s.st_ino;

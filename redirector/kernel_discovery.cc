@@ -80,17 +80,17 @@ std::optional<ReturnPaths> find_return_paths(std::span<const uint8_t> entry_code
     if (!sysret) return std::nullopt;
     ReturnPaths paths;
     paths.sysret = entry_address + *sysret;
-    auto cr3 = find_bytes(entry_code.first(std::min<size_t>(entry_code.size(), 0x40)),
-                          kMovToCr3Rsp);
-    // Without PTI the CR3 switch is patched out by a short jump over it.
-    if (cr3 && *cr3 >= 2) {
-        bool jumped_over = false;
-        for (size_t i = 0; i < *cr3; ++i) {
-            if (entry_code[i] == 0xeb && i + 2 + static_cast<int8_t>(entry_code[i + 1]) > *cr3) {
-                jumped_over = true;
-            }
-        }
-        paths.pti = !jumped_over;
+    // Right after `swapgs; mov %rsp,%gs:X` comes SWITCH_TO_KERNEL_CR3. Without PTI the
+    // kernel patches a short jump over it in its place; with PTI it stays and a
+    // `mov %rsp,%cr3` follows within a few instructions.
+    size_t after = (std::memcmp(entry_code.data(), kEndbr64, 4) == 0 ? 4 : 0) + 12;
+    if (after + 2 <= entry_code.size()) {
+        auto cr3 = find_bytes(entry_code.subspan(after, std::min<size_t>(0x30, entry_code.size() - after)),
+                              kMovToCr3Rsp);
+        int rel = static_cast<int8_t>(entry_code[after + 1]);
+        bool jumps_over = entry_code[after] == 0xeb && rel > 0 &&
+                          (!cr3 || static_cast<size_t>(rel) + 2 > *cr3);
+        paths.pti = cr3.has_value() && !jumps_over;
     }
     // The sysret eligibility checks all bail out to the same slow path with jcc rel32.
     std::map<uint64_t, int> targets;

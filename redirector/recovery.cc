@@ -59,6 +59,21 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
                 log.commit();
             }
         }
+        int64_t helper = record.helper_pid;
+        if (inj.hijacked() && helper == 0 && record.parent_region != 0 &&
+            record.expected_rcx == record.parent_region + ShadowCode::child_entry() &&
+            !x86abi::is_error_result(inj.last_result())) {
+            helper = static_cast<int64_t>(inj.last_result());  // the clone we just finished
+        }
+        if (inj.hijacked() && helper > 0) {
+            // Reap the helper (it exits right after its own clone), or it stays a zombie:
+            // it was cloned without an exit signal, so P itself never waits for it.
+            auto r = inj.syscall(x86abi::kWait4, {static_cast<uint64_t>(helper), 0, x86abi::kWall, 0});
+            if (r) {
+                log.edit().helper_pid = 0;
+                log.commit();
+            }
+        }
         if (inj.hijacked() && record.parent_region != 0) {
             auto r = inj.syscall(x86abi::kMunmap, {record.parent_region, SHADOW_REGION_SIZE});
             if (r && !x86abi::is_error_result(*r)) {

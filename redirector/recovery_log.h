@@ -59,6 +59,7 @@ struct RecoveryRecord {
     uint64_t expected_rcx = 0;  // return address of the syscall in flight
     kvm_regs thread_regs{};     // the thread's own registers, to put back
     uint64_t parent_region = 0; // region mapped in the hijacked process (0: none)
+    int64_t helper_pid = 0;     // the hijacked process's clone child, not yet reaped (0: none)
 
     ShadowPhase shadow_phase = ShadowPhase::kNone;
     int32_t shadow_vcpu = 0;

@@ -201,6 +201,11 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         // with our registers (wait4 with __WALL still reaps it).
         uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}, region + ShadowCode::child_entry()));
         bool helper_started = !is_error_result(child);
+        if (helper_started) {
+            // Until P has reaped it, the helper would stay a zombie if we died.
+            log_.edit().helper_pid = static_cast<int64_t>(child);
+            log_.commit();
+        }
         // From the clone on, a failure may leave a shadow behind: it is caught and ended.
         auto after_clone = [&]() -> ErrorOr<void> {
             std::optional<Error> failure;
@@ -209,6 +214,10 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
             } else {
                 uint64_t waited = TRY(inj.syscall(
                     kWait4, {child, region + SHADOW_CTRL_OFFSET + CTRL_WAIT_STATUS, kWall, 0}));
+                if (waited == child || as_signed(waited) == -ECHILD) {
+                    log_.edit().helper_pid = 0;
+                    log_.commit();
+                }
                 // ECHILD: the process ignores SIGCHLD and the kernel reaped the helper itself.
                 if (waited != child && as_signed(waited) != -ECHILD) {
                     LOG_WARN("wait4 for the helper returned %lld", static_cast<long long>(as_signed(waited)));
@@ -322,6 +331,12 @@ ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadl
             // Another process executing the same address, or our shadow at another of our
             // breakpoints on its way: let it pass.
             TRY(traps_.step_over(ev->vcpu, rip, Deadline::after(options_.acquire_timeout)));
+        } else {
+            // Not ours: a single step gets past a breakpoint that is not ours too, where
+            // resuming would stop on it again at once.
+            LOG_DEBUG("vCPU %d stopped at %s (cr3 %s), not at one of our breakpoints",
+                      ev->vcpu, hex_u64(rip).c_str(), hex_u64(snap.state.sregs.cr3).c_str());
+            TRY(guest_.step(ev->vcpu, Deadline::after(options_.acquire_timeout)));
         }
         TRY(guest_.resume());
     }

@@ -87,7 +87,7 @@ ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s) {
         if (r.rip != kernel_.sysret) {
             // Not the trap we hunt with: step over any other breakpoint of ours (resuming on
             // it would stop again at once), carry on after anything else.
-            if (traps_.armed(r.rip)) TRY(step_over(ev->vcpu, r.rip));
+            TRY(step_over(ev->vcpu, r.rip));
             TRY(guest_.resume());
             continue;
         }
@@ -193,6 +193,7 @@ ErrorOr<uint64_t> SyscallInjector::syscall(uint64_t nr, std::initializer_list<ui
     }
     phase_ = Phase::kHeld;
     vcpu_ = arrival.vcpu;
+    last_result_ = arrival.regs.rax;
     journal_thread();
     LOG_TRACE("injected syscall %llu -> %lld", static_cast<unsigned long long>(nr),
               static_cast<long long>(x86abi::as_signed(arrival.regs.rax)));
@@ -283,7 +284,10 @@ ErrorOr<SyscallInjector::Arrival> SyscallInjector::run_until_return(Deadline dea
             TRY(repair_signal_frame(ev->vcpu, r, frame.rsp));
             return Arrival{false, ev->vcpu, r, Landing::kIret};
         }
-        // A stop that is none of our traps (e.g. the VM was paused from outside).
+        // A stop that is none of our traps (the VM paused from outside, a breakpoint that
+        // is not ours): step past it rather than resume onto it.
+        LOG_DEBUG("vCPU %d stopped at %s, not at one of our traps", ev->vcpu, hex_u64(r.rip).c_str());
+        TRY(step_over(ev->vcpu, r.rip));
         TRY(guest_.resume());
     }
 }
@@ -399,6 +403,7 @@ ErrorOr<void> SyscallInjector::finish(Deadline deadline) {
     if (arrival.ours) {
         phase_ = Phase::kHeld;
         vcpu_ = arrival.vcpu;
+        last_result_ = arrival.regs.rax;
         journal_thread();
     }
     return {};

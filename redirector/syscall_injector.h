@@ -81,6 +81,8 @@ public:
     // Waits for a syscall left in flight to come back; the thread is then held, or, if a
     // signal reached it, repaired and released (hijacked() is false).
     ErrorOr<void> finish(Deadline deadline);
+    // rax of the last syscall that came back (also one finished by finish()).
+    uint64_t last_result() const { return last_result_; }
 
     VcpuId vcpu() const { return vcpu_; }
     uint64_t cr3() const { return cr3_; }
@@ -130,6 +132,7 @@ private:
     uint64_t cr3_ = 0;
     uint64_t cookie_ = 0;
     uint64_t expected_rcx_ = 0;
+    uint64_t last_result_ = 0;
     BreakpointSet traps_;
 };
 

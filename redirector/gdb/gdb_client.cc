@@ -109,6 +109,8 @@ ErrorOr<void> GdbClient::handshake() {
     if (!parsed) return make_error(EPROTO, "unexpected answer to '?': " + printable(stop));
     note_stop(*parsed);
     running_ = false;
+    // A client that died may have left breakpoints behind; start from none.
+    TRY(clear_all_breakpoints());
     return {};
 }
 
@@ -286,6 +288,17 @@ ErrorOr<StopReply> GdbClient::interrupt(Deadline deadline) {
     // If the VM stopped on its own just before, the interrupt is ignored and the stop reply
     // we get is that one: either way exactly one stop reply follows.
     return wait_for_stop(deadline);
+}
+
+ErrorOr<void> GdbClient::clear_all_breakpoints() {
+    for (const ThreadId& t : TRY(threads())) {
+        std::string r = TRY(request_ok("Hc" + t.to_string(multiprocess_), "Hc"));
+        if (r != "OK") return make_error(EPROTO, "bad answer to Hc: " + printable(r));
+        std::string stop = TRY(request("?"));  // QEMU: clears the 'c' vCPU's breakpoints
+        auto parsed = parse_stop_reply(stop);
+        if (!parsed) return make_error(EPROTO, "unexpected answer to '?': " + printable(stop));
+    }
+    return {};
 }
 
 ErrorOr<std::string> GdbClient::monitor(std::string_view command) {

@@ -72,6 +72,11 @@ public:
     // Stops a running target and returns its stop reply.
     ErrorOr<StopReply> interrupt(Deadline deadline);
 
+    // Removes every breakpoint on every vCPU, including ones a dead client left. QEMU 7.2
+    // inserts a breakpoint on all vCPUs but its '?' clears only the current one and 'z'
+    // stops at the first vCPU without it, so stale ones on other vCPUs would stay.
+    ErrorOr<void> clear_all_breakpoints();
+
     // HMP command through the stub's monitor (qRcmd); returns its console output.
     ErrorOr<std::string> monitor(std::string_view command);
 

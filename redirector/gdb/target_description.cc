@@ -152,16 +152,35 @@ ErrorOr<RegisterLayout> RegisterLayout::load(const XmlFetcher& fetch) {
     std::vector<RegisterInfo> all;
     std::string architecture;
     std::set<std::string> seen;
-    // Depth-first over includes, as gdb does.
+    // An include stands for the included document at its place, as gdb reads it: walk each
+    // document's <reg> and <xi:include> elements in order.
     std::function<ErrorOr<void>(const std::string&, int)> visit =
         [&](const std::string& name, int depth) -> ErrorOr<void> {
         if (depth > 8) return make_error(EPROTO, "target description: includes nest too deep");
         if (!seen.insert(name).second) return {};
         std::string xml = TRY_CTX(fetch(name), "reading " + name);
         if (architecture.empty()) architecture = xml_architecture(xml);
-        auto regs = TRY_CTX(parse_reg_elements(xml), name);
-        for (auto& r : regs) all.push_back(std::move(r));
-        for (const auto& inc : xml_includes(xml)) TRY(visit(inc, depth + 1));
+        std::string clean = strip_xml_comments(xml);
+        size_t pos = 0;
+        while (true) {
+            size_t reg = clean.find("<reg", pos);
+            size_t inc = clean.find("<xi:include", pos);
+            if (reg == std::string::npos && inc == std::string::npos) break;
+            if (inc < reg) {
+                size_t end = clean.find('>', inc);
+                if (end == std::string::npos) break;
+                for (const auto& href : xml_includes(clean.substr(inc, end - inc + 1))) {
+                    TRY(visit(href, depth + 1));
+                }
+                pos = end + 1;
+            } else {
+                size_t end = clean.find('>', reg);
+                if (end == std::string::npos) break;
+                auto regs = TRY_CTX(parse_reg_elements(clean.substr(reg, end - reg + 1)), name);
+                for (auto& r : regs) all.push_back(std::move(r));
+                pos = end + 1;
+            }
+        }
         return {};
     };
     TRY(visit("target.xml", 0));

@@ -75,6 +75,7 @@ std::string file_content(const std::string& path) {
 struct GuestCensus {
     std::vector<int64_t> shadows;
     std::vector<int64_t> zombies;
+    std::string zombie_status;
     std::set<int64_t> pids;
 };
 
@@ -92,7 +93,10 @@ GuestCensus census(GuestFileOps& ops) {
         if (s.find("Name:\tcloudvmi-shadow\n") != std::string::npos) {
             c.shadows.push_back(static_cast<int64_t>(*pid));
         }
-        if (s.find("State:\tZ") != std::string::npos) c.zombies.push_back(static_cast<int64_t>(*pid));
+        if (s.find("State:\tZ") != std::string::npos) {
+            c.zombies.push_back(static_cast<int64_t>(*pid));
+            c.zombie_status += s.substr(0, 200) + "\n";
+        }
     }
     return c;
 }
@@ -151,8 +155,10 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         ++restored_before;
         ++pos;
     }
-    INFO("guardian log:\n" << report);
-    CHECK(report.find("recovery failed") == std::string::npos);
+    {
+        INFO("guardian log:\n" << report);
+        CHECK(report.find("recovery failed") == std::string::npos);
+    }
     // Most kills land while the session is live; each of those is repaired by a guardian.
     CHECK(restored_before >= kRounds / 3);
 
@@ -196,6 +202,7 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     CHECK(c.shadows == std::vector<int64_t>{checker.status().shadow_pid});
+    INFO("zombies:\n" << c.zombie_status);
     CHECK(c.zombies.empty());
     CHECK(c.pids.count(heartbeat_pid));
     CHECK(c.pids.count(user_pid));

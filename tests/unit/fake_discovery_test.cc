@@ -93,6 +93,12 @@ TEST_CASE("fake: gdbstub semantics of run control and breakpoints", "[fake]") {
     CHECK(SyscallInjector::address_space(user->state.sregs.cr3) ==
           SyscallInjector::address_space(snap->state.sregs.cr3));
 
+    // TCG: a single step executes the instruction even on an armed breakpoint.
+    REQUIRE(guest.insert_breakpoint(r.rcx));
+    REQUIRE(guest.step(ev->vcpu, Deadline::after_ms(100)));
+    CHECK(guest.snapshot(ev->vcpu)->state.regs.rip != r.rcx);
+    REQUIRE(guest.remove_breakpoint(r.rcx));
+
     // Counted like TCG: two inserts need two removals.
     REQUIRE(guest.insert_breakpoint(0x1000));
     REQUIRE(guest.insert_breakpoint(0x1000));

@@ -31,6 +31,9 @@ constexpr uint64_t kPercpuBase = 0xffff88807fc00000ULL;
 constexpr uint16_t kUserCs = 0x33, kUserSs = 0x2b, kKernelCs = 0x10, kKernelSs = 0x18;
 constexpr uint64_t kUserFlags = 0x246;
 constexpr uint64_t kKernelFlags = 0x82;
+// Host time a stop or a single step costs the client (see tick_limit()).
+constexpr uint64_t kStopCostUs = 200;
+constexpr uint64_t kStepCostUs = 50;
 
 // Workload code page layout (offsets from ProcessSpec::code_base).
 constexpr uint64_t kWlSyscall = 0x0;     // 0f 05
@@ -749,35 +752,46 @@ void FakeGuest::fault(Thread& t, const std::string& why, int sig) {
 // ---------------------------------------------------------------------------------------
 // Time
 
+// Deadlines are host (wall-clock) time. The host clock advances with the guest's ticks
+// while it runs, and by a little for every stop and step the client handles (a real stub
+// takes time to stop and restart the VM), so that a client looping on stops without
+// letting the guest run still reaches its deadline.
 uint64_t FakeGuest::tick_limit(Deadline deadline) {
-    if (deadline.when() == Clock::time_point::max()) return tick_ + 3600000;
+    if (deadline.when() == Clock::time_point::max()) return host_us_ + 3600ULL * 1000 * 1000;
     auto it = deadline_ticks_.find(deadline.when());
     if (it != deadline_ticks_.end()) return it->second;
     auto left = deadline.when() - Clock::now();
     int64_t ms = std::max<int64_t>(0, std::chrono::ceil<Millis>(left).count());
-    uint64_t limit = tick_ + static_cast<uint64_t>(ms);
+    uint64_t limit = host_us_ + static_cast<uint64_t>(ms) * 1000;
     if (deadline_ticks_.size() > 4096) {
         for (auto i = deadline_ticks_.begin(); i != deadline_ticks_.end();) {
-            i = i->second < tick_ ? deadline_ticks_.erase(i) : std::next(i);
+            i = i->second < host_us_ ? deadline_ticks_.erase(i) : std::next(i);
         }
     }
     deadline_ticks_[deadline.when()] = limit;
     return limit;
 }
 
-ErrorOr<StopEvent> FakeGuest::run_until(uint64_t limit) {
+ErrorOr<StopEvent> FakeGuest::run_until(uint64_t limit_us) {
     while (true) {
-        if (pending_stop_) {
-            StopEvent e = *pending_stop_;
-            pending_stop_.reset();
-            running_ = false;
-            ++stats_.stops;
-            if (e.reason == StopEvent::Reason::kBreakpoint) ++stats_.breakpoint_stops;
-            return e;
+        // An expired deadline wins even over a stop reply that is already queued: the
+        // client polls once more and gives up (the reply is then read by interrupt()).
+        if (host_us_ >= limit_us) {
+            return make_error(ETIMEDOUT, "fake guest: no stop before the deadline");
         }
-        if (tick_ >= limit) return make_error(ETIMEDOUT, "fake guest: no stop before the deadline");
+        if (pending_stop_) return take_stop();
         run_tick();
     }
+}
+
+StopEvent FakeGuest::take_stop() {
+    StopEvent e = *pending_stop_;
+    pending_stop_.reset();
+    running_ = false;
+    host_us_ += kStopCostUs;
+    ++stats_.stops;
+    if (e.reason == StopEvent::Reason::kBreakpoint) ++stats_.breakpoint_stops;
+    return e;
 }
 
 void FakeGuest::run_tick() {
@@ -812,6 +826,7 @@ void FakeGuest::run_tick() {
 
 void FakeGuest::end_of_tick() {
     ++tick_;
+    host_us_ += 1000;
     rotation_ = (rotation_ + 1) % static_cast<int>(vcpus_.size());
     wake_blocked();
     // Preemption of user-mode threads that used up their slice.
@@ -2098,8 +2113,9 @@ ErrorOr<StopEvent> FakeGuest::wait_for_stop(Deadline deadline) {
 ErrorOr<StopEvent> FakeGuest::interrupt(Deadline) {
     TRY(usable());
     if (!running_) return make_error(EINVAL, "internal: interrupting a stopped VM");
-    if (pending_stop_) return run_until(tick_);
+    if (pending_stop_) return take_stop();
     running_ = false;
+    host_us_ += kStopCostUs;
     ++stats_.stops;
     ++stats_.interrupts;
     return StopEvent{1, StopEvent::Reason::kInterrupted};
@@ -2109,9 +2125,10 @@ ErrorOr<StopEvent> FakeGuest::step(VcpuId vcpu, Deadline) {
     TRY(stopped());
     Vcpu* c = TRY(cpu(vcpu));
     ++stats_.steps;
+    host_us_ += kStepCostUs;
     if (c->tid != 0) {
         Thread& t = *threads_.at(c->tid);
-        if (!armed(t.cpu.regs.rip)) {
+        if (options_.step_overrides_breakpoints || !armed(t.cpu.regs.rip)) {
             execute(t);
             if (t.sched == SchedState::kOnCpu && t.cpu.user_mode()) ++t.slice;
         }

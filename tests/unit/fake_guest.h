@@ -25,8 +25,11 @@
 //    MAP_SHARED mappings, copied/shared on fork), file descriptors over a tiny fake file
 //    system, zombies, reparenting to init (which reaps), blocking syscalls (nanosleep,
 //    wait4, a read of /run/blocking), preemption and migration between vCPUs.
-//  - gdbstub semantics: all vCPUs stop together; a vCPU resumed (or stepped) on an armed
-//    breakpoint stops again without executing; breakpoints are counted like TCG's
+//  - gdbstub semantics: all vCPUs stop together; a vCPU resumed on an armed breakpoint
+//    stops again without executing; a single step executes one instruction even there
+//    (TCG: "singlestep overrides breakpoints", accel/tcg/cpu-exec.c; FakeOptions can make
+//    it stop instead, as a hardware breakpoint without RF would); breakpoints are counted
+//    like TCG's
 //    (inserting twice needs two removals); removing an unset one fails (E22); packets sent
 //    while the guest runs are refused (EBUSY), waiting while stopped is EINVAL.
 //
@@ -37,6 +40,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -110,6 +114,7 @@ struct FakeOptions {
     std::vector<ProcessSpec> extra;
     int warmup_ticks = 25;      // ticks run by the constructor before "attaching"
     int time_slice = 3;         // user-mode ticks before a thread is preempted
+    bool step_overrides_breakpoints = true;  // TCG; false: a step on one stops at once
 };
 
 enum class SchedState { kRunnable, kOnCpu, kBlocked, kDead };
@@ -196,7 +201,8 @@ public:
     ErrorOr<void> detach() override;
 
     // --- inspection ---
-    uint64_t now() const { return tick_; }
+    uint64_t now() const { return tick_; }           // guest time, ms
+    uint64_t host_ms() const { return host_us_ / 1000; }  // host time the client spent
     const FakeStats& stats() const { return stats_; }
     const std::vector<std::string>& anomalies() const { return anomalies_; }
     std::string anomalies_text() const;
@@ -261,7 +267,8 @@ private:
     Process& proc_of(const Thread& t) const;
     void anomaly(std::string text);
     uint64_t tick_limit(Deadline deadline);
-    ErrorOr<StopEvent> run_until(uint64_t limit);
+    ErrorOr<StopEvent> run_until(uint64_t limit_us);
+    StopEvent take_stop();
     void run_tick();
     void end_of_tick();
     void execute(Thread& t);
@@ -333,6 +340,7 @@ private:
     bool detached_ = false;
     std::optional<StopEvent> pending_stop_;
     uint64_t tick_ = 0;
+    uint64_t host_us_ = 0;  // host clock, for deadlines
     int rotation_ = 0;
     std::vector<Vcpu> vcpus_;
     std::map<uint64_t, int> breakpoints_;  // address -> insert count
@@ -360,75 +368,93 @@ public:
     bool tripped() const { return tripped_; }
     // The connection dies at the next wait_for_stop (after a resume went through).
     void die_at_next_wait() { die_on_wait_ = true; }
+    // The connection dies when the client writes registers with this rax (it is about to
+    // inject that syscall), at the `occurrence`-th such write; that write fails.
+    void die_on_inject(uint64_t nr, int occurrence = 1) {
+        die_nr_ = nr;
+        die_occurrence_ = occurrence;
+    }
+    // Makes the request being made fail (call it from before_call), once.
+    void fail_this_call() {
+        transient_ = true;
+        budget_ = calls_;
+        tripped_ = false;
+    }
+    // From now on, `more` calls succeed, then the connection dies.
+    void die_after(long more) {
+        transient_ = false;
+        budget_ = calls_ + more;
+    }
+    // Called once, at the first failing call (e.g. to freeze the recovery record there:
+    // a process killed with SIGKILL writes nothing after its last successful request).
+    void on_trip(std::function<void()> f) { on_trip_ = std::move(f); }
+    // Called before every request with its name ("snapshot", "write_regs", ...).
+    void before_call(std::function<void(const char*)> f) { before_call_ = std::move(f); }
 
     std::string describe() const override { return "failing:" + inner_.describe(); }
     bool running() const override { return inner_.running(); }
-    ErrorOr<void> resume() override { return gate() ? inner_.resume() : fail(); }
+    ErrorOr<void> resume() override { return gate("resume") ? inner_.resume() : fail(); }
     ErrorOr<StopEvent> wait_for_stop(Deadline d) override {
         if (die_on_wait_) {
             transient_ = false;
             budget_ = calls_;
         }
-        if (!gate()) return fail();
+        if (!gate("wait_for_stop")) return fail();
         return inner_.wait_for_stop(d);
     }
     ErrorOr<StopEvent> interrupt(Deadline d) override {
-        if (!gate()) return fail();
+        if (!gate("interrupt")) return fail();
         return inner_.interrupt(d);
     }
     ErrorOr<StopEvent> step(VcpuId v, Deadline d) override {
-        if (!gate()) return fail();
+        if (!gate("step")) return fail();
         return inner_.step(v, d);
     }
     ErrorOr<std::vector<VcpuId>> vcpus() override {
-        if (!gate()) return fail();
+        if (!gate("vcpus")) return fail();
         return inner_.vcpus();
     }
     ErrorOr<RegisterSnapshot> snapshot(VcpuId v) override {
-        if (!gate()) return fail();
+        if (!gate("snapshot")) return fail();
         return inner_.snapshot(v);
     }
     ErrorOr<void> restore(const RegisterSnapshot& s) override {
-        return gate() ? inner_.restore(s) : fail();
+        return gate("restore") ? inner_.restore(s) : fail();
     }
     ErrorOr<void> write_regs(VcpuId v, const kvm_regs& r) override {
-        return gate() ? inner_.write_regs(v, r) : fail();
+        if (die_occurrence_ > 0 && r.rax == die_nr_ && --die_occurrence_ == 0) die_after(0);
+        return gate("write_regs") ? inner_.write_regs(v, r) : fail();
     }
     ErrorOr<void> read_virtual(VcpuId v, uint64_t va, std::span<uint8_t> out) override {
-        return gate() ? inner_.read_virtual(v, va, out) : fail();
+        return gate("read_virtual") ? inner_.read_virtual(v, va, out) : fail();
     }
     ErrorOr<void> write_virtual(VcpuId v, uint64_t va, std::span<const uint8_t> d) override {
-        return gate() ? inner_.write_virtual(v, va, d) : fail();
+        return gate("write_virtual") ? inner_.write_virtual(v, va, d) : fail();
     }
     ErrorOr<void> read_physical(uint64_t pa, std::span<uint8_t> out) override {
-        return gate() ? inner_.read_physical(pa, out) : fail();
+        return gate("read_physical") ? inner_.read_physical(pa, out) : fail();
     }
     ErrorOr<void> write_physical(uint64_t pa, std::span<const uint8_t> d) override {
-        return gate() ? inner_.write_physical(pa, d) : fail();
+        return gate("write_physical") ? inner_.write_physical(pa, d) : fail();
     }
     ErrorOr<void> insert_breakpoint(uint64_t va) override {
-        return gate() ? inner_.insert_breakpoint(va) : fail();
+        return gate("insert_breakpoint") ? inner_.insert_breakpoint(va) : fail();
     }
     ErrorOr<void> remove_breakpoint(uint64_t va) override {
-        return gate() ? inner_.remove_breakpoint(va) : fail();
+        return gate("remove_breakpoint") ? inner_.remove_breakpoint(va) : fail();
     }
-    ErrorOr<void> detach() override { return gate() ? inner_.detach() : fail(); }
+    ErrorOr<void> detach() override { return gate("detach") ? inner_.detach() : fail(); }
 
 private:
-    bool gate() {
+    bool gate(const char* what) {
+        if (before_call_) before_call_(what);
         long n = calls_++;
-        if (transient_) {
-            if (n == budget_) {
-                tripped_ = true;
-                return false;
-            }
-            return true;
-        }
-        if (n >= budget_) {
+        bool fail = transient_ ? n == budget_ : n >= budget_;
+        if (fail && !tripped_) {
             tripped_ = true;
-            return false;
+            if (on_trip_) on_trip_();
         }
-        return true;
+        return !fail;
     }
     static std::unexpected<Error> fail() {
         return std::unexpected(Error(ECONNRESET, "fake connection reset"));
@@ -440,6 +466,10 @@ private:
     long calls_ = 0;
     bool tripped_ = false;
     bool die_on_wait_ = false;
+    uint64_t die_nr_ = 0;
+    int die_occurrence_ = 0;
+    std::function<void()> on_trip_;
+    std::function<void(const char*)> before_call_;
 };
 
 }  // namespace cloudvmi::fake

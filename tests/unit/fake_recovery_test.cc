@@ -1,5 +1,5 @@
-// recover_guest() after a CloudVMI process died (or hit an error) at every single step of
-// the shadow bootstrap and of the first batches.
+// recover_guest() after a CloudVMI process died, lost its connection or met an error at
+// every single step of the shadow bootstrap and of the first batches.
 #include <catch2/catch.hpp>
 
 #include <climits>
@@ -11,6 +11,7 @@
 #include "fake_guest.h"
 #include "redirector/recovery.h"
 #include "redirector/recovery_log.h"
+#include "redirector/shadow_layout.h"
 #include "redirector/shadow_process.h"
 #include "redirector/syscall_batch.h"
 #include "redirector/syscall_injector.h"
@@ -38,10 +39,23 @@ FakeOptions recovery_guest() {
     return o;
 }
 
+// Shorter than the defaults (the guest answers within milliseconds or never), so that
+// the cases where something waits in vain stay quick.
+ShadowOptions quick_options() {
+    ShadowOptions o;
+    o.injector.hijack_timeout = Millis(3000);
+    o.injector.syscall_timeout = Millis(2000);
+    o.catch_timeout = Millis(3000);
+    o.acquire_timeout = Millis(1000);
+    o.batch_timeout = Millis(2000);
+    o.recovery_timeout = Millis(5000);
+    return o;
+}
+
 // What a CloudVMI session does first: create the shadow, run two batches, park.
 void session(GuestAccess& g, RecoveryLog& log) {
     auto k = fixture_entry_points();
-    auto created = ShadowProcess::create(g, k, log, ShadowOptions{});
+    auto created = ShadowProcess::create(g, k, log, quick_options());
     if (!created) return;
     ShadowProcess& s = **created;
     B b;
@@ -59,15 +73,18 @@ void session(GuestAccess& g, RecoveryLog& log) {
     (void)s.park();
 }
 
-// Checks that nothing of a session is left in the guest, and that the guest runs on
-// as if it had never been touched.
-std::string leftovers(FakeGuest& g, const RecoveryLog& after) {
+// Nothing of a session may be left in the guest, and the guest must run on as if it had
+// never been touched: same processes, no zombie, no shadow region anywhere, every
+// workload thread making syscalls with its registers intact.
+std::string leftovers(FakeGuest& g, const RecoveryLog& after,
+                      std::set<int64_t> want = {kInitPid, kSleeperPid, kWorkerPid, kContainerPid}) {
     std::ostringstream bad;
     if (!g.armed_breakpoints().empty()) bad << "breakpoints still armed; ";
     if (g.running()) bad << "guest left running by recovery; ";
     if (!after.current().nothing_to_undo()) bad << "recovery log not clean; ";
     std::map<int64_t, uint64_t> progress;
-    for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid}) {
+    for (int64_t pid : want) {
+        if (pid == kInitPid) continue;
         if (auto t = g.thread(pid)) progress[pid] = t->checked_returns;
     }
     if (!g.running() && !g.resume()) bad << "cannot resume; ";
@@ -79,27 +96,67 @@ std::string leftovers(FakeGuest& g, const RecoveryLog& after) {
         if (p.zombie) {
             bad << "zombie pid " << p.pid << " (" << p.comm << ", parent " << p.ppid
                 << ", exit_signal " << p.exit_signal << "); ";
+        } else if (!want.count(p.pid)) {
+            bad << "stray process " << p.pid << " (" << p.comm << ", parent " << p.ppid << "); ";
         }
-        if (g.has_mapping_in(p.pid, SyscallInjector::kShadowBandStart, SyscallInjector::kShadowBandEnd)) {
-            bad << "pid " << p.pid << " (" << p.comm << ") still maps a shadow region; ";
+        if (g.has_mapping_in(p.pid, SyscallInjector::kShadowBandStart,
+                             SyscallInjector::kShadowBandEnd)) {
+            bad << "pid " << p.pid << " (" << p.comm << ") maps a shadow region; ";
         }
-    }
-    std::set<int64_t> want = {kInitPid, kSleeperPid, kWorkerPid, kContainerPid};
-    for (int64_t pid : pids) {
-        if (!want.count(pid)) bad << "stray process " << pid << " (" << g.process(pid)->comm << "); ";
     }
     for (int64_t pid : want) {
-        if (!pids.count(pid)) bad << "process " << pid << " died; ";
+        if (!pids.count(pid)) bad << "process " << pid << " is gone; ";
     }
     for (const auto& [pid, before] : progress) {
         auto t = g.thread(pid);
-        if (!t || t->checked_returns <= before) {
-            bad << "pid " << pid << " makes no progress (rip " << std::hex
-                << (t ? t->cpu.regs.rip : 0) << std::dec << "); ";
-        }
+        if (t && t->checked_returns <= before) bad << "pid " << pid << " makes no progress; ";
     }
-    if (!g.anomalies().empty()) bad << "anomalies:\n" << g.anomalies_text();
+    if (!g.anomalies().empty()) {
+        // The first one, without the tick and the register values (random cookies), so
+        // that the same failure at different requests is reported once.
+        std::string a = g.anomalies().front();
+        if (auto colon = a.find(": "); colon != std::string::npos) a = a.substr(colon + 2);
+        if (auto regs = a.find(" with corrupted registers"); regs != std::string::npos) {
+            a = a.substr(0, regs + std::strlen(" with corrupted registers"));
+        }
+        bad << "anomaly: " << a;
+    }
     return bad.str();
+}
+
+enum class Fault {
+    kKilled,          // SIGKILL: the record stays as it was at the last successful request
+    kConnectionLost,  // every request fails from then on; the session handles it and ends
+    kOneError,        // one request fails; the session goes on and ends normally
+};
+
+struct Case {
+    std::string problem;
+    RecoveryRecord record;
+};
+
+Case run_case(long n, Fault fault) {
+    FakeGuest g(recovery_guest());
+    RecoveryLog log;
+    std::optional<RecoveryRecord> frozen;
+    {
+        FailingGuest conn(g, n, fault == Fault::kOneError);
+        if (fault == Fault::kKilled) conn.on_trip([&] { frozen = log.current(); });
+        session(conn, log);
+    }
+    Case c;
+    c.record = frozen ? *frozen : log.current();
+    if (fault == Fault::kOneError) {
+        if (g.running()) (void)g.interrupt(Deadline::after_ms(100));
+    } else {
+        // QEMU keeps a running VM running until it stops on one of the dead client's
+        // breakpoints, then leaves it paused; the next attach finds it stopped.
+        g.client_died(static_cast<uint64_t>(n % 7) * 11);
+    }
+    RecoveryLog after;
+    auto report = recover_guest(g, c.record, after, quick_options());
+    c.problem = report ? leftovers(g, after) : "recover_guest failed: " + report.error().describe();
+    return c;
 }
 
 long calls_of_full_session() {
@@ -110,92 +167,59 @@ long calls_of_full_session() {
     return counting.calls();
 }
 
-}  // namespace
-
-TEST_CASE("fake recovery: a session killed at any step is undone by recover_guest", "[fake]") {
+void sweep(Fault fault, bool check_phases) {
     QuietLog quiet;
     long total = calls_of_full_session();
     REQUIRE(total > 100);
     std::map<std::string, std::vector<long>> failures;
-    std::set<std::pair<ThreadPhase, ShadowPhase>> phases_seen;
+    std::set<std::pair<ThreadPhase, ShadowPhase>> phases;
     for (long n = 0; n <= total; ++n) {
-        FakeGuest g(recovery_guest());
-        RecoveryLog log;
-        {
-            FailingGuest dying(g, n);
-            session(dying, log);
-        }
-        const RecoveryRecord record = log.current();
-        phases_seen.insert({record.thread_phase, record.shadow_phase});
-        // QEMU keeps the VM running until it stops on one of the dead session's
-        // breakpoints, then leaves it paused; the next attach finds it stopped.
-        g.client_died(static_cast<uint64_t>(n % 7) * 11);
-        RecoveryLog after;
-        auto report = recover_guest(g, record, after, ShadowOptions{});
-        std::string problem;
-        if (!report) {
-            problem = "recover_guest failed: " + report.error().describe();
-        } else {
-            problem = leftovers(g, after);
-        }
-        if (!problem.empty()) failures[problem].push_back(n);
+        Case c = run_case(n, fault);
+        phases.insert({c.record.thread_phase, c.record.shadow_phase});
+        if (!c.problem.empty()) failures[c.problem].push_back(n);
     }
-    // Every phase of the bootstrap was interrupted at least once.
-    CHECK(phases_seen.count({ThreadPhase::kHeld, ShadowPhase::kNone}));
-    CHECK(phases_seen.count({ThreadPhase::kInFlight, ShadowPhase::kNone}));
-    CHECK(phases_seen.count({ThreadPhase::kHeld, ShadowPhase::kStarting}));
-    CHECK(phases_seen.count({ThreadPhase::kInFlight, ShadowPhase::kStarting}));
-    CHECK(phases_seen.count({ThreadPhase::kNone, ShadowPhase::kStarting}));
-    CHECK(phases_seen.count({ThreadPhase::kNone, ShadowPhase::kHeld}));
-    CHECK(phases_seen.count({ThreadPhase::kNone, ShadowPhase::kBatchInFlight}));
-    CHECK(phases_seen.count({ThreadPhase::kNone, ShadowPhase::kParked}));
+    if (check_phases) {
+        // Every phase of the bootstrap and of the batches was interrupted at least once.
+        CHECK(phases.count({ThreadPhase::kNone, ShadowPhase::kNone}));
+        CHECK(phases.count({ThreadPhase::kHeld, ShadowPhase::kNone}));
+        CHECK(phases.count({ThreadPhase::kInFlight, ShadowPhase::kNone}));
+        CHECK(phases.count({ThreadPhase::kHeld, ShadowPhase::kStarting}));
+        CHECK(phases.count({ThreadPhase::kInFlight, ShadowPhase::kStarting}));
+        CHECK(phases.count({ThreadPhase::kNone, ShadowPhase::kStarting}));
+        CHECK(phases.count({ThreadPhase::kNone, ShadowPhase::kHeld}));
+        CHECK(phases.count({ThreadPhase::kNone, ShadowPhase::kBatchInFlight}));
+        CHECK(phases.count({ThreadPhase::kNone, ShadowPhase::kParked}));
+    }
     for (const auto& [problem, ns] : failures) {
         std::ostringstream at;
         for (long n : ns) at << n << " ";
-        INFO("killed after call(s) " << at.str() << "of " << total);
+        INFO("failure at request(s) " << at.str() << "of " << total);
         CHECK(problem == "");
     }
 }
 
-TEST_CASE("fake recovery: an error at any step leaves a log from which the guest is restored",
+}  // namespace
+
+TEST_CASE("fake recovery: a session killed at any request is undone by recover_guest", "[fake]") {
+    sweep(Fault::kKilled, true);
+}
+
+TEST_CASE("fake recovery: a session whose connection drops at any request is undone", "[fake]") {
+    sweep(Fault::kConnectionLost, false);
+}
+
+TEST_CASE("fake recovery: one failed request anywhere leaves a guest recovery can clean",
           "[fake]") {
-    QuietLog quiet;
-    long total = calls_of_full_session();
-    std::map<std::string, std::vector<long>> failures;
-    for (long n = 0; n < total; ++n) {
-        FakeGuest g(recovery_guest());
-        RecoveryLog log;
-        {
-            // One request fails (the stub answers with an error); the session goes on,
-            // handles it as it can, and ends (destructors run).
-            FailingGuest flaky(g, n, /*transient=*/true);
-            session(flaky, log);
-        }
-        if (g.running()) (void)g.interrupt(Deadline::after_ms(100));
-        RecoveryLog after;
-        auto report = recover_guest(g, log.current(), after, ShadowOptions{});
-        std::string problem;
-        if (!report) {
-            problem = "recover_guest failed: " + report.error().describe();
-        } else {
-            problem = leftovers(g, after);
-        }
-        if (!problem.empty()) failures[problem].push_back(n);
-    }
-    for (const auto& [problem, ns] : failures) {
-        std::ostringstream at;
-        for (long n : ns) at << n << " ";
-        INFO("one failed request at call(s) " << at.str() << "of " << total);
-        CHECK(problem == "");
-    }
+    sweep(Fault::kOneError, false);
 }
 
-TEST_CASE("fake recovery: a thread killed inside an injected syscall gets its region unmapped",
+// --- the same situations, one at a time ---
+
+TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited for and given back",
           "[fake]") {
     QuietLog quiet;
     // The session dies while the hijacked thread sleeps in an injected nanosleep, with a
-    // region mapped in its process (as during the bootstrap's wait4): recovery must wait
-    // for the syscall, unmap the region and give the thread back.
+    // region mapped in its process (as during the bootstrap's wait4).
     FakeGuest g(FakeOptions{.vcpus = 2});
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -212,7 +236,7 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall gets its re
         uint64_t hint = SyscallInjector::kShadowBandStart + 0x100000000ULL;
         log.edit().parent_region = hint;
         log.commit();
-        region = *inj.syscall(kMmap, {hint, 0x100000, kProtRead | kProtWrite,
+        region = *inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite,
                                       kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
                                       ~uint64_t{0}, 0});
         REQUIRE(region == hint);
@@ -230,10 +254,214 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall gets its re
     auto report = recover_guest(g, log.current(), after, ShadowOptions{});
     REQUIRE(report);
     CHECK(report->thread_restored);
+    CHECK(report->parent_region_unmapped);
     CHECK(g.armed_breakpoints().empty());
     kvm_regs now = g.thread(tid)->cpu.regs;
     CHECK(std::memcmp(&now, &original, sizeof now) == 0);
+    CHECK_FALSE(g.has_mapping_in(pid, region, region + SHADOW_REGION_SIZE));
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid}) == "");
+}
+
+TEST_CASE("fake recovery: killed between journaling an injection and writing its registers",
+          "[fake]") {
+    QuietLog quiet;
+    // syscall() journals the new return address (expected_rcx) before it writes the
+    // registers. Killed in between, the thread still sits at sysretq with the cookie in
+    // rbx and the *previous* return address in rcx. Recovery must not let it go to user
+    // mode with our registers.
+    FakeGuest g;
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    std::optional<RecoveryRecord> frozen;
+    int64_t tid = 0;
+    kvm_regs original{};
+    {
+        FailingGuest conn(g, LONG_MAX);
+        conn.on_trip([&] { frozen = log.current(); });
+        SyscallInjector inj(conn, k, log);
+        REQUIRE(inj.hijack());
+        tid = *g.thread_on_vcpu(inj.vcpu());
+        original = inj.original_regs();
+        REQUIRE(*inj.syscall(kGetpid, {}) == static_cast<uint64_t>(g.thread(tid)->pid));
+        conn.die_on_inject(kGetppid);
+        // As the bootstrap does for clone: another return address.
+        auto r = inj.syscall(kGetppid, {}, original.rcx + 0x40);
+        REQUIRE_FALSE(r);
+    }
+    REQUIRE(frozen);
+    CHECK(frozen->thread_phase == ThreadPhase::kInFlight);
+    CHECK(frozen->expected_rcx == original.rcx + 0x40);
+    CHECK(g.thread(tid)->cpu.regs.rcx == original.rcx);  // what the thread really holds
+    g.client_died();
+    RecoveryLog after;
+    auto report = recover_guest(g, *frozen, after, ShadowOptions{});
+    REQUIRE(report);
+    CHECK(report->thread_restored);
+    kvm_regs now = g.thread(tid)->cpu.regs;
+    CHECK(std::memcmp(&now, &original, sizeof now) == 0);
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid}) == "");
+}
+
+TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zombie helper",
+          "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.worker = false});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    // Killed as syscall(wait4) reads the thread's registers, before it journals anything:
+    // the record holds the thread at sysret, back from the clone.
+    std::optional<RecoveryRecord> frozen, at_snapshot;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        conn.before_call([&](const char* what) {
+            if (std::strcmp(what, "snapshot") == 0) at_snapshot = log.current();
+        });
+        conn.on_trip([&] { frozen = at_snapshot; });
+        conn.die_on_inject(kWait4);
+        auto created = ShadowProcess::create(conn, k, log, ShadowOptions{});
+        REQUIRE_FALSE(created);
+    }
+    REQUIRE(frozen);
+    CHECK(frozen->thread_phase == ThreadPhase::kHeld);
+    CHECK(frozen->expected_rcx == frozen->parent_region + ShadowCode::child_entry());
+    CHECK(frozen->shadow_phase == ShadowPhase::kStarting);
+    g.client_died();
+    RecoveryLog after;
+    auto report = recover_guest(g, *frozen, after, ShadowOptions{});
+    REQUIRE(report);
+    CHECK(report->thread_restored);
     CHECK(report->parent_region_unmapped);
-    CHECK_FALSE(g.has_mapping_in(pid, region, region + 0x100000));
-    CHECK(leftovers(g, after) == "");
+    CHECK(report->shadow_ended);
+    // The helper S1 exited with exit_signal 0: only a wait4(__WALL) reaps it; its parent,
+    // the hijacked process, never will.
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
+}
+
+TEST_CASE("fake recovery: killed while starting a second shadow after a refused first one",
+          "[fake]") {
+    QuietLog quiet;
+    // The first hijacked process is in another mount namespace: its shadow is caught,
+    // refused and ended; the session dies while the second one starts.
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 60, .worker = false, .container = true,
+                            .container_sleep_ms = 1});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    std::optional<RecoveryRecord> frozen;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        conn.on_trip([&] { frozen = log.current(); });
+        conn.die_on_inject(kMunmap, 2);  // second attempt: clone and wait4 done
+        auto created = ShadowProcess::create(conn, k, log, ShadowOptions{});
+        REQUIRE_FALSE(created);
+    }
+    REQUIRE(frozen);
+    CHECK(frozen->shadow_phase == ShadowPhase::kStarting);
+    CHECK(frozen->shadow_cr3 == 0);  // the new shadow was never caught
+    g.client_died();
+    RecoveryLog after;
+    auto report = recover_guest(g, *frozen, after, ShadowOptions{});
+    REQUIRE(report);
+    CHECK(report->shadow_ended);
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kContainerPid}) == "");
+}
+
+TEST_CASE("fake recovery: a connection lost during a batch does not make the shadow forgotten",
+          "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.worker = false});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    int64_t shadow = 0;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        auto created = ShadowProcess::create(conn, k, log, ShadowOptions{});
+        REQUIRE(created);
+        shadow = (*created)->pid();
+        REQUIRE((*created)->park());
+        conn.die_at_next_wait();
+        B b;
+        b.add(kGetpid, {});
+        REQUIRE_FALSE((*created)->execute(b));
+    }
+    // The session ends; the shadow runs on in the guest. The log must still name it.
+    CHECK(g.process(shadow));
+    CHECK(log.current().shadow_phase != ShadowPhase::kNone);
+    g.client_died(50);
+    RecoveryLog after;
+    auto report = recover_guest(g, log.current(), after, ShadowOptions{});
+    REQUIRE(report);
+    CHECK(report->shadow_ended);
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
+}
+
+TEST_CASE("fake recovery: a breakpoint that cannot be put back after a step over does not let "
+          "the hijacked thread escape", "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.vcpus = 2, .container = true});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    int64_t tid = 0;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        SyscallInjector inj(conn, k, log, InjectorOptions{Millis(3000), Millis(2000)});
+        REQUIRE(inj.hijack());
+        tid = *g.thread_on_vcpu(inj.vcpu());
+        uint64_t page = *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                                             kMapPrivate | kMapAnonymous | kMapPopulate,
+                                             ~uint64_t{0}, 0});
+        Timespec ts{0, 50'000'000};
+        REQUIRE(inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+        // The stub refuses to re-insert the breakpoint once, after the first step over a
+        // foreign thread.
+        bool stepped = false, failed = false;
+        conn.before_call([&](const char* what) {
+            if (std::strcmp(what, "step") == 0) stepped = true;
+            if (stepped && !failed && std::strcmp(what, "insert_breakpoint") == 0) {
+                failed = true;
+                conn.fail_this_call();
+            }
+        });
+        auto r = inj.syscall(kNanosleep, {page, 0});
+        CHECK(failed);
+        (void)r;
+        (void)inj.release();
+    }
+    // Whatever the injector reported, the thread must not run its own code with our
+    // registers.
+    if (g.running()) REQUIRE(g.interrupt(Deadline::after_ms(100)));
+    RecoveryLog after;
+    if (!log.current().nothing_to_undo()) REQUIRE(recover_guest(g, log.current(), after, quick_options()));
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid, kContainerPid}) == "");
+    CHECK(g.thread(tid)->checked_returns > 0);
+}
+
+TEST_CASE("fake recovery: a bootstrap that fails before the clone unmaps the region it mapped",
+          "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.worker = false});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    ShadowOptions o = quick_options();
+    o.max_bootstrap_attempts = 1;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        bool failed = false;
+        // The stub refuses the write of the shadow code into the new region.
+        conn.before_call([&](const char* what) {
+            if (!failed && std::strcmp(what, "write_virtual") == 0) {
+                failed = true;
+                conn.fail_this_call();
+            }
+        });
+        auto created = ShadowProcess::create(conn, k, log, o);
+        REQUIRE_FALSE(created);
+        CHECK(failed);
+    }
+    CHECK_FALSE(g.running());
+    CHECK(g.armed_breakpoints().empty());
+    CHECK_FALSE(g.has_mapping_in(kSleeperPid, SyscallInjector::kShadowBandStart,
+                                 SyscallInjector::kShadowBandEnd));
+    RecoveryLog after;
+    REQUIRE(recover_guest(g, log.current(), after, o));
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
 }

@@ -372,3 +372,90 @@ TEST_CASE("fake shadow: a shadow whose lease is not renewed exits by itself", "[
     INFO(g.anomalies_text());
     CHECK(g.anomalies().empty());
 }
+
+TEST_CASE("fake shadow: the payload model runs raw op records like shadow_payload.S", "[fake]") {
+    QuietLog quiet;
+    FakeGuest g(FakeOptions{.worker = false});
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    const uint64_t ops = s.region() + SHADOW_OPS_OFFSET;
+    VcpuId v = 0;
+    auto cpus = g.vcpus();
+    REQUIRE(cpus);
+    for (VcpuId c : *cpus) {
+        if (g.thread_on_vcpu(c) == s.pid()) v = c;
+    }
+    REQUIRE(v != 0);
+    auto run = [&](uint64_t count, const std::vector<std::array<uint64_t, 10>>& records) {
+        std::vector<uint8_t> area(BATCH_HEADER_SIZE + records.size() * OP_SIZE, 0);
+        std::memcpy(area.data(), &count, 8);
+        for (size_t i = 0; i < records.size(); ++i) {
+            std::memcpy(area.data() + BATCH_HEADER_SIZE + i * OP_SIZE, records[i].data(), OP_SIZE);
+        }
+        REQUIRE(g.write_virtual(v, ops, area));
+        auto snap = g.snapshot(v);
+        REQUIRE(snap);
+        kvm_regs r = snap->state.regs;
+        r.rip = s.region() + ShadowCode::run_batch();
+        REQUIRE(g.write_regs(v, r));
+        REQUIRE(g.resume());
+        auto ev = g.wait_for_stop(Deadline::after_ms(5000));
+        REQUIRE(ev);
+        CHECK(ev->vcpu == v);
+        CHECK(g.snapshot(v)->state.regs.rip == s.region() + ShadowCode::batch_done());
+        std::vector<uint64_t> results;
+        for (size_t i = 0; i < records.size(); ++i) {
+            uint64_t res = 0;
+            REQUIRE(g.read_virtual(v, ops + BATCH_HEADER_SIZE + i * OP_SIZE + OP_RESULT,
+                                   std::span(reinterpret_cast<uint8_t*>(&res), 8)));
+            results.push_back(res);
+        }
+        return results;
+    };
+    const uint64_t unset = static_cast<uint64_t>(-ECANCELED);
+    auto rec = [&](uint64_t nr, std::array<uint64_t, 6> args, uint64_t refs, uint64_t flags) {
+        return std::array<uint64_t, 10>{nr, args[0], args[1], args[2], args[3], args[4], args[5],
+                                        refs, flags, unset};
+    };
+    // A forward reference is -EINVAL; its dependants are cancelled; with
+    // OPF_STOP_ON_ERROR on the bad one, everything after it is cancelled.
+    auto res = run(4, {rec(kGetpid, {}, 0, 0), rec(kClose, {2}, 1, 0), rec(kClose, {1}, 1, 0),
+                       rec(kGettid, {}, 0, 0)});
+    CHECK(res[0] == static_cast<uint64_t>(s.pid()));
+    CHECK(res[1] == static_cast<uint64_t>(-EINVAL));
+    CHECK(res[2] == static_cast<uint64_t>(-ECANCELED));
+    CHECK(res[3] == static_cast<uint64_t>(s.pid()));
+    res = run(3, {rec(kGetpid, {}, 0, 0), rec(kClose, {5}, 1, OPF_STOP_ON_ERROR),
+                  rec(kGetuid, {}, 0, 0)});
+    CHECK(res[1] == static_cast<uint64_t>(-EINVAL));
+    CHECK(res[2] == static_cast<uint64_t>(-ECANCELED));
+    // A reference replaces the argument in the record with the result it names.
+    res = run(2, {rec(kGetpid, {}, 0, 0), rec(kKill, {0, 0}, 1, 0)});
+    CHECK(res[1] == 0);  // kill(getpid(), 0)
+    uint64_t patched = 0;
+    REQUIRE(g.read_virtual(v, ops + BATCH_HEADER_SIZE + OP_SIZE + OP_ARGS,
+                           std::span(reinterpret_cast<uint8_t*>(&patched), 8)));
+    CHECK(patched == static_cast<uint64_t>(s.pid()));
+    // The op count is clamped to SHADOW_MAX_OPS.
+    std::vector<std::array<uint64_t, 10>> many(SHADOW_MAX_OPS + 1, rec(kGetuid, {}, 0, 0));
+    many.back() = rec(kGetuid, {}, 0, 0);
+    res = run(100000, many);
+    CHECK(res[SHADOW_MAX_OPS - 1] == 0);
+    CHECK(res[SHADOW_MAX_OPS] == unset);  // never run
+    // DONE_SEQ follows REQ_SEQ and the back-off is reset.
+    uint64_t ctrl[5];
+    REQUIRE(g.read_virtual(v, s.region() + SHADOW_CTRL_OFFSET + CTRL_LEASE,
+                           std::span(reinterpret_cast<uint8_t*>(ctrl), sizeof ctrl)));
+    CHECK(ctrl[1] == ctrl[2]);
+    CHECK(ctrl[3] == ShadowOptions{}.sleep_min_ns);
+    // The shadow object goes on as if nothing happened.
+    B b;
+    auto pid = b.add(kGetpid, {});
+    auto out = s.execute(b);
+    REQUIRE(out);
+    CHECK(out->result(pid) == s.pid());
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}

@@ -109,7 +109,7 @@ TEST_CASE("a silent peer times out within the request timeout", "[stub]") {
 TEST_CASE("a peer speaking another protocol is reported as such", "[stub]") {
     FakePeer peer([](int c) {
         std::string junk = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
-        (void)::write(c, junk.data(), junk.size());
+        (void)::send(c, junk.data(), junk.size(), MSG_NOSIGNAL);
         sleep_until_closed(c);
     });
     double ms = 0;
@@ -123,7 +123,7 @@ TEST_CASE("a peer flooding garbage is cut off", "[stub]") {
     FakePeer peer([](int c) {
         std::string junk(8192, 'x');
         for (int i = 0; i < 4; ++i) {
-            if (::write(c, junk.data(), junk.size()) < 0) break;
+            if (::send(c, junk.data(), junk.size(), MSG_NOSIGNAL) < 0) break;
         }
         sleep_until_closed(c);
     });
@@ -147,7 +147,7 @@ TEST_CASE("a peer with corrupted checksums is asked again, then dropped", "[stub
         char buf[512];
         while (::read(c, buf, sizeof buf) > 0) {
             std::string bad = "$OK#00";  // wrong checksum every time
-            if (::write(c, bad.data(), bad.size()) < 0) break;
+            if (::send(c, bad.data(), bad.size(), MSG_NOSIGNAL) < 0) break;
         }
     });
     double ms = 0;
