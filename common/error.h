@@ -54,6 +54,21 @@ private:
 template <class T>
 using ErrorOr = std::expected<T, Error>;
 
+// Errors after which the connection to the VM cannot be trusted: the guest state is
+// unknown, not changed. Such an error must never be taken as news about the guest.
+inline bool is_transport_error(const Error& e) {
+    if (e.from_guest()) return false;
+    switch (e.code()) {
+        case ECONNRESET:
+        case ENOTCONN:
+        case EPIPE:
+        case EPROTO:
+            return true;
+        default:
+            return false;
+    }
+}
+
 inline std::unexpected<Error> make_error(int code, std::string message) {
     return std::unexpected(Error(code, std::move(message)));
 }

@@ -29,9 +29,16 @@ ErrorOr<void> BreakpointSet::disarm_all() {
 
 ErrorOr<void> BreakpointSet::step_over(VcpuId vcpu, uint64_t addr, Deadline deadline) {
     bool was_armed = armed_.count(addr) != 0;
+    // A refused removal leaves it armed (and known as such, to be removed later); a
+    // failed re-insertion leaves it unarmed, so that the next arm() really inserts it.
     if (was_armed) TRY(guest_.remove_breakpoint(addr));
     auto stepped = guest_.step(vcpu, deadline);
-    if (was_armed) TRY(guest_.insert_breakpoint(addr));
+    if (was_armed) {
+        if (auto r = guest_.insert_breakpoint(addr); !r) {
+            armed_.erase(addr);
+            return r;
+        }
+    }
     if (!stepped) return std::unexpected(stepped.error());
     return {};
 }

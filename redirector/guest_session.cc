@@ -17,20 +17,6 @@ namespace cloudvmi {
 
 namespace {
 
-// Errors after which the connection to the stub cannot be trusted any more.
-bool is_connection_error(const Error& e) {
-    if (e.from_guest()) return false;
-    switch (e.code()) {
-        case ECONNRESET:
-        case ENOTCONN:
-        case EPIPE:
-        case EPROTO:
-            return true;
-        default:
-            return false;
-    }
-}
-
 // A file name that identifies the VM behind an endpoint.
 std::string state_name(const std::string& endpoint) {
     std::string s;
@@ -224,7 +210,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
         auto ready = ensure_shadow_locked();
         if (!ready) {
             ++status_.failures;
-            if (is_connection_error(ready.error())) fail_locked(ready.error());
+            if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
         auto out = shadow_->execute(batch);
@@ -240,7 +226,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
             continue;
         }
         ++status_.failures;
-        if (is_connection_error(e)) {
+        if (is_transport_error(e)) {
             fail_locked(e);
         } else if (guest_ && guest_->running() == false &&
                    shadow_->state() != ShadowProcess::State::kHeld) {

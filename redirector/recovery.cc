@@ -44,21 +44,6 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         // munmap), but the guest may be slow: wait long rather than abandon the thread.
         TRY_CTX(inj.finish(Deadline::after(options.recovery_timeout)),
                 "waiting for the hijacked thread to come back");
-        if (inj.hijacked() && record.parent_region != 0 &&
-            record.shadow_phase == ShadowPhase::kStarting) {
-            // The helper reports the shadow's pid through the shared region; no pid and no
-            // clone in flight means no shadow was ever started.
-            int64_t s2 = 0;
-            auto read = inj.read_memory(record.parent_region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
-                                        std::span(reinterpret_cast<uint8_t*>(&s2), 8));
-            bool clone_was_in_flight =
-                record.expected_rcx == record.parent_region + ShadowCode::child_entry();
-            if (read && s2 <= 0 && !clone_was_in_flight) shadow_never_started = true;
-            if (read && s2 > 0) {
-                log.edit().shadow_pid = s2;
-                log.commit();
-            }
-        }
         int64_t helper = record.helper_pid;
         if (inj.hijacked() && helper == 0 && record.parent_region != 0 &&
             record.expected_rcx == record.parent_region + ShadowCode::child_entry() &&
@@ -71,6 +56,21 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
             auto r = inj.syscall(x86abi::kWait4, {static_cast<uint64_t>(helper), 0, x86abi::kWall, 0});
             if (r) {
                 log.edit().helper_pid = 0;
+                log.commit();
+            }
+        }
+        if (inj.hijacked() && record.parent_region != 0 &&
+            record.shadow_phase == ShadowPhase::kStarting) {
+            // The helper reports the shadow's pid through the shared region; no pid and no
+            // clone in flight means no shadow was ever started.
+            int64_t s2 = 0;
+            auto read = inj.read_memory(record.parent_region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
+                                        std::span(reinterpret_cast<uint8_t*>(&s2), 8));
+            bool clone_was_in_flight =
+                record.expected_rcx == record.parent_region + ShadowCode::child_entry();
+            if (read && s2 <= 0 && !clone_was_in_flight) shadow_never_started = true;
+            if (read && s2 > 0) {
+                log.edit().shadow_pid = s2;
                 log.commit();
             }
         }

@@ -137,146 +137,194 @@ ErrorOr<std::unique_ptr<ShadowProcess>> ShadowProcess::create(GuestAccess& guest
 
 ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
                                             std::set<uint64_t>& skip, bool& retry_other_thread) {
+    // Nothing of a previous attempt's shadow may leak into this one's record.
+    state_ = State::kGone;
+    pid_ = 0;
+    cr3_ = 0;
+    region_ = 0;
+    parent_space_ = 0;
+    helper_cloned_ = false;
     SyscallInjector inj(guest_, kernel, log_, options_.injector);
     TRY(inj.hijack(skip));
     bootstrap_.hijack_ms = inj.stats().hijack_ms;
-    uint64_t parent_space = SyscallInjector::address_space(inj.cr3());
+    parent_space_ = SyscallInjector::address_space(inj.cr3());
     retry_other_thread = true;
-    // A signal that took the thread back says nothing against its process; anything else
-    // does, and the process is not tried again.
-    auto give_up_on = [&](const Error& e) -> std::unexpected<Error> {
-        if (e.code() != EINTR) skip.insert(parent_space);
-        if (e.code() == EINTR && log_.current().parent_region != 0) {
-            LOG_WARN("a %u KiB region stays mapped in a guest process (cr3 %s) after a signal",
-                     SHADOW_REGION_SIZE / 1024, hex_u64(inj.cr3()).c_str());
-            log_.edit().parent_region = 0;
-            log_.commit();
-        }
-        return std::unexpected(e);
-    };
-    auto steps = [&]() -> ErrorOr<void> {
 
-        uint64_t region = 0;
-        for (int i = 0; i < 4 && region == 0; ++i) {
-            uint64_t hint = region_hint();
-            log_.edit().parent_region = hint;  // write-ahead: mmap may succeed and we die
-            log_.commit();
-            uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE,
-                                                 kProtRead | kProtWrite | kProtExec,
-                                                 kMapShared | kMapAnonymous | kMapPopulate |
-                                                     kMapFixedNoreplace,
-                                                 ~uint64_t{0}, 0}));
-            if (is_error_result(r)) {
-                log_.edit().parent_region = 0;
-                log_.commit();
-                if (static_cast<int>(-as_signed(r)) == EEXIST) continue;
-                return make_error(static_cast<int>(-as_signed(r)),
-                                  "mmap of the shadow region in the hijacked thread");
-            }
-            if ((r & 0xfff) != 0 || r >= 0x00007ffffff00000ULL) {
-                return make_error(EPROTO, "guest returned an implausible mmap address " + hex_u64(r));
-            }
-            region = r;
-            log_.edit().parent_region = region;
-            log_.commit();
-        }
-        if (region == 0) return make_error(EEXIST, "no free address for the shadow region");
-
-        auto code = ShadowCode::bytes();
-        TRY(inj.write_memory(region, code));
-        TRY(inj.write_memory(region + SHADOW_CTRL_OFFSET, initial_control_block()));
-        std::vector<uint8_t> check(code.size());
-        TRY(inj.read_memory(region, check));
-        if (!std::equal(check.begin(), check.end(), code.begin())) {
-            return make_error(EIO, "shadow code did not reach the guest intact");
-        }
-
-        pid_ = 0;
-        region_ = region;
-        log_.edit().shadow_phase = ShadowPhase::kStarting;
-        log_.edit().shadow_region = region;
-        log_.commit();
-
-        // exit_signal 0: the helper's exit must not send SIGCHLD to P, whose handler would run
-        // with our registers (wait4 with __WALL still reaps it).
-        uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}, region + ShadowCode::child_entry()));
-        bool helper_started = !is_error_result(child);
-        if (helper_started) {
-            // Until P has reaped it, the helper would stay a zombie if we died.
-            log_.edit().helper_pid = static_cast<int64_t>(child);
-            log_.commit();
-        }
-        // From the clone on, a failure may leave a shadow behind: it is caught and ended.
-        auto after_clone = [&]() -> ErrorOr<void> {
-            std::optional<Error> failure;
-            if (!helper_started) {
-                failure = Error::guest(static_cast<int>(-as_signed(child)), "clone in the hijacked thread");
-            } else {
-                uint64_t waited = TRY(inj.syscall(
-                    kWait4, {child, region + SHADOW_CTRL_OFFSET + CTRL_WAIT_STATUS, kWall, 0}));
-                if (waited == child || as_signed(waited) == -ECHILD) {
-                    log_.edit().helper_pid = 0;
-                    log_.commit();
-                }
-                // ECHILD: the process ignores SIGCHLD and the kernel reaped the helper itself.
-                if (waited != child && as_signed(waited) != -ECHILD) {
-                    LOG_WARN("wait4 for the helper returned %lld", static_cast<long long>(as_signed(waited)));
-                }
-                int64_t s2 = 0;
-                TRY(inj.read_memory(region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
-                                    std::span(reinterpret_cast<uint8_t*>(&s2), 8)));
-                if (s2 <= 0 || s2 > (1 << 22)) {
-                    failure = Error(s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
-                                    strformat("the helper could not clone the shadow (reported %lld)",
-                                              static_cast<long long>(s2)));
-                } else {
-                    pid_ = s2;
-                }
-            }
-            uint64_t unmapped = TRY(inj.syscall(kMunmap, {region, SHADOW_REGION_SIZE}));
-            if (!is_error_result(unmapped)) {
-                log_.edit().parent_region = 0;
-                log_.commit();
-            } else {
-                LOG_WARN("munmap of the shadow region in the hijacked process failed: %lld",
-                         static_cast<long long>(as_signed(unmapped)));
-            }
-            TRY(inj.release());
-            bootstrap_.injector = inj.stats();
-            if (failure) return std::unexpected(*failure);
-            log_.edit().shadow_pid = pid_;
-            log_.commit();
+    auto started = start_in_hijacked_thread(inj);
+    if (started) started = inj.release();
+    if (started) {
+        bootstrap_.injector = inj.stats();
+        auto finished = catch_and_configure();
+        if (finished) {
+            retry_other_thread = false;
             return {};
-        };
-        if (auto r = after_clone(); !r) {
-            // P first: ending the stray shadow lets the guest run.
-            if (auto released = inj.release(); !released) return std::unexpected(released.error());
-            if (helper_started) end_stray_shadow(parent_space);
-            log_.edit().shadow_phase = ShadowPhase::kNone;
-            log_.commit();
-            return std::unexpected(r.error());
         }
-        TRY(catch_newborn(parent_space));
-        bool acceptable = true;
-        TRY(configure(acceptable));
-        if (!acceptable) {
-            (void)terminate();
-            TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
-            return make_error(EAGAIN, "the hijacked process lives in another mount namespace or root");
-        }
+        started = std::unexpected(finished.error());
+    }
+    const Error& e = started.error();
+    if (is_transport_error(e)) {
+        // The guest's state is unknown: leave everything to the log and the guardian.
         retry_other_thread = false;
-        return {};
-    };
-    if (auto r = steps(); !r) {
+        return std::unexpected(e);
+    }
+    // Undo in order: P's leftovers while it is still held, then P, then a shadow that may
+    // exist (P first: ending the shadow lets the guest run).
+    undo_partial_bootstrap(inj);
+    if (auto released = inj.release(); !released) {
         // A thread that cannot be given back ends the bootstrap: another hijack would
         // overwrite its record, and only the guardian may take over from here.
-        if (auto released = inj.release(); !released) {
-            retry_other_thread = false;
-            return std::unexpected(released.error());
+        retry_other_thread = false;
+        return std::unexpected(released.error());
+    }
+    if (state_ == State::kHeld || state_ == State::kParked) {
+        (void)terminate();  // caught but unusable (wrong namespace, failed configuration)
+    } else if (helper_cloned_) {
+        end_stray_shadow(parent_space_);  // a helper ran: a shadow may exist, never caught
+    } else {
+        state_ = State::kGone;  // no helper ran: nothing was started
+    }
+    if (state_ != State::kGone && state_ != State::kLost) {
+        // It could not be ended: the log keeps naming it, for the guardian.
+        retry_other_thread = false;
+        return std::unexpected(e);
+    }
+    if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+    log_.edit().shadow_phase = ShadowPhase::kNone;
+    log_.commit();
+    // A signal that took the thread back says nothing against its process; anything else
+    // does, and the process is not tried again.
+    if (e.code() != EINTR) skip.insert(parent_space_);
+    if (log_.current().parent_region != 0) {
+        LOG_WARN("a %u KiB region stays mapped in a guest process (cr3 %s)",
+                 SHADOW_REGION_SIZE / 1024, hex_u64(inj.cr3()).c_str());
+        log_.edit().parent_region = 0;
+        log_.commit();
+    }
+    return std::unexpected(e);
+}
+
+ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
+    uint64_t region = 0;
+    for (int i = 0; i < 4 && region == 0; ++i) {
+        uint64_t hint = region_hint();
+        log_.edit().parent_region = hint;  // write-ahead: mmap may succeed and we die
+        log_.commit();
+        uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE,
+                                             kProtRead | kProtWrite | kProtExec,
+                                             kMapShared | kMapAnonymous | kMapPopulate |
+                                                 kMapFixedNoreplace,
+                                             ~uint64_t{0}, 0}));
+        if (is_error_result(r)) {
+            log_.edit().parent_region = 0;
+            log_.commit();
+            if (static_cast<int>(-as_signed(r)) == EEXIST) continue;
+            return make_error(static_cast<int>(-as_signed(r)),
+                              "mmap of the shadow region in the hijacked thread");
         }
-        return give_up_on(r.error());
+        log_.edit().parent_region = r;
+        log_.commit();
+        if ((r & 0xfff) != 0 || r >= 0x00007ffffff00000ULL) {
+            return make_error(EPROTO, "guest returned an implausible mmap address " + hex_u64(r));
+        }
+        region = r;
+    }
+    if (region == 0) return make_error(EEXIST, "no free address for the shadow region");
+
+    auto code = ShadowCode::bytes();
+    TRY(inj.write_memory(region, code));
+    TRY(inj.write_memory(region + SHADOW_CTRL_OFFSET, initial_control_block()));
+    std::vector<uint8_t> check(code.size());
+    TRY(inj.read_memory(region, check));
+    if (!std::equal(check.begin(), check.end(), code.begin())) {
+        return make_error(EIO, "shadow code did not reach the guest intact");
+    }
+
+    region_ = region;
+    log_.edit().shadow_phase = ShadowPhase::kStarting;
+    log_.edit().shadow_region = region;
+    log_.edit().shadow_pid = 0;
+    log_.edit().shadow_cr3 = 0;
+    log_.commit();
+
+    // exit_signal 0: the helper's exit must not send SIGCHLD to P, whose handler would run
+    // with our registers (wait4 with __WALL still reaps it).
+    uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}, region + ShadowCode::child_entry()));
+    if (is_error_result(child)) {
+        return std::unexpected(
+            Error::guest(static_cast<int>(-as_signed(child)), "clone in the hijacked thread"));
+    }
+    helper_cloned_ = true;
+    // Until P has reaped it, the helper would stay a zombie if we died.
+    log_.edit().helper_pid = static_cast<int64_t>(child);
+    log_.commit();
+    TRY(reap_helper_and_unmap(inj));
+    if (pid_ <= 0) return make_error(EPROTO, "the helper did not start the shadow");
+    log_.edit().shadow_pid = pid_;
+    log_.commit();
+    return {};
+}
+
+ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
+    uint64_t region = log_.current().parent_region;
+    if (int64_t helper = log_.current().helper_pid; helper > 0) {
+        uint64_t status_at = region != 0 ? region + SHADOW_CTRL_OFFSET + CTRL_WAIT_STATUS : 0;
+        uint64_t waited = TRY(inj.syscall(kWait4, {static_cast<uint64_t>(helper), status_at, kWall, 0}));
+        // ECHILD: the process ignores SIGCHLD and the kernel reaped the helper itself.
+        if (waited == static_cast<uint64_t>(helper) || as_signed(waited) == -ECHILD) {
+            log_.edit().helper_pid = 0;
+            log_.commit();
+        } else {
+            LOG_WARN("wait4 for the helper returned %lld", static_cast<long long>(as_signed(waited)));
+        }
+    }
+    if (region == 0) return {};
+    // The helper reported the shadow's pid (or its clone's -errno) in the shared page.
+    int64_t s2 = 0;
+    TRY(inj.read_memory(region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
+                        std::span(reinterpret_cast<uint8_t*>(&s2), 8)));
+    if (s2 > 0 && s2 <= (1 << 22)) pid_ = s2;
+    uint64_t unmapped = TRY(inj.syscall(kMunmap, {region, SHADOW_REGION_SIZE}));
+    if (is_error_result(unmapped)) {
+        return make_error(static_cast<int>(-as_signed(unmapped)),
+                          "munmap of the shadow region in the hijacked process");
+    }
+    log_.edit().parent_region = 0;
+    log_.commit();
+    if (s2 <= 0) {
+        return std::unexpected(Error(s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
+                                     strformat("the helper could not clone the shadow (%lld)",
+                                               static_cast<long long>(s2))));
     }
     return {};
+}
+
+ErrorOr<void> ShadowProcess::catch_and_configure() {
+    TRY(catch_newborn(parent_space_));
+    bool acceptable = true;
+    TRY(configure(acceptable));
+    if (!acceptable) {
+        return make_error(EAGAIN, "the hijacked process lives in another mount namespace or root");
+    }
+    return {};
+}
+
+void ShadowProcess::undo_partial_bootstrap(SyscallInjector& inj) {
+    if (inj.in_flight()) {
+        if (auto r = inj.finish(Deadline::after(options_.injector.syscall_timeout)); !r) return;
+        // A clone that finished meanwhile: its result is the helper.
+        const auto& rec = log_.current();
+        if (inj.hijacked() && rec.helper_pid == 0 && rec.parent_region != 0 &&
+            rec.expected_rcx == rec.parent_region + ShadowCode::child_entry() &&
+            !is_error_result(inj.last_result())) {
+            helper_cloned_ = true;
+            log_.edit().helper_pid = static_cast<int64_t>(inj.last_result());
+            log_.commit();
+        }
+    }
+    if (!inj.hijacked()) return;
+    if (auto r = reap_helper_and_unmap(inj); !r) {
+        LOG_DEBUG("cleaning up the failed bootstrap: %s", r.error().describe().c_str());
+    }
 }
 
 void ShadowProcess::end_stray_shadow(uint64_t parent_space) {
@@ -295,8 +343,9 @@ ErrorOr<void> ShadowProcess::catch_newborn(uint64_t parent_space) {
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
     auto vcpu = run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space);
+    if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu) {
-        state_ = State::kLost;
+        // Left to the caller's cleanup, which tries once more to catch and end it.
         (void)traps_.disarm_all();
         return std::unexpected(vcpu.error().with_context(
             strformat("catching the new shadow process %lld", static_cast<long long>(pid_))));
@@ -479,6 +528,11 @@ ErrorOr<void> ShadowProcess::acquire() {
     bool newborn = cr3_ == 0;
     auto vcpu = run_until_shadow_at(at, Deadline::after(options_.acquire_timeout), newborn,
                                     parent_space_);
+    if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
+    if (!vcpu && vcpu.error().code() != ETIMEDOUT) {
+        (void)traps_.disarm_all();
+        return std::unexpected(vcpu.error());  // still parked somewhere in its loop
+    }
     if (!vcpu) {
         (void)traps_.disarm_all();
         poison_lease();
@@ -519,6 +573,16 @@ ErrorOr<BatchOutcome> ShadowProcess::execute(const SyscallBatch& batch) {
     in_flight_ = true;
     journal();
     auto vcpu = run_until_shadow_at(done_at, Deadline::after(options_.batch_timeout), false, 0);
+    if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
+    if (!vcpu && vcpu.error().code() != ETIMEDOUT) {
+        // Somewhere between run_batch and its loop: catch it again before the next use
+        // rather than guess where it stands.
+        (void)traps_.disarm_all();
+        in_flight_ = false;
+        state_ = State::kParked;
+        journal();
+        return std::unexpected(vcpu.error());
+    }
     if (!vcpu) {
         // The shadow is stuck in a syscall (a blocking read, say). It cannot be interrupted
         // from outside; make sure it leaves once it gets out, and start afresh next time.
@@ -596,24 +660,26 @@ ErrorOr<void> ShadowProcess::park() {
 
 ErrorOr<void> ShadowProcess::terminate() {
     if (state_ == State::kGone) return {};
-    if (state_ == State::kParked) {
-        if (auto r = acquire(); !r) {
-            state_ = State::kGone;
-            journal();
-            return std::unexpected(r.error());
-        }
-    }
+    // A shadow that does not come back is given up (kLost, lease shortened) by acquire();
+    // after a transport error its state is unknown and the log keeps naming it.
+    if (state_ == State::kParked) TRY(acquire());
     if (state_ == State::kLost) {
         state_ = State::kGone;
         journal();
         return {};
     }
-    TRY(set_rip(region_ + ShadowCode::exit()));
-    TRY(traps_.disarm_all());
+    auto told = set_rip(region_ + ShadowCode::exit());
+    if (!told && !is_transport_error(told.error())) told = set_rip(region_ + ShadowCode::exit());
+    if (!told) return told;
+    // From here the shadow exits as soon as it runs; breakpoints that cannot be removed
+    // stay known (and logged) until a detach removes them all.
     state_ = State::kGone;
     journal();
     LOG_INFO("shadow process %lld told to exit", static_cast<long long>(pid_));
-    return guest_.resume();
+    auto disarmed = traps_.disarm_all();
+    auto resumed = guest_.resume();
+    if (!disarmed) return disarmed;
+    return resumed;
 }
 
 void ShadowProcess::poison_lease() {

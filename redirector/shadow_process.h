@@ -104,9 +104,16 @@ private:
 
     ErrorOr<void> bootstrap_once(const KernelEntryPoints& kernel, std::set<uint64_t>& skip,
                                  bool& retry_other_thread);
+    // In the hijacked thread P: map the region, copy the code, clone the helper, reap it,
+    // unmap. Leaves pid_ and region_ set.
+    ErrorOr<void> start_in_hijacked_thread(SyscallInjector& inj);
+    ErrorOr<void> reap_helper_and_unmap(SyscallInjector& inj);
+    ErrorOr<void> catch_and_configure();
     ErrorOr<void> catch_newborn(uint64_t parent_space);
     // After a failed bootstrap: catch a shadow that may have been started, and end it.
     void end_stray_shadow(uint64_t parent_space);
+    // After a failed bootstrap step, with P still hijacked: reap the helper, unmap the region.
+    void undo_partial_bootstrap(SyscallInjector& inj);
     ErrorOr<void> configure(bool& acceptable);
     // Brings a parked shadow to its after_sleep breakpoint.
     ErrorOr<void> acquire();
@@ -133,6 +140,7 @@ private:
     // For a shadow adopted before it was ever caught: its address space is unknown, but it
     // is not the one of the process that cloned it.
     uint64_t parent_space_ = 0;
+    bool helper_cloned_ = false;  // this attempt's clone ran: a shadow may exist
     BootstrapStats bootstrap_;
     double last_acquire_ms_ = 0;
 };

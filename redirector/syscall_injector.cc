@@ -180,7 +180,14 @@ ErrorOr<uint64_t> SyscallInjector::syscall(uint64_t nr, std::initializer_list<ui
     TRY(traps_.arm(kernel_.sysret));
     phase_ = Phase::kInFlight;
     journal_thread();
-    TRY(guest_.write_regs(vcpu_, regs));
+    if (auto w = guest_.write_regs(vcpu_, regs); !w) {
+        // Not started: the thread still stands where it was, held.
+        if (!is_transport_error(w.error())) {
+            phase_ = Phase::kHeld;
+            journal_thread();
+        }
+        return std::unexpected(w.error());
+    }
     auto started = Clock::now();
     int foreign_before = stats_.foreign_stops;
     auto arrival = TRY(run_until_return(Deadline::after(options_.syscall_timeout)));
@@ -205,6 +212,8 @@ ErrorOr<SyscallInjector::Arrival> SyscallInjector::run_until_return(Deadline dea
     // at its user-only entry (returns to kernel mode never pass there) and the shared
     // iretq is armed only once our thread is seen heading for it.
     bool watch_entry = kernel_.slow_return != 0 && kernel_.iret != 0;
+    // Armed again every time: a failed re-insert after a step may have lost it.
+    TRY(traps_.arm(kernel_.sysret));
     if (watch_entry) {
         TRY(traps_.arm(kernel_.slow_return));
     } else if (kernel_.iret != 0) {
@@ -227,7 +236,13 @@ ErrorOr<SyscallInjector::Arrival> SyscallInjector::run_until_return(Deadline dea
         // A child forked by our syscall inherits the cookie: the address space tells them apart.
         bool our_space = address_space(snap.state.sregs.cr3) == address_space(cr3_);
         if (r.rip == kernel_.sysret) {
-            if (our_space && r.rbx == cookie_ && r.rcx == expected_rcx_ && r.rsp == original_.rsp) {
+            // Cookie and address space make the thread ours, whatever return address it
+            // carries (a refused register write leaves the previous syscall's).
+            if (our_space && r.rbx == cookie_) {
+                if (r.rcx != expected_rcx_ || r.rsp != original_.rsp) {
+                    LOG_WARN("hijacked thread back at sysret with rcx %s (expected %s)",
+                             hex_u64(r.rcx).c_str(), hex_u64(expected_rcx_).c_str());
+                }
                 if (watch_entry) TRY(traps_.disarm(kernel_.iret));
                 return Arrival{true, ev->vcpu, r, Landing::kSysret};
             }
@@ -299,8 +314,9 @@ ErrorOr<void> SyscallInjector::repair_signal_frame(VcpuId vcpu, const kvm_regs& 
     uint64_t sc[kScRegCount];
     TRY_CTX(guest_.read_virtual(vcpu, mc, std::span(reinterpret_cast<uint8_t*>(sc), sizeof sc)),
             "reading the signal frame of the hijacked thread");
-    bool frame_is_ours = sc[kScRbx] == cookie_ &&
-                         (sc[kScRip] == expected_rcx_ || sc[kScRip] == expected_rcx_ - 2);
+    // The cookie in the saved rbx identifies the context as ours; the saved rip is the
+    // return address of whichever of our syscalls the signal interrupted.
+    bool frame_is_ours = sc[kScRbx] == cookie_ && sc[kScRip] != 0 && sc[kScRip] < kUserSpaceEnd;
     if (!frame_is_ours) {
         LOG_ERROR("signal frame at %s does not hold the injected context; the hijacked thread "
                   "(cr3 %s) may see a wrong syscall result",
@@ -366,33 +382,40 @@ ErrorOr<void> SyscallInjector::adopt(const RecoveryRecord& record) {
     expected_rcx_ = record.expected_rcx;
     vcpu_ = record.thread_vcpu;
     TRY(settle_slow_paths());
-    // A thread still standing at its trap with its own registers was never touched.
+    // The thread may stand at one of the return instructions: untouched (its own registers),
+    // or with our cookie from an earlier injected syscall (the log may already name the
+    // next one, written ahead of the registers). Either way it is held, unless it is about
+    // to enter a signal handler with our registers saved: then its frame is repaired.
     for (VcpuId v : TRY(guest_.vcpus())) {
         auto snap = TRY(guest_.snapshot(v));
         const kvm_regs& r = snap.state.regs;
-        if (r.rip != kernel_.sysret && r.rip != kernel_.iret) continue;
+        if (r.rip != kernel_.sysret && (kernel_.iret == 0 || r.rip != kernel_.iret)) continue;
+        if (address_space(snap.state.sregs.cr3) != address_space(cr3_)) continue;
         kvm_regs pristine = original_;
         pristine.rip = r.rip;
-        if (address_space(snap.state.sregs.cr3) == address_space(cr3_) &&
-            std::memcmp(&pristine, &r, sizeof r) == 0) {
-            vcpu_ = v;
-            phase_ = Phase::kHeld;
-            journal_thread();
-            return {};
+        bool untouched = std::memcmp(&pristine, &r, sizeof r) == 0;
+        if (!untouched && r.rbx != cookie_) continue;
+        if (r.rip == kernel_.iret && !untouched) {
+            IretFrame frame{};
+            TRY(guest_.read_virtual(v, r.rsp,
+                                    std::span(reinterpret_cast<uint8_t*>(&frame), sizeof frame)));
+            if ((frame.cs & 3) != 3) continue;
+            bool back_from_ours = frame.rsp == original_.rsp;  // plain or restarted return
+            if (!back_from_ours) {
+                vcpu_ = v;
+                phase_ = Phase::kHeld;  // for journal_thread in the repair
+                return repair_signal_frame(v, r, frame.rsp);
+            }
         }
+        vcpu_ = v;
+        phase_ = Phase::kHeld;
+        last_result_ = r.rax;  // what our last syscall returned (a clone's child, say)
+        journal_thread();
+        return {};
     }
-    // Otherwise it runs our syscall, or waits at sysret/iretq with our cookie: the traps
-    // catch it there (a vCPU resumed on an armed breakpoint stops again at once).
+    // Otherwise it is inside our syscall: the traps catch it on the way back.
     phase_ = Phase::kInFlight;
     TRY(traps_.arm(kernel_.sysret));
-    for (VcpuId v : TRY(guest_.vcpus())) {
-        auto snap = TRY(guest_.snapshot(v));
-        if (kernel_.iret != 0 && snap.state.regs.rip == kernel_.iret &&
-            snap.state.regs.rbx == cookie_ &&
-            address_space(snap.state.sregs.cr3) == address_space(cr3_)) {
-            TRY(traps_.arm(kernel_.iret));
-        }
-    }
     journal_thread();
     return {};
 }

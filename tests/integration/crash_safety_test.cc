@@ -123,7 +123,7 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     // Kill points spread over the whole life of a session: connect, discovery, the hijack
     // and its injected syscalls, catching the shadow, batches, detach.
     const int kRounds = 14;
-    std::uniform_int_distribution<int> delay_ms(0, 1600);
+    int replayed_by_next_attach = 0;
     int restored_before = 0;
     for (int round = 0; round < kRounds; ++round) {
         bool long_job = round % 3 == 2;
@@ -135,6 +135,8 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
             argv.push_back("info");
         }
         pid_t pid = spawn(argv);
+        // A bootstrap takes about a second, a long job several: kill anywhere in them.
+        std::uniform_int_distribution<int> delay_ms(0, long_job ? 4000 : 1300);
         int wait_ms = delay_ms(rng);
         std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
         ::kill(-pid, SIGKILL);
@@ -148,6 +150,7 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         INFO(r.err);
         REQUIRE(r.status == 0);
         CHECK_FALSE(r.out.empty());
+        if (r.err.find("restoring it first") != std::string::npos) ++replayed_by_next_attach;
     }
     std::string report = file_content(guest.state_dir() + "/guardian.log");
     size_t pos = 0;
@@ -159,8 +162,11 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         INFO("guardian log:\n" << report);
         CHECK(report.find("recovery failed") == std::string::npos);
     }
-    // Most kills land while the session is live; each of those is repaired by a guardian.
-    CHECK(restored_before >= kRounds / 3);
+    // Most kills land while the session is live; each of those is repaired by its guardian,
+    // or by the next attach when that one takes the VM's lock first.
+    INFO("restored by a guardian: " << restored_before << ", by the next attach: "
+                                    << replayed_by_next_attach);
+    CHECK(restored_before + replayed_by_next_attach >= kRounds / 3);
 
     // Both the process and its guardian die: the next attach replays the log itself.
     {

@@ -356,7 +356,7 @@ private:
     std::vector<std::string> anomalies_;
 };
 
-// Forwards to another GuestAccess and fails with ECONNRESET once `budget` fallible calls
+// Forwards to another GuestAccess and fails (ECONNRESET, or EIO once if transient) once `budget` fallible calls
 // have been made (the host process "died" there), or only at call number `fail_at` when
 // `transient` (one lost packet, then the connection works again).
 class FailingGuest : public GuestAccess {
@@ -456,7 +456,11 @@ private:
         }
         return !fail;
     }
-    static std::unexpected<Error> fail() {
+    // A lost connection is a transport error (the real client closes the connection and
+    // the guardian takes over on a new one); a single failure while the connection stays
+    // usable is a request the stub refused.
+    std::unexpected<Error> fail() const {
+        if (transient_) return std::unexpected(Error(EIO, "fake stub refused the request"));
         return std::unexpected(Error(ECONNRESET, "fake connection reset"));
     }
 

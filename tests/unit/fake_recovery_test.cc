@@ -26,7 +26,7 @@ namespace {
 
 struct QuietLog {
     log::Level saved = log::level();
-    QuietLog() { log::set_level(log::Level::kError); }
+    QuietLog() { log::set_level(std::getenv("FAKE_N") ? log::Level::kDebug : log::Level::kError); }
     ~QuietLog() { log::set_level(saved); }
 };
 
@@ -156,6 +156,13 @@ Case run_case(long n, Fault fault) {
     RecoveryLog after;
     auto report = recover_guest(g, c.record, after, quick_options());
     c.problem = report ? leftovers(g, after) : "recover_guest failed: " + report.error().describe();
+    if (!c.problem.empty() && std::getenv("FAKE_DEBUG")) {
+        std::fprintf(stderr, "n=%ld fault=%d record: thread %u shadow %u pid %lld cr3 %llx; report: %s; problem: %s\n", n,
+                     static_cast<int>(fault), static_cast<unsigned>(c.record.thread_phase),
+                     static_cast<unsigned>(c.record.shadow_phase), static_cast<long long>(c.record.shadow_pid),
+                     static_cast<unsigned long long>(c.record.shadow_cr3),
+                     report ? report->describe().c_str() : "-", c.problem.c_str());
+    }
     return c;
 }
 
@@ -174,6 +181,7 @@ void sweep(Fault fault, bool check_phases) {
     std::map<std::string, std::vector<long>> failures;
     std::set<std::pair<ThreadPhase, ShadowPhase>> phases;
     for (long n = 0; n <= total; ++n) {
+        if (const char* only = std::getenv("FAKE_N"); only && std::atol(only) != n) continue;
         Case c = run_case(n, fault);
         phases.insert({c.record.thread_phase, c.record.shadow_phase});
         if (!c.problem.empty()) failures[c.problem].push_back(n);

@@ -1,0 +1,56 @@
+// The mount's configuration file (YAML, /etc/cloudvmi/cloudvmi.yaml by default).
+//
+//   node: node1                  # name of this host in /vmi (default: the host name)
+//   state_dir: /run/cloudvmi     # recovery logs and locks
+//   request_timeout_ms: 5000     # bound for one request to a VM, attach included
+//   cache:                       # kernel attribute/entry cache lifetimes, seconds
+//     proc_attr: 0.5
+//     proc_entry: 1
+//     root_attr: 1
+//     root_entry: 1
+//   vms:
+//     - name: web-01
+//       gdb: unix:/run/web-01.gdb
+//       qmp: unix:/run/web-01.qmp  # optional: lets cloudvmi refuse a VM paused by others
+//
+// Errors name the file, the line and what is wrong; nothing is half-loaded.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace cloudvmi::fs {
+
+struct VmConfig {
+    std::string name;
+    std::string gdb;  // gdbstub endpoint
+    std::string qmp;  // optional QMP socket path
+};
+
+struct CacheConfig {
+    double proc_attr = 0.5;   // proc/ and sys/: live data, near zero
+    double proc_entry = 1.0;
+    double root_attr = 1.0;   // root/: ordinary files
+    double root_entry = 1.0;
+};
+
+struct Config {
+    std::string node;
+    std::string state_dir;
+    long request_timeout_ms = 5000;
+    CacheConfig cache;
+    std::vector<VmConfig> vms;
+
+    static ErrorOr<Config> load_file(const std::string& path);
+    static ErrorOr<Config> parse(const std::string& yaml_text, const std::string& origin);
+};
+
+// The default configuration file.
+constexpr const char* kDefaultConfigPath = "/etc/cloudvmi/cloudvmi.yaml";
+
+// A name usable as one directory entry of /vmi (node and VM names).
+bool is_valid_entry_name(const std::string& name);
+
+}  // namespace cloudvmi::fs

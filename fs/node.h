@@ -1,0 +1,112 @@
+// Nodes of the /vmi tree.
+//
+// Every directory and file of the mount is a Node. The defaults encode policy: a node is
+// read-only unless it says otherwise, and every change (write, create, unlink, chmod...)
+// is refused with EACCES. Nodes never see FUSE types; fuse_server.cc translates.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace cloudvmi::fs {
+
+class Vm;
+
+// Attributes with how long the kernel may cache them.
+struct NodeAttr {
+    struct stat st {};
+    double timeout = 0;
+};
+
+class FileHandle {
+public:
+    virtual ~FileHandle() = default;
+    virtual ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) = 0;
+    virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t) {
+        return make_error(EACCES, "writes are not allowed");
+    }
+    // Called once when the last reference is dropped; errors are logged, not returned.
+    virtual void release() {}
+    // Served without the page cache: content is generated on every read.
+    virtual bool direct_io() const { return true; }
+};
+
+class Node;
+
+struct DirEntry {
+    std::string name;
+    mode_t type = 0;                  // S_IFDIR, S_IFREG, ... (0: unknown)
+    std::shared_ptr<Node> node;       // set for readdirplus (attributes known)
+};
+
+// A requested change of attributes (setattr); only set fields are meant.
+struct AttrChange {
+    std::optional<off_t> size;
+    std::optional<mode_t> mode;
+    std::optional<uid_t> uid;
+    std::optional<gid_t> gid;
+    bool times = false;
+};
+
+class Node : public std::enable_shared_from_this<Node> {
+public:
+    virtual ~Node() = default;
+
+    // The VM whose queue runs this node's operations; nullptr for nodes answered locally.
+    virtual Vm* vm() const { return nullptr; }
+    // Identity for the inode table: the same key is the same inode while it is known.
+    virtual std::string key() const = 0;
+    // How long the kernel may keep a lookup of this node.
+    virtual double entry_timeout() const { return 1.0; }
+
+    virtual ErrorOr<NodeAttr> getattr() = 0;
+
+    // Directories.
+    virtual ErrorOr<std::shared_ptr<Node>> lookup(const std::string&) {
+        return make_error(ENOTDIR, "not a directory");
+    }
+    // With attributes when `plus` (the returned nodes carry them).
+    virtual ErrorOr<std::vector<DirEntry>> readdir(bool /*plus*/) {
+        return make_error(ENOTDIR, "not a directory");
+    }
+
+    // Files.
+    virtual ErrorOr<std::unique_ptr<FileHandle>> open(int /*flags*/) {
+        return make_error(EISDIR, "is a directory");
+    }
+    virtual ErrorOr<std::string> readlink() { return make_error(EINVAL, "not a symbolic link"); }
+
+    // Changes: refused unless a node allows them.
+    virtual ErrorOr<NodeAttr> setattr(const AttrChange&) {
+        return make_error(EACCES, "attributes cannot be changed");
+    }
+    virtual ErrorOr<std::shared_ptr<Node>> mkdir(const std::string&, mode_t) {
+        return make_error(EACCES, "directories cannot be created");
+    }
+    virtual ErrorOr<void> unlink(const std::string&) { return make_error(EACCES, "cannot remove"); }
+    virtual ErrorOr<void> rmdir(const std::string&) { return make_error(EACCES, "cannot remove"); }
+    virtual ErrorOr<void> rename(const std::string&, Node&, const std::string&) {
+        return make_error(EACCES, "cannot rename");
+    }
+    virtual ErrorOr<std::shared_ptr<Node>> symlink(const std::string&, const std::string&) {
+        return make_error(EACCES, "cannot create links");
+    }
+    virtual ErrorOr<std::shared_ptr<Node>> create(const std::string&, mode_t, int,
+                                                  std::unique_ptr<FileHandle>&) {
+        return make_error(EACCES, "files cannot be created");
+    }
+};
+
+// Attributes of a synthetic directory or file owned by root.
+struct stat synthetic_stat(mode_t mode, off_t size = 0);
+
+}  // namespace cloudvmi::fs

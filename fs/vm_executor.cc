@@ -1,0 +1,101 @@
+#include "fs/vm_executor.h"
+
+#include <cerrno>
+#include <future>
+
+#include "common/log.h"
+
+namespace cloudvmi::fs {
+
+VmExecutor::VmExecutor(std::string name, size_t max_queue)
+    : name_(std::move(name)), max_queue_(max_queue), worker_([this] { worker_main(); }) {}
+
+VmExecutor::~VmExecutor() { stop(ESHUTDOWN); }
+
+bool VmExecutor::submit(std::shared_ptr<Job> job) {
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_ || queue_.size() >= max_queue_) return false;
+        queue_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+    return true;
+}
+
+size_t VmExecutor::queued() const {
+    std::lock_guard lock(mutex_);
+    return queue_.size();
+}
+
+void VmExecutor::worker_main() {
+    while (true) {
+        std::shared_ptr<Job> job;
+        {
+            std::unique_lock lock(mutex_);
+            cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+            if (queue_.empty()) return;  // stopping and drained
+            job = std::move(queue_.front());
+            queue_.pop_front();
+        }
+        if (!job->claim()) continue;  // already answered by the reaper
+        if (job->interrupted()) {
+            job->fail(EINTR);
+            continue;
+        }
+        if (Clock::now() > job->deadline()) {
+            job->fail(ETIMEDOUT);
+            continue;
+        }
+        job->run();
+    }
+}
+
+void VmExecutor::reap(Clock::time_point now) {
+    std::vector<std::shared_ptr<Job>> expired;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = queue_.begin(); it != queue_.end();) {
+            if ((*it)->interrupted() || now > (*it)->deadline()) {
+                expired.push_back(std::move(*it));
+                it = queue_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    for (auto& job : expired) {
+        if (!job->claim()) continue;
+        bool interrupted = job->interrupted();
+        LOG_DEBUG("vm %s: request %s while queued", name_.c_str(),
+                  interrupted ? "interrupted" : "timed out");
+        job->fail(interrupted ? EINTR : ETIMEDOUT);
+    }
+}
+
+void VmExecutor::run_sync(const std::function<void()>& f) {
+    std::promise<void> done;
+    auto job = std::make_shared<Job>([&] { f(); done.set_value(); }, [&](int) { done.set_value(); },
+                                     nullptr, Clock::time_point::max());
+    if (!submit(job)) {
+        f();
+        return;
+    }
+    done.get_future().wait();
+}
+
+void VmExecutor::stop(int err) {
+    std::deque<std::shared_ptr<Job>> left;
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_ && !worker_.joinable()) return;
+        stopping_ = true;
+        left.swap(queue_);
+    }
+    cv_.notify_all();
+    for (auto& job : left) {
+        if (job->claim()) job->fail(err);
+    }
+    if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
+}
+
+}  // namespace cloudvmi::fs
