@@ -4,21 +4,18 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "fs/fuse_server.h"
 
 namespace {
 
 const char kUsage[] =
-    "Usage: cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]\n"
+    "Usage: cloudvmi [OPTIONS] MOUNTPOINT         mount the live tree of the VMs (see --help)\n"
+    "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]\n"
     "       cloudvmi --help | --version\n"
     "\n"
-    "Reads and changes the live state of a running QEMU/KVM guest from the host, by\n"
-    "running system calls inside the guest through QEMU's gdbstub. Nothing is\n"
-    "installed in the guest.\n"
-    "\n"
-    "Subcommands:\n"
-    "  guest     operate on one guest (see 'cloudvmi guest --help')\n"
-    "\n"
-    "See cloudvmi(1).\n";
+    "Reads and changes the live state of running QEMU/KVM guests from the host, by\n"
+    "running system calls inside the guests through QEMU's gdbstub. Nothing is\n"
+    "installed in the guests. See cloudvmi(1).\n";
 
 }  // namespace
 
@@ -28,16 +25,11 @@ int main(int argc, char** argv) {
         return cloudvmi::cli::kExitUsage;
     }
     std::string cmd = argv[1];
-    if (cmd == "--help" || cmd == "-h") {
-        std::fputs(kUsage, stdout);
-        return cloudvmi::cli::kExitOk;
-    }
-    if (cmd == "--version" || cmd == "-V") {
-        std::printf("cloudvmi %s\n", CLOUDVMI_VERSION);
-        return cloudvmi::cli::kExitOk;
-    }
     if (cmd == "guest") return cloudvmi::cli::guest_main(argc - 1, argv + 1);
     if (cmd == "guard") return cloudvmi::cli::guard_main(argc - 2, argv + 2);
-    std::fprintf(stderr, "cloudvmi: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
-    return cloudvmi::cli::kExitUsage;
+    // Anything else is the mount, with FUSE's conventions (and its --help/--version).
+    cloudvmi::fs::MountSettings settings;
+    settings.version = CLOUDVMI_VERSION;
+    if (const char* self = cloudvmi::cli::self_executable()) settings.guardian_program = self;
+    return cloudvmi::fs::mount_main(argc, argv, settings);
 }

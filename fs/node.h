@@ -63,6 +63,8 @@ public:
 
     // The VM whose queue runs this node's operations; nullptr for nodes answered locally.
     virtual Vm* vm() const { return nullptr; }
+    // getattr without the guest (synthetic attributes), even if the node has a VM.
+    virtual bool local_getattr() const { return vm() == nullptr; }
     // Identity for the inode table: the same key is the same inode while it is known.
     virtual std::string key() const = 0;
     // How long the kernel may keep a lookup of this node.

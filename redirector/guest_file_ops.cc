@@ -113,6 +113,44 @@ ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_
     return static_cast<int>(fd);
 }
 
+ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string& path,
+                                                               uint64_t flags, size_t size) {
+    TRY(check_path(path));
+    size = std::min(size, kMaxTransfer);
+    // A short read is not the end of a file (seq_file hands out a page at a time): the
+    // second read starts where the first stopped, and only a read of 0 bytes means EOF.
+    SyscallBatch b;
+    auto p = b.input_string(path);
+    auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec)},
+                         true);
+    auto first = b.output(size);
+    auto read1 = b.add(kPread64, {B::result_of(open_op), B::buf(first), B::imm(size), B::imm(0)});
+    b.filled_by(first, read1, B::Fill::kResultBytes);
+    auto second = b.output(size);
+    auto read2 = b.add(kPread64, {B::result_of(open_op), B::buf(second), B::imm(size),
+                                  B::result_of(read1)});
+    b.filled_by(second, read2, B::Fill::kResultBytes);
+    auto out = TRY(session_.run(b));
+    if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
+    int64_t fd = out.result(open_op);
+    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
+    OpenedFile f;
+    f.fd = static_cast<int>(fd);
+    // A file that cannot be read at an offset (a pipe-like proc file) is still open: the
+    // caller reads it sequentially.
+    if (!out.failed(read1)) {
+        f.head = out.bytes(first);
+        if (!out.failed(read2)) {
+            const auto& more = out.bytes(second);
+            f.head.insert(f.head.end(), more.begin(), more.end());
+            f.eof = more.empty();
+        }
+    }
+    return f;
+}
+
+void GuestFileOps::close_soon(int fd) { session_.defer_close(fd); }
+
 ErrorOr<void> GuestFileOps::close(int fd) {
     SyscallBatch b;
     auto op = b.add(kClose, {B::imm(static_cast<uint64_t>(fd))});
@@ -166,45 +204,30 @@ ErrorOr<size_t> GuestFileOps::write(int fd, const std::vector<uint8_t>& data) {
 }
 
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
-    TRY(check_path(path));
-    // Each batch opens, reads two chunks from an offset and closes: a proc or sys file is
-    // read in one round trip (the second read sees EOF). Bigger files take more batches,
-    // each reopening at the offset reached.
-    constexpr size_t kChunk = 64 * 1024;
-    std::vector<uint8_t> content;
-    while (content.size() < max_bytes) {
-        SyscallBatch b;
-        auto p = b.input_string(path);
-        auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p),
-                                       B::imm(kORdonly | kOCloexec | kONoctty | kONonblock)},
-                             true);
-        SyscallBatch::OpId reads[2];
-        SyscallBatch::BufferId bufs[2];
-        for (int i = 0; i < 2; ++i) {
-            bufs[i] = b.output(kChunk);
-            reads[i] = b.add(kPread64, {B::result_of(open_op), B::buf(bufs[i]), B::imm(kChunk),
-                                        B::imm(content.size() + i * kChunk)});
-            b.filled_by(bufs[i], reads[i], B::Fill::kResultBytes);
-        }
-        auto close_op = b.add(kClose, {B::result_of(open_op)});
-        auto out = TRY(session_.run(b));
-        if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
-        bool eof = false;
-        for (int i = 0; i < 2 && !eof; ++i) {
-            if (out.failed(reads[i])) {
-                // Not seekable (a pipe-like proc file): fall back to plain sequential reads.
-                if (out.error_of(reads[i]) == ESPIPE && content.empty() && i == 0) {
-                    return read_file_sequential(path, max_bytes);
-                }
-                return std::unexpected(guest_failure(out, reads[i], path));
-            }
-            const auto& bytes = out.bytes(bufs[i]);
-            content.insert(content.end(), bytes.begin(), bytes.end());
-            if (out.result(reads[i]) == 0) eof = true;
-        }
-        if (out.failed(close_op)) return std::unexpected(guest_failure(out, close_op, path));
-        if (eof) break;
+    // One batch for a proc or sys file (open, then two reads: the second sees EOF); bigger
+    // files go on with sequential reads of the same fd.
+    auto opened = TRY(open_and_read(path, kORdonly | kONoctty | kONonblock,
+                                    std::min<size_t>(64 * 1024, max_bytes)));
+    if (opened.head.empty() && !opened.eof) {
+        // Not readable at an offset: read it from the start, sequentially.
+        close_soon(opened.fd);
+        return read_file_sequential(path, max_bytes);
     }
+    std::vector<uint8_t> content = std::move(opened.head);
+    std::optional<Error> err;
+    uint64_t offset = content.size();
+    while (!opened.eof && content.size() < max_bytes) {
+        auto chunk = pread(opened.fd, std::min(kMaxTransfer, max_bytes - content.size()), offset);
+        if (!chunk) {
+            err = chunk.error();
+            break;
+        }
+        if (chunk->empty()) break;
+        offset += chunk->size();
+        content.insert(content.end(), chunk->begin(), chunk->end());
+    }
+    close_soon(opened.fd);
+    if (err) return std::unexpected(*err);
     if (content.size() > max_bytes) content.resize(max_bytes);
     return content;
 }

@@ -59,6 +59,16 @@ public:
 
     ErrorOr<int> open(const std::string& path, uint64_t flags, uint32_t mode = 0);
     ErrorOr<void> close(int fd);
+
+    // Opens and reads the first `size` bytes in one batch (what `cat` needs).
+    struct OpenedFile {
+        int fd = -1;
+        std::vector<uint8_t> head;
+        bool eof = false;  // the file ended within `head`
+    };
+    ErrorOr<OpenedFile> open_and_read(const std::string& path, uint64_t flags, size_t size);
+    // Closes later, with the session's next batch (see GuestSession::defer_close).
+    void close_soon(int fd);
     ErrorOr<std::vector<uint8_t>> pread(int fd, size_t size, uint64_t offset);
     ErrorOr<std::vector<uint8_t>> read(int fd, size_t size);
     ErrorOr<size_t> pwrite(int fd, const std::vector<uint8_t>& data, uint64_t offset);

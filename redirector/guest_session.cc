@@ -12,6 +12,8 @@
 #include "common/strings.h"
 #include "redirector/gdbstub_access.h"
 #include "redirector/recovery.h"
+#include "redirector/shadow_layout.h"
+#include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {
 
@@ -84,23 +86,28 @@ GuestSession::~GuestSession() {
 }
 
 SessionStatus GuestSession::status() const {
-    std::lock_guard lock(mutex_);
-    SessionStatus s = status_;
-    if (shadow_) {
-        s.shadow_pid = shadow_->pid();
-        s.shadow_region = shadow_->region();
-    }
-    return s;
+    std::lock_guard lock(status_mutex_);
+    return status_;
+}
+
+void GuestSession::update_status(const std::function<void(SessionStatus&)>& change) {
+    std::lock_guard lock(status_mutex_);
+    change(status_);
+}
+
+SessionState GuestSession::state() const {
+    std::lock_guard lock(status_mutex_);
+    return status_.state;
 }
 
 ErrorOr<void> GuestSession::attach() {
     std::lock_guard lock(mutex_);
-    if (status_.state == SessionState::kAttached) return {};
+    if (state() == SessionState::kAttached) return {};
     return attach_locked();
 }
 
 ErrorOr<void> GuestSession::attach_locked() {
-    status_.state = SessionState::kAttaching;
+    update_status([](SessionStatus& st) { st.state = SessionState::kAttaching; });
     auto fail = [&](const Error& e) -> ErrorOr<void> {
         fail_locked(e);
         return std::unexpected(e);
@@ -144,8 +151,8 @@ ErrorOr<void> GuestSession::attach_locked() {
                  leftover->owner_pid);
         auto report = recover_guest(*guest_, *leftover, *log_, options_.shadow);
         if (!report) return fail(report.error().with_context("restoring after a crashed session"));
-        status_.recovered = report->describe();
-        LOG_WARN("restored: %s", status_.recovered.c_str());
+        update_status([&](SessionStatus& st) { st.recovered = report->describe(); });
+        LOG_WARN("restored: %s", report->describe().c_str());
     }
     auto& rec = log_->edit();
     rec = RecoveryRecord{};
@@ -162,7 +169,7 @@ ErrorOr<void> GuestSession::attach_locked() {
         ga.report_path = options_.state_dir + "/guardian.log";
         auto g = spawn_guardian(options_.guardian_program, ga);
         if (!g) return fail(g.error());
-        status_.guardian_pid = g->pid;
+        update_status([&](SessionStatus& st) { st.guardian_pid = g->pid; });
         guardian_ = std::move(*g);
     }
 
@@ -176,14 +183,19 @@ ErrorOr<void> GuestSession::attach_locked() {
         // Nothing was changed yet: leave the guest as we found it.
         auto e = kernel.error();
         (void)detach_locked();
-        status_.state = SessionState::kError;
-        status_.error = e.describe();
+        update_status([&](SessionStatus& st) {
+            st.state = SessionState::kError;
+            st.error = e.describe();
+        });
         return std::unexpected(e);
     }
-    status_.kernel = *kernel;
+    kernel_ = *kernel;
+    update_status([&](SessionStatus& st) { st.kernel = *kernel; });
     if (auto r = ensure_shadow_locked(); !r) return fail(r.error());
-    status_.state = SessionState::kAttached;
-    status_.error.clear();
+    update_status([](SessionStatus& st) {
+        st.state = SessionState::kAttached;
+        st.error.clear();
+    });
     schedule_park_locked();
     return {};
 }
@@ -195,26 +207,68 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     }
     shadow_.reset();
     if (guest_->running()) TRY(guest_->interrupt(Deadline::after(options_.client.request_timeout)));
-    auto shadow = TRY(ShadowProcess::create(*guest_, status_.kernel, *log_, options_.shadow));
-    status_.bootstrap = shadow->bootstrap_stats();
-    ++status_.shadows_created;
+    deferred_closes_.clear();  // they belonged to the previous shadow
+    auto shadow = TRY(ShadowProcess::create(*guest_, kernel_, *log_, options_.shadow));
+    update_status([&](SessionStatus& st) {
+        st.bootstrap = shadow->bootstrap_stats();
+        st.shadow_pid = shadow->pid();
+        st.shadow_region = shadow->region();
+        ++st.shadows_created;
+    });
     shadow_ = std::move(shadow);
     return {};
 }
 
-ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
+void GuestSession::defer_close(int fd) {
+    std::lock_guard lock(mutex_);
+    if (shadow_) deferred_closes_.push_back(fd);
+}
+
+size_t GuestSession::append_deferred_closes(SyscallBatch& batch) {
+    size_t added = 0;
+    while (!deferred_closes_.empty() && batch.ops().size() < SHADOW_MAX_OPS) {
+        batch.add(x86abi::kClose, {SyscallBatch::imm(static_cast<uint64_t>(deferred_closes_.back()))});
+        deferred_closes_.pop_back();
+        ++added;
+    }
+    return added;
+}
+
+void GuestSession::flush_deferred_closes_locked() {
+    if (deferred_closes_.empty() || !shadow_ || shadow_->state() != ShadowProcess::State::kHeld) {
+        return;
+    }
+    SyscallBatch b;
+    append_deferred_closes(b);
+    if (auto r = shadow_->execute(b); !r) {
+        LOG_DEBUG("deferred closes: %s", r.error().describe().c_str());
+    }
+}
+
+ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
     std::unique_lock lock(mutex_);
-    if (status_.state != SessionState::kAttached) TRY(attach_locked());
-    ++status_.batches;
+    if (state() != SessionState::kAttached) TRY(attach_locked());
+    update_status([](SessionStatus& st) { ++st.batches; });
     for (int attempt = 0;; ++attempt) {
         auto ready = ensure_shadow_locked();
         if (!ready) {
-            ++status_.failures;
+            update_status([](SessionStatus& st) { ++st.failures; });
             if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
+        // Deferred closes ride along at the end; their results are dropped.
+        SyscallBatch batch = caller_batch;
+        size_t caller_ops = batch.ops().size();
+        append_deferred_closes(batch);
         auto out = shadow_->execute(batch);
         if (out) {
+            // Closes cancelled by a failing op of the caller's are kept for the next batch.
+            for (size_t i = caller_ops; i < out->results.size(); ++i) {
+                if (out->error_of(i) == ECANCELED) {
+                    deferred_closes_.push_back(static_cast<int>(batch.ops()[i].args[0].value));
+                }
+            }
+            out->results.resize(caller_ops);
             schedule_park_locked();
             return out;
         }
@@ -225,7 +279,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
             LOG_WARN("%s; creating a new shadow", e.describe().c_str());
             continue;
         }
-        ++status_.failures;
+        update_status([](SessionStatus& st) { ++st.failures; });
         if (is_transport_error(e)) {
             fail_locked(e);
         } else if (guest_ && guest_->running() == false &&
@@ -242,6 +296,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& batch) {
 void GuestSession::schedule_park_locked() {
     if (!shadow_ || shadow_->state() != ShadowProcess::State::kHeld) return;
     if (options_.linger.count() <= 0) {
+        flush_deferred_closes_locked();
         if (auto r = shadow_->park(); !r) fail_locked(r.error());
         return;
     }
@@ -263,6 +318,7 @@ void GuestSession::parker_main() {
         }
         park_at_.reset();
         if (shadow_ && shadow_->state() == ShadowProcess::State::kHeld) {
+            flush_deferred_closes_locked();
             if (auto r = shadow_->park(); !r) {
                 LOG_WARN("parking the shadow: %s", r.error().describe().c_str());
                 fail_locked(r.error());
@@ -294,7 +350,11 @@ ErrorOr<void> GuestSession::detach_locked() {
     }
     if (log_) log_->commit();
     release_lock_and_guardian_locked();
-    if (status_.state != SessionState::kError) status_.state = SessionState::kDetached;
+    update_status([](SessionStatus& st) {
+        if (st.state != SessionState::kError) st.state = SessionState::kDetached;
+        st.shadow_pid = 0;
+        st.shadow_region = 0;
+    });
     if (first) return std::unexpected(*first);
     return {};
 }
@@ -304,14 +364,18 @@ void GuestSession::release_lock_and_guardian_locked() {
     // The guardian wakes when its link closes; it waits for the lock, sees a clean log
     // (or a dirty one after a failure) and acts accordingly.
     guardian_.reset();
-    status_.guardian_pid = 0;
+    update_status([](SessionStatus& st) { st.guardian_pid = 0; });
     lock_fd_.reset();
 }
 
 void GuestSession::fail_locked(const Error& error) {
     LOG_ERROR("session %s: %s", options_.gdb_endpoint.c_str(), error.describe().c_str());
-    status_.state = SessionState::kError;
-    status_.error = error.describe();
+    update_status([&](SessionStatus& st) {
+        st.state = SessionState::kError;
+        st.error = error.describe();
+        st.shadow_pid = 0;
+        st.shadow_region = 0;
+    });
     park_at_.reset();
     if (shadow_) shadow_.reset();
     if (guest_) {

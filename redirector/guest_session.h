@@ -11,6 +11,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -74,7 +75,13 @@ public:
     // Runs a batch in the shadow (attaching first if needed).
     ErrorOr<BatchOutcome> run(const SyscallBatch& batch);
 
+    // Closes a guest fd with the next batch (or before the shadow is parked), saving a
+    // round trip; fds of a shadow that has been replaced meanwhile are dropped.
+    void defer_close(int fd);
+
+    // A snapshot of the session's state; never waits for a guest operation in progress.
     SessionStatus status() const;
+    SessionState state() const;
     const SessionOptions& options() const { return options_; }
 
     static std::string default_state_dir();
@@ -88,6 +95,10 @@ private:
     void release_lock_and_guardian_locked();
     void parker_main();
     void schedule_park_locked();
+    void update_status(const std::function<void(SessionStatus&)>& change);
+    // Adds the deferred closes to `batch` if they fit; returns how many were added.
+    size_t append_deferred_closes(SyscallBatch& batch);
+    void flush_deferred_closes_locked();
 
     SessionOptions options_;
     mutable std::mutex mutex_;  // guards everything below; never held across sessions
@@ -96,7 +107,9 @@ private:
     bool stopping_ = false;
     std::optional<Clock::time_point> park_at_;
 
+    mutable std::mutex status_mutex_;  // guards status_ only; taken after mutex_, never before
     SessionStatus status_;
+    KernelEntryPoints kernel_;
     std::string log_path_;
     std::string lock_path_;
     UniqueFd lock_fd_;
@@ -104,6 +117,7 @@ private:
     std::optional<GuardianHandle> guardian_;
     std::unique_ptr<GuestAccess> guest_;
     std::unique_ptr<ShadowProcess> shadow_;
+    std::vector<int> deferred_closes_;  // fds of the current shadow, closed with the next batch
 };
 
 }  // namespace cloudvmi

@@ -1,0 +1,54 @@
+#include "fs/filesystem.h"
+
+#include "common/log.h"
+
+namespace cloudvmi::fs {
+
+Filesystem::Filesystem(Config config, SessionOptions base) : config_(std::move(config)) {
+    for (const auto& vm : config_.vms) {
+        auto v = std::make_unique<Vm>(config_.node, vm, base);
+        v->set_cache(config_.cache);
+        vms_.push_back(std::move(v));
+    }
+    inodes_ = std::make_unique<InodeTable>(make_root_dir(*this));
+}
+
+Filesystem::~Filesystem() { shutdown(); }
+
+Vm* Filesystem::find_vm(const std::string& name) const {
+    for (const auto& vm : vms_) {
+        if (vm->name() == name) return vm.get();
+    }
+    return nullptr;
+}
+
+void Filesystem::reap_queues() {
+    auto now = Clock::now();
+    for (const auto& vm : vms_) vm->executor().reap(now);
+}
+
+void Filesystem::shutdown() {
+    if (shut_down_) return;
+    shut_down_ = true;
+    for (const auto& vm : vms_) vm->shutdown();
+    LOG_INFO("all guests detached");
+}
+
+SessionOptions Filesystem::session_options(const Config& config, const std::string& guardian) {
+    SessionOptions o;
+    o.state_dir = config.state_dir;
+    o.guardian_program = guardian;
+    Millis budget(config.request_timeout_ms);
+    // Every wait inside one request stays within the request's budget.
+    o.client.connect_timeout = std::min(budget, Millis(3000));
+    o.client.request_timeout = std::min(budget, Millis(3000));
+    o.shadow.injector.hijack_timeout = budget;
+    o.shadow.injector.syscall_timeout = budget;
+    o.shadow.catch_timeout = budget;
+    o.shadow.acquire_timeout = std::min(budget, Millis(3000));
+    o.shadow.batch_timeout = budget;
+    o.attach_timeout = budget;
+    return o;
+}
+
+}  // namespace cloudvmi::fs

@@ -1,0 +1,58 @@
+// The /vmi tree as a whole: configuration, VMs, nodes and inode numbers.
+//
+// /vmi/<node>/<vm>/{proc,sys,root,.cloudvmi}. Owns the VMs (and through them the guest
+// sessions); shutdown() detaches every guest.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fs/config.h"
+#include "fs/inode_table.h"
+#include "fs/node.h"
+#include "fs/vm.h"
+#include "redirector/guest_session.h"
+
+namespace cloudvmi::fs {
+
+class Filesystem {
+public:
+    // `base` carries the session settings common to every VM (state dir, guardian, timeouts).
+    Filesystem(Config config, SessionOptions base);
+    ~Filesystem();
+    Filesystem(const Filesystem&) = delete;
+    Filesystem& operator=(const Filesystem&) = delete;
+
+    InodeTable& inodes() { return *inodes_; }
+    const Config& config() const { return config_; }
+    const std::vector<std::unique_ptr<Vm>>& vms() const { return vms_; }
+    Vm* find_vm(const std::string& name) const;
+
+    // Answers requests stuck in a VM's queue past their deadline, or interrupted.
+    void reap_queues();
+    // Ends every guest session; pending requests get ESHUTDOWN. Idempotent.
+    void shutdown();
+
+    // Session settings for a mount: request timeout applied to every step of a request.
+    static SessionOptions session_options(const Config& config, const std::string& guardian);
+
+private:
+    Config config_;
+    std::vector<std::unique_ptr<Vm>> vms_;
+    std::unique_ptr<InodeTable> inodes_;
+    bool shut_down_ = false;
+};
+
+// Factories of the node classes (one source file per subtree).
+std::shared_ptr<Node> make_root_dir(Filesystem& fs);
+std::shared_ptr<Node> make_node_dir(Filesystem& fs, const std::string& node);
+std::shared_ptr<Node> make_vm_dir(Vm& vm);
+std::shared_ptr<Node> make_session_dir(Vm& vm);
+
+// The guest's own trees, mirrored.
+enum class GuestTree { kProc, kSys, kRoot };
+// The directory standing for a whole tree (proc/, sys/, root/ of a VM directory).
+std::shared_ptr<Node> make_guest_tree_root(Vm& vm, GuestTree tree);
+
+}  // namespace cloudvmi::fs

@@ -1,0 +1,560 @@
+// The FUSE boundary: the only file that sees libfuse. Requests become Node calls, results
+// become replies, and an Error becomes its errno here and nowhere else.
+//
+// Requests that touch a guest go to that VM's queue (fs/vm_executor.h) and are answered
+// from its worker: a slow VM delays only its own requests. Everything else (the inventory
+// directories, .cloudvmi/status) is answered on the FUSE thread at once.
+//
+// Lock order: no lock is held across a call into a node. The inode table, the per-VM
+// queues and the directory handles each have a leaf mutex of their own.
+#define FUSE_USE_VERSION 314
+#include "fs/fuse_server.h"
+
+#include <fuse_lowlevel.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "fs/filesystem.h"
+
+namespace cloudvmi::fs {
+
+namespace {
+
+constexpr fuse_ino_t kUnknownIno = 0xffffffff;
+
+// The session's userdata: the filesystem is created after daemonizing (it starts threads),
+// but libfuse wants its userdata when the session is created. Requests are only read by
+// the loop, which starts once `fs` is set.
+struct Holder {
+    Filesystem* fs = nullptr;
+};
+
+Filesystem& fs_of(fuse_req_t req) { return *static_cast<Holder*>(fuse_req_userdata(req))->fs; }
+
+int to_errno(const Error& e) { return e.code() > 0 ? e.code() : EIO; }
+
+// An open directory: entries are fetched once, at the first read at offset 0.
+struct DirHandle {
+    std::mutex mutex;  // guards entries/loaded; a leaf lock
+    std::vector<DirEntry> entries;
+    bool loaded = false;
+};
+
+struct OpenFile {
+    std::shared_ptr<Node> node;
+    std::unique_ptr<FileHandle> handle;
+};
+
+OpenFile* open_file(fuse_file_info* fi) { return reinterpret_cast<OpenFile*>(fi->fh); }
+DirHandle* dir_handle(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+// A request's work: it sends the reply itself and returns the error it answered with, if
+// any (for the VM's statistics).
+using Work = std::function<std::optional<Error>()>;
+
+std::optional<Error> reply_error(fuse_req_t req, const Error& e) {
+    fuse_reply_err(req, to_errno(e));
+    return e;
+}
+
+// Runs `work` inline for local nodes, on the VM's queue otherwise.
+void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop = nullptr) {
+    if (vm == nullptr) {
+        (void)work();
+        return;
+    }
+    auto deadline = Clock::now() + Millis(fs_of(req).config().request_timeout_ms);
+    auto job = std::make_shared<Job>(
+        [vm, work]() {
+            auto start = Clock::now();
+            auto err = work();
+            vm->record(elapsed_ms(start), err ? &*err : nullptr);
+        },
+        [req, vm, on_drop](int err) {
+            if (on_drop) on_drop();
+            fuse_reply_err(req, err);
+            Error e(err, "request dropped");
+            vm->record(0, &e);
+        },
+        [req]() { return fuse_req_interrupted(req) != 0; }, deadline);
+    if (!vm->executor().submit(job)) {
+        if (on_drop) on_drop();
+        fuse_reply_err(req, EAGAIN);
+    }
+}
+
+std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino) {
+    auto node = fs_of(req).inodes().get(ino);
+    if (!node) fuse_reply_err(req, ESTALE);
+    return node;
+}
+
+std::optional<Error> reply_entry(fuse_req_t req, const std::shared_ptr<Node>& node) {
+    auto attr = node->getattr();
+    if (!attr) return reply_error(req, attr.error());
+    Filesystem& fs = fs_of(req);
+    fuse_entry_param e{};
+    e.ino = fs.inodes().remember(node);
+    e.generation = 1;
+    e.attr = attr->st;
+    e.attr.st_ino = e.ino;
+    e.attr_timeout = attr->timeout;
+    e.entry_timeout = node->entry_timeout();
+    if (fuse_reply_entry(req, &e) != 0) fs.inodes().forget(e.ino, 1);  // not delivered
+    return std::nullopt;
+}
+
+// --- requests ---
+
+void ll_init(void*, fuse_conn_info* conn) {
+    if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+}
+
+void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    auto node = node_or_reply(req, parent);
+    if (!node) return;
+    std::string n(name);
+    dispatch(req, node->vm(), [req, node, n]() -> std::optional<Error> {
+        auto child = node->lookup(n);
+        if (!child) return reply_error(req, child.error());
+        return reply_entry(req, *child);
+    });
+}
+
+void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+    fs_of(req).inodes().forget(ino, nlookup);
+    fuse_reply_none(req);
+}
+
+void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+    for (size_t i = 0; i < count; ++i) fs_of(req).inodes().forget(forgets[i].ino, forgets[i].nlookup);
+    fuse_reply_none(req);
+}
+
+void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    dispatch(req, node->local_getattr() ? nullptr : node->vm(), [req, node, ino]() -> std::optional<Error> {
+        auto attr = node->getattr();
+        if (!attr) return reply_error(req, attr.error());
+        attr->st.st_ino = ino;
+        fuse_reply_attr(req, &attr->st, attr->timeout);
+        return std::nullopt;
+    });
+}
+
+void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    AttrChange change;
+    if (to_set & FUSE_SET_ATTR_SIZE) change.size = attr->st_size;
+    if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode;
+    if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID) change.gid = attr->st_gid;
+    if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
+                  FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)) {
+        change.times = true;
+    }
+    dispatch(req, node->vm(), [req, node, ino, change]() -> std::optional<Error> {
+        auto r = node->setattr(change);
+        if (!r) return reply_error(req, r.error());
+        r->st.st_ino = ino;
+        fuse_reply_attr(req, &r->st, r->timeout);
+        return std::nullopt;
+    });
+}
+
+void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    dispatch(req, node->vm(), [req, node]() -> std::optional<Error> {
+        auto target = node->readlink();
+        if (!target) return reply_error(req, target.error());
+        fuse_reply_readlink(req, target->c_str());
+        return std::nullopt;
+    });
+}
+
+void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    fi->fh = reinterpret_cast<uint64_t>(new DirHandle);
+    fi->cache_readdir = 0;
+    if (fuse_reply_open(req, fi) != 0) delete dir_handle(fi);
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                bool plus) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    DirHandle* dh = dir_handle(fi);
+    bool need_fetch;
+    {
+        std::lock_guard lock(dh->mutex);
+        need_fetch = !dh->loaded || off == 0;
+    }
+    auto reply = [req, dh, size, off, plus]() -> std::optional<Error> {
+        Filesystem& fs = fs_of(req);
+        std::vector<char> buf(size);
+        size_t used = 0;
+        std::lock_guard lock(dh->mutex);
+        for (size_t i = static_cast<size_t>(off); i < dh->entries.size(); ++i) {
+            const DirEntry& e = dh->entries[i];
+            off_t next = static_cast<off_t>(i + 1);
+            size_t room = size - used;
+            size_t n;
+            if (plus) {
+                fuse_entry_param p{};
+                uint64_t remembered = 0;
+                if (e.node) {
+                    auto attr = e.node->getattr();  // known from the listing: no guest call
+                    if (attr) {
+                        remembered = fs.inodes().remember(e.node);
+                        p.ino = remembered;
+                        p.generation = 1;
+                        p.attr = attr->st;
+                        p.attr.st_ino = remembered;
+                        p.attr_timeout = attr->timeout;
+                        p.entry_timeout = e.node->entry_timeout();
+                    }
+                }
+                if (!remembered) {
+                    p.attr.st_ino = kUnknownIno;
+                    p.attr.st_mode = e.type;
+                }
+                n = fuse_add_direntry_plus(req, buf.data() + used, room, e.name.c_str(), &p, next);
+                if (n > room && remembered) fs.inodes().forget(remembered, 1);
+            } else {
+                struct stat st {};
+                st.st_ino = kUnknownIno;
+                st.st_mode = e.type;
+                n = fuse_add_direntry(req, buf.data() + used, room, e.name.c_str(), &st, next);
+            }
+            if (n > room) break;
+            used += n;
+        }
+        fuse_reply_buf(req, buf.data(), used);
+        return std::nullopt;
+    };
+    if (!need_fetch) {
+        (void)reply();
+        return;
+    }
+    dispatch(req, node->vm(), [req, node, dh, plus, reply]() -> std::optional<Error> {
+        auto entries = node->readdir(plus);
+        if (!entries) return reply_error(req, entries.error());
+        {
+            std::lock_guard lock(dh->mutex);
+            dh->entries = std::move(*entries);
+            dh->loaded = true;
+        }
+        return reply();
+    });
+}
+
+void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+    do_readdir(req, ino, size, off, fi, false);
+}
+
+void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+    do_readdir(req, ino, size, off, fi, true);
+}
+
+void ll_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    delete dir_handle(fi);
+    fuse_reply_err(req, 0);
+}
+
+void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    auto node = node_or_reply(req, ino);
+    if (!node) return;
+    int flags = fi->flags;
+    dispatch(req, node->vm(), [req, node, flags, fi_copy = *fi]() mutable -> std::optional<Error> {
+        auto handle = node->open(flags);
+        if (!handle) return reply_error(req, handle.error());
+        auto* of = new OpenFile{node, std::move(*handle)};
+        fi_copy.fh = reinterpret_cast<uint64_t>(of);
+        fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
+        fi_copy.keep_cache = 0;
+        if (fuse_reply_open(req, &fi_copy) != 0) {
+            // The caller is gone (interrupted): nobody will release this handle.
+            of->handle->release();
+            delete of;
+        }
+        return std::nullopt;
+    });
+}
+
+void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+    OpenFile* of = open_file(fi);
+    dispatch(req, of->node->vm(), [req, of, size, off]() -> std::optional<Error> {
+        auto data = of->handle->read(size, off);
+        if (!data) return reply_error(req, data.error());
+        fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size());
+        return std::nullopt;
+    });
+}
+
+void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
+              fuse_file_info* fi) {
+    OpenFile* of = open_file(fi);
+    std::vector<uint8_t> data(buf, buf + size);
+    dispatch(req, of->node->vm(), [req, of, data = std::move(data), off]() -> std::optional<Error> {
+        auto n = of->handle->write(data, off);
+        if (!n) return reply_error(req, n.error());
+        fuse_reply_write(req, *n);
+        return std::nullopt;
+    });
+}
+
+void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void ll_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    OpenFile* of = open_file(fi);
+    // Released on the VM's queue (the guest fd is closed there); if the queue cannot take
+    // it, the handle is freed without touching the guest.
+    dispatch(
+        req, of->node->vm(),
+        [req, of]() -> std::optional<Error> {
+            of->handle->release();
+            delete of;
+            fuse_reply_err(req, 0);
+            return std::nullopt;
+        },
+        [of]() { delete of; });
+}
+
+void ll_statfs(fuse_req_t req, fuse_ino_t) {
+    struct statvfs st {};
+    st.f_bsize = 4096;
+    st.f_frsize = 4096;
+    st.f_namemax = 255;
+    fuse_reply_statfs(req, &st);
+}
+
+// Changes of the namespace and of attributes go through the write policy; none is
+// configured yet, so they are refused before anything reaches a guest.
+void refuse(fuse_req_t req) { fuse_reply_err(req, EACCES); }
+void ll_mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { refuse(req); }
+void ll_mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { refuse(req); }
+void ll_unlink(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
+void ll_rmdir(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
+void ll_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { refuse(req); }
+void ll_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
+    refuse(req);
+}
+void ll_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { refuse(req); }
+void ll_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) { refuse(req); }
+void ll_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) { refuse(req); }
+void ll_removexattr(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
+// Extended attributes are not mirrored: ENOSYS makes the kernel stop asking.
+void ll_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENOSYS); }
+void ll_listxattr(fuse_req_t req, fuse_ino_t, size_t) { fuse_reply_err(req, ENOSYS); }
+
+fuse_lowlevel_ops make_ops() {
+    fuse_lowlevel_ops ops{};
+    ops.init = ll_init;
+    ops.lookup = ll_lookup;
+    ops.forget = ll_forget;
+    ops.forget_multi = ll_forget_multi;
+    ops.getattr = ll_getattr;
+    ops.setattr = ll_setattr;
+    ops.readlink = ll_readlink;
+    ops.opendir = ll_opendir;
+    ops.readdir = ll_readdir;
+    ops.readdirplus = ll_readdirplus;
+    ops.releasedir = ll_releasedir;
+    ops.open = ll_open;
+    ops.read = ll_read;
+    ops.write = ll_write;
+    ops.flush = ll_flush;
+    ops.release = ll_release;
+    ops.statfs = ll_statfs;
+    ops.mknod = ll_mknod;
+    ops.mkdir = ll_mkdir;
+    ops.unlink = ll_unlink;
+    ops.rmdir = ll_rmdir;
+    ops.symlink = ll_symlink;
+    ops.rename = ll_rename;
+    ops.link = ll_link;
+    ops.create = ll_create;
+    ops.setxattr = ll_setxattr;
+    ops.removexattr = ll_removexattr;
+    ops.getxattr = ll_getxattr;
+    ops.listxattr = ll_listxattr;
+    return ops;
+}
+
+// --- command line ---
+
+struct MountArgs {
+    char* config = nullptr;
+    char* log_level = nullptr;
+    char* state_dir = nullptr;
+    long request_timeout_ms = 0;
+    std::vector<std::string> positional;
+};
+
+#define CLOUDVMI_OPT(t, p) {t, offsetof(MountArgs, p), 1}
+const fuse_opt kMountOpts[] = {
+    CLOUDVMI_OPT("config=%s", config),
+    CLOUDVMI_OPT("--config=%s", config),
+    CLOUDVMI_OPT("--log-level=%s", log_level),
+    CLOUDVMI_OPT("--state-dir=%s", state_dir),
+    FUSE_OPT_END,
+};
+
+// fuse_opt knows "--opt=value" only; "--opt value" is joined into that form first.
+std::vector<std::string> join_long_options(int argc, char** argv) {
+    std::vector<std::string> out;
+    for (int i = 0; i < argc; ++i) {
+        std::string a = argv[i];
+        bool takes_value = a == "--config" || a == "--log-level" || a == "--state-dir";
+        if (takes_value && i + 1 < argc) {
+            out.push_back(a + "=" + argv[++i]);
+        } else {
+            out.push_back(a);
+        }
+    }
+    return out;
+}
+
+int collect_positional(void* data, const char* arg, int key, fuse_args*) {
+    if (key == FUSE_OPT_KEY_NONOPT) {
+        static_cast<MountArgs*>(data)->positional.push_back(arg);
+        return 0;  // ours: the mountpoint is handed to libfuse separately
+    }
+    return 1;
+}
+
+const char kMountUsage[] =
+    "Usage: cloudvmi [OPTIONS] MOUNTPOINT\n"
+    "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]   (see cloudvmi guest --help)\n"
+    "\n"
+    "Mounts the live state of the configured VMs at MOUNTPOINT (usually /vmi):\n"
+    "  MOUNTPOINT/<node>/<vm>/{proc,sys,root,.cloudvmi}\n"
+    "\n"
+    "Options:\n"
+    "  --config=FILE, -o config=FILE   configuration (default /etc/cloudvmi/cloudvmi.yaml)\n"
+    "  --state-dir=DIR                 recovery logs and locks (default /run/cloudvmi)\n"
+    "  --log-level=LEVEL               error, warn, info, debug or trace\n"
+    "  -h, --help                      this text\n"
+    "  -V, --version                   version\n"
+    "\n"
+    "FUSE options:\n";
+
+}  // namespace
+
+int mount_main(int argc, char** argv, const MountSettings& settings) {
+    std::vector<std::string> joined = join_long_options(argc, argv);
+    std::vector<char*> joined_argv;
+    for (auto& a : joined) joined_argv.push_back(a.data());
+    joined_argv.push_back(nullptr);
+    fuse_args args = FUSE_ARGS_INIT(static_cast<int>(joined.size()), joined_argv.data());
+    MountArgs margs;
+    if (fuse_opt_parse(&args, &margs, kMountOpts, collect_positional) != 0) {
+        std::fprintf(stderr, "cloudvmi: bad options (see --help)\n");
+        return 2;
+    }
+    fuse_cmdline_opts opts{};
+    if (fuse_parse_cmdline(&args, &opts) != 0) {
+        fuse_opt_free_args(&args);
+        return 2;
+    }
+    auto cleanup = [&]() {
+        free(opts.mountpoint);
+        fuse_opt_free_args(&args);
+    };
+    if (opts.show_help) {
+        std::fputs(kMountUsage, stdout);
+        fuse_cmdline_help();
+        fuse_lowlevel_help();
+        cleanup();
+        return 0;
+    }
+    if (opts.show_version) {
+        std::printf("cloudvmi %s\n", settings.version.c_str());
+        fuse_lowlevel_version();
+        cleanup();
+        return 0;
+    }
+    if (margs.log_level && !log::set_level_by_name(margs.log_level)) {
+        std::fprintf(stderr, "cloudvmi: bad --log-level '%s'\n", margs.log_level);
+        cleanup();
+        return 2;
+    }
+    if (opts.debug && log::level() < log::Level::kDebug) log::set_level(log::Level::kDebug);
+    // `cloudvmi MOUNTPOINT`, or `cloudvmi SOURCE MOUNTPOINT` as mount.fuse3 calls it.
+    if (margs.positional.empty() || margs.positional.size() > 2) {
+        std::fprintf(stderr, "cloudvmi: expected a mount point (see --help)\n");
+        cleanup();
+        return 2;
+    }
+    std::string mountpoint = margs.positional.back();
+    std::string config_path = margs.config ? margs.config : kDefaultConfigPath;
+    auto config = Config::load_file(config_path);
+    if (!config) {
+        std::fprintf(stderr, "cloudvmi: %s\n", config.error().describe().c_str());
+        cleanup();
+        return 2;
+    }
+    if (margs.state_dir) config->state_dir = margs.state_dir;
+    if (config->vms.empty()) LOG_WARN("%s configures no VM", config_path.c_str());
+
+    fuse_lowlevel_ops ops = make_ops();
+    Holder holder;
+    std::unique_ptr<Filesystem> fs;
+    fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &holder);
+    if (se == nullptr) {
+        cleanup();
+        return 2;
+    }
+    int rc = 1;
+    if (fuse_set_signal_handlers(se) == 0) {
+        if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
+            if (fuse_daemonize(opts.foreground) == 0) {
+                LOG_INFO("mounted %s (%zu VMs on node %s)", mountpoint.c_str(), config->vms.size(),
+                         config->node.c_str());
+                fs = std::make_unique<Filesystem>(
+                    *config, Filesystem::session_options(*config, settings.guardian_program));
+                holder.fs = fs.get();
+                std::atomic<bool> stop{false};
+                std::thread reaper([&] {
+                    while (!stop) {
+                        fs->reap_queues();
+                        std::this_thread::sleep_for(Millis(100));
+                    }
+                });
+                fuse_loop_config* loop = fuse_loop_cfg_create();
+                fuse_loop_cfg_set_clone_fd(loop, opts.clone_fd);
+                fuse_loop_cfg_set_max_threads(loop, opts.max_threads ? opts.max_threads : 16);
+                rc = opts.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, loop);
+                fuse_loop_cfg_destroy(loop);
+                LOG_INFO("unmounting %s", mountpoint.c_str());
+                fs->shutdown();
+                stop = true;
+                reaper.join();
+                rc = rc == 0 ? 0 : 1;
+            }
+            fuse_session_unmount(se);
+        }
+        fuse_remove_signal_handlers(se);
+    }
+    fuse_session_destroy(se);
+    fs.reset();
+    cleanup();
+    return rc;
+}
+
+}  // namespace cloudvmi::fs

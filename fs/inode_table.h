@@ -1,0 +1,42 @@
+// Inode numbers for the nodes the kernel knows, with FUSE lookup counting.
+//
+// A node is known from the lookup (or readdirplus entry) that returns it until the kernel
+// forgets it. The same key (same VM, tree and guest path) keeps its inode number while
+// known; after the last forget it is dropped and a later lookup gets a new number.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "fs/node.h"
+
+namespace cloudvmi::fs {
+
+class InodeTable {
+public:
+    static constexpr uint64_t kRootIno = 1;  // FUSE_ROOT_ID
+
+    explicit InodeTable(std::shared_ptr<Node> root);
+
+    // The inode of `node` after one more lookup reference; a known key keeps its number and
+    // takes the new node object (with its fresher attributes).
+    uint64_t remember(const std::shared_ptr<Node>& node);
+    std::shared_ptr<Node> get(uint64_t ino) const;
+    void forget(uint64_t ino, uint64_t count);
+    size_t size() const;
+
+private:
+    struct Entry {
+        std::shared_ptr<Node> node;
+        uint64_t lookups = 0;
+    };
+    mutable std::mutex mutex_;  // guards both maps and next_; a leaf lock
+    std::unordered_map<uint64_t, Entry> by_ino_;
+    std::unordered_map<std::string, uint64_t> by_key_;
+    uint64_t next_ = kRootIno + 1;
+};
+
+}  // namespace cloudvmi::fs

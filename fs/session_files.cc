@@ -1,0 +1,181 @@
+// /vmi/<node>/<vm>/.cloudvmi/: files about the session itself, in "key: value" lines
+// (stats.json for programs). status and stats never touch the guest, so they answer even
+// when the VM is down or busy; kernel asks the guest (uname) through the VM's queue.
+#include <fcntl.h>
+
+#include <ctime>
+
+#include "common/strings.h"
+#include "fs/filesystem.h"
+
+namespace cloudvmi::fs {
+
+namespace {
+
+// Content generated when the file is opened; reads are served from it.
+class BufferHandle final : public FileHandle {
+public:
+    explicit BufferHandle(std::string content) : content_(std::move(content)) {}
+    ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
+        if (offset < 0) return make_error(EINVAL, "negative offset");
+        size_t off = static_cast<size_t>(offset);
+        if (off >= content_.size()) return std::vector<uint8_t>{};
+        size_t n = std::min(size, content_.size() - off);
+        return std::vector<uint8_t>(content_.begin() + static_cast<ptrdiff_t>(off),
+                                    content_.begin() + static_cast<ptrdiff_t>(off + n));
+    }
+
+private:
+    std::string content_;
+};
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    out += strformat("\\u%04x", c);
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out;
+}
+
+std::string status_text(Vm& vm) {
+    auto st = vm.session().status();
+    std::string out = strformat("state: %s\n", to_string(st.state));
+    if (st.state == SessionState::kError && !st.error.empty()) {
+        out += "error: " + st.error + "\n";
+    }
+    out += "gdb: " + vm.config().gdb + "\n";
+    if (st.shadow_pid > 0) out += strformat("shadow_pid: %lld\n", static_cast<long long>(st.shadow_pid));
+    if (st.guardian_pid > 0) out += strformat("guardian_pid: %d\n", static_cast<int>(st.guardian_pid));
+    if (st.kernel.syscall_entry != 0) {
+        out += "syscall_entry: " + hex_u64(st.kernel.syscall_entry) + "\n";
+        out += strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
+    }
+    if (!st.recovered.empty()) out += "recovered: " + st.recovered + "\n";
+    return out;
+}
+
+std::string stats_text(Vm& vm, bool json) {
+    auto s = vm.stats();
+    auto st = vm.session().status();
+    struct Field {
+        const char* key;
+        std::string value;
+        bool number;
+    };
+    std::vector<Field> fields = {
+        {"requests", std::to_string(s.requests), true},
+        {"errors", std::to_string(s.errors), true},
+        {"guest_errors", std::to_string(s.guest_errors), true},
+        {"queued", std::to_string(s.queued), true},
+        {"latency_p50_ms", strformat("%.3f", s.p50_ms), true},
+        {"latency_p90_ms", strformat("%.3f", s.p90_ms), true},
+        {"latency_p99_ms", strformat("%.3f", s.p99_ms), true},
+        {"latency_max_ms", strformat("%.3f", s.max_ms), true},
+        {"batches", std::to_string(st.batches), true},
+        {"batch_failures", std::to_string(st.failures), true},
+        {"shadows_created", std::to_string(st.shadows_created), true},
+        {"bootstrap_ms", strformat("%.1f", st.bootstrap.total_ms), true},
+        {"state", to_string(st.state), false},
+    };
+    std::string out;
+    if (json) {
+        out = "{";
+        for (size_t i = 0; i < fields.size(); ++i) {
+            if (i) out += ", ";
+            out += "\"" + std::string(fields[i].key) + "\": ";
+            out += fields[i].number ? fields[i].value : "\"" + json_escape(fields[i].value) + "\"";
+        }
+        out += "}\n";
+    } else {
+        for (const auto& f : fields) out += std::string(f.key) + ": " + f.value + "\n";
+    }
+    return out;
+}
+
+ErrorOr<std::string> kernel_text(Vm& vm) {
+    auto u = vm.files().uname();
+    if (!u) {
+        Error e = u.error();
+        return std::unexpected(e.from_guest() ? e : Error(ENOTCONN, e.message()));
+    }
+    return strformat("sysname: %s\nnodename: %s\nrelease: %s\nversion: %s\nmachine: %s\n",
+                     u->sysname.c_str(), u->nodename.c_str(), u->release.c_str(),
+                     u->version.c_str(), u->machine.c_str());
+}
+
+enum class Kind { kStatus, kKernel, kStats, kStatsJson };
+
+struct FileSpec {
+    const char* name;
+    Kind kind;
+};
+const FileSpec kFiles[] = {
+    {"status", Kind::kStatus},
+    {"kernel", Kind::kKernel},
+    {"stats", Kind::kStats},
+    {"stats.json", Kind::kStatsJson},
+};
+
+class SessionFile final : public Node {
+public:
+    SessionFile(Vm& vm, const FileSpec& spec) : vm_(vm), spec_(spec) {}
+    // Only the kernel file needs the guest.
+    Vm* vm() const override { return spec_.kind == Kind::kKernel ? &vm_ : nullptr; }
+    bool local_getattr() const override { return true; }
+    std::string key() const override { return "s:" + vm_.name() + ":" + spec_.name; }
+    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFREG | 0444), 0}; }
+    ErrorOr<std::unique_ptr<FileHandle>> open(int flags) override {
+        if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
+        std::string content;
+        switch (spec_.kind) {
+            case Kind::kStatus: content = status_text(vm_); break;
+            case Kind::kKernel: content = TRY(kernel_text(vm_)); break;
+            case Kind::kStats: content = stats_text(vm_, false); break;
+            case Kind::kStatsJson: content = stats_text(vm_, true); break;
+        }
+        return std::unique_ptr<FileHandle>(std::make_unique<BufferHandle>(std::move(content)));
+    }
+
+private:
+    Vm& vm_;
+    const FileSpec& spec_;
+};
+
+class SessionDir final : public Node {
+public:
+    explicit SessionDir(Vm& vm) : vm_(vm) {}
+    std::string key() const override { return "s:" + vm_.name(); }
+    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
+    ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
+        for (const auto& f : kFiles) {
+            if (name == f.name) return std::shared_ptr<Node>(std::make_shared<SessionFile>(vm_, f));
+        }
+        return make_error(ENOENT, name);
+    }
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+        std::vector<DirEntry> out;
+        for (const auto& f : kFiles) {
+            out.push_back(DirEntry{f.name, S_IFREG, plus ? std::make_shared<SessionFile>(vm_, f) : nullptr});
+        }
+        return out;
+    }
+
+private:
+    Vm& vm_;
+};
+
+}  // namespace
+
+std::shared_ptr<Node> make_session_dir(Vm& vm) { return std::make_shared<SessionDir>(vm); }
+
+}  // namespace cloudvmi::fs

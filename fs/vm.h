@@ -1,0 +1,63 @@
+// One configured VM of the mount: its session, its request queue and its statistics.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fs/config.h"
+#include "fs/vm_executor.h"
+#include "redirector/guest_file_ops.h"
+#include "redirector/guest_session.h"
+
+namespace cloudvmi::fs {
+
+struct VmStats {
+    uint64_t requests = 0;
+    uint64_t errors = 0;        // failures of our own (guest errno answers are not errors)
+    uint64_t guest_errors = 0;  // answers carrying a guest errno (ENOENT, EACCES...)
+    double p50_ms = 0, p90_ms = 0, p99_ms = 0, max_ms = 0;
+    size_t queued = 0;
+};
+
+class Vm {
+public:
+    Vm(std::string node, const VmConfig& config, const SessionOptions& base);
+    ~Vm();
+
+    const std::string& name() const { return config_.name; }
+    const std::string& node() const { return node_; }
+    const VmConfig& config() const { return config_; }
+    GuestSession& session() { return *session_; }
+    GuestFileOps& files() { return files_; }
+    VmExecutor& executor() { return executor_; }
+    const CacheConfig& cache() const { return cache_; }
+    void set_cache(const CacheConfig& c) { cache_ = c; }
+
+    // Each finished request: its duration and outcome.
+    void record(double ms, const Error* error);
+    VmStats stats() const;
+
+    // Stops the queue (answering what is left with ESHUTDOWN) and detaches the guest.
+    void shutdown();
+
+private:
+    std::string node_;
+    VmConfig config_;
+    CacheConfig cache_;
+    std::unique_ptr<GuestSession> session_;
+    GuestFileOps files_;
+    VmExecutor executor_;
+
+    mutable std::mutex stats_mutex_;  // guards the counters below; a leaf lock
+    uint64_t requests_ = 0;
+    uint64_t errors_ = 0;
+    uint64_t guest_errors_ = 0;
+    std::vector<double> recent_ms_;  // ring of the last latencies
+    size_t recent_next_ = 0;
+    double max_ms_ = 0;
+};
+
+}  // namespace cloudvmi::fs
