@@ -45,6 +45,7 @@ int to_errno(const Error& e) { return e.code() > 0 ? e.code() : EIO; }
 
 // An open directory: entries are fetched once, at the first read at offset 0.
 struct DirHandle {
+    std::shared_ptr<Node> node;
     std::mutex mutex;  // guards entries/loaded; a leaf lock
     std::vector<DirEntry> entries;
     bool loaded = false;
@@ -58,33 +59,43 @@ struct OpenFile {
 OpenFile* open_file(fuse_file_info* fi) { return reinterpret_cast<OpenFile*>(fi->fh); }
 DirHandle* dir_handle(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
 
-// A request's work: it sends the reply itself and returns the error it answered with, if
-// any (for the VM's statistics).
-using Work = std::function<std::optional<Error>()>;
+// Sends a reply unless the request was answered already (see Job::answer); returns
+// whether it did. Inline requests always send.
+using Answer = std::function<bool(const std::function<void()>&)>;
 
-std::optional<Error> reply_error(fuse_req_t req, const Error& e) {
-    fuse_reply_err(req, to_errno(e));
+// A request's work: it sends its reply through the Answer and returns the error it
+// answered with, if any (for the VM's statistics).
+using Work = std::function<std::optional<Error>(const Answer&)>;
+
+std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Error& e) {
+    answer([&] { fuse_reply_err(req, to_errno(e)); });
     return e;
 }
 
-// Runs `work` inline for local nodes, on the VM's queue otherwise.
+// Runs `work` inline for local nodes, on the VM's queue otherwise. `on_drop` frees what a
+// request that never runs would have freed.
 void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop = nullptr) {
     if (vm == nullptr) {
-        (void)work();
+        Answer now = [](const std::function<void()>& send) {
+            send();
+            return true;
+        };
+        (void)work(now);
         return;
     }
     auto deadline = Clock::now() + Millis(fs_of(req).config().request_timeout_ms);
     auto job = std::make_shared<Job>(
-        [vm, work]() {
+        [vm, work](Job& self) {
+            Answer answer = [&self](const std::function<void()>& send) { return self.answer(send); };
             auto start = Clock::now();
-            auto err = work();
+            auto err = work(answer);
             vm->record(elapsed_ms(start), err ? &*err : nullptr);
         },
-        [req, vm, on_drop](int err) {
-            if (on_drop) on_drop();
+        [req, vm, on_drop](int err, bool ran) {
+            if (!ran && on_drop) on_drop();
             fuse_reply_err(req, err);
-            Error e(err, "request dropped");
-            vm->record(0, &e);
+            Error e(err, ran ? "request interrupted" : "request dropped");
+            if (!ran) vm->record(0, &e);
         },
         [req]() { return fuse_req_interrupted(req) != 0; }, deadline);
     if (!vm->executor().submit(job)) {
@@ -99,9 +110,10 @@ std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino) {
     return node;
 }
 
-std::optional<Error> reply_entry(fuse_req_t req, const std::shared_ptr<Node>& node) {
+std::optional<Error> reply_entry(const Answer& answer, fuse_req_t req,
+                                 const std::shared_ptr<Node>& node) {
     auto attr = node->getattr();
-    if (!attr) return reply_error(req, attr.error());
+    if (!attr) return reply_error(answer, req, attr.error());
     Filesystem& fs = fs_of(req);
     fuse_entry_param e{};
     e.ino = fs.inodes().remember(node);
@@ -110,7 +122,9 @@ std::optional<Error> reply_entry(fuse_req_t req, const std::shared_ptr<Node>& no
     e.attr.st_ino = e.ino;
     e.attr_timeout = attr->timeout;
     e.entry_timeout = node->entry_timeout();
-    if (fuse_reply_entry(req, &e) != 0) fs.inodes().forget(e.ino, 1);  // not delivered
+    bool delivered = false;
+    answer([&] { delivered = fuse_reply_entry(req, &e) == 0; });
+    if (!delivered) fs.inodes().forget(e.ino, 1);  // the kernel never got it
     return std::nullopt;
 }
 
@@ -125,10 +139,10 @@ void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     auto node = node_or_reply(req, parent);
     if (!node) return;
     std::string n(name);
-    dispatch(req, node->vm(), [req, node, n]() -> std::optional<Error> {
+    dispatch(req, node->vm(), [req, node, n](const Answer& answer) -> std::optional<Error> {
         auto child = node->lookup(n);
-        if (!child) return reply_error(req, child.error());
-        return reply_entry(req, *child);
+        if (!child) return reply_error(answer, req, child.error());
+        return reply_entry(answer, req, *child);
     });
 }
 
@@ -145,13 +159,14 @@ void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    dispatch(req, node->local_getattr() ? nullptr : node->vm(), [req, node, ino]() -> std::optional<Error> {
-        auto attr = node->getattr();
-        if (!attr) return reply_error(req, attr.error());
-        attr->st.st_ino = ino;
-        fuse_reply_attr(req, &attr->st, attr->timeout);
-        return std::nullopt;
-    });
+    dispatch(req, node->local_getattr() ? nullptr : node->vm(),
+             [req, node, ino](const Answer& answer) -> std::optional<Error> {
+                 auto attr = node->getattr();
+                 if (!attr) return reply_error(answer, req, attr.error());
+                 attr->st.st_ino = ino;
+                 answer([&] { fuse_reply_attr(req, &attr->st, attr->timeout); });
+                 return std::nullopt;
+             });
 }
 
 void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
@@ -166,11 +181,11 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
                   FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)) {
         change.times = true;
     }
-    dispatch(req, node->vm(), [req, node, ino, change]() -> std::optional<Error> {
+    dispatch(req, node->vm(), [req, node, ino, change](const Answer& answer) -> std::optional<Error> {
         auto r = node->setattr(change);
-        if (!r) return reply_error(req, r.error());
+        if (!r) return reply_error(answer, req, r.error());
         r->st.st_ino = ino;
-        fuse_reply_attr(req, &r->st, r->timeout);
+        answer([&] { fuse_reply_attr(req, &r->st, r->timeout); });
         return std::nullopt;
     });
 }
@@ -178,10 +193,10 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
 void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    dispatch(req, node->vm(), [req, node]() -> std::optional<Error> {
+    dispatch(req, node->vm(), [req, node](const Answer& answer) -> std::optional<Error> {
         auto target = node->readlink();
-        if (!target) return reply_error(req, target.error());
-        fuse_reply_readlink(req, target->c_str());
+        if (!target) return reply_error(answer, req, target.error());
+        answer([&] { fuse_reply_readlink(req, target->c_str()); });
         return std::nullopt;
     });
 }
@@ -189,7 +204,9 @@ void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
 void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    fi->fh = reinterpret_cast<uint64_t>(new DirHandle);
+    auto* dh = new DirHandle;
+    dh->node = node;
+    fi->fh = reinterpret_cast<uint64_t>(dh);
     fi->cache_readdir = 0;
     if (fuse_reply_open(req, fi) != 0) delete dir_handle(fi);
 }
@@ -204,8 +221,9 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         std::lock_guard lock(dh->mutex);
         need_fetch = !dh->loaded || off == 0;
     }
-    auto reply = [req, dh, size, off, plus]() -> std::optional<Error> {
+    auto reply = [req, dh, size, off, plus](const Answer& answer) -> std::optional<Error> {
         Filesystem& fs = fs_of(req);
+        std::vector<uint64_t> remembered_all;
         std::vector<char> buf(size);
         size_t used = 0;
         std::lock_guard lock(dh->mutex);
@@ -235,6 +253,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
                 }
                 n = fuse_add_direntry_plus(req, buf.data() + used, room, e.name.c_str(), &p, next);
                 if (n > room && remembered) fs.inodes().forget(remembered, 1);
+                if (n <= room && remembered) remembered_all.push_back(remembered);
             } else {
                 struct stat st {};
                 st.st_ino = kUnknownIno;
@@ -244,22 +263,28 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
             if (n > room) break;
             used += n;
         }
-        fuse_reply_buf(req, buf.data(), used);
+        if (!answer([&] { fuse_reply_buf(req, buf.data(), used); })) {
+            for (uint64_t ino : remembered_all) fs.inodes().forget(ino, 1);
+        }
         return std::nullopt;
     };
     if (!need_fetch) {
-        (void)reply();
+        Answer now = [](const std::function<void()>& send) {
+            send();
+            return true;
+        };
+        (void)reply(now);
         return;
     }
-    dispatch(req, node->vm(), [req, node, dh, plus, reply]() -> std::optional<Error> {
+    dispatch(req, node->vm(), [req, node, dh, plus, reply](const Answer& answer) -> std::optional<Error> {
         auto entries = node->readdir(plus);
-        if (!entries) return reply_error(req, entries.error());
+        if (!entries) return reply_error(answer, req, entries.error());
         {
             std::lock_guard lock(dh->mutex);
             dh->entries = std::move(*entries);
             dh->loaded = true;
         }
-        return reply();
+        return reply(answer);
     });
 }
 
@@ -272,36 +297,47 @@ void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
 }
 
 void ll_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-    delete dir_handle(fi);
-    fuse_reply_err(req, 0);
+    DirHandle* dh = dir_handle(fi);
+    // Behind any readdir of the same VM still running (one answered early on an interrupt).
+    dispatch(
+        req, dh->node->vm(),
+        [req, dh](const Answer& answer) -> std::optional<Error> {
+            delete dh;
+            answer([&] { fuse_reply_err(req, 0); });
+            return std::nullopt;
+        },
+        [dh]() { delete dh; });
 }
 
 void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
     int flags = fi->flags;
-    dispatch(req, node->vm(), [req, node, flags, fi_copy = *fi]() mutable -> std::optional<Error> {
-        auto handle = node->open(flags);
-        if (!handle) return reply_error(req, handle.error());
-        auto* of = new OpenFile{node, std::move(*handle)};
-        fi_copy.fh = reinterpret_cast<uint64_t>(of);
-        fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
-        fi_copy.keep_cache = 0;
-        if (fuse_reply_open(req, &fi_copy) != 0) {
-            // The caller is gone (interrupted): nobody will release this handle.
-            of->handle->release();
-            delete of;
-        }
-        return std::nullopt;
-    });
+    dispatch(req, node->vm(),
+             [req, node, flags, fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
+                 auto handle = node->open(flags);
+                 if (!handle) return reply_error(answer, req, handle.error());
+                 auto* of = new OpenFile{node, std::move(*handle)};
+                 fi_copy.fh = reinterpret_cast<uint64_t>(of);
+                 fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
+                 fi_copy.keep_cache = 0;
+                 bool delivered = false;
+                 answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
+                 if (!delivered) {
+                     // The caller is gone (interrupted): nobody will release this handle.
+                     of->handle->release();
+                     delete of;
+                 }
+                 return std::nullopt;
+             });
 }
 
 void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
     OpenFile* of = open_file(fi);
-    dispatch(req, of->node->vm(), [req, of, size, off]() -> std::optional<Error> {
+    dispatch(req, of->node->vm(), [req, of, size, off](const Answer& answer) -> std::optional<Error> {
         auto data = of->handle->read(size, off);
-        if (!data) return reply_error(req, data.error());
-        fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size());
+        if (!data) return reply_error(answer, req, data.error());
+        answer([&] { fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size()); });
         return std::nullopt;
     });
 }
@@ -310,12 +346,13 @@ void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
               fuse_file_info* fi) {
     OpenFile* of = open_file(fi);
     std::vector<uint8_t> data(buf, buf + size);
-    dispatch(req, of->node->vm(), [req, of, data = std::move(data), off]() -> std::optional<Error> {
-        auto n = of->handle->write(data, off);
-        if (!n) return reply_error(req, n.error());
-        fuse_reply_write(req, *n);
-        return std::nullopt;
-    });
+    dispatch(req, of->node->vm(),
+             [req, of, data = std::move(data), off](const Answer& answer) -> std::optional<Error> {
+                 auto n = of->handle->write(data, off);
+                 if (!n) return reply_error(answer, req, n.error());
+                 answer([&] { fuse_reply_write(req, *n); });
+                 return std::nullopt;
+             });
 }
 
 void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
@@ -326,10 +363,10 @@ void ll_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     // it, the handle is freed without touching the guest.
     dispatch(
         req, of->node->vm(),
-        [req, of]() -> std::optional<Error> {
+        [req, of](const Answer& answer) -> std::optional<Error> {
             of->handle->release();
             delete of;
-            fuse_reply_err(req, 0);
+            answer([&] { fuse_reply_err(req, 0); });
             return std::nullopt;
         },
         [of]() { delete of; });
@@ -474,6 +511,9 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
     }
     auto cleanup = [&]() {
         free(opts.mountpoint);
+        free(margs.config);  // strings fuse_opt allocated
+        free(margs.log_level);
+        free(margs.state_dir);
         fuse_opt_free_args(&args);
     };
     if (opts.show_help) {

@@ -46,14 +46,22 @@ void VmExecutor::worker_main() {
             job->fail(ETIMEDOUT);
             continue;
         }
+        {
+            std::lock_guard lock(mutex_);
+            running_ = job;
+        }
         job->run();
+        std::lock_guard lock(mutex_);
+        running_.reset();
     }
 }
 
 void VmExecutor::reap(Clock::time_point now) {
     std::vector<std::shared_ptr<Job>> expired;
+    std::shared_ptr<Job> running;
     {
         std::lock_guard lock(mutex_);
+        running = running_;
         for (auto it = queue_.begin(); it != queue_.end();) {
             if ((*it)->interrupted() || now > (*it)->deadline()) {
                 expired.push_back(std::move(*it));
@@ -62,6 +70,11 @@ void VmExecutor::reap(Clock::time_point now) {
                 ++it;
             }
         }
+    }
+    // A caller interrupted while its request is in the guest gets its answer now; the
+    // guest operation finishes in the background (within its own bounds).
+    if (running && running->answer_if_interrupted()) {
+        LOG_DEBUG("vm %s: running request interrupted", name_.c_str());
     }
     for (auto& job : expired) {
         if (!job->claim()) continue;
@@ -74,8 +87,9 @@ void VmExecutor::reap(Clock::time_point now) {
 
 void VmExecutor::run_sync(const std::function<void()>& f) {
     std::promise<void> done;
-    auto job = std::make_shared<Job>([&] { f(); done.set_value(); }, [&](int) { done.set_value(); },
-                                     nullptr, Clock::time_point::max());
+    auto job = std::make_shared<Job>([&](Job&) { f(); done.set_value(); },
+                                     [&](int, bool) { done.set_value(); }, nullptr,
+                                     Clock::time_point::max());
     if (!submit(job)) {
         f();
         return;

@@ -21,24 +21,55 @@ namespace cloudvmi::fs {
 
 class Job {
 public:
-    Job(std::function<void()> run, std::function<void(int err)> fail,
+    using Send = std::function<void()>;
+
+    // `fail(err, ran)` answers with an error; `ran` tells whether the request was executed
+    // (it still runs, interrupted) or dropped before it ran.
+    Job(std::function<void(Job&)> run, std::function<void(int err, bool ran)> fail,
         std::function<bool()> interrupted, Clock::time_point deadline)
         : run_(std::move(run)), fail_(std::move(fail)), interrupted_(std::move(interrupted)),
           deadline_(deadline) {}
 
-    // True for exactly one caller: the one that must answer the request.
+    // True for exactly one caller: the one that runs the request (or drops it).
     bool claim() { return !claimed_.exchange(true); }
-    void run() { run_(); }
-    void fail(int err) { fail_(err); }
-    bool interrupted() const { return interrupted_ && interrupted_(); }
+    void run() { run_(*this); }
     Clock::time_point deadline() const { return deadline_; }
+    bool interrupted() const { return interrupted_ && interrupted_(); }
+
+    // Sends the reply unless one was sent already (a running request can be answered early
+    // when its caller is interrupted); returns whether `send` ran.
+    bool answer(const Send& send) {
+        std::lock_guard lock(reply_mutex_);
+        if (replied_) return false;
+        replied_ = true;
+        send();
+        return true;
+    }
+    // Answers with `err` (the request is not run).
+    void fail(int err) {
+        std::lock_guard lock(reply_mutex_);
+        if (replied_) return;
+        replied_ = true;
+        fail_(err, false);
+    }
+    // For a request still running: answers EINTR if its caller was interrupted meanwhile.
+    // The check happens under the reply lock, while the request is still unanswered.
+    bool answer_if_interrupted() {
+        std::lock_guard lock(reply_mutex_);
+        if (replied_ || !interrupted()) return false;
+        replied_ = true;
+        fail_(EINTR, true);
+        return true;
+    }
 
 private:
-    std::function<void()> run_;
-    std::function<void(int)> fail_;
+    std::function<void(Job&)> run_;
+    std::function<void(int, bool)> fail_;
     std::function<bool()> interrupted_;
     Clock::time_point deadline_;
     std::atomic<bool> claimed_{false};
+    std::mutex reply_mutex_;  // serialises replies; a leaf lock
+    bool replied_ = false;
 };
 
 class VmExecutor {
@@ -66,6 +97,7 @@ private:
     mutable std::mutex mutex_;  // guards queue_ and stopping_; a leaf lock
     std::condition_variable cv_;
     std::deque<std::shared_ptr<Job>> queue_;
+    std::shared_ptr<Job> running_;  // the request the worker is executing
     bool stopping_ = false;
     std::thread worker_;
 };

@@ -150,6 +150,10 @@ void report(const GuardianArgs& args, const char* fmt, ...) {
 
 }  // namespace
 
+static void mark_clean(const std::string& log_path) {
+    if (auto log = RecoveryLog::open_file(log_path, false); log) (*log)->commit();
+}
+
 int run_guardian(const GuardianArgs& args) {
     ::signal(SIGPIPE, SIG_IGN);
     ::signal(SIGHUP, SIG_IGN);
@@ -205,11 +209,23 @@ int run_guardian(const GuardianArgs& args) {
     auto start = Clock::now();
     auto deadline = Deadline::after(kReconnectTimeout);
     std::unique_ptr<GdbstubAccess> guest;
+    if (rec->endpoint_identity != 0 && rec->endpoint_identity != endpoint->identity()) {
+        report(args, "the VM is gone or was restarted: nothing to restore");
+        mark_clean(args.log_path);
+        return 0;
+    }
     while (true) {
         auto g = GdbstubAccess::attach(*endpoint);
         if (g) {
             guest = std::move(*g);
             break;
+        }
+        int code = g.error().code();
+        if (code == ENOENT || code == ECONNREFUSED) {
+            // No stub listens any more: the QEMU whose guest we touched is gone with it.
+            report(args, "the VM is gone (%s): nothing to restore", g.error().describe().c_str());
+            mark_clean(args.log_path);
+            return 0;
         }
         if (deadline.expired()) {
             report(args, "cannot reach the gdbstub: %s", g.error().describe().c_str());

@@ -143,6 +143,12 @@ ErrorOr<void> GuestSession::attach_locked() {
     if (!access) return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
     guest_ = std::move(*access);
 
+    if (leftover && leftover->endpoint_identity != 0 &&
+        leftover->endpoint_identity != endpoint->identity()) {
+        LOG_WARN("ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
+                 "was restarted since", leftover->owner_pid);
+        leftover.reset();
+    }
     auto log = RecoveryLog::open_file(log_path_, leftover.has_value());
     if (!log) return fail(log.error());
     log_ = std::move(*log);
@@ -158,6 +164,7 @@ ErrorOr<void> GuestSession::attach_locked() {
     rec = RecoveryRecord{};
     rec.session_id = random_u64() | 1;
     rec.owner_pid = ::getpid();
+    rec.endpoint_identity = endpoint->identity();
     std::snprintf(rec.endpoint, sizeof rec.endpoint, "%s", endpoint->to_string().c_str());
     log_->commit();
 
@@ -224,14 +231,16 @@ void GuestSession::defer_close(int fd) {
     if (shadow_) deferred_closes_.push_back(fd);
 }
 
-size_t GuestSession::append_deferred_closes(SyscallBatch& batch) {
-    size_t added = 0;
-    while (!deferred_closes_.empty() && batch.ops().size() < SHADOW_MAX_OPS) {
-        batch.add(x86abi::kClose, {SyscallBatch::imm(static_cast<uint64_t>(deferred_closes_.back()))});
+std::vector<SyscallBatch::Op> GuestSession::take_deferred_closes(size_t room) {
+    std::vector<SyscallBatch::Op> ops;
+    while (!deferred_closes_.empty() && ops.size() < room) {
+        SyscallBatch::Op op;
+        op.nr = x86abi::kClose;
+        op.args[0] = SyscallBatch::imm(static_cast<uint64_t>(deferred_closes_.back()));
+        ops.push_back(op);
         deferred_closes_.pop_back();
-        ++added;
     }
-    return added;
+    return ops;
 }
 
 void GuestSession::flush_deferred_closes_locked() {
@@ -239,7 +248,7 @@ void GuestSession::flush_deferred_closes_locked() {
         return;
     }
     SyscallBatch b;
-    append_deferred_closes(b);
+    for (const auto& op : take_deferred_closes(SHADOW_MAX_OPS)) b.add(op.nr, {op.args[0]});
     if (auto r = shadow_->execute(b); !r) {
         LOG_DEBUG("deferred closes: %s", r.error().describe().c_str());
     }
@@ -256,22 +265,20 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
             if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
-        // Deferred closes ride along at the end; their results are dropped.
+        // Deferred closes ride along in front (so that the caller's ops see them done);
+        // their results are dropped.
         SyscallBatch batch = caller_batch;
-        size_t caller_ops = batch.ops().size();
-        append_deferred_closes(batch);
+        auto closes = take_deferred_closes(SHADOW_MAX_OPS - std::min<size_t>(SHADOW_MAX_OPS, batch.ops().size()));
+        batch.prepend(closes);
         auto out = shadow_->execute(batch);
         if (out) {
-            // Closes cancelled by a failing op of the caller's are kept for the next batch.
-            for (size_t i = caller_ops; i < out->results.size(); ++i) {
-                if (out->error_of(i) == ECANCELED) {
-                    deferred_closes_.push_back(static_cast<int>(batch.ops()[i].args[0].value));
-                }
-            }
-            out->results.resize(caller_ops);
+            out->results.erase(out->results.begin(),
+                               out->results.begin() + static_cast<ptrdiff_t>(closes.size()));
             schedule_park_locked();
             return out;
         }
+        // The closes did not run: keep them for the next batch of this shadow.
+        for (const auto& op : closes) deferred_closes_.push_back(static_cast<int>(op.args[0].value));
         const Error& e = out.error();
         // A shadow that vanished before running anything (killed inside the guest) is
         // replaced once. One stuck inside the batch is not: the batch may have had effects.

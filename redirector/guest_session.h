@@ -96,8 +96,8 @@ private:
     void parker_main();
     void schedule_park_locked();
     void update_status(const std::function<void(SessionStatus&)>& change);
-    // Adds the deferred closes to `batch` if they fit; returns how many were added.
-    size_t append_deferred_closes(SyscallBatch& batch);
+    // Up to `room` deferred closes, as ops.
+    std::vector<SyscallBatch::Op> take_deferred_closes(size_t room);
     void flush_deferred_closes_locked();
 
     SessionOptions options_;

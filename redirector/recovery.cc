@@ -22,6 +22,22 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
     bool shadow_never_started = false;
     log.edit() = record;
     log.commit();
+    // A rebooted kernel has its entry elsewhere (KASLR): nothing of the record applies.
+    if (record.syscall_entry != 0 && (record.thread_phase != ThreadPhase::kNone ||
+                                      record.shadow_phase != ShadowPhase::kNone)) {
+        auto vcpus = TRY(guest.vcpus());
+        if (!vcpus.empty()) {
+            auto kernel = discover_kernel_entry_points(guest, vcpus[0]);
+            if (kernel && kernel->syscall_entry != record.syscall_entry) {
+                LOG_WARN("recovery: the guest kernel was restarted since (entry %s, was %s); "
+                         "nothing to restore",
+                         hex_u64(kernel->syscall_entry).c_str(), hex_u64(record.syscall_entry).c_str());
+                log.edit() = RecoveryRecord{};
+                log.commit();
+                return report;
+            }
+        }
+    }
 
     // 1. No breakpoint of the dead session may fire again.
     for (uint32_t i = 0; i < record.breakpoint_count; ++i) {

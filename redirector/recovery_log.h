@@ -33,7 +33,7 @@ enum class ShadowPhase : uint32_t {
 
 struct RecoveryRecord {
     static constexpr uint32_t kMagic = 0x43564d4a;  // "CVMJ"
-    static constexpr uint32_t kVersion = 2;
+    static constexpr uint32_t kVersion = 3;
     static constexpr int kMaxBreakpoints = 8;
 
     uint32_t magic = kMagic;
@@ -42,6 +42,10 @@ struct RecoveryRecord {
     int32_t owner_pid = 0;
     uint32_t clean = 1;  // 1: nothing of ours is left in the guest
     char endpoint[256] = {};
+    // Which run of the VM this is about: a restarted QEMU recreates its socket (another
+    // inode and change time), a rebooted kernel moves its entry (KASLR). A log about an
+    // earlier run must never be replayed onto a later one.
+    uint64_t endpoint_identity = 0;
 
     uint64_t syscall_entry = 0;
     uint64_t sysret = 0;

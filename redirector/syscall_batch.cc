@@ -62,6 +62,19 @@ void SyscallBatch::filled_by(BufferId buffer, OpId op, Fill fill) {
     b.fill = fill;
 }
 
+void SyscallBatch::prepend(const std::vector<Op>& front) {
+    size_t k = front.size();
+    for (auto& op : ops_) {
+        for (auto& a : op.args) {
+            if (a.kind == Arg::Kind::kResultOf) a.value += k;
+        }
+    }
+    for (auto& b : buffers_) {
+        if (b.is_output) b.filled_by += k;
+    }
+    ops_.insert(ops_.begin(), front.begin(), front.end());
+}
+
 ErrorOr<void> SyscallBatch::validate(size_t max_ops, size_t data_capacity) const {
     if (ops_.empty()) return make_error(EINVAL, "internal: empty syscall batch");
     if (ops_.size() > max_ops) {

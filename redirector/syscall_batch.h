@@ -62,6 +62,10 @@ public:
     // Declares which op writes an output buffer and how much of it to read back.
     void filled_by(BufferId buffer, OpId op, Fill fill);
 
+    // Puts buffer-less ops in front of the existing ones; references between existing ops
+    // are renumbered. Their results come first in the outcome.
+    void prepend(const std::vector<Op>& ops);
+
     const std::vector<Op>& ops() const { return ops_; }
     const std::vector<Buffer>& buffers() const { return buffers_; }
     size_t data_bytes() const { return data_end_; }

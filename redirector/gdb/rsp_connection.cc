@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <vector>
@@ -115,6 +116,15 @@ ErrorOr<Endpoint> Endpoint::parse(std::string_view text) {
     if (e.host.empty()) e.host = "127.0.0.1";
     e.port = static_cast<uint16_t>(*port);
     return e;
+}
+
+uint64_t Endpoint::identity() const {
+    if (kind != Kind::kUnix) return 0;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return 0;
+    return (static_cast<uint64_t>(st.st_ino) * 1000003ULL) ^
+           (static_cast<uint64_t>(st.st_ctim.tv_sec) * 1000000000ULL +
+            static_cast<uint64_t>(st.st_ctim.tv_nsec));
 }
 
 std::string Endpoint::to_string() const {

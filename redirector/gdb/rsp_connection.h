@@ -26,6 +26,9 @@ struct Endpoint {
 
     static ErrorOr<Endpoint> parse(std::string_view text);
     std::string to_string() const;
+    // For a unix socket: its inode and change time, which change when QEMU restarts and
+    // recreates it; 0 when unknown (tcp, or no such file).
+    uint64_t identity() const;
 };
 
 class RspConnection {

@@ -66,7 +66,8 @@ GuestConfig GuestConfig::from_environment() {
 }
 
 std::string source_dir() { return CLOUDVMI_SOURCE_DIR; }
-std::string cloudvmi_binary() { return CLOUDVMI_BINARY; }
+// CLOUDVMI_TEST_BINARY runs the tests against another build (the sanitizer one, say).
+std::string cloudvmi_binary() { return env_or("CLOUDVMI_TEST_BINARY", CLOUDVMI_BINARY); }
 
 std::string read_host_file(const std::string& path) {
     std::ifstream f(path);
@@ -160,6 +161,10 @@ TestGuest TestGuest::start(const GuestConfig& config) {
         cmd.push_back("--append");
         cmd.push_back(config.append);
     }
+    if (!config.hostname.empty()) {
+        cmd.push_back("--hostname");
+        cmd.push_back(config.hostname);
+    }
     auto r = run_command(cmd, 300000);
     INFO("launch-guest.sh start (" + config.describe() + ") failed:\n" + r.out + r.err);
     REQUIRE(r.status == 0);
@@ -176,6 +181,7 @@ TestGuest TestGuest::start(const GuestConfig& config) {
     REQUIRE_FALSE(g.gdb_.empty());
     REQUIRE_FALSE(g.serial_.empty());
     g.running_ = true;
+    g.start_watchdog();
     return g;
 }
 
@@ -254,6 +260,28 @@ bool TestGuest::wait_heartbeat_beyond(long beyond, int timeout_ms) const {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     return last_heartbeat() > beyond;
+}
+
+void TestGuest::start_watchdog() {
+    // Stops the guest if this test process dies without doing it (killed, crashed), so
+    // that no QEMU outlives its test.
+    std::string script = strformat(
+        "while kill -0 %d 2>/dev/null; do sleep 1; done; '%s/tests/guest/launch-guest.sh' stop "
+        "--name '%s' --dir '%s' >/dev/null 2>&1",
+        static_cast<int>(::getpid()), source_dir().c_str(), config_.name.c_str(), run_dir_.c_str());
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setsid();
+        int devnull = ::open("/dev/null", O_RDWR);
+        ::dup2(devnull, 0);
+        ::dup2(devnull, 1);
+        ::dup2(devnull, 2);
+        // Not a child of ours for long: the intermediate exits, init adopts the watchdog.
+        if (::fork() != 0) ::_exit(0);
+        ::execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    if (pid > 0) ::waitpid(pid, nullptr, 0);
 }
 
 SessionOptions TestGuest::session_options() const {

@@ -21,6 +21,7 @@ struct GuestConfig {
     std::string append;
     int smp = 1;
     std::string name = "itest";
+    std::string hostname;  // guest host name (default: cloudvmi-guest)
     std::string describe() const;
     static GuestConfig from_environment();
 };
@@ -57,6 +58,7 @@ public:
 
 private:
     TestGuest() = default;
+    void start_watchdog();
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;

@@ -402,3 +402,26 @@ TEST_CASE("BatchOutcome interprets results", "[batch]") {
     CHECK(out.bytes(1) == std::vector<uint8_t>{1, 2});
     CHECK_THROWS_AS(out.result(5), std::out_of_range);
 }
+
+TEST_CASE("prepend puts ops first and renumbers references", "[batch]") {
+    using cloudvmi::SyscallBatch;
+    SyscallBatch b;
+    auto path = b.input_string("/x");
+    auto open = b.add(257, {SyscallBatch::imm(1), SyscallBatch::buf(path)}, true);
+    auto out = b.output(64);
+    auto rd = b.add(0, {SyscallBatch::result_of(open), SyscallBatch::buf(out), SyscallBatch::imm(64)});
+    b.filled_by(out, rd, SyscallBatch::Fill::kResultBytes);
+    SyscallBatch::Op close;
+    close.nr = 3;
+    close.args[0] = SyscallBatch::imm(7);
+    b.prepend({close, close});
+    REQUIRE(b.ops().size() == 4);
+    CHECK(b.ops()[0].nr == 3);
+    CHECK(b.ops()[1].nr == 3);
+    CHECK(b.ops()[2].nr == 257);
+    CHECK(b.ops()[3].args[0].kind == SyscallBatch::Arg::Kind::kResultOf);
+    CHECK(b.ops()[3].args[0].value == 2);  // was op 0, now op 2
+    CHECK(b.buffers()[out].filled_by == 3);
+    CHECK(b.buffers()[path].offset == 0);  // buffers unchanged
+    CHECK(b.validate(204, 1 << 20).has_value());
+}

@@ -1,0 +1,471 @@
+// The /vmi mount for real: two QEMU guests served by one kernel FUSE mount, used with the
+// ordinary tools an operator would use. The test cases run in this order and share the
+// mount; the last ones stop a VM and unmount.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/deadline.h"
+#include "common/strings.h"
+#include "redirector/guest_file_ops.h"
+#include "redirector/guest_session.h"
+#include "tests/integration/guest_fixture.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::test;
+
+namespace {
+
+const char kNode[] = "testnode";
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// Reads a file through the mount with plain syscalls; returns errno on failure.
+int read_through_mount(const std::string& path, std::string* out) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) return errno;
+    std::string data;
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) data.append(buf, static_cast<size_t>(n));
+    int err = n < 0 ? errno : 0;
+    ::close(fd);
+    if (out) *out = data;
+    return err;
+}
+
+CommandResult sh(const std::string& script, int timeout_ms = 120000) {
+    return run_command({"/bin/sh", "-c", script}, timeout_ms);
+}
+
+pid_t spawn_quiet(const std::vector<std::string>& argv, const std::string& log) {
+    std::vector<std::string> store = argv;
+    std::vector<char*> args;
+    for (auto& s : store) args.push_back(s.data());
+    args.push_back(nullptr);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        ::execv(args[0], args.data());
+        ::_exit(127);
+    }
+    return pid;
+}
+
+bool is_mounted(const std::string& mountpoint) {
+    std::string mounts = slurp("/proc/self/mounts");
+    return mounts.find(" " + mountpoint + " fuse") != std::string::npos;
+}
+
+class MountedVmi {
+public:
+    static MountedVmi& shared() {
+        static std::unique_ptr<MountedVmi> m;
+        if (!m) m.reset(new MountedVmi());
+        return *m;
+    }
+
+    TestGuest& a() { return a_; }
+    TestGuest& b() { return b_; }
+    std::string vm(const char* name) const { return mountpoint_ + "/" + kNode + "/" + name; }
+    const std::string& mountpoint() const { return mountpoint_; }
+    const std::string& state_dir() const { return state_dir_; }
+    pid_t mount_pid() const { return pid_; }
+    std::string log() const { return slurp(dir_ + "/mount.log"); }
+
+    // Unmounts and waits for the cloudvmi process to end; true if it did in time.
+    bool unmount() {
+        if (pid_ <= 0) return true;
+        run_command({"fusermount3", "-u", mountpoint_}, 30000);
+        auto deadline = Deadline::after_ms(60000);
+        while (!deadline.expired()) {
+            int status = 0;
+            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+                pid_ = 0;
+                return true;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        return false;
+    }
+
+    ~MountedVmi() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGTERM);
+            ::waitpid(pid_, nullptr, 0);
+        }
+    }
+
+private:
+    MountedVmi()
+        : a_(TestGuest::start(config("fusea", "guest-a"))),
+          b_(TestGuest::start(config("fuseb", "guest-b"))) {
+        INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
+        REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
+        char tmpl[] = "/tmp/cloudvmi-fuse-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl) != nullptr);
+        dir_ = tmpl;
+        mountpoint_ = dir_ + "/vmi";
+        state_dir_ = dir_ + "/state";
+        REQUIRE(::mkdir(mountpoint_.c_str(), 0755) == 0);
+        std::ofstream(dir_ + "/cloudvmi.yaml")
+            << "node: " << kNode << "\n"
+            << "state_dir: " << state_dir_ << "\n"
+            << "request_timeout_ms: 4000\n"
+            << "vms:\n"
+            << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
+            << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n";
+        pid_ = spawn_quiet({cloudvmi_binary(), "-f", "--log-level=info", "--config",
+                            dir_ + "/cloudvmi.yaml", mountpoint_},
+                           dir_ + "/mount.log");
+        auto deadline = Deadline::after_ms(10000);
+        while (!is_mounted(mountpoint_) && !deadline.expired()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        INFO("mount log:\n" << log());
+        REQUIRE(is_mounted(mountpoint_));
+    }
+
+    static GuestConfig config(const char* name, const char* hostname) {
+        GuestConfig c = GuestConfig::from_environment();
+        c.name = name;
+        c.hostname = hostname;
+        return c;
+    }
+
+    TestGuest a_;
+    TestGuest b_;
+    std::string dir_, mountpoint_, state_dir_;
+    pid_t pid_ = 0;
+};
+
+std::vector<std::string> names_in(const std::string& dir) {
+    std::vector<std::string> out;
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return out;
+    while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") out.push_back(n);
+    }
+    ::closedir(d);
+    return out;
+}
+
+std::string field(const std::string& text, const std::string& key) {
+    for (auto line : split(text, '\n')) {
+        if (starts_with(line, key + ":")) {
+            std::string v(line.substr(key.size() + 1));
+            v.erase(0, v.find_first_not_of(" \t"));
+            return v;
+        }
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("the tree lists the node and both VMs", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    auto nodes = names_in(m.mountpoint());
+    CHECK(nodes == std::vector<std::string>{kNode});
+    auto vms = names_in(m.mountpoint() + "/" + kNode);
+    std::sort(vms.begin(), vms.end());
+    CHECK(vms == std::vector<std::string>{"vm-a", "vm-b"});
+    auto inside = names_in(m.vm("vm-a"));
+    std::sort(inside.begin(), inside.end());
+    CHECK(inside == std::vector<std::string>{".cloudvmi", "proc", "root", "sys"});
+}
+
+TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    for (const char* vm : {"vm-a", "vm-b"}) {
+        INFO("vm " << vm);
+        std::string base = m.vm(vm);
+        std::string meminfo;
+        REQUIRE(read_through_mount(base + "/proc/meminfo", &meminfo) == 0);
+        CHECK(starts_with(meminfo, "MemTotal:"));
+        std::string loadavg;
+        REQUIRE(read_through_mount(base + "/proc/loadavg", &loadavg) == 0);
+        CHECK(split(loadavg, ' ').size() == 5);
+        std::string status;
+        REQUIRE(read_through_mount(base + "/proc/1/status", &status) == 0);
+        CHECK(field(status, "Pid") == "1");
+        std::string cmdline;
+        REQUIRE(read_through_mount(base + "/proc/1/cmdline", &cmdline) == 0);
+        CHECK(cmdline.find("init") != std::string::npos);
+        std::string user_pid;
+        REQUIRE(read_through_mount(base + "/root/run/workload/user.pid", &user_pid) == 0);
+        user_pid = std::string(split(user_pid, '\n')[0]);
+        std::string user_status;
+        REQUIRE(read_through_mount(base + "/proc/" + user_pid + "/status", &user_status) == 0);
+        CHECK(starts_with(field(user_status, "Uid"), "1000"));
+        std::string known;
+        REQUIRE(read_through_mount(base + "/root/etc/cloudvmi-known", &known) == 0);
+        CHECK(known == "cloudvmi known file\n");
+
+        // Each VM is itself: host names set differently at boot.
+        auto host = sh("cat '" + base + "/proc/sys/kernel/hostname'");
+        CHECK(host.out == (std::string(vm) == "vm-a" ? "guest-a\n" : "guest-b\n"));
+
+        auto ls = sh("ls -la '" + base + "/proc'");
+        REQUIRE(ls.status == 0);
+        CHECK(ls.out.find(" meminfo\n") != std::string::npos);
+        CHECK(ls.out.find(" self -> ") != std::string::npos);
+        // Every pid directory the guest's own counter knows about (give or take the
+        // heartbeat's short-lived `sleep`).
+        auto pids = sh("ls '" + base + "/proc' | grep -c '^[0-9]*$'");
+        auto total = parse_u64(std::string(split(std::string(split(loadavg, ' ')[3]), '/')[1]));
+        REQUIRE(total);
+        CHECK(std::abs(static_cast<long>(parse_u64(split(pids.out, '\n')[0]).value_or(0)) -
+                       static_cast<long>(*total)) <= 3);
+
+        auto grep = sh("grep -r . '" + base + "/proc/sys/kernel' 2>/dev/null");
+        CHECK(grep.out.find("/proc/sys/kernel/hostname:" + std::string(std::string(vm) == "vm-a" ? "guest-a" : "guest-b")) !=
+              std::string::npos);
+        CHECK(grep.out.find("/proc/sys/kernel/ostype:Linux") != std::string::npos);
+
+        auto find = sh("find '" + base + "/sys/class/net'");
+        CHECK(find.out.find("/sys/class/net/lo\n") != std::string::npos);
+
+        struct stat st {};
+        REQUIRE(::stat((base + "/proc/1/status").c_str(), &st) == 0);
+        CHECK(S_ISREG(st.st_mode));
+        CHECK(st.st_size == 0);  // procfs, as the guest reports it
+        REQUIRE(::stat((base + "/sys/kernel/uevent_seqnum").c_str(), &st) == 0);
+        CHECK(st.st_size == 4096);  // sysfs
+        REQUIRE(::lstat((base + "/proc/1/exe").c_str(), &st) == 0);
+        CHECK(S_ISLNK(st.st_mode));
+        char target[256] = {};
+        REQUIRE(::readlink((base + "/proc/1/exe").c_str(), target, sizeof target - 1) > 0);
+        CHECK(std::string(target) == "/bin/busybox");
+
+        auto tools = sh("tail -n 2 '" + base + "/proc/meminfo' && md5sum '" + base +
+                        "/proc/version' '" + base + "/proc/version' && cp '" + base +
+                        "/root/etc/cloudvmi-known' /dev/null");
+        CHECK(tools.status == 0);
+        auto sums = split(tools.out, '\n');
+        REQUIRE(sums.size() >= 4);
+        CHECK(sums[2].substr(0, 32) == sums[3].substr(0, 32));
+    }
+}
+
+TEST_CASE("a big file reads whole and identically twice", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string first, second;
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/proc/kallsyms", &first) == 0);
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/proc/kallsyms", &second) == 0);
+    CHECK(first.size() > 1000000);  // several MiB, handed out a page at a time by the guest
+    CHECK(first == second);
+    CHECK(std::count(first.begin(), first.end(), '\n') > 20000);
+}
+
+TEST_CASE("the session files describe the session", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string status, kernel, stats, json;
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/status", &status) == 0);
+    CHECK(field(status, "state") == "attached");
+    CHECK(std::stoll(field(status, "shadow_pid")) > 1);
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/kernel", &kernel) == 0);
+    CHECK(field(kernel, "sysname") == "Linux");
+    CHECK(field(kernel, "nodename") == "guest-a");
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/stats", &stats) == 0);
+    CHECK(std::stoll(field(stats, "requests")) > 10);
+    CHECK(!field(stats, "latency_p99_ms").empty());
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/stats.json", &json) == 0);
+    CHECK(json.find("\"requests\": ") != std::string::npos);
+    CHECK(json.front() == '{');
+}
+
+TEST_CASE("errors are the guest's own, and writes are refused until a policy allows them",
+          "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string base = m.vm("vm-a");
+    CHECK(read_through_mount(base + "/root/no/such/file", nullptr) == ENOENT);
+    auto cat = sh("cat '" + base + "/root/etc/nonexistent'");
+    CHECK(cat.status == 1);
+    CHECK(cat.err.find("No such file or directory") != std::string::npos);
+    auto echo = sh("echo renamed > '" + base + "/proc/sys/kernel/hostname'");
+    CHECK(echo.status != 0);
+    CHECK(echo.err.find("Permission denied") != std::string::npos);
+    auto touch = sh("touch '" + base + "/root/tmp/new-file'");
+    CHECK(touch.err.find("Permission denied") != std::string::npos);
+    auto mkdir = sh("mkdir '" + base + "/root/tmp/new-dir'");
+    CHECK(mkdir.err.find("Permission denied") != std::string::npos);
+    auto rm = sh("rm -f '" + base + "/root/etc/cloudvmi-known'");
+    CHECK(rm.err.find("Permission denied") != std::string::npos);
+    // Nothing reached the guest.
+    std::string host, known;
+    REQUIRE(read_through_mount(base + "/proc/sys/kernel/hostname", &host) == 0);
+    CHECK(host == "guest-a\n");
+    CHECK(read_through_mount(base + "/root/tmp/new-file", nullptr) == ENOENT);
+    REQUIRE(read_through_mount(base + "/root/etc/cloudvmi-known", &known) == 0);
+}
+
+TEST_CASE("a cron-style script reports every VM into one file", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string report = m.state_dir() + "/../report.txt";
+    std::string script =
+        "for vm in '" + m.mountpoint() + "'/*/*/; do\n"
+        "  name=$(basename \"$vm\")\n"
+        "  load=$(cut -d' ' -f1 \"$vm/proc/loadavg\")\n"
+        "  free=$(awk '/^MemFree:/ {print $2}' \"$vm/proc/meminfo\")\n"
+        "  echo \"$name load=$load memfree_kb=$free\"\n"
+        "done > '" + report + "'\n";
+    auto r = sh(script);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+    std::string text = slurp(report);
+    INFO("report:\n" << text);
+    auto lines = split(text, '\n');
+    REQUIRE(lines.size() >= 2);
+    CHECK(starts_with(lines[0], "vm-a load="));
+    CHECK(starts_with(lines[1], "vm-b load="));
+    for (int i = 0; i < 2; ++i) {
+        auto load = lines[i].substr(lines[i].find("load=") + 5);
+        load = load.substr(0, load.find(' '));
+        CHECK(load.find('.') != std::string::npos);  // a load average like 0.42
+    }
+    for (int i = 0; i < 2; ++i) {
+        auto kb = std::string(lines[i].substr(lines[i].find("memfree_kb=") + 11));
+        CHECK(parse_u64(kb).value_or(0) > 1000);
+    }
+}
+
+TEST_CASE("ten thousand opens and closes leak no guest fd", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string base = m.vm("vm-a");
+    std::string status;
+    REQUIRE(read_through_mount(base + "/.cloudvmi/status", &status) == 0);
+    std::string fd_dir = base + "/proc/" + field(status, "shadow_pid") + "/fd";
+    size_t before = names_in(fd_dir).size();
+    for (int i = 0; i < 10000; ++i) {
+        int fd = ::open((base + "/proc/uptime").c_str(), O_RDONLY);
+        REQUIRE(fd >= 0);
+        ::close(fd);
+    }
+    std::string again;
+    REQUIRE(read_through_mount(base + "/.cloudvmi/status", &again) == 0);
+    CHECK(field(again, "shadow_pid") == field(status, "shadow_pid"));
+    size_t after = names_in(fd_dir).size();
+    CHECK(after == before);
+}
+
+TEST_CASE("a stopped VM answers quickly with an error while the other VM keeps working",
+          "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string a = m.vm("vm-a"), b = m.vm("vm-b");
+    REQUIRE(read_through_mount(b + "/proc/uptime", nullptr) == 0);
+    REQUIRE(::kill(m.b().qemu_pid(), SIGSTOP) == 0);
+    // A cat on the frozen VM blocks; Ctrl-C gets it out.
+    pid_t blocked = ::fork();
+    if (blocked == 0) {
+        ::signal(SIGINT, SIG_DFL);  // not the test framework's handler
+        int fd = ::open((b + "/proc/meminfo").c_str(), O_RDONLY);
+        ::_exit(fd < 0 ? 1 : 0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto start = Clock::now();
+    for (int i = 0; i < 5; ++i) REQUIRE(read_through_mount(a + "/proc/uptime", nullptr) == 0);
+    double a_ms = elapsed_ms(start);
+    CHECK(a_ms < 3000);  // vm-a is not held up by vm-b's queue
+    ::kill(blocked, SIGINT);
+    auto interrupted = Clock::now();
+    int status = 0;
+    ::waitpid(blocked, &status, 0);
+    CHECK(elapsed_ms(interrupted) < 2000);
+    CHECK(WIFSIGNALED(status));
+    // A request to the frozen VM fails within the configured bound instead of hanging.
+    start = Clock::now();
+    int err = read_through_mount(b + "/proc/loadavg", nullptr);
+    double b_ms = elapsed_ms(start);
+    INFO("errno " << err << " (" << std::strerror(err) << ")");
+    CHECK((err == EIO || err == ENOTCONN || err == ETIMEDOUT));
+    CHECK(b_ms < 15000);
+    REQUIRE(::kill(m.b().qemu_pid(), SIGCONT) == 0);
+    // It recovers once the VM runs again.
+    bool recovered = false;
+    for (int i = 0; i < 20 && !recovered; ++i) {
+        recovered = read_through_mount(b + "/proc/uptime", nullptr) == 0;
+        if (!recovered) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    CHECK(recovered);
+}
+
+TEST_CASE("a VM killed mid-test gives ENOTCONN and the other VM keeps working", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string a = m.vm("vm-a"), b = m.vm("vm-b");
+    REQUIRE(read_through_mount(b + "/proc/uptime", nullptr) == 0);
+    ::kill(m.b().qemu_pid(), SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto start = Clock::now();
+    int err = read_through_mount(b + "/proc/meminfo", nullptr);
+    INFO("errno " << err << " (" << std::strerror(err) << ")");
+    CHECK((err == ENOTCONN || err == EIO));
+    CHECK(elapsed_ms(start) < 10000);
+    std::string status;
+    REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
+    CHECK(field(status, "state") == "error");
+    CHECK(read_through_mount(a + "/proc/meminfo", nullptr) == 0);
+    CHECK(names_in(b).size() == 4);  // the VM directory itself is still there
+    m.b().stop();
+}
+
+TEST_CASE("unmount ends cloudvmi and leaves no shadow in the guest", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string status;
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/status", &status) == 0);
+    int64_t shadow = std::stoll(field(status, "shadow_pid"));
+    REQUIRE(m.unmount());
+    CHECK_FALSE(is_mounted(m.mountpoint()));
+    CHECK(m.log().find("all guests detached") != std::string::npos);
+    // No guardian is left behind on the host either (the killed VM's finds it gone).
+    CommandResult guards;
+    for (int i = 0; i < 100; ++i) {
+        guards = sh("ps -eo args | grep -c '[c]loudvmi guard .*" + m.state_dir() + "'");
+        if (guards.out == "0\n") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK(guards.out == "0\n");
+    // The guest: the mount's shadow is gone; only the one of this checking session exists.
+    SessionOptions o = m.a().session_options();
+    o.state_dir = m.state_dir();
+    GuestSession checker(o);
+    GuestFileOps ops(checker);
+    REQUIRE(checker.attach());
+    std::vector<int64_t> shadows;
+    for (int i = 0; i < 20; ++i) {
+        shadows.clear();
+        auto entries = ops.list_dir("/proc");
+        REQUIRE(entries);
+        for (const auto& e : *entries) {
+            auto pid = parse_u64(e.name);
+            if (!pid) continue;  // self, thread-self, meminfo...
+            auto comm = ops.read_file("/proc/" + e.name + "/comm");
+            if (comm && std::string(comm->begin(), comm->end()) == "cloudvmi-shadow\n") {
+                shadows.push_back(static_cast<int64_t>(*pid));
+            }
+        }
+        if (shadows.size() == 1) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK(shadows == std::vector<int64_t>{checker.status().shadow_pid});
+    CHECK(std::find(shadows.begin(), shadows.end(), shadow) == shadows.end());
+}
