@@ -64,7 +64,8 @@ double native_ns(GuestSession& s, int reps, const std::function<void(SyscallBatc
     auto t0 = b.output(sizeof(x86abi::Timespec));
     auto op0 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t0)});  // CLOCK_MONOTONIC
     b.filled_by(t0, op0, B::Fill::kWhole);
-    for (int i = 0; i < reps; ++i) body(b);
+    for (int i = 0; i < reps; ++i)
+        body(b);
     auto t1 = b.output(sizeof(x86abi::Timespec));
     auto op1 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t1)});
     b.filled_by(t1, op1, B::Fill::kWhole);
@@ -84,9 +85,11 @@ double native_ns(GuestSession& s, int reps, const std::function<void(SyscallBatc
 }
 
 // Median of several native measurements (one batch each).
-double native_us(GuestSession& s, int runs, int reps, const std::function<void(SyscallBatch&)>& body) {
+double native_us(GuestSession& s, int runs, int reps,
+                 const std::function<void(SyscallBatch&)>& body) {
     std::vector<double> v;
-    for (int i = 0; i < runs; ++i) v.push_back(native_ns(s, reps, body) / 1000);
+    for (int i = 0; i < runs; ++i)
+        v.push_back(native_ns(s, reps, body) / 1000);
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
 }
@@ -128,12 +131,24 @@ int main(int argc, char** argv) {
     int c;
     while ((c = getopt_long(argc, argv, "h", longopts, nullptr)) != -1) {
         switch (c) {
-            case 'g': options.gdb_endpoint = optarg; break;
-            case 'n': iterations = static_cast<int>(parse_u64(optarg).value_or(200)); break;
-            case 's': options.state_dir = optarg; break;
-            case 'G': options.guardian_program = optarg; break;
-            case 'h': std::fputs(kUsage, stdout); return 0;
-            default: std::fputs(kUsage, stderr); return 2;
+            case 'g':
+                options.gdb_endpoint = optarg;
+                break;
+            case 'n':
+                iterations = static_cast<int>(parse_u64(optarg).value_or(200));
+                break;
+            case 's':
+                options.state_dir = optarg;
+                break;
+            case 'G':
+                options.guardian_program = optarg;
+                break;
+            case 'h':
+                std::fputs(kUsage, stdout);
+                return 0;
+            default:
+                std::fputs(kUsage, stderr);
+                return 2;
         }
     }
     if (options.gdb_endpoint.empty()) {
@@ -160,7 +175,8 @@ int main(int argc, char** argv) {
     auto uts = must(ops.uname(), "uname");
 
     // 2. Native costs, measured by the guest.
-    double native_getpid = native_us(session, 7, 200, [](SyscallBatch& b) { b.add(x86abi::kGetpid, {}); });
+    double native_getpid =
+        native_us(session, 7, 200, [](SyscallBatch& b) { b.add(x86abi::kGetpid, {}); });
     double native_cat = native_us(session, 7, 60, [](SyscallBatch& b) {
         auto p = b.input_string("/proc/meminfo");
         auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::imm(0)});
@@ -171,13 +187,14 @@ int main(int argc, char** argv) {
     double native_stat = native_us(session, 7, 150, [](SyscallBatch& b) {
         auto p = b.input_string("/proc/self/status");
         auto st = b.output(sizeof(x86abi::Stat));
-        b.add(x86abi::kNewfstatat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::buf(st), B::imm(0)});
+        b.add(x86abi::kNewfstatat,
+              {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::buf(st), B::imm(0)});
     });
     auto proc = must(ops.list_dir("/proc"), "listing /proc");
     double native_ls = native_us(session, 5, 1, [&](SyscallBatch& b) {
         auto p = b.input_string("/proc");
         auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p),
-                                             B::imm(x86abi::kODirectory)});
+                                            B::imm(x86abi::kODirectory)});
         auto buf = b.output(64 * 1024);
         b.add(x86abi::kGetdents64, {B::result_of(open), B::buf(buf), B::imm(64 * 1024)});
         b.add(x86abi::kClose, {B::result_of(open)});
@@ -192,31 +209,35 @@ int main(int argc, char** argv) {
     // 3. The same work through CloudVMI, one request at a time as a client would issue it.
     SyscallBatch getpid_batch;
     getpid_batch.add(x86abi::kGetpid, {});
-    auto burst_getpid = summarize(time_ms(iterations, [&] { must(session.run(getpid_batch), "getpid"); }));
-    auto burst_cat = summarize(time_ms(iterations, [&] { must(ops.read_file("/proc/meminfo"), "cat"); }));
-    auto burst_stat = summarize(time_ms(iterations, [&] { must(ops.stat("/proc/self/status"), "stat"); }));
-    auto ls = summarize(time_ms(std::max(5, iterations / 20), [&] {
-        must(ops.list_dir_with_stats("/proc"), "ls -l /proc");
-    }));
+    auto burst_getpid =
+        summarize(time_ms(iterations, [&] { must(session.run(getpid_batch), "getpid"); }));
+    auto burst_cat =
+        summarize(time_ms(iterations, [&] { must(ops.read_file("/proc/meminfo"), "cat"); }));
+    auto burst_stat =
+        summarize(time_ms(iterations, [&] { must(ops.stat("/proc/self/status"), "stat"); }));
+    auto ls = summarize(time_ms(std::max(5, iterations / 20),
+                                [&] { must(ops.list_dir_with_stats("/proc"), "ls -l /proc"); }));
     // Isolated requests: the shadow has been parked and must be caught again first.
-    auto idle_getpid = summarize(time_ms(std::max(10, iterations / 5), [&] {
-        must(session.run(getpid_batch), "getpid");
-    }, 100));
-    auto idle_cat = summarize(time_ms(std::max(10, iterations / 5), [&] {
-        must(ops.read_file("/proc/meminfo"), "cat");
-    }, 100));
+    auto idle_getpid = summarize(time_ms(
+        std::max(10, iterations / 5), [&] { must(session.run(getpid_batch), "getpid"); }, 100));
+    auto idle_cat = summarize(time_ms(
+        std::max(10, iterations / 5), [&] { must(ops.read_file("/proc/meminfo"), "cat"); }, 100));
 
     auto st = session.status();
     std::printf("CloudVMI redirector benchmark (trap engine: gdbstub breakpoints)\n");
     std::printf("guest: %s %s %s, %s\n", uts.sysname.c_str(), uts.release.c_str(),
                 uts.machine.c_str(), options.gdb_endpoint.c_str());
-    std::printf("kernel entry %s, pti %s, shadow pid %lld\n\n", hex_u64(st.kernel.syscall_entry).c_str(),
-                st.kernel.pti ? "on" : "off", static_cast<long long>(st.shadow_pid));
+    std::printf("kernel entry %s, pti %s, shadow pid %lld\n\n",
+                hex_u64(st.kernel.syscall_entry).c_str(), st.kernel.pti ? "on" : "off",
+                static_cast<long long>(st.shadow_pid));
     auto b_hijack = summarize(hijack), b_catch = summarize(catch_ms), b_total = summarize(total);
     std::printf("bootstrap (n=%zu)                    median      min\n", b_total.n);
-    std::printf("  time to first hijack           %8.1f ms %8.1f ms\n", b_hijack.median, b_hijack.min);
-    std::printf("  shadow caught after release    %8.1f ms %8.1f ms\n", b_catch.median, b_catch.min);
-    std::printf("  attach total (discovery..park) %8.1f ms %8.1f ms\n\n", b_total.median, b_total.min);
+    std::printf("  time to first hijack           %8.1f ms %8.1f ms\n", b_hijack.median,
+                b_hijack.min);
+    std::printf("  shadow caught after release    %8.1f ms %8.1f ms\n", b_catch.median,
+                b_catch.min);
+    std::printf("  attach total (discovery..park) %8.1f ms %8.1f ms\n\n", b_total.median,
+                b_total.min);
     std::printf("%-34s %13s %13s %13s %11s\n", "operation", "cloudvmi p50", "cloudvmi p99",
                 "native", "ratio");
     row("getpid, back to back", burst_getpid, native_getpid);
@@ -225,8 +246,9 @@ int main(int argc, char** argv) {
     row("ls -l /proc (getdents + stats)", ls, native_ls);
     row("getpid, isolated (after 100 ms)", idle_getpid, native_getpid);
     row("cat /proc/meminfo, isolated", idle_cat, native_cat);
-    std::printf("\nnative = the guest's own cost, measured in the guest with clock_gettime around %s\n",
-                "N repetitions in one batch; ratio = cloudvmi p50 / native");
+    std::printf(
+        "\nnative = the guest's own cost, measured in the guest with clock_gettime around %s\n",
+        "N repetitions in one batch; ratio = cloudvmi p50 / native");
     std::printf("(%zu pid directories in /proc; %d iterations; linger %lld ms)\n", proc.size(),
                 iterations, static_cast<long long>(options.linger.count()));
     return 0;

@@ -6,9 +6,9 @@ namespace cloudvmi::cli {
 // Exit codes shared by every subcommand (documented in cloudvmi(1)).
 enum ExitCode {
     kExitOk = 0,
-    kExitGuestError = 1,  // the guest refused the operation (its errno is printed)
-    kExitUsage = 2,       // bad command line or configuration
-    kExitUnreachable = 3, // the VM could not be reached, attached or recognised
+    kExitGuestError = 1,   // the guest refused the operation (its errno is printed)
+    kExitUsage = 2,        // bad command line or configuration
+    kExitUnreachable = 3,  // the VM could not be reached, attached or recognised
 };
 
 int guest_main(int argc, char** argv);

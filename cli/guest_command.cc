@@ -3,8 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -57,13 +57,26 @@ int fail(const std::string& what, const Error& e) {
 std::string mode_string(uint32_t mode) {
     char s[11] = "----------";
     switch (mode & S_IFMT) {
-        case S_IFDIR: s[0] = 'd'; break;
-        case S_IFLNK: s[0] = 'l'; break;
-        case S_IFCHR: s[0] = 'c'; break;
-        case S_IFBLK: s[0] = 'b'; break;
-        case S_IFIFO: s[0] = 'p'; break;
-        case S_IFSOCK: s[0] = 's'; break;
-        default: break;
+        case S_IFDIR:
+            s[0] = 'd';
+            break;
+        case S_IFLNK:
+            s[0] = 'l';
+            break;
+        case S_IFCHR:
+            s[0] = 'c';
+            break;
+        case S_IFBLK:
+            s[0] = 'b';
+            break;
+        case S_IFIFO:
+            s[0] = 'p';
+            break;
+        case S_IFSOCK:
+            s[0] = 's';
+            break;
+        default:
+            break;
     }
     const char* rwx = "rwxrwxrwx";
     for (int i = 0; i < 9; ++i) {
@@ -92,10 +105,11 @@ int cmd_info(GuestSession& session, GuestFileOps& ops) {
     std::printf("shadow pid:    %lld (region %s)\n", static_cast<long long>(st.shadow_pid),
                 hex_u64(st.shadow_region).c_str());
     std::printf("guardian pid:  %d\n", static_cast<int>(st.guardian_pid));
-    std::printf("bootstrap:     hijack %.1f ms, shadow caught %.1f ms later, total %.1f ms "
-                "(%d attempt%s)\n",
-                st.bootstrap.hijack_ms, st.bootstrap.first_catch_ms, st.bootstrap.total_ms,
-                st.bootstrap.attempts, st.bootstrap.attempts == 1 ? "" : "s");
+    std::printf(
+        "bootstrap:     hijack %.1f ms, shadow caught %.1f ms later, total %.1f ms "
+        "(%d attempt%s)\n",
+        st.bootstrap.hijack_ms, st.bootstrap.first_catch_ms, st.bootstrap.total_ms,
+        st.bootstrap.attempts, st.bootstrap.attempts == 1 ? "" : "s");
     if (!st.recovered.empty()) std::printf("recovered:     %s\n", st.recovered.c_str());
     return kExitOk;
 }
@@ -164,7 +178,9 @@ int guest_main(int argc, char** argv) {
     // '+': stop at the first non-option, which is the command.
     while ((c = getopt_long(argc, argv, "+h", longopts, nullptr)) != -1) {
         switch (c) {
-            case 'g': options.gdb_endpoint = optarg; break;
+            case 'g':
+                options.gdb_endpoint = optarg;
+                break;
             case 't': {
                 auto v = parse_u64(optarg);
                 if (!v || *v == 0 || *v > 600000) {
@@ -175,16 +191,24 @@ int guest_main(int argc, char** argv) {
                 options.client.request_timeout = Millis(*v);
                 break;
             }
-            case 's': options.state_dir = optarg; break;
-            case 'N': guardian = false; break;
+            case 's':
+                options.state_dir = optarg;
+                break;
+            case 'N':
+                guardian = false;
+                break;
             case 'L':
                 if (!log::set_level_by_name(optarg)) {
                     std::fprintf(stderr, "cloudvmi guest: bad --log-level '%s'\n", optarg);
                     return kExitUsage;
                 }
                 break;
-            case 'h': std::fputs(kGuestUsage, stdout); return kExitOk;
-            default: std::fputs(kGuestUsage, stderr); return kExitUsage;
+            case 'h':
+                std::fputs(kGuestUsage, stdout);
+                return kExitOk;
+            default:
+                std::fputs(kGuestUsage, stderr);
+                return kExitUsage;
         }
     }
     if (options.gdb_endpoint.empty() || optind >= argc) {
@@ -203,8 +227,8 @@ int guest_main(int argc, char** argv) {
     };
     // Validate the command line before touching the guest.
     static const char* known[] = {"info", "cat", "ls", "stat", "readlink", "write", "kill"};
-    if (std::find_if(std::begin(known), std::end(known),
-                     [&](const char* k) { return cmd == k; }) == std::end(known)) {
+    if (std::find_if(std::begin(known), std::end(known), [&](const char* k) { return cmd == k; }) ==
+        std::end(known)) {
         return usage_error("unknown command (see --help)");
     }
     bool long_format = false;
@@ -217,10 +241,10 @@ int guest_main(int argc, char** argv) {
         newline = false;
         args.erase(args.begin());
     }
-    if ((cmd == "cat" && args.empty()) || ((cmd == "ls" || cmd == "stat" || cmd == "readlink") &&
-                                           args.size() != 1) ||
-        (cmd == "write" && args.size() != 2) || (cmd == "kill" && (args.empty() || args.size() > 2)) ||
-        (cmd == "info" && !args.empty())) {
+    if ((cmd == "cat" && args.empty()) ||
+        ((cmd == "ls" || cmd == "stat" || cmd == "readlink") && args.size() != 1) ||
+        (cmd == "write" && args.size() != 2) ||
+        (cmd == "kill" && (args.empty() || args.size() > 2)) || (cmd == "info" && !args.empty())) {
         return usage_error("wrong number of arguments (see --help)");
     }
     int64_t kill_pid = 0;
@@ -245,7 +269,8 @@ int guest_main(int argc, char** argv) {
     options.linger = Millis(0);
 
     GuestSession session(options);
-    if (auto a = session.attach(); !a) return fail("attaching to " + options.gdb_endpoint, a.error());
+    if (auto a = session.attach(); !a)
+        return fail("attaching to " + options.gdb_endpoint, a.error());
     GuestFileOps ops(session);
     int rc = kExitOk;
     if (cmd == "info") {
@@ -259,12 +284,13 @@ int guest_main(int argc, char** argv) {
         if (!st) {
             rc = fail(args[0], st.error());
         } else {
-            std::printf("  mode: %s (%o)\n  size: %lld\n  uid: %u gid: %u\n  links: %llu\n"
-                        "  inode: %llu\n  mtime: %lld.%09lld\n",
-                        mode_string(st->mode).c_str(), st->mode, static_cast<long long>(st->size),
-                        st->uid, st->gid, static_cast<unsigned long long>(st->nlink),
-                        static_cast<unsigned long long>(st->ino),
-                        static_cast<long long>(st->mtime_sec), static_cast<long long>(st->mtime_nsec));
+            std::printf(
+                "  mode: %s (%o)\n  size: %lld\n  uid: %u gid: %u\n  links: %llu\n"
+                "  inode: %llu\n  mtime: %lld.%09lld\n",
+                mode_string(st->mode).c_str(), st->mode, static_cast<long long>(st->size), st->uid,
+                st->gid, static_cast<unsigned long long>(st->nlink),
+                static_cast<unsigned long long>(st->ino), static_cast<long long>(st->mtime_sec),
+                static_cast<long long>(st->mtime_nsec));
         }
     } else if (cmd == "readlink") {
         auto t = ops.readlink(args[0]);

@@ -14,7 +14,7 @@ using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
 class Deadline {
-public:
+  public:
     explicit Deadline(Clock::time_point at) : at_(at) {}
 
     static Deadline after(Clock::duration d) { return Deadline(Clock::now() + d); }
@@ -36,7 +36,7 @@ public:
     // The earlier of two deadlines.
     Deadline min(Deadline other) const { return Deadline(std::min(at_, other.at_)); }
 
-private:
+  private:
     Clock::time_point at_;
 };
 

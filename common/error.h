@@ -15,7 +15,7 @@
 namespace cloudvmi {
 
 class Error {
-public:
+  public:
     enum class Origin {
         kHost,   // our own failure (socket, timeout, protocol, bad input)
         kGuest,  // the guest kernel returned -errno for a redirected syscall
@@ -45,7 +45,7 @@ public:
         return Error(code_, message_.empty() ? context : context + ": " + message_, origin_);
     }
 
-private:
+  private:
     int code_;
     std::string message_;
     Origin origin_;
@@ -87,19 +87,19 @@ inline std::unexpected<Error> errno_error(std::string message) {
 
 // Propagates an error out of the enclosing function, otherwise yields the value.
 // Uses a GNU statement expression, like SerenityOS's TRY.
-#define TRY(expr)                                                     \
-    ({                                                                \
-        auto&& _try_result = (expr);                                  \
-        if (!_try_result) [[unlikely]]                                \
-            return std::unexpected(std::move(_try_result).error());   \
-        std::move(_try_result).value();                               \
+#define TRY(expr)                                                   \
+    ({                                                              \
+        auto&& _try_result = (expr);                                \
+        if (!_try_result) [[unlikely]]                              \
+            return std::unexpected(std::move(_try_result).error()); \
+        std::move(_try_result).value();                             \
     })
 
 // Same, with context added to the message of a propagated error.
-#define TRY_CTX(expr, context)                                                      \
-    ({                                                                              \
-        auto&& _try_result = (expr);                                                \
-        if (!_try_result) [[unlikely]]                                              \
+#define TRY_CTX(expr, context)                                                            \
+    ({                                                                                    \
+        auto&& _try_result = (expr);                                                      \
+        if (!_try_result) [[unlikely]]                                                    \
             return std::unexpected(std::move(_try_result).error().with_context(context)); \
-        std::move(_try_result).value();                                             \
+        std::move(_try_result).value();                                                   \
     })

@@ -30,27 +30,41 @@ FILE* g_output = nullptr;  // nullptr: stderr
 
 const char* level_name(Level l) {
     switch (l) {
-        case Level::kError: return "error";
-        case Level::kWarn: return "warn";
-        case Level::kInfo: return "info";
-        case Level::kDebug: return "debug";
-        case Level::kTrace: return "trace";
+        case Level::kError:
+            return "error";
+        case Level::kWarn:
+            return "warn";
+        case Level::kInfo:
+            return "info";
+        case Level::kDebug:
+            return "debug";
+        case Level::kTrace:
+            return "trace";
     }
     return "?";
 }
 
 }  // namespace
 
-void set_level(Level level) { g_level.store(static_cast<int>(level)); }
-Level level() { return static_cast<Level>(g_level.load()); }
-bool enabled(Level l) { return static_cast<int>(l) <= g_level.load(std::memory_order_relaxed); }
+void set_level(Level level) {
+    g_level.store(static_cast<int>(level));
+}
+Level level() {
+    return static_cast<Level>(g_level.load());
+}
+bool enabled(Level l) {
+    return static_cast<int>(l) <= g_level.load(std::memory_order_relaxed);
+}
 
 bool set_level_by_name(const std::string& name) {
     static const struct {
         const char* name;
         Level level;
-    } table[] = {{"error", Level::kError}, {"warn", Level::kWarn},   {"info", Level::kInfo},
-                 {"debug", Level::kDebug}, {"trace", Level::kTrace}};
+    } table[] = {{"error", Level::kError},
+                 {"warn", Level::kWarn},
+                 {"info", Level::kInfo},
+                 {"debug", Level::kDebug},
+                 {"trace", Level::kTrace}};
     for (const auto& e : table) {
         if (name == e.name) {
             set_level(e.level);

@@ -22,8 +22,8 @@ bool set_output_file(const std::string& path);
 
 }  // namespace cloudvmi::log
 
-#define CVMI_LOG(lvl, ...)                                                   \
-    do {                                                                     \
+#define CVMI_LOG(lvl, ...)                                                           \
+    do {                                                                             \
         if (::cloudvmi::log::enabled(lvl)) ::cloudvmi::log::write(lvl, __VA_ARGS__); \
     } while (0)
 #define LOG_ERROR(...) CVMI_LOG(::cloudvmi::log::Level::kError, __VA_ARGS__)

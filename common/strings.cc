@@ -22,7 +22,9 @@ std::string strformat(const char* fmt, ...) {
     return out;
 }
 
-std::string hex_u64(uint64_t v) { return strformat("0x%llx", static_cast<unsigned long long>(v)); }
+std::string hex_u64(uint64_t v) {
+    return strformat("0x%llx", static_cast<unsigned long long>(v));
+}
 
 std::string hex_encode(std::span<const uint8_t> bytes) {
     static const char digits[] = "0123456789abcdef";

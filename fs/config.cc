@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -14,33 +15,51 @@ namespace cloudvmi::fs {
 
 namespace {
 
+// One key of a mapping: yaml-cpp marks an empty (null) value at the next token, possibly
+// lines further on, so errors about a value are reported on its key's line when it is null.
+struct Entry {
+    YAML::Node key;
+    YAML::Node value;
+    const YAML::Node& located() const { return value.IsNull() ? key : value; }
+};
+
 std::string where(const std::string& origin, const YAML::Node& n) {
     auto m = n.Mark();
     if (m.line < 0) return origin;
     return strformat("%s:%d", origin.c_str(), m.line + 1);
 }
 
-std::unexpected<Error> bad(const std::string& origin, const YAML::Node& n, const std::string& what) {
+std::unexpected<Error> bad(const std::string& origin, const YAML::Node& n,
+                           const std::string& what) {
     return std::unexpected(Error(EINVAL, where(origin, n) + ": " + what));
 }
 
 template <class T>
-ErrorOr<T> scalar(const std::string& origin, const YAML::Node& n, const std::string& key) {
-    if (!n.IsScalar()) return bad(origin, n, "'" + key + "' must be a single value");
+ErrorOr<T> scalar(const std::string& origin, const Entry& e, const std::string& key) {
+    if (!e.value.IsScalar())
+        return bad(origin, e.located(), "'" + key + "' must be a single value");
     try {
-        return n.as<T>();
+        return e.value.as<T>();
     } catch (const YAML::Exception&) {
-        return bad(origin, n, "'" + key + "' has a value of the wrong type");
+        return bad(origin, e.located(), "'" + key + "' has a value of the wrong type");
     }
 }
 
-ErrorOr<void> only_keys(const std::string& origin, const YAML::Node& map,
-                        const std::set<std::string>& allowed, const std::string& what) {
+// The keys of `map`, each checked: a plain word, one of `allowed`, given once (yaml-cpp
+// accepts repeated keys and lets the first one win silently).
+ErrorOr<std::map<std::string, Entry>> entries(const std::string& origin, const YAML::Node& map,
+                                              const std::set<std::string>& allowed,
+                                              const std::string& what) {
+    std::map<std::string, Entry> out;
     for (const auto& kv : map) {
-        std::string k = kv.first.as<std::string>();
+        if (!kv.first.IsScalar()) return bad(origin, kv.first, "unknown key in " + what);
+        std::string k = kv.first.Scalar();
         if (!allowed.count(k)) return bad(origin, kv.first, "unknown key '" + k + "' in " + what);
+        if (!out.emplace(k, Entry{kv.first, kv.second}).second) {
+            return bad(origin, kv.first, "key '" + k + "' is given twice in " + what);
+        }
     }
-    return {};
+    return out;
 }
 
 std::string host_name() {
@@ -68,32 +87,46 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     try {
         root = YAML::Load(text);
     } catch (const YAML::ParserException& e) {
-        return make_error(EINVAL, strformat("%s:%d: %s", origin.c_str(), e.mark.line + 1,
-                                            e.msg.c_str()));
+        return make_error(EINVAL,
+                          strformat("%s:%d: %s", origin.c_str(), e.mark.line + 1, e.msg.c_str()));
     }
     Config c;
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
-    TRY(only_keys(origin, root, {"node", "state_dir", "request_timeout_ms", "cache", "vms"},
-                  "the configuration"));
-    c.node = root["node"] ? TRY(scalar<std::string>(origin, root["node"], "node")) : host_name();
-    if (!is_valid_entry_name(c.node)) {
-        return bad(origin, root["node"], "node name '" + c.node + "' is not usable as a file name");
+    auto top =
+        TRY(entries(origin, root, {"node", "state_dir", "request_timeout_ms", "cache", "vms"},
+                    "the configuration"));
+    if (auto it = top.find("node"); it != top.end()) {
+        c.node = TRY(scalar<std::string>(origin, it->second, "node"));
+        if (!is_valid_entry_name(c.node)) {
+            return bad(origin, it->second.located(),
+                       "node name '" + c.node + "' is not usable as a file name");
+        }
+    } else {
+        c.node = host_name();
     }
-    if (root["state_dir"]) c.state_dir = TRY(scalar<std::string>(origin, root["state_dir"], "state_dir"));
-    if (root["request_timeout_ms"]) {
-        c.request_timeout_ms = TRY(scalar<long>(origin, root["request_timeout_ms"], "request_timeout_ms"));
+    if (auto it = top.find("state_dir"); it != top.end()) {
+        c.state_dir = TRY(scalar<std::string>(origin, it->second, "state_dir"));
+    }
+    if (auto it = top.find("request_timeout_ms"); it != top.end()) {
+        c.request_timeout_ms = TRY(scalar<long>(origin, it->second, "request_timeout_ms"));
         if (c.request_timeout_ms < 100 || c.request_timeout_ms > 600000) {
-            return bad(origin, root["request_timeout_ms"], "request_timeout_ms must be 100..600000");
+            return bad(origin, it->second.located(), "request_timeout_ms must be 100..600000");
         }
     }
-    if (auto cache = root["cache"]) {
-        if (!cache.IsMap()) return bad(origin, cache, "'cache' must be a mapping");
-        TRY(only_keys(origin, cache, {"proc_attr", "proc_entry", "root_attr", "root_entry"}, "cache"));
+    if (auto it = top.find("cache"); it != top.end()) {
+        const Entry& cache = it->second;
+        if (!cache.value.IsMap()) return bad(origin, cache.located(), "'cache' must be a mapping");
+        auto keys = TRY(entries(origin, cache.value,
+                                {"proc_attr", "proc_entry", "root_attr", "root_entry"}, "cache"));
         auto seconds = [&](const char* key, double& out) -> ErrorOr<void> {
-            if (!cache[key]) return {};
-            out = TRY(scalar<double>(origin, cache[key], key));
-            if (out < 0 || out > 3600) return bad(origin, cache[key], std::string(key) + " must be 0..3600");
+            auto k = keys.find(key);
+            if (k == keys.end()) return {};
+            out = TRY(scalar<double>(origin, k->second, key));
+            // Written so that NaN fails too.
+            if (!(out >= 0 && out <= 3600)) {
+                return bad(origin, k->second.located(), std::string(key) + " must be 0..3600");
+            }
             return {};
         };
         TRY(seconds("proc_attr", c.cache.proc_attr));
@@ -102,24 +135,30 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
         TRY(seconds("root_entry", c.cache.root_entry));
     }
     std::set<std::string> names;
-    if (auto vms = root["vms"]) {
-        if (!vms.IsSequence()) return bad(origin, vms, "'vms' must be a list");
-        for (const auto& v : vms) {
+    if (auto it = top.find("vms"); it != top.end()) {
+        const Entry& vms = it->second;
+        if (!vms.value.IsSequence()) return bad(origin, vms.located(), "'vms' must be a list");
+        for (const auto& v : vms.value) {
             if (!v.IsMap()) return bad(origin, v, "each VM must be a mapping");
-            TRY(only_keys(origin, v, {"name", "gdb", "qmp"}, "a VM"));
-            if (!v["name"] || !v["gdb"]) return bad(origin, v, "a VM needs 'name' and 'gdb'");
+            auto keys = TRY(entries(origin, v, {"name", "gdb", "qmp"}, "a VM"));
+            if (!keys.count("name") || !keys.count("gdb"))
+                return bad(origin, v, "a VM needs 'name' and 'gdb'");
+            const Entry& name = keys.at("name");
+            const Entry& gdb = keys.at("gdb");
             VmConfig vm;
-            vm.name = TRY(scalar<std::string>(origin, v["name"], "name"));
-            vm.gdb = TRY(scalar<std::string>(origin, v["gdb"], "gdb"));
-            if (v["qmp"]) vm.qmp = TRY(scalar<std::string>(origin, v["qmp"], "qmp"));
+            vm.name = TRY(scalar<std::string>(origin, name, "name"));
+            vm.gdb = TRY(scalar<std::string>(origin, gdb, "gdb"));
+            if (auto q = keys.find("qmp"); q != keys.end())
+                vm.qmp = TRY(scalar<std::string>(origin, q->second, "qmp"));
             if (!is_valid_entry_name(vm.name)) {
-                return bad(origin, v["name"], "VM name '" + vm.name + "' is not usable as a file name");
+                return bad(origin, name.located(),
+                           "VM name '" + vm.name + "' is not usable as a file name");
             }
             if (!names.insert(vm.name).second) {
-                return bad(origin, v["name"], "VM name '" + vm.name + "' is used twice");
+                return bad(origin, name.located(), "VM name '" + vm.name + "' is used twice");
             }
             if (auto e = gdb::Endpoint::parse(vm.gdb); !e) {
-                return bad(origin, v["gdb"], e.error().message());
+                return bad(origin, gdb.located(), e.error().message());
             }
             c.vms.push_back(std::move(vm));
         }

@@ -30,9 +30,9 @@ struct VmConfig {
 };
 
 struct CacheConfig {
-    double proc_attr = 0.5;   // proc/ and sys/: live data, near zero
+    double proc_attr = 0.5;  // proc/ and sys/: live data, near zero
     double proc_entry = 1.0;
-    double root_attr = 1.0;   // root/: ordinary files
+    double root_attr = 1.0;  // root/: ordinary files
     double root_entry = 1.0;
 };
 

@@ -13,7 +13,9 @@ Filesystem::Filesystem(Config config, SessionOptions base) : config_(std::move(c
     inodes_ = std::make_unique<InodeTable>(make_root_dir(*this));
 }
 
-Filesystem::~Filesystem() { shutdown(); }
+Filesystem::~Filesystem() {
+    shutdown();
+}
 
 Vm* Filesystem::find_vm(const std::string& name) const {
     for (const auto& vm : vms_) {
@@ -24,13 +26,15 @@ Vm* Filesystem::find_vm(const std::string& name) const {
 
 void Filesystem::reap_queues() {
     auto now = Clock::now();
-    for (const auto& vm : vms_) vm->executor().reap(now);
+    for (const auto& vm : vms_)
+        vm->executor().reap(now);
 }
 
 void Filesystem::shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
-    for (const auto& vm : vms_) vm->shutdown();
+    for (const auto& vm : vms_)
+        vm->shutdown();
     LOG_INFO("all guests detached");
 }
 

@@ -17,7 +17,7 @@
 namespace cloudvmi::fs {
 
 class Filesystem {
-public:
+  public:
     // `base` carries the session settings common to every VM (state dir, guardian, timeouts).
     Filesystem(Config config, SessionOptions base);
     ~Filesystem();
@@ -37,7 +37,7 @@ public:
     // Session settings for a mount: request timeout applied to every step of a request.
     static SessionOptions session_options(const Config& config, const std::string& guardian);
 
-private:
+  private:
     Config config_;
     std::vector<std::unique_ptr<Vm>> vms_;
     std::unique_ptr<InodeTable> inodes_;

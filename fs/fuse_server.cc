@@ -23,8 +23,10 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/paths.h"
 #include "common/strings.h"
 #include "fs/filesystem.h"
+#include "redirector/guest_session.h"
 
 namespace cloudvmi::fs {
 
@@ -39,9 +41,13 @@ struct Holder {
     Filesystem* fs = nullptr;
 };
 
-Filesystem& fs_of(fuse_req_t req) { return *static_cast<Holder*>(fuse_req_userdata(req))->fs; }
+Filesystem& fs_of(fuse_req_t req) {
+    return *static_cast<Holder*>(fuse_req_userdata(req))->fs;
+}
 
-int to_errno(const Error& e) { return e.code() > 0 ? e.code() : EIO; }
+int to_errno(const Error& e) {
+    return e.code() > 0 ? e.code() : EIO;
+}
 
 // An open directory: entries are fetched once, at the first read at offset 0.
 struct DirHandle {
@@ -56,8 +62,12 @@ struct OpenFile {
     std::unique_ptr<FileHandle> handle;
 };
 
-OpenFile* open_file(fuse_file_info* fi) { return reinterpret_cast<OpenFile*>(fi->fh); }
-DirHandle* dir_handle(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+OpenFile* open_file(fuse_file_info* fi) {
+    return reinterpret_cast<OpenFile*>(fi->fh);
+}
+DirHandle* dir_handle(fuse_file_info* fi) {
+    return reinterpret_cast<DirHandle*>(fi->fh);
+}
 
 // Sends a reply unless the request was answered already (see Job::answer); returns
 // whether it did. Inline requests always send.
@@ -86,7 +96,9 @@ void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop =
     auto deadline = Clock::now() + Millis(fs_of(req).config().request_timeout_ms);
     auto job = std::make_shared<Job>(
         [vm, work](Job& self) {
-            Answer answer = [&self](const std::function<void()>& send) { return self.answer(send); };
+            Answer answer = [&self](const std::function<void()>& send) {
+                return self.answer(send);
+            };
             auto start = Clock::now();
             auto err = work(answer);
             vm->record(elapsed_ms(start), err ? &*err : nullptr);
@@ -152,7 +164,8 @@ void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
 }
 
 void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
-    for (size_t i = 0; i < count; ++i) fs_of(req).inodes().forget(forgets[i].ino, forgets[i].nlookup);
+    for (size_t i = 0; i < count; ++i)
+        fs_of(req).inodes().forget(forgets[i].ino, forgets[i].nlookup);
     fuse_reply_none(req);
 }
 
@@ -181,13 +194,14 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
                   FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)) {
         change.times = true;
     }
-    dispatch(req, node->vm(), [req, node, ino, change](const Answer& answer) -> std::optional<Error> {
-        auto r = node->setattr(change);
-        if (!r) return reply_error(answer, req, r.error());
-        r->st.st_ino = ino;
-        answer([&] { fuse_reply_attr(req, &r->st, r->timeout); });
-        return std::nullopt;
-    });
+    dispatch(req, node->vm(),
+             [req, node, ino, change](const Answer& answer) -> std::optional<Error> {
+                 auto r = node->setattr(change);
+                 if (!r) return reply_error(answer, req, r.error());
+                 r->st.st_ino = ino;
+                 answer([&] { fuse_reply_attr(req, &r->st, r->timeout); });
+                 return std::nullopt;
+             });
 }
 
 void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
@@ -264,7 +278,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
             used += n;
         }
         if (!answer([&] { fuse_reply_buf(req, buf.data(), used); })) {
-            for (uint64_t ino : remembered_all) fs.inodes().forget(ino, 1);
+            for (uint64_t ino : remembered_all)
+                fs.inodes().forget(ino, 1);
         }
         return std::nullopt;
     };
@@ -276,16 +291,17 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         (void)reply(now);
         return;
     }
-    dispatch(req, node->vm(), [req, node, dh, plus, reply](const Answer& answer) -> std::optional<Error> {
-        auto entries = node->readdir(plus);
-        if (!entries) return reply_error(answer, req, entries.error());
-        {
-            std::lock_guard lock(dh->mutex);
-            dh->entries = std::move(*entries);
-            dh->loaded = true;
-        }
-        return reply(answer);
-    });
+    dispatch(req, node->vm(),
+             [req, node, dh, plus, reply](const Answer& answer) -> std::optional<Error> {
+                 auto entries = node->readdir(plus);
+                 if (!entries) return reply_error(answer, req, entries.error());
+                 {
+                     std::lock_guard lock(dh->mutex);
+                     dh->entries = std::move(*entries);
+                     dh->loaded = true;
+                 }
+                 return reply(answer);
+             });
 }
 
 void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
@@ -313,33 +329,37 @@ void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
     int flags = fi->flags;
-    dispatch(req, node->vm(),
-             [req, node, flags, fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
-                 auto handle = node->open(flags);
-                 if (!handle) return reply_error(answer, req, handle.error());
-                 auto* of = new OpenFile{node, std::move(*handle)};
-                 fi_copy.fh = reinterpret_cast<uint64_t>(of);
-                 fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
-                 fi_copy.keep_cache = 0;
-                 bool delivered = false;
-                 answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
-                 if (!delivered) {
-                     // The caller is gone (interrupted): nobody will release this handle.
-                     of->handle->release();
-                     delete of;
-                 }
-                 return std::nullopt;
-             });
+    dispatch(
+        req, node->vm(),
+        [req, node, flags, fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
+            auto handle = node->open(flags);
+            if (!handle) return reply_error(answer, req, handle.error());
+            auto* of = new OpenFile{node, std::move(*handle)};
+            fi_copy.fh = reinterpret_cast<uint64_t>(of);
+            fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
+            fi_copy.keep_cache = 0;
+            bool delivered = false;
+            answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
+            if (!delivered) {
+                // The caller is gone (interrupted): nobody will release this handle.
+                of->handle->release();
+                delete of;
+            }
+            return std::nullopt;
+        });
 }
 
 void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
     OpenFile* of = open_file(fi);
-    dispatch(req, of->node->vm(), [req, of, size, off](const Answer& answer) -> std::optional<Error> {
-        auto data = of->handle->read(size, off);
-        if (!data) return reply_error(answer, req, data.error());
-        answer([&] { fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size()); });
-        return std::nullopt;
-    });
+    dispatch(req, of->node->vm(),
+             [req, of, size, off](const Answer& answer) -> std::optional<Error> {
+                 auto data = of->handle->read(size, off);
+                 if (!data) return reply_error(answer, req, data.error());
+                 answer([&] {
+                     fuse_reply_buf(req, reinterpret_cast<const char*>(data->data()), data->size());
+                 });
+                 return std::nullopt;
+             });
 }
 
 void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
@@ -355,7 +375,9 @@ void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
              });
 }
 
-void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    fuse_reply_err(req, 0);
+}
 
 void ll_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     OpenFile* of = open_file(fi);
@@ -382,22 +404,46 @@ void ll_statfs(fuse_req_t req, fuse_ino_t) {
 
 // Changes of the namespace and of attributes go through the write policy; none is
 // configured yet, so they are refused before anything reaches a guest.
-void refuse(fuse_req_t req) { fuse_reply_err(req, EACCES); }
-void ll_mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { refuse(req); }
-void ll_mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { refuse(req); }
-void ll_unlink(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
-void ll_rmdir(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
-void ll_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { refuse(req); }
+void refuse(fuse_req_t req) {
+    fuse_reply_err(req, EACCES);
+}
+void ll_mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) {
+    refuse(req);
+}
+void ll_mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) {
+    refuse(req);
+}
+void ll_unlink(fuse_req_t req, fuse_ino_t, const char*) {
+    refuse(req);
+}
+void ll_rmdir(fuse_req_t req, fuse_ino_t, const char*) {
+    refuse(req);
+}
+void ll_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
+    refuse(req);
+}
 void ll_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
     refuse(req);
 }
-void ll_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { refuse(req); }
-void ll_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) { refuse(req); }
-void ll_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) { refuse(req); }
-void ll_removexattr(fuse_req_t req, fuse_ino_t, const char*) { refuse(req); }
+void ll_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
+    refuse(req);
+}
+void ll_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
+    refuse(req);
+}
+void ll_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
+    refuse(req);
+}
+void ll_removexattr(fuse_req_t req, fuse_ino_t, const char*) {
+    refuse(req);
+}
 // Extended attributes are not mirrored: ENOSYS makes the kernel stop asking.
-void ll_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENOSYS); }
-void ll_listxattr(fuse_req_t req, fuse_ino_t, size_t) { fuse_reply_err(req, ENOSYS); }
+void ll_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
+    fuse_reply_err(req, ENOSYS);
+}
+void ll_listxattr(fuse_req_t req, fuse_ino_t, size_t) {
+    fuse_reply_err(req, ENOSYS);
+}
 
 fuse_lowlevel_ops make_ops() {
     fuse_lowlevel_ops ops{};
@@ -443,12 +489,15 @@ struct MountArgs {
     std::vector<std::string> positional;
 };
 
-#define CLOUDVMI_OPT(t, p) {t, offsetof(MountArgs, p), 1}
+#define CLOUDVMI_OPT(t, p) \
+    { t, offsetof(MountArgs, p), 1 }
 const fuse_opt kMountOpts[] = {
     CLOUDVMI_OPT("config=%s", config),
     CLOUDVMI_OPT("--config=%s", config),
     CLOUDVMI_OPT("--log-level=%s", log_level),
+    CLOUDVMI_OPT("log_level=%s", log_level),
     CLOUDVMI_OPT("--state-dir=%s", state_dir),
+    CLOUDVMI_OPT("state_dir=%s", state_dir),
     FUSE_OPT_END,
 };
 
@@ -484,8 +533,11 @@ const char kMountUsage[] =
     "\n"
     "Options:\n"
     "  --config=FILE, -o config=FILE   configuration (default /etc/cloudvmi/cloudvmi.yaml)\n"
-    "  --state-dir=DIR                 recovery logs and locks (default /run/cloudvmi)\n"
-    "  --log-level=LEVEL               error, warn, info, debug or trace\n"
+    "  --state-dir=DIR, -o state_dir=DIR\n"
+    "                                  recovery logs, locks, the background log (default "
+    "/run/cloudvmi)\n"
+    "  --log-level=LEVEL, -o log_level=LEVEL\n"
+    "                                  error, warn, info, debug or trace (default warn)\n"
     "  -h, --help                      this text\n"
     "  -V, --version                   version\n"
     "\n"
@@ -496,7 +548,8 @@ const char kMountUsage[] =
 int mount_main(int argc, char** argv, const MountSettings& settings) {
     std::vector<std::string> joined = join_long_options(argc, argv);
     std::vector<char*> joined_argv;
-    for (auto& a : joined) joined_argv.push_back(a.data());
+    for (auto& a : joined)
+        joined_argv.push_back(a.data());
     joined_argv.push_back(nullptr);
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(joined.size()), joined_argv.data());
     MountArgs margs;
@@ -525,6 +578,7 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
     }
     if (opts.show_version) {
         std::printf("cloudvmi %s\n", settings.version.c_str());
+        std::fflush(stdout);  // libfuse's lines come partly from a child process
         fuse_lowlevel_version();
         cleanup();
         return 0;
@@ -550,6 +604,7 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
         return 2;
     }
     if (margs.state_dir) config->state_dir = margs.state_dir;
+    if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();
     if (config->vms.empty()) LOG_WARN("%s configures no VM", config_path.c_str());
 
     fuse_lowlevel_ops ops = make_ops();
@@ -563,6 +618,15 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
     int rc = 1;
     if (fuse_set_signal_handlers(se) == 0) {
         if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
+            // In the background stderr becomes /dev/null: the log goes to the state directory.
+            if (!opts.foreground) {
+                std::string log_path = config->state_dir + "/cloudvmi.log";
+                if (auto made = make_dirs(config->state_dir);
+                    !made || !log::set_output_file(log_path)) {
+                    std::fprintf(stderr, "cloudvmi: cannot write the log %s; logging to nowhere\n",
+                                 log_path.c_str());
+                }
+            }
             if (fuse_daemonize(opts.foreground) == 0) {
                 LOG_INFO("mounted %s (%zu VMs on node %s)", mountpoint.c_str(), config->vms.size(),
                          config->node.c_str());

@@ -15,18 +15,24 @@ namespace {
 
 const char* tree_path(GuestTree t) {
     switch (t) {
-        case GuestTree::kProc: return "/proc";
-        case GuestTree::kSys: return "/sys";
-        case GuestTree::kRoot: return "/";
+        case GuestTree::kProc:
+            return "/proc";
+        case GuestTree::kSys:
+            return "/sys";
+        case GuestTree::kRoot:
+            return "/";
     }
     return "/";
 }
 
 const char* tree_name(GuestTree t) {
     switch (t) {
-        case GuestTree::kProc: return "proc";
-        case GuestTree::kSys: return "sys";
-        case GuestTree::kRoot: return "root";
+        case GuestTree::kProc:
+            return "proc";
+        case GuestTree::kSys:
+            return "sys";
+        case GuestTree::kRoot:
+            return "root";
     }
     return "?";
 }
@@ -40,7 +46,7 @@ std::string join(const std::string& dir, const std::string& name) {
 Error vm_error(const Error& e) {
     if (e.from_guest()) return e;
     switch (e.code()) {
-        case ENOENT:        // no gdbstub socket: the VM is not running
+        case ENOENT:  // no gdbstub socket: the VM is not running
         case ECONNREFUSED:
         case ECONNRESET:
         case ENOTCONN:
@@ -50,7 +56,7 @@ Error vm_error(const Error& e) {
         case ENETUNREACH:
         case ECONNABORTED:
             return Error(ENOTCONN, e.message());
-        case EBUSY:         // another cloudvmi serves the VM
+        case EBUSY:  // another cloudvmi serves the VM
         case EACCES:
         case EINTR:
         case ENAMETOOLONG:
@@ -82,7 +88,9 @@ struct stat to_stat(const GuestStat& g) {
     return st;
 }
 
-uint64_t shadow_generation(Vm& vm) { return vm.session().status().shadows_created; }
+uint64_t shadow_generation(Vm& vm) {
+    return vm.session().status().shadows_created;
+}
 
 // Read with the open: enough for any proc or sys file, and for cat's first read.
 constexpr size_t kReadAhead = 128 * 1024;
@@ -92,10 +100,14 @@ constexpr size_t kReadAhead = 128 * 1024;
 // read together with the open (one round trip for a whole proc file), and the close rides
 // along with the VM's next batch.
 class GuestFileHandle final : public FileHandle {
-public:
+  public:
     GuestFileHandle(Vm& vm, std::string path, GuestFileOps::OpenedFile opened)
-        : vm_(vm), path_(std::move(path)), fd_(opened.fd), head_(std::move(opened.head)),
-          head_is_all_(opened.eof), generation_(shadow_generation(vm)) {}
+        : vm_(vm),
+          path_(std::move(path)),
+          fd_(opened.fd),
+          head_(std::move(opened.head)),
+          head_is_all_(opened.eof),
+          generation_(shadow_generation(vm)) {}
 
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
         size = std::min(size, GuestFileOps::kMaxTransfer);
@@ -116,12 +128,12 @@ public:
         fd_ = -1;
     }
 
-private:
+  private:
     // A new shadow does not have the old one's fds: open the file again there.
     ErrorOr<void> revalidate() {
         if (fd_ >= 0 && generation_ == shadow_generation(vm_)) return {};
-        fd_ = TRY(from_vm(vm_.files().open(path_, x86abi::kORdonly | x86abi::kONonblock |
-                                                      x86abi::kONoctty)));
+        fd_ = TRY(from_vm(
+            vm_.files().open(path_, x86abi::kORdonly | x86abi::kONonblock | x86abi::kONoctty)));
         generation_ = shadow_generation(vm_);
         return {};
     }
@@ -135,9 +147,12 @@ private:
 };
 
 class GuestNode final : public Node {
-public:
+  public:
     GuestNode(Vm& vm, GuestTree tree, std::string path, std::optional<GuestStat> attr)
-        : vm_(vm), tree_(tree), path_(std::move(path)), attr_(std::move(attr)),
+        : vm_(vm),
+          tree_(tree),
+          path_(std::move(path)),
+          attr_(std::move(attr)),
           fetched_(Clock::now()) {}
 
     Vm* vm() const override { return &vm_; }
@@ -176,7 +191,8 @@ public:
                 DirEntry d{e.entry.name, static_cast<mode_t>(DTTOIF(e.entry.type)), nullptr};
                 if (e.stat) {
                     d.type = e.stat->mode & S_IFMT;
-                    d.node = std::make_shared<GuestNode>(vm_, tree_, join(path_, e.entry.name), *e.stat);
+                    d.node =
+                        std::make_shared<GuestNode>(vm_, tree_, join(path_, e.entry.name), *e.stat);
                 }
                 out.push_back(std::move(d));
             }
@@ -213,7 +229,7 @@ public:
         return make_error(EACCES, "changing " + path_ + " is not allowed by the policy");
     }
 
-private:
+  private:
     double attr_ttl() const {
         return tree_ == GuestTree::kRoot ? vm_.cache().root_attr : vm_.cache().proc_attr;
     }
@@ -228,12 +244,16 @@ private:
 // proc/, sys/ and root/ themselves: answered locally (a VM that is down still lists its
 // directory), everything below goes to the guest.
 class TreeRoot final : public Node {
-public:
+  public:
     TreeRoot(Vm& vm, GuestTree tree)
-        : vm_(vm), tree_(tree), inner_(std::make_shared<GuestNode>(vm, tree, tree_path(tree), std::nullopt)) {}
+        : vm_(vm),
+          tree_(tree),
+          inner_(std::make_shared<GuestNode>(vm, tree, tree_path(tree), std::nullopt)) {}
 
     Vm* vm() const override { return &vm_; }
-    std::string key() const override { return std::string("t:") + vm_.name() + ":" + tree_name(tree_); }
+    std::string key() const override {
+        return std::string("t:") + vm_.name() + ":" + tree_name(tree_);
+    }
     bool local_getattr() const override { return true; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
@@ -241,7 +261,7 @@ public:
     }
     ErrorOr<std::vector<DirEntry>> readdir(bool plus) override { return inner_->readdir(plus); }
 
-private:
+  private:
     Vm& vm_;
     GuestTree tree_;
     std::shared_ptr<GuestNode> inner_;

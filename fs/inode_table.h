@@ -16,7 +16,7 @@
 namespace cloudvmi::fs {
 
 class InodeTable {
-public:
+  public:
     static constexpr uint64_t kRootIno = 1;  // FUSE_ROOT_ID
 
     explicit InodeTable(std::shared_ptr<Node> root);
@@ -28,7 +28,7 @@ public:
     void forget(uint64_t ino, uint64_t count);
     size_t size() const;
 
-private:
+  private:
     struct Entry {
         std::shared_ptr<Node> node;
         uint64_t lookups = 0;

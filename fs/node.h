@@ -28,7 +28,7 @@ struct NodeAttr {
 };
 
 class FileHandle {
-public:
+  public:
     virtual ~FileHandle() = default;
     virtual ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) = 0;
     virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t) {
@@ -44,8 +44,8 @@ class Node;
 
 struct DirEntry {
     std::string name;
-    mode_t type = 0;                  // S_IFDIR, S_IFREG, ... (0: unknown)
-    std::shared_ptr<Node> node;       // set for readdirplus (attributes known)
+    mode_t type = 0;             // S_IFDIR, S_IFREG, ... (0: unknown)
+    std::shared_ptr<Node> node;  // set for readdirplus (attributes known)
 };
 
 // A requested change of attributes (setattr); only set fields are meant.
@@ -58,7 +58,7 @@ struct AttrChange {
 };
 
 class Node : public std::enable_shared_from_this<Node> {
-public:
+  public:
     virtual ~Node() = default;
 
     // The VM whose queue runs this node's operations; nullptr for nodes answered locally.

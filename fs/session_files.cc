@@ -14,7 +14,7 @@ namespace {
 
 // Content generated when the file is opened; reads are served from it.
 class BufferHandle final : public FileHandle {
-public:
+  public:
     explicit BufferHandle(std::string content) : content_(std::move(content)) {}
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
         if (offset < 0) return make_error(EINVAL, "negative offset");
@@ -25,7 +25,7 @@ public:
                                     content_.begin() + static_cast<ptrdiff_t>(off + n));
     }
 
-private:
+  private:
     std::string content_;
 };
 
@@ -33,9 +33,15 @@ std::string json_escape(const std::string& s) {
     std::string out;
     for (char c : s) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
             default:
                 if (static_cast<unsigned char>(c) < 0x20) {
                     out += strformat("\\u%04x", c);
@@ -54,8 +60,10 @@ std::string status_text(Vm& vm) {
         out += "error: " + st.error + "\n";
     }
     out += "gdb: " + vm.config().gdb + "\n";
-    if (st.shadow_pid > 0) out += strformat("shadow_pid: %lld\n", static_cast<long long>(st.shadow_pid));
-    if (st.guardian_pid > 0) out += strformat("guardian_pid: %d\n", static_cast<int>(st.guardian_pid));
+    if (st.shadow_pid > 0)
+        out += strformat("shadow_pid: %lld\n", static_cast<long long>(st.shadow_pid));
+    if (st.guardian_pid > 0)
+        out += strformat("guardian_pid: %d\n", static_cast<int>(st.guardian_pid));
     if (st.kernel.syscall_entry != 0) {
         out += "syscall_entry: " + hex_u64(st.kernel.syscall_entry) + "\n";
         out += strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
@@ -97,7 +105,8 @@ std::string stats_text(Vm& vm, bool json) {
         }
         out += "}\n";
     } else {
-        for (const auto& f : fields) out += std::string(f.key) + ": " + f.value + "\n";
+        for (const auto& f : fields)
+            out += std::string(f.key) + ": " + f.value + "\n";
     }
     return out;
 }
@@ -127,7 +136,7 @@ const FileSpec kFiles[] = {
 };
 
 class SessionFile final : public Node {
-public:
+  public:
     SessionFile(Vm& vm, const FileSpec& spec) : vm_(vm), spec_(spec) {}
     // Only the kernel file needs the guest.
     Vm* vm() const override { return spec_.kind == Kind::kKernel ? &vm_ : nullptr; }
@@ -138,21 +147,29 @@ public:
         if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
         std::string content;
         switch (spec_.kind) {
-            case Kind::kStatus: content = status_text(vm_); break;
-            case Kind::kKernel: content = TRY(kernel_text(vm_)); break;
-            case Kind::kStats: content = stats_text(vm_, false); break;
-            case Kind::kStatsJson: content = stats_text(vm_, true); break;
+            case Kind::kStatus:
+                content = status_text(vm_);
+                break;
+            case Kind::kKernel:
+                content = TRY(kernel_text(vm_));
+                break;
+            case Kind::kStats:
+                content = stats_text(vm_, false);
+                break;
+            case Kind::kStatsJson:
+                content = stats_text(vm_, true);
+                break;
         }
         return std::unique_ptr<FileHandle>(std::make_unique<BufferHandle>(std::move(content)));
     }
 
-private:
+  private:
     Vm& vm_;
     const FileSpec& spec_;
 };
 
 class SessionDir final : public Node {
-public:
+  public:
     explicit SessionDir(Vm& vm) : vm_(vm) {}
     std::string key() const override { return "s:" + vm_.name(); }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
@@ -165,17 +182,20 @@ public:
     ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
         std::vector<DirEntry> out;
         for (const auto& f : kFiles) {
-            out.push_back(DirEntry{f.name, S_IFREG, plus ? std::make_shared<SessionFile>(vm_, f) : nullptr});
+            out.push_back(
+                DirEntry{f.name, S_IFREG, plus ? std::make_shared<SessionFile>(vm_, f) : nullptr});
         }
         return out;
     }
 
-private:
+  private:
     Vm& vm_;
 };
 
 }  // namespace
 
-std::shared_ptr<Node> make_session_dir(Vm& vm) { return std::make_shared<SessionDir>(vm); }
+std::shared_ptr<Node> make_session_dir(Vm& vm) {
+    return std::make_shared<SessionDir>(vm);
+}
 
 }  // namespace cloudvmi::fs

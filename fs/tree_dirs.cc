@@ -6,7 +6,7 @@ namespace cloudvmi::fs {
 namespace {
 
 class RootDir final : public Node {
-public:
+  public:
     explicit RootDir(Filesystem& fs) : fs_(fs) {}
     std::string key() const override { return "/"; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 60}; }
@@ -20,12 +20,12 @@ public:
         return std::vector<DirEntry>{e};
     }
 
-private:
+  private:
     Filesystem& fs_;
 };
 
 class NodeDir final : public Node {
-public:
+  public:
     NodeDir(Filesystem& fs, std::string node) : fs_(fs), node_(std::move(node)) {}
     std::string key() const override { return "n:" + node_; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
@@ -43,14 +43,16 @@ public:
         return out;
     }
 
-private:
+  private:
     Filesystem& fs_;
     std::string node_;
 };
 
 }  // namespace
 
-std::shared_ptr<Node> make_root_dir(Filesystem& fs) { return std::make_shared<RootDir>(fs); }
+std::shared_ptr<Node> make_root_dir(Filesystem& fs) {
+    return std::make_shared<RootDir>(fs);
+}
 
 std::shared_ptr<Node> make_node_dir(Filesystem& fs, const std::string& node) {
     return std::make_shared<NodeDir>(fs, node);

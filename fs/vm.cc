@@ -1,6 +1,7 @@
 #include "fs/vm.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/log.h"
 
@@ -23,7 +24,9 @@ Vm::Vm(std::string node, const VmConfig& config, const SessionOptions& base)
       files_(*session_),
       executor_(config.name) {}
 
-Vm::~Vm() { shutdown(); }
+Vm::~Vm() {
+    shutdown();
+}
 
 void Vm::record(double ms, const Error* error) {
     std::lock_guard lock(stats_mutex_);
@@ -58,8 +61,9 @@ VmStats Vm::stats() const {
     s.queued = executor_.queued();
     if (!sorted.empty()) {
         std::sort(sorted.begin(), sorted.end());
-        auto pct = [&](double p) {
-            return sorted[std::min(sorted.size() - 1, static_cast<size_t>(p * sorted.size()))];
+        auto pct = [&](double p) {  // nearest rank
+            auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(sorted.size())));
+            return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
         };
         s.p50_ms = pct(0.50);
         s.p90_ms = pct(0.90);

@@ -23,7 +23,7 @@ struct VmStats {
 };
 
 class Vm {
-public:
+  public:
     Vm(std::string node, const VmConfig& config, const SessionOptions& base);
     ~Vm();
 
@@ -43,7 +43,7 @@ public:
     // Stops the queue (answering what is left with ESHUTDOWN) and detaches the guest.
     void shutdown();
 
-private:
+  private:
     std::string node_;
     VmConfig config_;
     CacheConfig cache_;

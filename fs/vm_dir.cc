@@ -19,7 +19,7 @@ const Child kChildren[] = {
 };
 
 class VmDir final : public Node {
-public:
+  public:
     explicit VmDir(Vm& vm) : vm_(vm) {}
     std::string key() const override { return "v:" + vm_.name(); }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
@@ -37,12 +37,14 @@ public:
         return out;
     }
 
-private:
+  private:
     Vm& vm_;
 };
 
 }  // namespace
 
-std::shared_ptr<Node> make_vm_dir(Vm& vm) { return std::make_shared<VmDir>(vm); }
+std::shared_ptr<Node> make_vm_dir(Vm& vm) {
+    return std::make_shared<VmDir>(vm);
+}
 
 }  // namespace cloudvmi::fs

@@ -1,7 +1,6 @@
 #include "fs/vm_executor.h"
 
 #include <cerrno>
-#include <future>
 
 #include "common/log.h"
 
@@ -10,7 +9,9 @@ namespace cloudvmi::fs {
 VmExecutor::VmExecutor(std::string name, size_t max_queue)
     : name_(std::move(name)), max_queue_(max_queue), worker_([this] { worker_main(); }) {}
 
-VmExecutor::~VmExecutor() { stop(ESHUTDOWN); }
+VmExecutor::~VmExecutor() {
+    stop(ESHUTDOWN);
+}
 
 bool VmExecutor::submit(std::shared_ptr<Job> job) {
     {
@@ -85,19 +86,8 @@ void VmExecutor::reap(Clock::time_point now) {
     }
 }
 
-void VmExecutor::run_sync(const std::function<void()>& f) {
-    std::promise<void> done;
-    auto job = std::make_shared<Job>([&](Job&) { f(); done.set_value(); },
-                                     [&](int, bool) { done.set_value(); }, nullptr,
-                                     Clock::time_point::max());
-    if (!submit(job)) {
-        f();
-        return;
-    }
-    done.get_future().wait();
-}
-
 void VmExecutor::stop(int err) {
+    std::lock_guard join_lock(join_mutex_);
     std::deque<std::shared_ptr<Job>> left;
     {
         std::lock_guard lock(mutex_);

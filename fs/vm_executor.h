@@ -20,14 +20,16 @@
 namespace cloudvmi::fs {
 
 class Job {
-public:
+  public:
     using Send = std::function<void()>;
 
     // `fail(err, ran)` answers with an error; `ran` tells whether the request was executed
     // (it still runs, interrupted) or dropped before it ran.
     Job(std::function<void(Job&)> run, std::function<void(int err, bool ran)> fail,
         std::function<bool()> interrupted, Clock::time_point deadline)
-        : run_(std::move(run)), fail_(std::move(fail)), interrupted_(std::move(interrupted)),
+        : run_(std::move(run)),
+          fail_(std::move(fail)),
+          interrupted_(std::move(interrupted)),
           deadline_(deadline) {}
 
     // True for exactly one caller: the one that runs the request (or drops it).
@@ -62,7 +64,7 @@ public:
         return true;
     }
 
-private:
+  private:
     std::function<void(Job&)> run_;
     std::function<void(int, bool)> fail_;
     std::function<bool()> interrupted_;
@@ -73,7 +75,7 @@ private:
 };
 
 class VmExecutor {
-public:
+  public:
     explicit VmExecutor(std::string name, size_t max_queue = 512);
     ~VmExecutor();
     VmExecutor(const VmExecutor&) = delete;
@@ -83,13 +85,11 @@ public:
     bool submit(std::shared_ptr<Job> job);
     // Answers queued jobs that are overdue (ETIMEDOUT) or interrupted (EINTR).
     void reap(Clock::time_point now);
-    // Runs `f` on the worker and waits for it (shutdown work that must be serialised).
-    void run_sync(const std::function<void()>& f);
     // Answers everything still queued with `err` and stops the worker.
     void stop(int err);
     size_t queued() const;
 
-private:
+  private:
     void worker_main();
 
     std::string name_;
@@ -99,6 +99,7 @@ private:
     std::deque<std::shared_ptr<Job>> queue_;
     std::shared_ptr<Job> running_;  // the request the worker is executing
     bool stopping_ = false;
+    std::mutex join_mutex_;  // one stop() joins the worker at a time; taken before mutex_
     std::thread worker_;
 };
 

@@ -23,7 +23,8 @@ ErrorOr<void> BreakpointSet::disarm(uint64_t addr) {
 
 ErrorOr<void> BreakpointSet::disarm_all() {
     std::set<uint64_t> copy = armed_;
-    for (uint64_t a : copy) TRY(disarm(a));
+    for (uint64_t a : copy)
+        TRY(disarm(a));
     return {};
 }
 

@@ -12,7 +12,7 @@
 namespace cloudvmi {
 
 class BreakpointSet {
-public:
+  public:
     BreakpointSet(GuestAccess& guest, RecoveryLog& log) : guest_(guest), log_(log) {}
 
     ErrorOr<void> arm(uint64_t addr);
@@ -25,7 +25,7 @@ public:
     // address, so it is lifted for exactly one instruction of that vCPU.
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr, Deadline deadline);
 
-private:
+  private:
     GuestAccess& guest_;
     RecoveryLog& log_;
     std::set<uint64_t> armed_;

@@ -66,7 +66,8 @@ ErrorOr<VcpuState> GdbstubAccess::decode(const gdb::RegisterLayout& layout,
         }
         return std::optional<uint64_t>(load_le(raw, *r));
     };
-    for (const auto& f : kGprFields) s.regs.*f.field = *TRY(get(f.name, true));
+    for (const auto& f : kGprFields)
+        s.regs.*f.field = *TRY(get(f.name, true));
     for (const auto& f : kSegmentFields) {
         s.sregs.*f.field = kvm_segment{};
         (s.sregs.*f.field).selector = static_cast<__u16>(*TRY(get(f.name, true)));
@@ -98,7 +99,9 @@ ErrorOr<std::unique_ptr<GdbstubAccess>> GdbstubAccess::attach(const gdb::Endpoin
     return std::unique_ptr<GdbstubAccess>(new GdbstubAccess(std::move(client)));
 }
 
-std::string GdbstubAccess::describe() const { return client_->endpoint().to_string(); }
+std::string GdbstubAccess::describe() const {
+    return client_->endpoint().to_string();
+}
 
 gdb::ThreadId GdbstubAccess::thread_of(VcpuId vcpu) const {
     gdb::ThreadId t;
@@ -144,7 +147,8 @@ ErrorOr<StopEvent> GdbstubAccess::step(VcpuId vcpu, Deadline deadline) {
 
 ErrorOr<std::vector<VcpuId>> GdbstubAccess::vcpus() {
     std::vector<VcpuId> out;
-    for (const auto& t : TRY(client_->threads())) out.push_back(static_cast<VcpuId>(t.tid));
+    for (const auto& t : TRY(client_->threads()))
+        out.push_back(static_cast<VcpuId>(t.tid));
     return out;
 }
 

@@ -10,7 +10,7 @@
 namespace cloudvmi {
 
 class GdbstubAccess final : public GuestAccess {
-public:
+  public:
     static ErrorOr<std::unique_ptr<GdbstubAccess>> attach(const gdb::Endpoint& endpoint,
                                                           gdb::ClientOptions options = {});
 
@@ -44,7 +44,7 @@ public:
     static ErrorOr<void> encode_regs(const gdb::RegisterLayout& layout, const kvm_regs& regs,
                                      std::span<uint8_t> raw);
 
-private:
+  private:
     explicit GdbstubAccess(std::unique_ptr<gdb::GdbClient> client) : client_(std::move(client)) {}
     gdb::ThreadId thread_of(VcpuId vcpu) const;
     StopEvent to_event(const gdb::StopReply& stop) const;

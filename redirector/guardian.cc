@@ -43,11 +43,15 @@ ErrorOr<GuardianHandle> spawn_guardian(const std::string& program, const Guardia
     // Everything the child needs is prepared before fork: after fork in a threaded
     // process only async-signal-safe calls are allowed.
     std::vector<std::string> argv_store = {
-        program, "guard", "--log", args.log_path, "--lock", args.lock_path,
+        program,     "guard",
+        "--log",     args.log_path,
+        "--lock",    args.lock_path,
         "--session", strformat("%llx", static_cast<unsigned long long>(args.session_id)),
-        "--fd", std::to_string(kGuardianFd), "--report", args.report_path};
+        "--fd",      std::to_string(kGuardianFd),
+        "--report",  args.report_path};
     std::vector<char*> argv;
-    for (auto& s : argv_store) argv.push_back(s.data());
+    for (auto& s : argv_store)
+        argv.push_back(s.data());
     argv.push_back(nullptr);
 
     pid_t child = ::fork();
@@ -195,12 +199,13 @@ int run_guardian(const GuardianArgs& args) {
         log::set_output_file(args.report_path);
         if (!log::enabled(log::Level::kInfo)) log::set_level(log::Level::kInfo);
     }
-    LOG_INFO("record: thread phase %u (vcpu %d, cr3 %s, rcx %s), shadow phase %u (pid %lld), "
-             "%u breakpoints, parent region %s",
-             static_cast<unsigned>(rec->thread_phase), rec->thread_vcpu,
-             hex_u64(rec->thread_cr3).c_str(), hex_u64(rec->expected_rcx).c_str(),
-             static_cast<unsigned>(rec->shadow_phase), static_cast<long long>(rec->shadow_pid),
-             rec->breakpoint_count, hex_u64(rec->parent_region).c_str());
+    LOG_INFO(
+        "record: thread phase %u (vcpu %d, cr3 %s, rcx %s), shadow phase %u (pid %lld), "
+        "%u breakpoints, parent region %s",
+        static_cast<unsigned>(rec->thread_phase), rec->thread_vcpu,
+        hex_u64(rec->thread_cr3).c_str(), hex_u64(rec->expected_rcx).c_str(),
+        static_cast<unsigned>(rec->shadow_phase), static_cast<long long>(rec->shadow_pid),
+        rec->breakpoint_count, hex_u64(rec->parent_region).c_str());
     auto endpoint = gdb::Endpoint::parse(rec->endpoint);
     if (!endpoint) {
         report(args, "bad endpoint in log: %s", endpoint.error().describe().c_str());

@@ -21,8 +21,8 @@ struct GuardianArgs {
     std::string log_path;
     std::string lock_path;
     uint64_t session_id = 0;
-    int parent_fd = -1;      // the socket whose end-of-file means "parent gone"
-    std::string report_path; // where the guardian writes what it did
+    int parent_fd = -1;       // the socket whose end-of-file means "parent gone"
+    std::string report_path;  // where the guardian writes what it did
 };
 
 struct GuardianHandle {

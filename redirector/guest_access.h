@@ -22,8 +22,8 @@ namespace cloudvmi {
 using VcpuId = int;
 
 struct VcpuState {
-    kvm_regs regs{};    // rax..r15, rip, rflags
-    kvm_sregs sregs{};  // segment selectors, fs/gs base, cr0/2/3/4/8, efer
+    kvm_regs regs{};              // rax..r15, rip, rflags
+    kvm_sregs sregs{};            // segment selectors, fs/gs base, cr0/2/3/4/8, efer
     uint64_t kernel_gs_base = 0;  // MSR_KERNEL_GS_BASE, which kvm_sregs does not hold
 
     bool user_mode() const { return (sregs.cs.selector & 3) == 3; }
@@ -43,7 +43,7 @@ struct StopEvent {
 };
 
 class GuestAccess {
-public:
+  public:
     virtual ~GuestAccess() = default;
 
     // A short description for messages ("unix:/run/vm1.gdb").

@@ -104,8 +104,8 @@ ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_
     TRY(check_path(path));
     SyscallBatch b;
     auto p = b.input_string(path);
-    auto op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec),
-                              B::imm(mode)});
+    auto op = b.add(kOpenat,
+                    {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec), B::imm(mode)});
     auto out = TRY(session_.run(b));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
     int64_t fd = out.result(op);
@@ -114,21 +114,21 @@ ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_
 }
 
 ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string& path,
-                                                               uint64_t flags, size_t size) {
+                                                              uint64_t flags, size_t size) {
     TRY(check_path(path));
     size = std::min(size, kMaxTransfer);
     // A short read is not the end of a file (seq_file hands out a page at a time): the
     // second read starts where the first stopped, and only a read of 0 bytes means EOF.
     SyscallBatch b;
     auto p = b.input_string(path);
-    auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec)},
-                         true);
+    auto open_op =
+        b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec)}, true);
     auto first = b.output(size);
     auto read1 = b.add(kPread64, {B::result_of(open_op), B::buf(first), B::imm(size), B::imm(0)});
     b.filled_by(first, read1, B::Fill::kResultBytes);
     auto second = b.output(size);
-    auto read2 = b.add(kPread64, {B::result_of(open_op), B::buf(second), B::imm(size),
-                                  B::result_of(read1)});
+    auto read2 =
+        b.add(kPread64, {B::result_of(open_op), B::buf(second), B::imm(size), B::result_of(read1)});
     b.filled_by(second, read2, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b));
     if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
@@ -149,7 +149,9 @@ ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string&
     return f;
 }
 
-void GuestFileOps::close_soon(int fd) { session_.defer_close(fd); }
+void GuestFileOps::close_soon(int fd) {
+    session_.defer_close(fd);
+}
 
 ErrorOr<void> GuestFileOps::close(int fd) {
     SyscallBatch b;
@@ -163,8 +165,8 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::pread(int fd, size_t size, uint64_t 
     size = std::min(size, kMaxTransfer);
     SyscallBatch b;
     auto data = b.output(size);
-    auto op = b.add(kPread64, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size),
-                               B::imm(offset)});
+    auto op = b.add(
+        kPread64, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size), B::imm(offset)});
     b.filled_by(data, op, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
@@ -186,8 +188,8 @@ ErrorOr<size_t> GuestFileOps::pwrite(int fd, const std::vector<uint8_t>& data, u
     size_t n = std::min(data.size(), kMaxTransfer);
     SyscallBatch b;
     auto in = b.input(std::span(data.data(), n));
-    auto op = b.add(kPwrite64, {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n),
-                                B::imm(offset)});
+    auto op = b.add(kPwrite64,
+                    {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n), B::imm(offset)});
     auto out = TRY(session_.run(b));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "write"));
     return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
@@ -300,8 +302,8 @@ ErrorOr<std::string> GuestFileOps::readlink(const std::string& path) {
     SyscallBatch b;
     auto p = b.input_string(path);
     auto target = b.output(kMaxPath);
-    auto op = b.add(kReadlinkat, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(target),
-                                  B::imm(kMaxPath)});
+    auto op =
+        b.add(kReadlinkat, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(target), B::imm(kMaxPath)});
     b.filled_by(target, op, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
@@ -313,8 +315,9 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
     TRY(check_path(path));
     SyscallBatch b;
     auto p = b.input_string(path);
-    auto open_op = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p),
-                                   B::imm(kORdonly | kODirectory | kOCloexec | kONonblock)},
+    auto open_op = b.add(kOpenat,
+                         {B::imm_signed(kAtFdcwd), B::buf(p),
+                          B::imm(kORdonly | kODirectory | kOCloexec | kONonblock)},
                          true);
     auto buf = b.output(kDirentBuffer);
     auto dents_op = b.add(kGetdents64, {B::result_of(open_op), B::buf(buf), B::imm(kDirentBuffer)});
@@ -332,11 +335,12 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
             break;
         }
         if (result == 0) break;
-        for (auto& e : parse_dirents(bytes)) entries.push_back(std::move(e));
+        for (auto& e : parse_dirents(bytes))
+            entries.push_back(std::move(e));
         SyscallBatch more;
         auto mbuf = more.output(kDirentBuffer);
-        auto mop = more.add(kGetdents64, {B::imm(static_cast<uint64_t>(fd)), B::buf(mbuf),
-                                          B::imm(kDirentBuffer)});
+        auto mop = more.add(
+            kGetdents64, {B::imm(static_cast<uint64_t>(fd)), B::buf(mbuf), B::imm(kDirentBuffer)});
         more.filled_by(mbuf, mop, B::Fill::kResultBytes);
         auto next = session_.run(more);
         if (!next) {
@@ -401,10 +405,12 @@ ErrorOr<GuestUname> GuestFileOps::uname() {
 
 ErrorOr<void> GuestFileOps::kill(int64_t pid, int signal) {
     SyscallBatch b;
-    auto op = b.add(kKill, {B::imm(static_cast<uint64_t>(pid)), B::imm(static_cast<uint64_t>(signal))});
+    auto op =
+        b.add(kKill, {B::imm(static_cast<uint64_t>(pid)), B::imm(static_cast<uint64_t>(signal))});
     auto out = TRY(session_.run(b));
     if (out.failed(op)) {
-        return std::unexpected(guest_failure(out, op, strformat("kill %lld", static_cast<long long>(pid))));
+        return std::unexpected(
+            guest_failure(out, op, strformat("kill %lld", static_cast<long long>(pid))));
     }
     return {};
 }

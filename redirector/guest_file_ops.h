@@ -50,7 +50,7 @@ struct GuestDirEntryWithStat {
 };
 
 class GuestFileOps {
-public:
+  public:
     explicit GuestFileOps(GuestSession& session) : session_(session) {}
 
     // Chunk size for reads and writes through the shadow's data area.
@@ -89,7 +89,7 @@ public:
     ErrorOr<GuestUname> uname();
     ErrorOr<void> kill(int64_t pid, int signal);
 
-private:
+  private:
     ErrorOr<std::vector<uint8_t>> read_file_sequential(const std::string& path, size_t max_bytes);
     GuestSession& session_;
 };

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/paths.h"
 #include "common/strings.h"
 #include "redirector/gdbstub_access.h"
 #include "redirector/recovery.h"
@@ -26,29 +27,21 @@ std::string state_name(const std::string& endpoint) {
         s += (std::isalnum(static_cast<unsigned char>(c)) != 0) ? c : '_';
     }
     if (s.size() > 80) s = s.substr(s.size() - 80);
-    return strformat("%s-%08zx", s.c_str(), std::hash<std::string>{}(endpoint) & 0xffffffff);
-}
-
-ErrorOr<void> make_dirs(const std::string& dir) {
-    std::string partial;
-    for (auto part : split(dir, '/')) {
-        partial += std::string(part) + "/";
-        if (part.empty()) continue;
-        if (::mkdir(partial.c_str(), 0700) < 0 && errno != EEXIST) {
-            return errno_error("creating " + partial);
-        }
-    }
-    return {};
+    return strformat("%s-%08zx", s.c_str(), std::hash<std::string>{}(endpoint)&0xffffffff);
 }
 
 }  // namespace
 
 const char* to_string(SessionState s) {
     switch (s) {
-        case SessionState::kDetached: return "idle";
-        case SessionState::kAttaching: return "attaching";
-        case SessionState::kAttached: return "attached";
-        case SessionState::kError: return "error";
+        case SessionState::kDetached:
+            return "idle";
+        case SessionState::kAttaching:
+            return "attaching";
+        case SessionState::kAttached:
+            return "attached";
+        case SessionState::kError:
+            return "error";
     }
     return "?";
 }
@@ -81,7 +74,8 @@ GuestSession::~GuestSession() {
     parker_.join();
     std::lock_guard lock(mutex_);
     if (auto r = detach_locked(); !r) {
-        LOG_WARN("detaching from %s: %s", options_.gdb_endpoint.c_str(), r.error().describe().c_str());
+        LOG_WARN("detaching from %s: %s", options_.gdb_endpoint.c_str(),
+                 r.error().describe().c_str());
     }
 }
 
@@ -122,10 +116,10 @@ ErrorOr<void> GuestSession::attach_locked() {
         if (errno != EWOULDBLOCK) return fail(Error(errno, "locking " + lock_path_));
         if (deadline.expired()) {
             auto rec = RecoveryLog::read_file(log_path_);
-            return fail(Error(EBUSY, strformat("the VM at %s is held by cloudvmi process %d (or "
-                                               "its guardian is restoring it)",
-                                               options_.gdb_endpoint.c_str(),
-                                               rec ? rec->owner_pid : 0)));
+            return fail(
+                Error(EBUSY, strformat("the VM at %s is held by cloudvmi process %d (or "
+                                       "its guardian is restoring it)",
+                                       options_.gdb_endpoint.c_str(), rec ? rec->owner_pid : 0)));
         }
         std::this_thread::sleep_for(Millis(20));
     }
@@ -145,8 +139,10 @@ ErrorOr<void> GuestSession::attach_locked() {
 
     if (leftover && leftover->endpoint_identity != 0 &&
         leftover->endpoint_identity != endpoint->identity()) {
-        LOG_WARN("ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
-                 "was restarted since", leftover->owner_pid);
+        LOG_WARN(
+            "ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
+            "was restarted since",
+            leftover->owner_pid);
         leftover.reset();
     }
     auto log = RecoveryLog::open_file(log_path_, leftover.has_value());
@@ -248,7 +244,8 @@ void GuestSession::flush_deferred_closes_locked() {
         return;
     }
     SyscallBatch b;
-    for (const auto& op : take_deferred_closes(SHADOW_MAX_OPS)) b.add(op.nr, {op.args[0]});
+    for (const auto& op : take_deferred_closes(SHADOW_MAX_OPS))
+        b.add(op.nr, {op.args[0]});
     if (auto r = shadow_->execute(b); !r) {
         LOG_DEBUG("deferred closes: %s", r.error().describe().c_str());
     }
@@ -268,7 +265,8 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
         // Deferred closes ride along in front (so that the caller's ops see them done);
         // their results are dropped.
         SyscallBatch batch = caller_batch;
-        auto closes = take_deferred_closes(SHADOW_MAX_OPS - std::min<size_t>(SHADOW_MAX_OPS, batch.ops().size()));
+        auto closes = take_deferred_closes(SHADOW_MAX_OPS -
+                                           std::min<size_t>(SHADOW_MAX_OPS, batch.ops().size()));
         batch.prepend(closes);
         auto out = shadow_->execute(batch);
         if (out) {
@@ -278,7 +276,8 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
             return out;
         }
         // The closes did not run: keep them for the next batch of this shadow.
-        for (const auto& op : closes) deferred_closes_.push_back(static_cast<int>(op.args[0].value));
+        for (const auto& op : closes)
+            deferred_closes_.push_back(static_cast<int>(op.args[0].value));
         const Error& e = out.error();
         // A shadow that vanished before running anything (killed inside the guest) is
         // replaced once. One stuck inside the batch is not: the batch may have had effects.

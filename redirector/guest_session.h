@@ -32,15 +32,15 @@
 namespace cloudvmi {
 
 struct SessionOptions {
-    std::string gdb_endpoint;          // "unix:/path" or "tcp:host:port"
+    std::string gdb_endpoint;  // "unix:/path" or "tcp:host:port"
     gdb::ClientOptions client;
     ShadowOptions shadow;
     // After a batch the shadow stays caught (guest paused) this long, so that the next
     // request of a burst (lookup, open, read, release of one `cat`) needs no new catch.
     Millis linger{3};
-    Millis attach_timeout{10000};      // waiting for the session lock (another owner)
-    std::string state_dir;             // recovery logs and locks; "" = default_state_dir()
-    std::string guardian_program;      // cloudvmi binary for `guard`; "" = no guardian
+    Millis attach_timeout{10000};  // waiting for the session lock (another owner)
+    std::string state_dir;         // recovery logs and locks; "" = default_state_dir()
+    std::string guardian_program;  // cloudvmi binary for `guard`; "" = no guardian
 };
 
 enum class SessionState { kDetached, kAttaching, kAttached, kError };
@@ -61,7 +61,7 @@ struct SessionStatus {
 };
 
 class GuestSession {
-public:
+  public:
     explicit GuestSession(SessionOptions options);
     ~GuestSession();
     GuestSession(const GuestSession&) = delete;
@@ -86,7 +86,7 @@ public:
 
     static std::string default_state_dir();
 
-private:
+  private:
     ErrorOr<void> attach_locked();
     ErrorOr<void> ensure_shadow_locked();
     ErrorOr<void> detach_locked();

@@ -85,11 +85,12 @@ std::optional<ReturnPaths> find_return_paths(std::span<const uint8_t> entry_code
     // `mov %rsp,%cr3` follows within a few instructions.
     size_t after = (std::memcmp(entry_code.data(), kEndbr64, 4) == 0 ? 4 : 0) + 12;
     if (after + 2 <= entry_code.size()) {
-        auto cr3 = find_bytes(entry_code.subspan(after, std::min<size_t>(0x30, entry_code.size() - after)),
-                              kMovToCr3Rsp);
+        auto cr3 =
+            find_bytes(entry_code.subspan(after, std::min<size_t>(0x30, entry_code.size() - after)),
+                       kMovToCr3Rsp);
         int rel = static_cast<int8_t>(entry_code[after + 1]);
-        bool jumps_over = entry_code[after] == 0xeb && rel > 0 &&
-                          (!cr3 || static_cast<size_t>(rel) + 2 > *cr3);
+        bool jumps_over =
+            entry_code[after] == 0xeb && rel > 0 && (!cr3 || static_cast<size_t>(rel) + 2 > *cr3);
         paths.pti = cr3.has_value() && !jumps_over;
     }
     // The sysret eligibility checks all bail out to the same slow path with jcc rel32.
@@ -161,8 +162,10 @@ ErrorOr<KernelEntryPoints> discover_kernel_entry_points(GuestAccess& guest, Vcpu
     TRY_CTX(guest.read_virtual(vcpu, *entry, code), "reading the syscall entry code");
     auto paths = find_return_paths(code, *entry);
     if (!paths) {
-        return make_error(ENOTSUP, "guest kernel not recognised: no sysretq after the syscall "
-                                   "entry at " + hex_u64(*entry));
+        return make_error(ENOTSUP,
+                          "guest kernel not recognised: no sysretq after the syscall "
+                          "entry at " +
+                              hex_u64(*entry));
     }
     kep.sysret = paths->sysret;
     kep.pti = paths->pti;
@@ -174,8 +177,9 @@ ErrorOr<KernelEntryPoints> discover_kernel_entry_points(GuestAccess& guest, Vcpu
         }
     }
     if (kep.iret == 0) {
-        LOG_WARN("no iretq found on the slow return path: signals that hit a hijacked thread "
-                 "cannot be repaired on this kernel");
+        LOG_WARN(
+            "no iretq found on the slow return path: signals that hit a hijacked thread "
+            "cannot be repaired on this kernel");
     }
     LOG_INFO("kernel discovery: %s", kep.describe().c_str());
     return kep;

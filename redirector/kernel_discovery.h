@@ -26,7 +26,7 @@ struct KernelEntryPoints {
     uint64_t slow_return = 0;    // swapgs_restore_regs_and_return_to_usermode
     uint64_t iret = 0;           // the iretq the slow path ends in (0 if not found)
     uint64_t idt_base = 0;
-    bool pti = false;            // entry switches CR3 (page-table isolation active)
+    bool pti = false;  // entry switches CR3 (page-table isolation active)
 
     std::string describe() const;
 };

@@ -10,10 +10,8 @@ namespace cloudvmi {
 
 std::string RecoveryReport::describe() const {
     return strformat("breakpoints removed: %d, hijacked thread %s, parent region %s, shadow %s",
-                     breakpoints_removed,
-                     thread_restored ? "restored" : "none",
-                     parent_region_unmapped ? "unmapped" : "none",
-                     shadow_ended ? "ended" : "none");
+                     breakpoints_removed, thread_restored ? "restored" : "none",
+                     parent_region_unmapped ? "unmapped" : "none", shadow_ended ? "ended" : "none");
 }
 
 ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& record,
@@ -23,15 +21,16 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
     log.edit() = record;
     log.commit();
     // A rebooted kernel has its entry elsewhere (KASLR): nothing of the record applies.
-    if (record.syscall_entry != 0 && (record.thread_phase != ThreadPhase::kNone ||
-                                      record.shadow_phase != ShadowPhase::kNone)) {
+    if (record.syscall_entry != 0 &&
+        (record.thread_phase != ThreadPhase::kNone || record.shadow_phase != ShadowPhase::kNone)) {
         auto vcpus = TRY(guest.vcpus());
         if (!vcpus.empty()) {
             auto kernel = discover_kernel_entry_points(guest, vcpus[0]);
             if (kernel && kernel->syscall_entry != record.syscall_entry) {
-                LOG_WARN("recovery: the guest kernel was restarted since (entry %s, was %s); "
-                         "nothing to restore",
-                         hex_u64(kernel->syscall_entry).c_str(), hex_u64(record.syscall_entry).c_str());
+                LOG_WARN(
+                    "recovery: the guest kernel was restarted since (entry %s, was %s); "
+                    "nothing to restore",
+                    hex_u64(kernel->syscall_entry).c_str(), hex_u64(record.syscall_entry).c_str());
                 log.edit() = RecoveryRecord{};
                 log.commit();
                 return report;
@@ -69,7 +68,8 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         if (inj.hijacked() && helper > 0) {
             // Reap the helper (it exits right after its own clone), or it stays a zombie:
             // it was cloned without an exit signal, so P itself never waits for it.
-            auto r = inj.syscall(x86abi::kWait4, {static_cast<uint64_t>(helper), 0, x86abi::kWall, 0});
+            auto r =
+                inj.syscall(x86abi::kWait4, {static_cast<uint64_t>(helper), 0, x86abi::kWall, 0});
             if (r) {
                 log.edit().helper_pid = 0;
                 log.commit();
@@ -111,11 +111,12 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
             LOG_INFO("recovery: catching a shadow that was still starting");
         }
         ShadowOptions o = options;
-        if (record.shadow_phase == ShadowPhase::kBatchInFlight) o.acquire_timeout = options.batch_timeout;
+        if (record.shadow_phase == ShadowPhase::kBatchInFlight)
+            o.acquire_timeout = options.batch_timeout;
         auto shadow = ShadowProcess::adopt(guest, log, r, o);
         if (auto t = shadow->terminate(); !t) {
-            LOG_WARN("recovery: shadow %lld not ended: %s", static_cast<long long>(record.shadow_pid),
-                     t.error().describe().c_str());
+            LOG_WARN("recovery: shadow %lld not ended: %s",
+                     static_cast<long long>(record.shadow_pid), t.error().describe().c_str());
         } else {
             report.shadow_ended = true;
         }

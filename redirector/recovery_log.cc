@@ -67,8 +67,7 @@ RecoveryLog::~RecoveryLog() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-ErrorOr<std::unique_ptr<RecoveryLog>> RecoveryLog::open_file(const std::string& path,
-                                                             bool keep) {
+ErrorOr<std::unique_ptr<RecoveryLog>> RecoveryLog::open_file(const std::string& path, bool keep) {
     std::optional<RecoveryRecord> previous;
     if (keep) {
         if (auto r = read_file(path)) previous = *r;

@@ -19,16 +19,16 @@ namespace cloudvmi {
 
 enum class ThreadPhase : uint32_t {
     kNone = 0,
-    kHeld = 1,       // stopped at a return-to-user instruction, possibly with our registers
-    kInFlight = 2,   // executing an injected syscall
+    kHeld = 1,      // stopped at a return-to-user instruction, possibly with our registers
+    kInFlight = 2,  // executing an injected syscall
 };
 
 enum class ShadowPhase : uint32_t {
     kNone = 0,
-    kStarting = 1,      // clone issued; the shadow may exist but has not been caught yet
-    kParked = 2,        // looping in its page, no breakpoint needed
-    kHeld = 3,          // stopped at one of its breakpoints
-    kBatchInFlight = 4, // running a batch towards its batch_done breakpoint
+    kStarting = 1,       // clone issued; the shadow may exist but has not been caught yet
+    kParked = 2,         // looping in its page, no breakpoint needed
+    kHeld = 3,           // stopped at one of its breakpoints
+    kBatchInFlight = 4,  // running a batch towards its batch_done breakpoint
 };
 
 struct RecoveryRecord {
@@ -58,12 +58,12 @@ struct RecoveryRecord {
 
     ThreadPhase thread_phase = ThreadPhase::kNone;
     int32_t thread_vcpu = 0;
-    uint64_t cookie = 0;        // in rbx while the thread runs our syscalls
+    uint64_t cookie = 0;  // in rbx while the thread runs our syscalls
     uint64_t thread_cr3 = 0;
-    uint64_t expected_rcx = 0;  // return address of the syscall in flight
-    kvm_regs thread_regs{};     // the thread's own registers, to put back
-    uint64_t parent_region = 0; // region mapped in the hijacked process (0: none)
-    int64_t helper_pid = 0;     // the hijacked process's clone child, not yet reaped (0: none)
+    uint64_t expected_rcx = 0;   // return address of the syscall in flight
+    kvm_regs thread_regs{};      // the thread's own registers, to put back
+    uint64_t parent_region = 0;  // region mapped in the hijacked process (0: none)
+    int64_t helper_pid = 0;      // the hijacked process's clone child, not yet reaped (0: none)
 
     ShadowPhase shadow_phase = ShadowPhase::kNone;
     int32_t shadow_vcpu = 0;
@@ -79,7 +79,7 @@ struct RecoveryRecord {
 };
 
 class RecoveryLog {
-public:
+  public:
     // A log kept in memory only (unit tests, the guardian's working copy).
     RecoveryLog();
     // A log backed by a file other processes can read after we die. With `keep`, the last
@@ -98,7 +98,7 @@ public:
     // Reads the last committed record of a log file written by another process.
     static ErrorOr<RecoveryRecord> read_file(const std::string& path);
 
-private:
+  private:
     RecoveryRecord working_;
     std::string path_;
     void* map_ = nullptr;

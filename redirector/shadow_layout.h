@@ -19,31 +19,31 @@
 
 #define SHADOW_CTRL_OFFSET 0x1000
 #define CTRL_MAGIC 0x00
-#define CTRL_LEASE 0x08      /* loop iterations left; the shadow exits when it reaches 0 */
-#define CTRL_REQ_SEQ 0x10    /* host: a new batch is ready when this differs from DONE */
-#define CTRL_DONE_SEQ 0x18   /* shadow: copied from REQ_SEQ when the batch is complete */
-#define CTRL_SLEEP_CUR 0x20  /* current park interval, ns (doubles while idle) */
+#define CTRL_LEASE 0x08     /* loop iterations left; the shadow exits when it reaches 0 */
+#define CTRL_REQ_SEQ 0x10   /* host: a new batch is ready when this differs from DONE */
+#define CTRL_DONE_SEQ 0x18  /* shadow: copied from REQ_SEQ when the batch is complete */
+#define CTRL_SLEEP_CUR 0x20 /* current park interval, ns (doubles while idle) */
 #define CTRL_SLEEP_MIN 0x28
-#define CTRL_SLEEP_MAX 0x30  /* must stay below 1e9: nanosleep's tv_nsec */
-#define CTRL_TS_SEC 0x38     /* struct timespec for nanosleep */
+#define CTRL_SLEEP_MAX 0x30 /* must stay below 1e9: nanosleep's tv_nsec */
+#define CTRL_TS_SEC 0x38    /* struct timespec for nanosleep */
 #define CTRL_TS_NSEC 0x40
-#define CTRL_S2_PID 0x48     /* written by S1: the shadow's pid, or -errno of its clone */
+#define CTRL_S2_PID 0x48      /* written by S1: the shadow's pid, or -errno of its clone */
 #define CTRL_WAIT_STATUS 0x50 /* wait4 status of S1, for the hijacked parent */
-#define CTRL_HEARTBEAT 0x58  /* incremented on every loop iteration */
-#define CTRL_NAME 0x100      /* "cloudvmi-shadow\0": comm and cmdline of the shadow */
+#define CTRL_HEARTBEAT 0x58   /* incremented on every loop iteration */
+#define CTRL_NAME 0x100       /* "cloudvmi-shadow\0": comm and cmdline of the shadow */
 #define CTRL_NAME_SIZE 16
-#define CTRL_SIGSET 0x120    /* all-ones signal mask */
-#define CTRL_SCRATCH 0x200   /* small scratch for bootstrap syscalls */
+#define CTRL_SIGSET 0x120  /* all-ones signal mask */
+#define CTRL_SCRATCH 0x200 /* small scratch for bootstrap syscalls */
 #define CTRL_SCRATCH_SIZE 0xe00
 
 #define SHADOW_OPS_OFFSET 0x2000
 #define SHADOW_OPS_SIZE 0x4000
-#define BATCH_NOPS 0x00      /* header: number of ops */
+#define BATCH_NOPS 0x00 /* header: number of ops */
 #define BATCH_HEADER_SIZE 0x10
 #define OP_SIZE 0x50
 #define OP_NR 0x00
-#define OP_ARGS 0x08         /* six u64 */
-#define OP_REFS 0x38         /* bit i set: args[i] is the index of an earlier op whose result to use */
+#define OP_ARGS 0x08 /* six u64 */
+#define OP_REFS 0x38 /* bit i set: args[i] is the index of an earlier op whose result to use */
 #define OP_FLAGS 0x40
 #define OP_RESULT 0x48
 #define OPF_STOP_ON_ERROR 0x1 /* cancel the remaining ops if this one fails */

@@ -49,15 +49,30 @@ std::string as_text(const std::vector<uint8_t>& bytes) {
 }  // namespace
 
 std::span<const uint8_t> ShadowCode::bytes() {
-    return {cloudvmi_shadow_begin, static_cast<size_t>(cloudvmi_shadow_end - cloudvmi_shadow_begin)};
+    return {cloudvmi_shadow_begin,
+            static_cast<size_t>(cloudvmi_shadow_end - cloudvmi_shadow_begin)};
 }
-uint64_t ShadowCode::child_entry() { return offset_of(cloudvmi_shadow_child_entry); }
-uint64_t ShadowCode::park_loop() { return offset_of(cloudvmi_shadow_park_loop); }
-uint64_t ShadowCode::sleep_syscall() { return offset_of(cloudvmi_shadow_sleep_syscall); }
-uint64_t ShadowCode::after_sleep() { return offset_of(cloudvmi_shadow_after_sleep); }
-uint64_t ShadowCode::run_batch() { return offset_of(cloudvmi_shadow_run_batch); }
-uint64_t ShadowCode::batch_done() { return offset_of(cloudvmi_shadow_batch_done); }
-uint64_t ShadowCode::exit() { return offset_of(cloudvmi_shadow_exit); }
+uint64_t ShadowCode::child_entry() {
+    return offset_of(cloudvmi_shadow_child_entry);
+}
+uint64_t ShadowCode::park_loop() {
+    return offset_of(cloudvmi_shadow_park_loop);
+}
+uint64_t ShadowCode::sleep_syscall() {
+    return offset_of(cloudvmi_shadow_sleep_syscall);
+}
+uint64_t ShadowCode::after_sleep() {
+    return offset_of(cloudvmi_shadow_after_sleep);
+}
+uint64_t ShadowCode::run_batch() {
+    return offset_of(cloudvmi_shadow_run_batch);
+}
+uint64_t ShadowCode::batch_done() {
+    return offset_of(cloudvmi_shadow_batch_done);
+}
+uint64_t ShadowCode::exit() {
+    return offset_of(cloudvmi_shadow_exit);
+}
 
 ShadowProcess::ShadowProcess(GuestAccess& guest, RecoveryLog& log, ShadowOptions options)
     : guest_(guest), log_(log), options_(options), traps_(guest, log) {}
@@ -97,9 +112,13 @@ void ShadowProcess::journal() {
         case State::kHeld:
             rec.shadow_phase = in_flight_ ? ShadowPhase::kBatchInFlight : ShadowPhase::kHeld;
             break;
-        case State::kParked: rec.shadow_phase = ShadowPhase::kParked; break;
+        case State::kParked:
+            rec.shadow_phase = ShadowPhase::kParked;
+            break;
         case State::kLost:
-        case State::kGone: rec.shadow_phase = ShadowPhase::kNone; break;
+        case State::kGone:
+            rec.shadow_phase = ShadowPhase::kNone;
+            break;
     }
     rec.shadow_pid = pid_;
     rec.shadow_cr3 = cr3_;
@@ -209,11 +228,10 @@ ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
         uint64_t hint = region_hint();
         log_.edit().parent_region = hint;  // write-ahead: mmap may succeed and we die
         log_.commit();
-        uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE,
-                                             kProtRead | kProtWrite | kProtExec,
-                                             kMapShared | kMapAnonymous | kMapPopulate |
-                                                 kMapFixedNoreplace,
-                                             ~uint64_t{0}, 0}));
+        uint64_t r =
+            TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite | kProtExec,
+                                    kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
+                                    ~uint64_t{0}, 0}));
         if (is_error_result(r)) {
             log_.edit().parent_region = 0;
             log_.commit();
@@ -268,13 +286,15 @@ ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
     uint64_t region = log_.current().parent_region;
     if (int64_t helper = log_.current().helper_pid; helper > 0) {
         uint64_t status_at = region != 0 ? region + SHADOW_CTRL_OFFSET + CTRL_WAIT_STATUS : 0;
-        uint64_t waited = TRY(inj.syscall(kWait4, {static_cast<uint64_t>(helper), status_at, kWall, 0}));
+        uint64_t waited =
+            TRY(inj.syscall(kWait4, {static_cast<uint64_t>(helper), status_at, kWall, 0}));
         // ECHILD: the process ignores SIGCHLD and the kernel reaped the helper itself.
         if (waited == static_cast<uint64_t>(helper) || as_signed(waited) == -ECHILD) {
             log_.edit().helper_pid = 0;
             log_.commit();
         } else {
-            LOG_WARN("wait4 for the helper returned %lld", static_cast<long long>(as_signed(waited)));
+            LOG_WARN("wait4 for the helper returned %lld",
+                     static_cast<long long>(as_signed(waited)));
         }
     }
     if (region == 0) return {};
@@ -291,9 +311,9 @@ ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
     log_.edit().parent_region = 0;
     log_.commit();
     if (s2 <= 0) {
-        return std::unexpected(Error(s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
-                                     strformat("the helper could not clone the shadow (%lld)",
-                                               static_cast<long long>(s2))));
+        return std::unexpected(Error(
+            s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
+            strformat("the helper could not clone the shadow (%lld)", static_cast<long long>(s2))));
     }
     return {};
 }
@@ -342,7 +362,8 @@ ErrorOr<void> ShadowProcess::catch_newborn(uint64_t parent_space) {
     auto start = Clock::now();
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
-    auto vcpu = run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space);
+    auto vcpu =
+        run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu) {
         // Left to the caller's cleanup, which tries once more to catch and end it.
@@ -359,8 +380,8 @@ ErrorOr<void> ShadowProcess::catch_newborn(uint64_t parent_space) {
     return {};
 }
 
-ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadline,
-                                                   bool any_space, uint64_t exclude_space) {
+ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadline, bool any_space,
+                                                   uint64_t exclude_space) {
     TRY(guest_.resume());
     uint64_t own_space = SyscallInjector::address_space(cr3_);
     while (true) {
@@ -383,8 +404,8 @@ ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadl
         } else {
             // Not ours: a single step gets past a breakpoint that is not ours too, where
             // resuming would stop on it again at once.
-            LOG_DEBUG("vCPU %d stopped at %s (cr3 %s), not at one of our breakpoints",
-                      ev->vcpu, hex_u64(rip).c_str(), hex_u64(snap.state.sregs.cr3).c_str());
+            LOG_DEBUG("vCPU %d stopped at %s (cr3 %s), not at one of our breakpoints", ev->vcpu,
+                      hex_u64(rip).c_str(), hex_u64(snap.state.sregs.cr3).c_str());
             TRY(guest_.step(ev->vcpu, Deadline::after(options_.acquire_timeout)));
         }
         TRY(guest_.resume());
@@ -414,9 +435,9 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
             if ((name_page & 0xfff) != 0 || name_page >= 0x00007ffffffff000ULL) {
                 return make_error(EPROTO, "implausible mmap result in the shadow");
             }
-            TRY(guest_.write_virtual(vcpu_, name_page,
-                                     std::span(reinterpret_cast<const uint8_t*>(kShadowName),
-                                               sizeof kShadowName)));
+            TRY(guest_.write_virtual(
+                vcpu_, name_page,
+                std::span(reinterpret_cast<const uint8_t*>(kShadowName), sizeof kShadowName)));
         }
     }
     SyscallBatch b;
@@ -427,19 +448,20 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     auto sid = b.add(kSetsid, {});
     auto root = b.input_string("/");
     auto cd = b.add(kChdir, {SyscallBatch::buf(root)});
-    auto closed = b.add(kCloseRange, {SyscallBatch::imm(0), SyscallBatch::imm(0xffffffffu),
-                                      SyscallBatch::imm(0)});
+    auto closed = b.add(
+        kCloseRange, {SyscallBatch::imm(0), SyscallBatch::imm(0xffffffffu), SyscallBatch::imm(0)});
     auto name = b.add(kPrctl, {SyscallBatch::imm(kPrSetName), SyscallBatch::imm(name_at)});
-    auto args_start = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
-                                     SyscallBatch::imm(name_at), SyscallBatch::imm(0),
-                                     SyscallBatch::imm(0)});
+    auto args_start =
+        b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgStart),
+                       SyscallBatch::imm(name_at), SyscallBatch::imm(0), SyscallBatch::imm(0)});
     auto args_end = b.add(kPrctl, {SyscallBatch::imm(kPrSetMm), SyscallBatch::imm(kPrSetMmArgEnd),
                                    SyscallBatch::imm(name_at + sizeof kShadowName),
                                    SyscallBatch::imm(0), SyscallBatch::imm(0)});
-    auto masked = b.add(kRtSigprocmask, {SyscallBatch::imm(kSigSetmask),
-                                         SyscallBatch::imm(ctrl + CTRL_SIGSET),
-                                         SyscallBatch::imm(0), SyscallBatch::imm(8)});
-    auto locked = b.add(kMlock, {SyscallBatch::imm(region_), SyscallBatch::imm(SHADOW_REGION_SIZE)});
+    auto masked = b.add(kRtSigprocmask,
+                        {SyscallBatch::imm(kSigSetmask), SyscallBatch::imm(ctrl + CTRL_SIGSET),
+                         SyscallBatch::imm(0), SyscallBatch::imm(8)});
+    auto locked =
+        b.add(kMlock, {SyscallBatch::imm(region_), SyscallBatch::imm(SHADOW_REGION_SIZE)});
     b.add(kUmask, {SyscallBatch::imm(022)});
     auto readlink = [&](const char* path) {
         auto p = b.input_string(path);
@@ -469,10 +491,12 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     if (out.failed(closed)) {
         // Kernels before 5.9 lack close_range: close the usual range one by one.
         SyscallBatch c;
-        for (int fd = 0; fd < 192; ++fd) c.add(kClose, {SyscallBatch::imm(static_cast<uint64_t>(fd))});
+        for (int fd = 0; fd < 192; ++fd)
+            c.add(kClose, {SyscallBatch::imm(static_cast<uint64_t>(fd))});
         TRY(execute(c));
     }
-    if (out.failed(name)) LOG_WARN("shadow PR_SET_NAME failed: %s", std::strerror(out.error_of(name)));
+    if (out.failed(name))
+        LOG_WARN("shadow PR_SET_NAME failed: %s", std::strerror(out.error_of(name)));
     if (out.failed(args_start) || out.failed(args_end)) {
         // The kernel wants arg_start <= arg_end at every step: try the other order.
         SyscallBatch m;
@@ -526,8 +550,8 @@ ErrorOr<void> ShadowProcess::acquire() {
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
     bool newborn = cr3_ == 0;
-    auto vcpu = run_until_shadow_at(at, Deadline::after(options_.acquire_timeout), newborn,
-                                    parent_space_);
+    auto vcpu =
+        run_until_shadow_at(at, Deadline::after(options_.acquire_timeout), newborn, parent_space_);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu && vcpu.error().code() != ETIMEDOUT) {
         (void)traps_.disarm_all();
@@ -539,10 +563,11 @@ ErrorOr<void> ShadowProcess::acquire() {
         state_ = State::kLost;
         journal();
         if (vcpu.error().code() == ETIMEDOUT) {
-            return make_error(ESRCH, strformat("the shadow process %lld did not come back within "
-                                               "%lld ms (killed inside the guest?)",
-                                               static_cast<long long>(pid_),
-                                               static_cast<long long>(options_.acquire_timeout.count())));
+            return make_error(ESRCH,
+                              strformat("the shadow process %lld did not come back within "
+                                        "%lld ms (killed inside the guest?)",
+                                        static_cast<long long>(pid_),
+                                        static_cast<long long>(options_.acquire_timeout.count())));
         }
         return std::unexpected(vcpu.error());
     }

@@ -36,9 +36,9 @@ namespace cloudvmi {
 
 struct ShadowOptions {
     InjectorOptions injector;
-    Millis catch_timeout{15000};    // catching the newborn shadow
-    Millis acquire_timeout{3000};   // catching a parked shadow (well above sleep_max)
-    Millis batch_timeout{10000};    // one batch
+    Millis catch_timeout{15000};   // catching the newborn shadow
+    Millis acquire_timeout{3000};  // catching a parked shadow (well above sleep_max)
+    Millis batch_timeout{10000};   // one batch
     // Recovery after a crash: how long to wait for a syscall the dead session left running.
     Millis recovery_timeout{600000};
     uint64_t sleep_min_ns = 1'000'000;
@@ -62,15 +62,15 @@ struct ShadowCode {
 };
 
 struct BootstrapStats {
-    double hijack_ms = 0;      // from arming the trap to holding a root thread
-    double first_catch_ms = 0; // from giving P back to catching the shadow
+    double hijack_ms = 0;       // from arming the trap to holding a root thread
+    double first_catch_ms = 0;  // from giving P back to catching the shadow
     double total_ms = 0;
     int attempts = 0;
     InjectorStats injector;
 };
 
 class ShadowProcess {
-public:
+  public:
     enum class State { kHeld, kParked, kLost, kGone };
 
     // Creates a shadow; the guest must be stopped and is left stopped, the shadow held.
@@ -99,7 +99,7 @@ public:
     const BootstrapStats& bootstrap_stats() const { return bootstrap_; }
     double last_acquire_ms() const { return last_acquire_ms_; }
 
-private:
+  private:
     ShadowProcess(GuestAccess& guest, RecoveryLog& log, ShadowOptions options);
 
     ErrorOr<void> bootstrap_once(const KernelEntryPoints& kernel, std::set<uint64_t>& skip,

@@ -10,7 +10,9 @@ namespace cloudvmi {
 
 namespace {
 constexpr size_t kAlign = 16;
-size_t align_up(size_t v) { return (v + kAlign - 1) & ~(kAlign - 1); }
+size_t align_up(size_t v) {
+    return (v + kAlign - 1) & ~(kAlign - 1);
+}
 }  // namespace
 
 SyscallBatch::BufferId SyscallBatch::add_buffer(Buffer b) {

@@ -18,24 +18,26 @@
 namespace cloudvmi {
 
 class SyscallBatch {
-public:
+  public:
     using BufferId = size_t;
     using OpId = size_t;
 
     struct Arg {
         enum class Kind { kImmediate, kBuffer, kResultOf };
         Kind kind = Kind::kImmediate;
-        uint64_t value = 0;  // immediate, buffer id, or op id
-        uint64_t offset = 0; // byte offset into the buffer
+        uint64_t value = 0;   // immediate, buffer id, or op id
+        uint64_t offset = 0;  // byte offset into the buffer
     };
     static Arg imm(uint64_t v) { return {Arg::Kind::kImmediate, v, 0}; }
-    static Arg imm_signed(int64_t v) { return {Arg::Kind::kImmediate, static_cast<uint64_t>(v), 0}; }
+    static Arg imm_signed(int64_t v) {
+        return {Arg::Kind::kImmediate, static_cast<uint64_t>(v), 0};
+    }
     static Arg buf(BufferId b, uint64_t offset = 0) { return {Arg::Kind::kBuffer, b, offset}; }
     static Arg result_of(OpId op) { return {Arg::Kind::kResultOf, op, 0}; }
 
     enum class Fill {
-        kWhole,       // read back the whole buffer if the filling op succeeded
-        kResultBytes, // read back as many bytes as the filling op returned
+        kWhole,        // read back the whole buffer if the filling op succeeded
+        kResultBytes,  // read back as many bytes as the filling op returned
     };
 
     struct Buffer {
@@ -74,7 +76,7 @@ public:
     // Checks the batch fits the shadow's areas and its references point backwards.
     ErrorOr<void> validate(size_t max_ops, size_t data_capacity) const;
 
-private:
+  private:
     BufferId add_buffer(Buffer b);
     std::vector<Op> ops_;
     std::vector<Buffer> buffers_;
@@ -92,7 +94,9 @@ struct BatchOutcome {
         auto r = result(op);
         return r < 0 && r >= -4095;
     }
-    int error_of(SyscallBatch::OpId op) const { return failed(op) ? static_cast<int>(-result(op)) : 0; }
+    int error_of(SyscallBatch::OpId op) const {
+        return failed(op) ? static_cast<int>(-result(op)) : 0;
+    }
     const std::vector<uint8_t>& bytes(SyscallBatch::BufferId b) const { return buffers.at(b); }
 };
 

@@ -13,7 +13,9 @@ namespace {
 constexpr uint64_t kUserSpaceEnd = 0x00007ffffffff000ULL;
 constexpr uint16_t kKernelCs = 0x10;
 
-bool is_user_address(uint64_t a) { return a != 0 && a < kUserSpaceEnd; }
+bool is_user_address(uint64_t a) {
+    return a != 0 && a < kUserSpaceEnd;
+}
 
 struct IretFrame {
     uint64_t rip, cs, rflags, rsp, ss;
@@ -42,9 +44,15 @@ void SyscallInjector::journal_thread() {
     rec.slow_return = kernel_.slow_return;
     rec.iret = kernel_.iret;
     switch (phase_) {
-        case Phase::kIdle: rec.thread_phase = ThreadPhase::kNone; break;
-        case Phase::kHeld: rec.thread_phase = ThreadPhase::kHeld; break;
-        case Phase::kInFlight: rec.thread_phase = ThreadPhase::kInFlight; break;
+        case Phase::kIdle:
+            rec.thread_phase = ThreadPhase::kNone;
+            break;
+        case Phase::kHeld:
+            rec.thread_phase = ThreadPhase::kHeld;
+            break;
+        case Phase::kInFlight:
+            rec.thread_phase = ThreadPhase::kInFlight;
+            break;
     }
     rec.thread_vcpu = vcpu_;
     rec.cookie = cookie_;
@@ -162,7 +170,8 @@ ErrorOr<uint64_t> SyscallInjector::syscall(uint64_t nr, std::initializer_list<ui
     kvm_regs regs = original_;
     uint64_t a[6] = {};
     size_t i = 0;
-    for (uint64_t v : args) a[i++] = v;
+    for (uint64_t v : args)
+        a[i++] = v;
     regs.rax = nr;
     regs.rdi = a[0];
     regs.rsi = a[1];
@@ -301,7 +310,8 @@ ErrorOr<SyscallInjector::Arrival> SyscallInjector::run_until_return(Deadline dea
         }
         // A stop that is none of our traps (the VM paused from outside, a breakpoint that
         // is not ours): step past it rather than resume onto it.
-        LOG_DEBUG("vCPU %d stopped at %s, not at one of our traps", ev->vcpu, hex_u64(r.rip).c_str());
+        LOG_DEBUG("vCPU %d stopped at %s, not at one of our traps", ev->vcpu,
+                  hex_u64(r.rip).c_str());
         TRY(step_over(ev->vcpu, r.rip));
         TRY(guest_.resume());
     }
@@ -318,9 +328,10 @@ ErrorOr<void> SyscallInjector::repair_signal_frame(VcpuId vcpu, const kvm_regs& 
     // return address of whichever of our syscalls the signal interrupted.
     bool frame_is_ours = sc[kScRbx] == cookie_ && sc[kScRip] != 0 && sc[kScRip] < kUserSpaceEnd;
     if (!frame_is_ours) {
-        LOG_ERROR("signal frame at %s does not hold the injected context; the hijacked thread "
-                  "(cr3 %s) may see a wrong syscall result",
-                  hex_u64(mc).c_str(), hex_u64(cr3_).c_str());
+        LOG_ERROR(
+            "signal frame at %s does not hold the injected context; the hijacked thread "
+            "(cr3 %s) may see a wrong syscall result",
+            hex_u64(mc).c_str(), hex_u64(cr3_).c_str());
         return make_error(EPROTO, "unrecognised signal frame on the hijacked thread");
     }
     const kvm_regs& o = original_;
@@ -341,9 +352,10 @@ ErrorOr<void> SyscallInjector::repair_signal_frame(VcpuId vcpu, const kvm_regs& 
     regs.r15 = o.r15;
     TRY(guest_.write_regs(vcpu, regs));
     ++stats_.signals_repaired;
-    LOG_WARN("a signal reached the hijacked thread (cr3 %s); its frame was repaired and the "
-             "thread given back",
-             hex_u64(cr3_).c_str());
+    LOG_WARN(
+        "a signal reached the hijacked thread (cr3 %s); its frame was repaired and the "
+        "thread given back",
+        hex_u64(cr3_).c_str());
     phase_ = Phase::kIdle;
     TRY(traps_.disarm_all());
     journal_thread();

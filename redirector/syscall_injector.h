@@ -36,16 +36,16 @@ struct InjectorOptions {
 };
 
 struct InjectorStats {
-    int candidates_seen = 0;     // threads stopped at the trap while looking for one
+    int candidates_seen = 0;  // threads stopped at the trap while looking for one
     int candidates_rejected = 0;
-    int foreign_stops = 0;       // other threads that hit the trap while ours was busy
-    int slow_returns = 0;        // our syscall came back through iretq
+    int foreign_stops = 0;  // other threads that hit the trap while ours was busy
+    int slow_returns = 0;   // our syscall came back through iretq
     int signals_repaired = 0;
     double hijack_ms = 0;
 };
 
 class SyscallInjector {
-public:
+  public:
     SyscallInjector(GuestAccess& guest, const KernelEntryPoints& kernel, RecoveryLog& log,
                     InjectorOptions options = {});
     ~SyscallInjector();
@@ -98,7 +98,7 @@ public:
     static constexpr uint64_t kShadowBandStart = 0x7e0000000000ULL;
     static constexpr uint64_t kShadowBandEnd = 0x7f0000000000ULL;
 
-private:
+  private:
     enum class Phase { kIdle, kHeld, kInFlight };
     enum class Landing { kSysret, kIret };
 

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The main job on a fresh Debian 12 machine: installs what is needed, builds CloudVMI,
 # boots the bundled demo guest (a stock Debian kernel + busybox, under QEMU with its
-# gdbstub) and shows CloudVMI reading and changing its live state from the host.
-# Run as root. Options: --keep  leave the demo guest running afterwards.
+# gdbstub), mounts /vmi and shows the guest's live state with ordinary tools.
+# Run as root. Options:
+#   --keep   leave the demo guest running and /vmi mounted afterwards
 set -eu
 cd "$(dirname "$0")/.."
 keep=false
@@ -12,34 +13,68 @@ scripts/install-deps.sh
 scripts/build.sh
 
 dir=${CLOUDVMI_DEMO_DIR:-/tmp/cloudvmi-demo}
-mkdir -p "$dir"
+mnt=${CLOUDVMI_DEMO_MOUNT:-/vmi}
+mkdir -p "$dir" "$mnt"
+if mountpoint -q "$mnt"; then
+    echo "demo: $mnt is already mounted; unmount it first (fusermount3 -u $mnt)" >&2
+    exit 1
+fi
 tests/guest/launch-guest.sh stop --name demo --dir "$dir" >/dev/null 2>&1 || true
 echo "== booting the demo guest (TCG; about 10 s)"
 eval "$(tests/guest/launch-guest.sh start --name demo --dir "$dir" --hostname web-01)"
+
+cat >"$dir/cloudvmi.yaml" <<EOF
+node: demo-node
+state_dir: $dir/state
+vms:
+  - name: web-01
+    gdb: $GDB
+    qmp: $QMP
+EOF
+
 cleanup() {
     if [ "$keep" = false ]; then
+        fusermount3 -u "$mnt" 2>/dev/null || true
         tests/guest/launch-guest.sh stop --name demo --dir "$dir" >/dev/null 2>&1 || true
     fi
 }
 trap cleanup EXIT
 
-cvmi() {
-    echo "\$ cloudvmi guest --gdb $GDB $*"
-    build/cloudvmi guest --gdb "$GDB" "$@"
+show() {
+    printf '\n$ %s\n' "$*"
+    sh -c "$*"
 }
-echo
-cvmi info
-echo
-cvmi cat /proc/loadavg
-cvmi cat /proc/meminfo | head -n 3
-echo "(and $(build/cloudvmi guest --gdb "$GDB" ls /proc | grep -c '^[0-9]') processes in the guest's /proc)"
-cvmi cat /proc/sys/kernel/hostname
-cvmi write /proc/sys/kernel/hostname db-01
-cvmi cat /proc/sys/kernel/hostname
-cvmi ls -l /etc
-cvmi cat /etc/does-not-exist || echo "(exit status $?: the guest's ENOENT, unchanged)"
+
+echo "== mounting $mnt"
+build/cloudvmi --config "$dir/cloudvmi.yaml" "$mnt"
+vm=$mnt/demo-node/web-01
+show "ls $mnt/demo-node"
+show "ls $vm"
+show "cat $vm/proc/loadavg"
+show "head -n 3 $vm/proc/meminfo"
+show "ls -l $vm/proc | head -n 8"
+show "grep -r . $vm/proc/sys/kernel 2>/dev/null | grep -E 'hostname|ostype|osrelease'"
+show "readlink $vm/proc/1/exe"
+show "tr '\\0' ' ' < $vm/proc/1/cmdline; echo"
+show "ls -l $vm/root/etc | head -n 5"
+show "find $vm/sys/class/net"
+show "cat $vm/root/etc/does-not-exist" || true
+show "echo db-01 > $vm/proc/sys/kernel/hostname" || echo "(writes wait for the policy engine: refused, nothing reached the guest)"
+show "cat $vm/.cloudvmi/status"
+show "cat $vm/.cloudvmi/stats"
 echo
 if [ "$keep" = true ]; then
-    echo "The demo guest keeps running: GDB=$GDB (stop it with"
-    echo "  tests/guest/launch-guest.sh stop --name demo --dir $dir)"
+    echo "$mnt stays mounted and the demo guest keeps running: GDB=$GDB"
+    echo "  unmount: fusermount3 -u $mnt"
+    echo "  stop the guest: tests/guest/launch-guest.sh stop --name demo --dir $dir"
+    exit 0
 fi
+echo "== unmounting $mnt (the guest is detached: its shadow process exits)"
+fusermount3 -u "$mnt"
+for _ in $(seq 50); do pgrep -f "cloudvmi --config $dir/cloudvmi.yaml" >/dev/null || break; sleep 0.2; done
+echo
+echo "The same without a mount, one command at a time:"
+show "build/cloudvmi guest --gdb $GDB --state-dir $dir/state info | head -n 4"
+show "build/cloudvmi guest --gdb $GDB --state-dir $dir/state ls /proc | grep -c '^[0-9]'"
+echo
+echo "== stopping the demo guest"

@@ -78,11 +78,11 @@ ErrorOr<void> GdbClient::handshake() {
         std::string doc;
         size_t offset = 0;
         while (true) {
-            std::string r = TRY(request(strformat("qXfer:features:read:%s:%zx,%zx", name.c_str(),
-                                                  offset, size_t{0xffb})));
+            std::string r = TRY(request(
+                strformat("qXfer:features:read:%s:%zx,%zx", name.c_str(), offset, size_t{0xffb})));
             if (r.empty() || is_error_reply(r) || (r[0] != 'm' && r[0] != 'l')) {
-                return make_error(EPROTO, "stub has no target description " + name + " (" +
-                                              printable(r) + ")");
+                return make_error(
+                    EPROTO, "stub has no target description " + name + " (" + printable(r) + ")");
             }
             doc.append(r, 1);
             offset += r.size() - 1;
@@ -139,8 +139,8 @@ ErrorOr<std::string> GdbClient::request(std::string_view payload) {
 ErrorOr<std::string> GdbClient::request_ok(std::string_view payload, const char* what) {
     std::string r = TRY(request(payload));
     if (is_error_reply(r)) {
-        return make_error(stub_error_to_errno(r), strformat("gdbstub refused %s (%s)", what,
-                                                            r.c_str()));
+        return make_error(stub_error_to_errno(r),
+                          strformat("gdbstub refused %s (%s)", what, r.c_str()));
     }
     return r;
 }
@@ -197,8 +197,8 @@ ErrorOr<void> GdbClient::read_memory(uint64_t addr, std::span<uint8_t> out) {
                               strformat("reading guest memory at %s", hex_u64(a).c_str()));
         }
         if (r.size() != 2 * n) {
-            return make_error(EPROTO, strformat("stub returned %zu hex digits for %zu bytes",
-                                                r.size(), n));
+            return make_error(EPROTO,
+                              strformat("stub returned %zu hex digits for %zu bytes", r.size(), n));
         }
         auto bytes = hex_decode(r);
         if (!bytes) return make_error(EPROTO, "memory reply is not hex");
@@ -227,8 +227,8 @@ ErrorOr<void> GdbClient::write_memory(uint64_t addr, std::span<const uint8_t> da
 
 ErrorOr<void> GdbClient::set_physical_mode(bool on) {
     if (on == physical_mode_) return {};
-    std::string r = TRY(request_ok(on ? "Qqemu.PhyMemMode:1" : "Qqemu.PhyMemMode:0",
-                                   "physical memory mode"));
+    std::string r =
+        TRY(request_ok(on ? "Qqemu.PhyMemMode:1" : "Qqemu.PhyMemMode:0", "physical memory mode"));
     if (r != "OK") return make_error(ENOTSUP, "stub has no physical memory mode");
     physical_mode_ = on;
     return {};
@@ -333,8 +333,9 @@ ErrorOr<std::string> GdbClient::monitor(std::string_view command) {
 ErrorOr<void> GdbClient::detach() {
     if (running_) TRY(interrupt(request_deadline()));
     std::string cmd = "D";
-    if (multiprocess_) cmd += strformat(";%llx", static_cast<unsigned long long>(
-                                                      g_thread_.pid > 0 ? g_thread_.pid : 1));
+    if (multiprocess_)
+        cmd += strformat(";%llx",
+                         static_cast<unsigned long long>(g_thread_.pid > 0 ? g_thread_.pid : 1));
     std::string r = TRY(request(cmd));
     conn_->close();
     if (r != "OK") return make_error(EPROTO, "bad answer to detach: " + printable(r));

@@ -29,7 +29,7 @@ struct ClientOptions {
 };
 
 class GdbClient {
-public:
+  public:
     // Connects and performs the handshake; the target is stopped afterwards.
     static ErrorOr<std::unique_ptr<GdbClient>> connect(const Endpoint& endpoint,
                                                        ClientOptions options = {});
@@ -87,7 +87,7 @@ public:
 
     size_t max_memory_chunk() const { return max_memory_chunk_; }
 
-private:
+  private:
     GdbClient(std::unique_ptr<RspConnection> conn, ClientOptions options)
         : conn_(std::move(conn)), options_(options) {}
 

@@ -13,13 +13,16 @@ int hex_digit(char c) {
     return -1;
 }
 
-bool needs_escape(char c) { return c == '$' || c == '#' || c == '}' || c == '*'; }
+bool needs_escape(char c) {
+    return c == '$' || c == '#' || c == '}' || c == '*';
+}
 
 }  // namespace
 
 uint8_t checksum(std::string_view bytes) {
     uint8_t sum = 0;
-    for (char c : bytes) sum = static_cast<uint8_t>(sum + static_cast<uint8_t>(c));
+    for (char c : bytes)
+        sum = static_cast<uint8_t>(sum + static_cast<uint8_t>(c));
     return sum;
 }
 

@@ -44,7 +44,7 @@ struct WireEvent {
 
 // Incremental decoder: feed it whatever recv() returned, collect events.
 class PacketDecoder {
-public:
+  public:
     explicit PacketDecoder(size_t max_packet_size = 1 << 20) : max_packet_size_(max_packet_size) {}
 
     void feed(std::string_view bytes, std::vector<WireEvent>& out);
@@ -53,7 +53,7 @@ public:
     bool mid_packet() const { return state_ != State::kIdle; }
     void reset();
 
-private:
+  private:
     enum class State { kIdle, kBody, kChecksum1, kChecksum2 };
 
     void finish_packet(std::vector<WireEvent>& out);

@@ -198,7 +198,8 @@ ErrorOr<bool> RspConnection::read_some(Deadline deadline) {
     }
     std::vector<WireEvent> out;
     decoder_.feed(std::string_view(buf, static_cast<size_t>(n)), out);
-    for (auto& e : out) events_.push_back(std::move(e));
+    for (auto& e : out)
+        events_.push_back(std::move(e));
     return true;
 }
 
@@ -242,8 +243,8 @@ ErrorOr<std::optional<std::string>> RspConnection::next_packet(Deadline deadline
                     if (ack_mode_) TRY(write_all("-", deadline));
                     if (++garbage_bytes_ > kMaxGarbageBytes / 64) {
                         close();
-                        return make_error(EPROTO, "too many corrupted packets from " +
-                                                      endpoint_.to_string());
+                        return make_error(
+                            EPROTO, "too many corrupted packets from " + endpoint_.to_string());
                     }
                     break;
                 case WireEvent::Kind::kInterrupt:

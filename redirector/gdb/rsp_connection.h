@@ -32,7 +32,7 @@ struct Endpoint {
 };
 
 class RspConnection {
-public:
+  public:
     static ErrorOr<std::unique_ptr<RspConnection>> connect(const Endpoint& endpoint,
                                                            Deadline deadline);
 
@@ -58,7 +58,7 @@ public:
     void close();
     bool closed() const { return !fd_.valid(); }
 
-private:
+  private:
     RspConnection(UniqueFd fd, Endpoint endpoint);
     ErrorOr<void> write_all(std::string_view bytes, Deadline deadline);
     // Reads once (waiting until the deadline) and decodes; false if it timed out.

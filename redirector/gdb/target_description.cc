@@ -18,10 +18,12 @@ std::optional<std::string> attribute(std::string_view element, std::string_view 
         bool word_start = pos == 0 || element[pos - 1] == ' ' || element[pos - 1] == '\t' ||
                           element[pos - 1] == '\n' || element[pos - 1] == '\r';
         size_t eq = pos + attr.size();
-        while (eq < element.size() && element[eq] == ' ') ++eq;
+        while (eq < element.size() && element[eq] == ' ')
+            ++eq;
         if (word_start && eq < element.size() && element[eq] == '=') {
             size_t q = eq + 1;
-            while (q < element.size() && element[q] == ' ') ++q;
+            while (q < element.size() && element[q] == ' ')
+                ++q;
             if (q < element.size() && (element[q] == '"' || element[q] == '\'')) {
                 size_t end = element.find(element[q], q + 1);
                 if (end == std::string_view::npos) return std::nullopt;
@@ -101,8 +103,7 @@ ErrorOr<std::vector<RegisterInfo>> parse_reg_elements(std::string_view xml) {
         auto bits_value = bits ? parse_u64(*bits) : std::nullopt;
         if (!name || !bits_value || *bits_value == 0 || *bits_value % 8 != 0 ||
             *bits_value > 4096) {
-            failure = Error(EPROTO, "target description: bad <reg> element: " +
-                                        printable(el, 120));
+            failure = Error(EPROTO, "target description: bad <reg> element: " + printable(el, 120));
             return;
         }
         RegisterInfo r;
@@ -130,8 +131,8 @@ ErrorOr<RegisterLayout> RegisterLayout::from_registers(std::vector<RegisterInfo>
     for (auto& r : regs) {
         if (r.regnum < 0) r.regnum = next;
         if (!used.insert(r.regnum).second) {
-            return make_error(EPROTO, strformat("target description: register number %d used twice",
-                                                r.regnum));
+            return make_error(
+                EPROTO, strformat("target description: register number %d used twice", r.regnum));
         }
         next = r.regnum + 1;
     }
@@ -154,8 +155,8 @@ ErrorOr<RegisterLayout> RegisterLayout::load(const XmlFetcher& fetch) {
     std::set<std::string> seen;
     // An include stands for the included document at its place, as gdb reads it: walk each
     // document's <reg> and <xi:include> elements in order.
-    std::function<ErrorOr<void>(const std::string&, int)> visit =
-        [&](const std::string& name, int depth) -> ErrorOr<void> {
+    std::function<ErrorOr<void>(const std::string&, int)> visit = [&](const std::string& name,
+                                                                      int depth) -> ErrorOr<void> {
         if (depth > 8) return make_error(EPROTO, "target description: includes nest too deep");
         if (!seen.insert(name).second) return {};
         std::string xml = TRY_CTX(fetch(name), "reading " + name);
@@ -177,7 +178,8 @@ ErrorOr<RegisterLayout> RegisterLayout::load(const XmlFetcher& fetch) {
                 size_t end = clean.find('>', reg);
                 if (end == std::string::npos) break;
                 auto regs = TRY_CTX(parse_reg_elements(clean.substr(reg, end - reg + 1)), name);
-                for (auto& r : regs) all.push_back(std::move(r));
+                for (auto& r : regs)
+                    all.push_back(std::move(r));
                 pos = end + 1;
             }
         }

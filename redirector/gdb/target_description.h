@@ -17,16 +17,16 @@ namespace cloudvmi::gdb {
 
 struct RegisterInfo {
     std::string name;
-    int regnum = 0;      // number used by 'p'/'P'
-    size_t bytes = 0;    // size in the 'g' packet
-    size_t offset = 0;   // byte offset in the 'g' packet
+    int regnum = 0;     // number used by 'p'/'P'
+    size_t bytes = 0;   // size in the 'g' packet
+    size_t offset = 0;  // byte offset in the 'g' packet
 };
 
 // Fetches an XML document by name (target.xml, i386-64bit.xml, ...).
 using XmlFetcher = std::function<ErrorOr<std::string>(const std::string& name)>;
 
 class RegisterLayout {
-public:
+  public:
     // Parses the target description starting from "target.xml", following xi:include.
     static ErrorOr<RegisterLayout> load(const XmlFetcher& fetch);
 
@@ -39,7 +39,7 @@ public:
     size_t total_bytes() const { return total_bytes_; }
     std::string architecture() const { return architecture_; }
 
-private:
+  private:
     std::vector<RegisterInfo> regs_;
     size_t total_bytes_ = 0;
     std::string architecture_;

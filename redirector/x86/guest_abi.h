@@ -103,8 +103,12 @@ constexpr uint64_t kStatxBasicStats = 0x7ff;
 // Largest errno the kernel returns as -errno in rax.
 constexpr uint64_t kMaxErrno = 4095;
 
-inline bool is_error_result(uint64_t rax) { return rax >= ~kMaxErrno + 1; }
-inline int64_t as_signed(uint64_t rax) { return static_cast<int64_t>(rax); }
+inline bool is_error_result(uint64_t rax) {
+    return rax >= ~kMaxErrno + 1;
+}
+inline int64_t as_signed(uint64_t rax) {
+    return static_cast<int64_t>(rax);
+}
 
 // struct stat on x86-64 (arch/x86/include/uapi/asm/stat.h), 144 bytes.
 struct Stat {
@@ -153,8 +157,24 @@ struct Timespec {
 constexpr size_t kSigframeMcontextOffset = 8 + 40;
 // struct sigcontext_64 general registers, in order.
 enum SigcontextReg : size_t {
-    kScR8 = 0, kScR9, kScR10, kScR11, kScR12, kScR13, kScR14, kScR15,
-    kScRdi, kScRsi, kScRbp, kScRbx, kScRdx, kScRax, kScRcx, kScRsp, kScRip, kScEflags,
+    kScR8 = 0,
+    kScR9,
+    kScR10,
+    kScR11,
+    kScR12,
+    kScR13,
+    kScR14,
+    kScR15,
+    kScRdi,
+    kScRsi,
+    kScRbp,
+    kScRbx,
+    kScRdx,
+    kScRax,
+    kScRcx,
+    kScRsp,
+    kScRip,
+    kScEflags,
     kScRegCount
 };
 

@@ -24,52 +24,8 @@ using namespace cloudvmi::test;
 
 namespace {
 
-std::string text(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
-
-pid_t spawn(const std::vector<std::string>& argv) {
-    std::vector<std::string> store = argv;
-    std::vector<char*> args;
-    for (auto& s : store) args.push_back(s.data());
-    args.push_back(nullptr);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::setpgid(0, 0);
-        int devnull = ::open("/dev/null", O_RDWR);
-        ::dup2(devnull, 1);
-        ::dup2(devnull, 2);
-        ::execv(args[0], args.data());
-        ::_exit(127);
-    }
-    return pid;
-}
-
-// Host pids of guardians serving this state directory.
-std::vector<pid_t> guardians_of(const std::string& state_dir) {
-    std::vector<pid_t> found;
-    DIR* d = ::opendir("/proc");
-    REQUIRE(d != nullptr);
-    while (dirent* e = ::readdir(d)) {
-        auto pid = parse_u64(e->d_name);
-        if (!pid) continue;
-        std::ifstream f(std::string("/proc/") + e->d_name + "/cmdline");
-        std::stringstream ss;
-        ss << f.rdbuf();
-        std::string cmd = ss.str();
-        if (cmd.find(std::string("guard") + '\0') != std::string::npos &&
-            cmd.find(state_dir) != std::string::npos) {
-            found.push_back(static_cast<pid_t>(*pid));
-        }
-    }
-    ::closedir(d);
-    return found;
-}
-
-std::string file_content(const std::string& path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
+std::string text(const std::vector<uint8_t>& v) {
+    return std::string(v.begin(), v.end());
 }
 
 struct GuestCensus {
@@ -127,14 +83,14 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     int restored_before = 0;
     for (int round = 0; round < kRounds; ++round) {
         bool long_job = round % 3 == 2;
-        std::vector<std::string> argv = {cloudvmi_binary(), "guest", "--gdb", guest.gdb(),
-                                         "--state-dir", guest.state_dir()};
+        std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
+                                         guest.gdb(),       "--state-dir", guest.state_dir()};
         if (long_job) {
             argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
         } else {
             argv.push_back("info");
         }
-        pid_t pid = spawn(argv);
+        pid_t pid = spawn_process(argv, "/dev/null", true);
         // A bootstrap takes about a second, a long job several: kill anywhere in them.
         std::uniform_int_distribution<int> delay_ms(0, long_job ? 4000 : 1300);
         int wait_ms = delay_ms(rng);
@@ -152,7 +108,7 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         CHECK_FALSE(r.out.empty());
         if (r.err.find("restoring it first") != std::string::npos) ++replayed_by_next_attach;
     }
-    std::string report = file_content(guest.state_dir() + "/guardian.log");
+    std::string report = read_whole_file(guest.state_dir() + "/guardian.log");
     size_t pos = 0;
     while ((pos = report.find("guest restored", pos)) != std::string::npos) {
         ++restored_before;
@@ -164,15 +120,16 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     }
     // Most kills land while the session is live; each of those is repaired by its guardian,
     // or by the next attach when that one takes the VM's lock first.
-    INFO("restored by a guardian: " << restored_before << ", by the next attach: "
-                                    << replayed_by_next_attach);
+    INFO("restored by a guardian: " << restored_before
+                                    << ", by the next attach: " << replayed_by_next_attach);
     CHECK(restored_before + replayed_by_next_attach >= kRounds / 3);
 
     // Both the process and its guardian die: the next attach replays the log itself.
     {
-        std::vector<std::string> argv = {cloudvmi_binary(), "guest", "--gdb", guest.gdb(),
-                                         "--state-dir", guest.state_dir(), "cat", "/proc/kallsyms"};
-        pid_t pid = spawn(argv);
+        std::vector<std::string> argv = {
+            cloudvmi_binary(), "guest",           "--gdb", guest.gdb(),
+            "--state-dir",     guest.state_dir(), "cat",   "/proc/kallsyms"};
+        pid_t pid = spawn_process(argv, "/dev/null", true);
         std::vector<pid_t> guards;
         auto deadline = Deadline::after_ms(20000);
         while (guards.empty() && !deadline.expired()) {
@@ -181,7 +138,8 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
         }
         REQUIRE_FALSE(guards.empty());
         std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // mid-transfer
-        for (pid_t g : guards) ::kill(g, SIGKILL);
+        for (pid_t g : guards)
+            ::kill(g, SIGKILL);
         ::kill(-pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
         auto r = run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",

@@ -28,13 +28,6 @@ namespace {
 
 const char kNode[] = "testnode";
 
-std::string slurp(const std::string& path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 // Reads a file through the mount with plain syscalls; returns errno on failure.
 int read_through_mount(const std::string& path, std::string* out) {
     int fd = ::open(path.c_str(), O_RDONLY);
@@ -42,7 +35,8 @@ int read_through_mount(const std::string& path, std::string* out) {
     std::string data;
     char buf[65536];
     ssize_t n;
-    while ((n = ::read(fd, buf, sizeof buf)) > 0) data.append(buf, static_cast<size_t>(n));
+    while ((n = ::read(fd, buf, sizeof buf)) > 0)
+        data.append(buf, static_cast<size_t>(n));
     int err = n < 0 ? errno : 0;
     ::close(fd);
     if (out) *out = data;
@@ -53,30 +47,13 @@ CommandResult sh(const std::string& script, int timeout_ms = 120000) {
     return run_command({"/bin/sh", "-c", script}, timeout_ms);
 }
 
-pid_t spawn_quiet(const std::vector<std::string>& argv, const std::string& log) {
-    std::vector<std::string> store = argv;
-    std::vector<char*> args;
-    for (auto& s : store) args.push_back(s.data());
-    args.push_back(nullptr);
-    pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-        ::execv(args[0], args.data());
-        ::_exit(127);
-    }
-    return pid;
-}
-
 bool is_mounted(const std::string& mountpoint) {
-    std::string mounts = slurp("/proc/self/mounts");
+    std::string mounts = read_whole_file("/proc/self/mounts");
     return mounts.find(" " + mountpoint + " fuse") != std::string::npos;
 }
 
 class MountedVmi {
-public:
+  public:
     static MountedVmi& shared() {
         static std::unique_ptr<MountedVmi> m;
         if (!m) m.reset(new MountedVmi());
@@ -88,8 +65,10 @@ public:
     std::string vm(const char* name) const { return mountpoint_ + "/" + kNode + "/" + name; }
     const std::string& mountpoint() const { return mountpoint_; }
     const std::string& state_dir() const { return state_dir_; }
+    const std::string& dir() const { return dir_; }
+    std::string config_path() const { return dir_ + "/cloudvmi.yaml"; }
     pid_t mount_pid() const { return pid_; }
-    std::string log() const { return slurp(dir_ + "/mount.log"); }
+    std::string log() const { return read_whole_file(dir_ + "/mount.log"); }
 
     // Unmounts and waits for the cloudvmi process to end; true if it did in time.
     bool unmount() {
@@ -114,7 +93,7 @@ public:
         }
     }
 
-private:
+  private:
     MountedVmi()
         : a_(TestGuest::start(config("fusea", "guest-a"))),
           b_(TestGuest::start(config("fuseb", "guest-b"))) {
@@ -126,16 +105,15 @@ private:
         mountpoint_ = dir_ + "/vmi";
         state_dir_ = dir_ + "/state";
         REQUIRE(::mkdir(mountpoint_.c_str(), 0755) == 0);
-        std::ofstream(dir_ + "/cloudvmi.yaml")
-            << "node: " << kNode << "\n"
-            << "state_dir: " << state_dir_ << "\n"
-            << "request_timeout_ms: 4000\n"
-            << "vms:\n"
-            << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
-            << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n";
-        pid_ = spawn_quiet({cloudvmi_binary(), "-f", "--log-level=info", "--config",
-                            dir_ + "/cloudvmi.yaml", mountpoint_},
-                           dir_ + "/mount.log");
+        std::ofstream(dir_ + "/cloudvmi.yaml") << "node: " << kNode << "\n"
+                                               << "state_dir: " << state_dir_ << "\n"
+                                               << "request_timeout_ms: 4000\n"
+                                               << "vms:\n"
+                                               << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
+                                               << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n";
+        pid_ = spawn_process({cloudvmi_binary(), "-f", "--log-level=info", "--config",
+                              dir_ + "/cloudvmi.yaml", mountpoint_},
+                             dir_ + "/mount.log");
         auto deadline = Deadline::after_ms(10000);
         while (!is_mounted(mountpoint_) && !deadline.expired()) {
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -178,6 +156,35 @@ std::string field(const std::string& text, const std::string& key) {
         }
     }
     return "";
+}
+
+// The cloudvmi-shadow processes in a guest other than the checking session's own, once
+// they stop changing (a detaching shadow takes a moment to exit).
+std::vector<int64_t> foreign_shadows(TestGuest& guest, const std::string& state_dir) {
+    SessionOptions o = guest.session_options();
+    o.state_dir = state_dir;
+    GuestSession checker(o);
+    GuestFileOps ops(checker);
+    auto attached = checker.attach();
+    INFO("attaching to " << guest.gdb() << ": " << (attached ? "" : attached.error().describe()));
+    REQUIRE(attached);
+    std::vector<int64_t> others;
+    for (int i = 0; i < 20; ++i) {
+        others.clear();
+        auto entries = ops.list_dir("/proc");
+        REQUIRE(entries);
+        for (const auto& e : *entries) {
+            auto pid = parse_u64(e.name);
+            if (!pid || static_cast<int64_t>(*pid) == checker.status().shadow_pid) continue;
+            auto comm = ops.read_file("/proc/" + e.name + "/comm");
+            if (comm && std::string(comm->begin(), comm->end()) == "cloudvmi-shadow\n") {
+                others.push_back(static_cast<int64_t>(*pid));
+            }
+        }
+        if (others.empty()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return others;
 }
 
 }  // namespace
@@ -238,7 +245,8 @@ TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "
                        static_cast<long>(*total)) <= 3);
 
         auto grep = sh("grep -r . '" + base + "/proc/sys/kernel' 2>/dev/null");
-        CHECK(grep.out.find("/proc/sys/kernel/hostname:" + std::string(std::string(vm) == "vm-a" ? "guest-a" : "guest-b")) !=
+        CHECK(grep.out.find("/proc/sys/kernel/hostname:" +
+                            std::string(std::string(vm) == "vm-a" ? "guest-a" : "guest-b")) !=
               std::string::npos);
         CHECK(grep.out.find("/proc/sys/kernel/ostype:Linux") != std::string::npos);
 
@@ -257,9 +265,9 @@ TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "
         REQUIRE(::readlink((base + "/proc/1/exe").c_str(), target, sizeof target - 1) > 0);
         CHECK(std::string(target) == "/bin/busybox");
 
-        auto tools = sh("tail -n 2 '" + base + "/proc/meminfo' && md5sum '" + base +
-                        "/proc/version' '" + base + "/proc/version' && cp '" + base +
-                        "/root/etc/cloudvmi-known' /dev/null");
+        auto tools =
+            sh("tail -n 2 '" + base + "/proc/meminfo' && md5sum '" + base + "/proc/version' '" +
+               base + "/proc/version' && cp '" + base + "/root/etc/cloudvmi-known' /dev/null");
         CHECK(tools.status == 0);
         auto sums = split(tools.out, '\n');
         REQUIRE(sums.size() >= 4);
@@ -322,17 +330,18 @@ TEST_CASE("errors are the guest's own, and writes are refused until a policy all
 TEST_CASE("a cron-style script reports every VM into one file", "[fuse]") {
     auto& m = MountedVmi::shared();
     std::string report = m.state_dir() + "/../report.txt";
-    std::string script =
-        "for vm in '" + m.mountpoint() + "'/*/*/; do\n"
-        "  name=$(basename \"$vm\")\n"
-        "  load=$(cut -d' ' -f1 \"$vm/proc/loadavg\")\n"
-        "  free=$(awk '/^MemFree:/ {print $2}' \"$vm/proc/meminfo\")\n"
-        "  echo \"$name load=$load memfree_kb=$free\"\n"
-        "done > '" + report + "'\n";
+    std::string script = "for vm in '" + m.mountpoint() +
+                         "'/*/*/; do\n"
+                         "  name=$(basename \"$vm\")\n"
+                         "  load=$(cut -d' ' -f1 \"$vm/proc/loadavg\")\n"
+                         "  free=$(awk '/^MemFree:/ {print $2}' \"$vm/proc/meminfo\")\n"
+                         "  echo \"$name load=$load memfree_kb=$free\"\n"
+                         "done > '" +
+                         report + "'\n";
     auto r = sh(script);
     INFO(r.err);
     REQUIRE(r.status == 0);
-    std::string text = slurp(report);
+    std::string text = read_whole_file(report);
     INFO("report:\n" << text);
     auto lines = split(text, '\n');
     REQUIRE(lines.size() >= 2);
@@ -368,8 +377,7 @@ TEST_CASE("ten thousand opens and closes leak no guest fd", "[fuse]") {
     CHECK(after == before);
 }
 
-TEST_CASE("a stopped VM answers quickly with an error while the other VM keeps working",
-          "[fuse]") {
+TEST_CASE("a stopped VM answers quickly with an error while the other VM keeps working", "[fuse]") {
     auto& m = MountedVmi::shared();
     std::string a = m.vm("vm-a"), b = m.vm("vm-b");
     REQUIRE(read_through_mount(b + "/proc/uptime", nullptr) == 0);
@@ -383,7 +391,8 @@ TEST_CASE("a stopped VM answers quickly with an error while the other VM keeps w
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     auto start = Clock::now();
-    for (int i = 0; i < 5; ++i) REQUIRE(read_through_mount(a + "/proc/uptime", nullptr) == 0);
+    for (int i = 0; i < 5; ++i)
+        REQUIRE(read_through_mount(a + "/proc/uptime", nullptr) == 0);
     double a_ms = elapsed_ms(start);
     CHECK(a_ms < 3000);  // vm-a is not held up by vm-b's queue
     ::kill(blocked, SIGINT);
@@ -425,47 +434,101 @@ TEST_CASE("a VM killed mid-test gives ENOTCONN and the other VM keeps working", 
     CHECK(field(status, "state") == "error");
     CHECK(read_through_mount(a + "/proc/meminfo", nullptr) == 0);
     CHECK(names_in(b).size() == 4);  // the VM directory itself is still there
-    m.b().stop();
+
+    // The VM comes back (a new boot behind the same sockets): so does its directory.
+    m.b().restart();
+    std::string host;
+    for (int i = 0; i < 40 && read_through_mount(b + "/proc/sys/kernel/hostname", &host) != 0;
+         ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    CHECK(host == "guest-b\n");
+    REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
+    CHECK(field(status, "state") == "attached");
 }
 
-TEST_CASE("unmount ends cloudvmi and leaves no shadow in the guest", "[fuse]") {
+TEST_CASE("fusermount3 -u ends cloudvmi and leaves no shadow in either guest", "[fuse]") {
     auto& m = MountedVmi::shared();
-    std::string status;
-    REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/status", &status) == 0);
-    int64_t shadow = std::stoll(field(status, "shadow_pid"));
     REQUIRE(m.unmount());
     CHECK_FALSE(is_mounted(m.mountpoint()));
     CHECK(m.log().find("all guests detached") != std::string::npos);
-    // No guardian is left behind on the host either (the killed VM's finds it gone).
-    CommandResult guards;
+    // No guardian is left behind on the host either.
+    std::vector<pid_t> guards;
     for (int i = 0; i < 100; ++i) {
-        guards = sh("ps -eo args | grep -c '[c]loudvmi guard .*" + m.state_dir() + "'");
-        if (guards.out == "0\n") break;
+        guards = guardians_of(m.state_dir());
+        if (guards.empty()) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    CHECK(guards.out == "0\n");
-    // The guest: the mount's shadow is gone; only the one of this checking session exists.
-    SessionOptions o = m.a().session_options();
-    o.state_dir = m.state_dir();
-    GuestSession checker(o);
-    GuestFileOps ops(checker);
-    REQUIRE(checker.attach());
-    std::vector<int64_t> shadows;
-    for (int i = 0; i < 20; ++i) {
-        shadows.clear();
-        auto entries = ops.list_dir("/proc");
-        REQUIRE(entries);
-        for (const auto& e : *entries) {
-            auto pid = parse_u64(e.name);
-            if (!pid) continue;  // self, thread-self, meminfo...
-            auto comm = ops.read_file("/proc/" + e.name + "/comm");
-            if (comm && std::string(comm->begin(), comm->end()) == "cloudvmi-shadow\n") {
-                shadows.push_back(static_cast<int64_t>(*pid));
-            }
-        }
-        if (shadows.size() == 1) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(guards.empty());
+    CHECK(foreign_shadows(m.a(), m.state_dir()).empty());
+    CHECK(foreign_shadows(m.b(), m.state_dir()).empty());
+}
+
+TEST_CASE(
+    "an fstab-style mount (mount.fuse3, type fuse.cloudvmi) serves both guests; SIGTERM unmounts",
+    "[fuse]") {
+    auto& m = MountedVmi::shared();
+    REQUIRE_FALSE(is_mounted(m.mountpoint()));
+    // mount(8) runs `mount.fuse3 cloudvmi MOUNTPOINT -t fuse.cloudvmi -o rw,OPTIONS` with
+    // PATH reset to the standard directories; mount.fuse3 runs `cloudvmi SOURCE MOUNTPOINT
+    // -o OPTIONS` from PATH, which cloudvmi must daemonize from. The test makes that same
+    // call with the binary under test first in PATH, to leave the host's /usr/local alone.
+    std::string bin = m.dir() + "/bin";
+    REQUIRE((::mkdir(bin.c_str(), 0755) == 0 || errno == EEXIST));
+    ::unlink((bin + "/cloudvmi").c_str());
+    REQUIRE(::symlink(cloudvmi_binary().c_str(), (bin + "/cloudvmi").c_str()) == 0);
+    auto mount = sh("PATH='" + bin + "':$PATH mount.fuse3 cloudvmi '" + m.mountpoint() +
+                    "' -t fuse.cloudvmi -o rw,log_level=info,config=" + m.config_path());
+    INFO(mount.out << mount.err);
+    REQUIRE(mount.status == 0);
+    REQUIRE(is_mounted(m.mountpoint()));
+    auto pids = processes_with(" " + m.mountpoint() + " ");
+    REQUIRE(pids.size() == 1);
+    for (const char* vm : {"vm-a", "vm-b"}) {
+        std::string host;
+        CHECK(read_through_mount(m.vm(vm) + "/proc/sys/kernel/hostname", &host) == 0);
+        CHECK(host == (std::string(vm) == "vm-a" ? "guest-a\n" : "guest-b\n"));
     }
-    CHECK(shadows == std::vector<int64_t>{checker.status().shadow_pid});
-    CHECK(std::find(shadows.begin(), shadows.end(), shadow) == shadows.end());
+    REQUIRE(::kill(pids[0], SIGTERM) == 0);
+    bool gone = false;
+    for (int i = 0; i < 300 && !gone; ++i) {
+        gone = ::kill(pids[0], 0) != 0 && errno == ESRCH;
+        if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(gone);
+    CHECK_FALSE(is_mounted(m.mountpoint()));
+    // In the background the log goes to the state directory.
+    std::string log = read_whole_file(m.state_dir() + "/cloudvmi.log");
+    INFO("log:\n" << log);
+    CHECK(log.find("all guests detached") != std::string::npos);
+    CHECK(foreign_shadows(m.a(), m.state_dir()).empty());
+    CHECK(foreign_shadows(m.b(), m.state_dir()).empty());
+}
+
+TEST_CASE("the mount command's usage, version and errors", "[fuse]") {
+    auto help = run_command({cloudvmi_binary(), "--help"});
+    CHECK(help.status == 0);
+    CHECK(help.out.find("Usage: cloudvmi [OPTIONS] MOUNTPOINT") != std::string::npos);
+    CHECK(help.out.find("allow_other") != std::string::npos);  // FUSE's own options too
+    auto version = run_command({cloudvmi_binary(), "--version"});
+    CHECK(version.status == 0);
+    CHECK(starts_with(version.out, "cloudvmi "));
+    auto none = run_command({cloudvmi_binary()});
+    CHECK(none.status == 2);
+    CHECK(none.err.find("Usage: cloudvmi [OPTIONS] MOUNTPOINT") != std::string::npos);
+    auto two_many = run_command({cloudvmi_binary(), "a", "b", "c"});
+    CHECK(two_many.status == 2);
+    CHECK(two_many.err.find("expected a mount point") != std::string::npos);
+    auto missing =
+        run_command({cloudvmi_binary(), "--config", "/nonexistent/cloudvmi.yaml", "/tmp"});
+    CHECK(missing.status == 2);
+    CHECK(missing.err.find("/nonexistent/cloudvmi.yaml") != std::string::npos);
+    CHECK(missing.err.find("No such file or directory") != std::string::npos);
+    auto& m = MountedVmi::shared();
+    std::string bad = m.dir() + "/bad.yaml";
+    std::ofstream(bad) << "node: n\nvms:\n  - name: x\n    gdb: nowhere\n";
+    auto invalid = run_command({cloudvmi_binary(), "--config", bad, m.mountpoint()});
+    CHECK(invalid.status == 2);
+    CHECK(invalid.err.find(bad + ":4:") != std::string::npos);
+    CHECK_FALSE(is_mounted(m.mountpoint()));
 }

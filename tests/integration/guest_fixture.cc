@@ -1,5 +1,6 @@
 #include "tests/integration/guest_fixture.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -9,6 +10,7 @@
 
 // Listeners need the external interfaces.
 #define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -39,7 +41,9 @@ std::string make_temp_dir(const std::string& prefix) {
     return dir;
 }
 
-bool executable(const std::string& path) { return ::access(path.c_str(), X_OK) == 0; }
+bool executable(const std::string& path) {
+    return ::access(path.c_str(), X_OK) == 0;
+}
 
 std::string find_in_path(const std::string& prog) {
     std::string path = env_or("PATH", "/usr/bin:/bin");
@@ -65,9 +69,13 @@ GuestConfig GuestConfig::from_environment() {
     return c;
 }
 
-std::string source_dir() { return CLOUDVMI_SOURCE_DIR; }
+std::string source_dir() {
+    return CLOUDVMI_SOURCE_DIR;
+}
 // CLOUDVMI_TEST_BINARY runs the tests against another build (the sanitizer one, say).
-std::string cloudvmi_binary() { return env_or("CLOUDVMI_TEST_BINARY", CLOUDVMI_BINARY); }
+std::string cloudvmi_binary() {
+    return env_or("CLOUDVMI_TEST_BINARY", CLOUDVMI_BINARY);
+}
 
 std::string read_host_file(const std::string& path) {
     std::ifstream f(path);
@@ -77,8 +85,9 @@ std::string read_host_file(const std::string& path) {
 }
 
 void require_guest_prerequisites() {
-    INFO("guest tests need qemu-system-x86_64 (apt-get install qemu-system-x86); "
-         "run scripts/install-deps.sh");
+    INFO(
+        "guest tests need qemu-system-x86_64 (apt-get install qemu-system-x86); "
+        "run scripts/install-deps.sh");
     REQUIRE_FALSE(find_in_path("qemu-system-x86_64").empty());
     INFO("the guest kit is missing: " + source_dir() + "/tests/guest/launch-guest.sh");
     REQUIRE(executable(source_dir() + "/tests/guest/launch-guest.sh"));
@@ -94,7 +103,8 @@ CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms) 
     if (::pipe2(err_pipe, O_CLOEXEC) != 0) return r;
     std::vector<char*> args;
     std::vector<std::string> store = argv;
-    for (auto& s : store) args.push_back(s.data());
+    for (auto& s : store)
+        args.push_back(s.data());
     args.push_back(nullptr);
     auto start = Clock::now();
     pid_t pid = ::fork();
@@ -147,42 +157,51 @@ TestGuest TestGuest::start(const GuestConfig& config) {
     g.config_ = config;
     g.run_dir_ = make_temp_dir("cloudvmi-test-" + config.name);
     g.state_dir_ = g.run_dir_ + "/state";
+    g.boot();
+    g.start_watchdog();
+    return g;
+}
+
+void TestGuest::restart() {
+    stop();
+    boot();
+}
+
+void TestGuest::boot() {
     std::vector<std::string> cmd = {source_dir() + "/tests/guest/launch-guest.sh",
                                     "start",
                                     "--name",
-                                    config.name,
+                                    config_.name,
                                     "--dir",
-                                    g.run_dir_,
+                                    run_dir_,
                                     "--flavour",
-                                    config.flavour,
+                                    config_.flavour,
                                     "--smp",
-                                    std::to_string(config.smp)};
-    if (!config.append.empty()) {
+                                    std::to_string(config_.smp)};
+    if (!config_.append.empty()) {
         cmd.push_back("--append");
-        cmd.push_back(config.append);
+        cmd.push_back(config_.append);
     }
-    if (!config.hostname.empty()) {
+    if (!config_.hostname.empty()) {
         cmd.push_back("--hostname");
-        cmd.push_back(config.hostname);
+        cmd.push_back(config_.hostname);
     }
     auto r = run_command(cmd, 300000);
-    INFO("launch-guest.sh start (" + config.describe() + ") failed:\n" + r.out + r.err);
+    INFO("launch-guest.sh start (" + config_.describe() + ") failed:\n" + r.out + r.err);
     REQUIRE(r.status == 0);
     for (auto line : split(r.out, '\n')) {
         auto eq = line.find('=');
         if (eq == std::string_view::npos) continue;
         std::string key(line.substr(0, eq));
         std::string value(line.substr(eq + 1));
-        if (key == "GDB") g.gdb_ = value;
-        if (key == "QMP") g.qmp_ = value;
-        if (key == "SERIAL") g.serial_ = value;
-        if (key == "PID") g.qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
+        if (key == "GDB") gdb_ = value;
+        if (key == "QMP") qmp_ = value;
+        if (key == "SERIAL") serial_ = value;
+        if (key == "PID") qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
     }
-    REQUIRE_FALSE(g.gdb_.empty());
-    REQUIRE_FALSE(g.serial_.empty());
-    g.running_ = true;
-    g.start_watchdog();
-    return g;
+    REQUIRE_FALSE(gdb_.empty());
+    REQUIRE_FALSE(serial_.empty());
+    running_ = true;
 }
 
 TestGuest::TestGuest(TestGuest&& o) noexcept
@@ -197,13 +216,19 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
     o.running_ = false;
 }
 
-TestGuest::~TestGuest() { stop(); }
+TestGuest::~TestGuest() {
+    stop();
+}
 
 void TestGuest::stop() {
     if (!running_) return;
     running_ = false;
-    std::vector<std::string> cmd = {source_dir() + "/tests/guest/launch-guest.sh", "stop",
-                                    "--name", config_.name, "--dir", run_dir_};
+    std::vector<std::string> cmd = {source_dir() + "/tests/guest/launch-guest.sh",
+                                    "stop",
+                                    "--name",
+                                    config_.name,
+                                    "--dir",
+                                    run_dir_};
     auto r = run_command(cmd, 60000);
     if (r.status != 0 && qemu_pid_ > 0) ::kill(qemu_pid_, SIGKILL);
 }
@@ -247,8 +272,10 @@ long TestGuest::last_heartbeat() const {
     while ((pos = log.find(key, pos)) != std::string::npos) {
         pos += key.size();
         size_t end = pos;
-        while (end < log.size() && std::isdigit(static_cast<unsigned char>(log[end]))) ++end;
-        if (auto v = parse_u64(log.substr(pos, end - pos))) best = std::max(best, static_cast<long>(*v));
+        while (end < log.size() && std::isdigit(static_cast<unsigned char>(log[end])))
+            ++end;
+        if (auto v = parse_u64(log.substr(pos, end - pos)))
+            best = std::max(best, static_cast<long>(*v));
     }
     return best;
 }
@@ -290,6 +317,54 @@ SessionOptions TestGuest::session_options() const {
     o.state_dir = state_dir_;
     o.guardian_program = cloudvmi_binary();
     return o;
+}
+
+pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log, bool own_group) {
+    // Prepared before fork: the child may only make async-signal-safe calls.
+    std::vector<std::string> store = argv;
+    std::vector<char*> args;
+    for (auto& a : store)
+        args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (own_group) ::setpgid(0, 0);
+        int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            ::dup2(fd, 1);
+            ::dup2(fd, 2);
+        }
+        ::execv(args[0], args.data());
+        ::_exit(127);
+    }
+    return pid;
+}
+
+std::string read_whole_file(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+std::vector<pid_t> processes_with(const std::string& needle) {
+    std::vector<pid_t> found;
+    DIR* d = ::opendir("/proc");
+    if (d == nullptr) return found;
+    while (dirent* e = ::readdir(d)) {
+        auto pid = parse_u64(e->d_name);
+        if (!pid || static_cast<pid_t>(*pid) == ::getpid()) continue;
+        std::string cmdline = read_whole_file(std::string("/proc/") + e->d_name + "/cmdline");
+        std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+        if (cmdline.find(needle) != std::string::npos) found.push_back(static_cast<pid_t>(*pid));
+    }
+    ::closedir(d);
+    return found;
+}
+
+std::vector<pid_t> guardians_of(const std::string& state_dir) {
+    return processes_with(" guard --log " + state_dir + "/");
 }
 
 }  // namespace cloudvmi::test

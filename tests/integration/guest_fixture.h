@@ -8,6 +8,8 @@
 // A missing QEMU, guest kernel or launcher is a test failure, never a skip.
 #pragma once
 
+#include <sys/types.h>
+
 #include <map>
 #include <string>
 #include <vector>
@@ -27,7 +29,7 @@ struct GuestConfig {
 };
 
 class TestGuest {
-public:
+  public:
     // The shared guest, started on first use (REQUIREs success).
     static TestGuest& shared();
 
@@ -39,6 +41,9 @@ public:
     TestGuest(const TestGuest&) = delete;
 
     void stop();
+    // Stops the guest if it runs and boots it again with the same sockets (a VM that
+    // comes back), waiting until it is up.
+    void restart();
 
     const std::string& gdb() const { return gdb_; }
     const std::string& qmp() const { return qmp_; }
@@ -56,8 +61,9 @@ public:
     // Session options pointing at this guest, with the guardian enabled.
     SessionOptions session_options() const;
 
-private:
+  private:
     TestGuest() = default;
+    void boot();
     void start_watchdog();
     GuestConfig config_;
     std::string run_dir_;
@@ -75,6 +81,18 @@ struct CommandResult {
     double elapsed_ms = 0;
 };
 CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms = 120000);
+
+// Starts a program with stdout and stderr appended to `log`; with `own_group`, in a
+// process group of its own (so that a signal to the test's group does not reach it).
+pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log = "/dev/null",
+                    bool own_group = false);
+// Host processes (ours excluded) whose command line, arguments joined by spaces,
+// contains `needle`.
+std::vector<pid_t> processes_with(const std::string& needle);
+// Host pids of the guardians (`cloudvmi guard`) keeping logs in `state_dir`.
+std::vector<pid_t> guardians_of(const std::string& state_dir);
+// A whole host file ("" if it cannot be read).
+std::string read_whole_file(const std::string& path);
 
 // The cloudvmi binary under test.
 std::string cloudvmi_binary();

@@ -22,7 +22,9 @@ using B = SyscallBatch;
 
 namespace {
 
-std::string text(const std::vector<uint8_t>& v) { return std::string(v.begin(), v.end()); }
+std::string text(const std::vector<uint8_t>& v) {
+    return std::string(v.begin(), v.end());
+}
 
 std::string read_text(GuestFileOps& ops, const std::string& path) {
     auto r = ops.read_file(path);
@@ -115,9 +117,8 @@ TEST_CASE("kernel entry points are found and syscalls run in the shadow", "[gues
     // References between ops and cancel-on-failure, executed by the guest-side interpreter.
     SyscallBatch c;
     auto missing = c.input_string("/does/not/exist");
-    auto open_missing = c.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(missing),
-                                                B::imm(0)},
-                              true);
+    auto open_missing =
+        c.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(missing), B::imm(0)}, true);
     auto after = c.add(x86abi::kGetpid, {});
     auto outc = session.run(c);
     REQUIRE(outc);
@@ -187,7 +188,8 @@ TEST_CASE("listing /proc shows every process", "[guest]") {
     auto detailed = ops.list_dir_with_stats("/proc");
     REQUIRE(detailed);
     int with_stat = 0;
-    for (const auto& e : *detailed) with_stat += e.stat.has_value();
+    for (const auto& e : *detailed)
+        with_stat += e.stat.has_value();
     CHECK(with_stat >= static_cast<int>(detailed->size()) - 3);
 }
 
@@ -242,7 +244,8 @@ TEST_CASE("the guest workload is intact", "[guest]") {
     {
         GuestSession session(guest.session_options());
         GuestFileOps ops(session);
-        auto user = read_text(ops, "/proc/" + std::to_string(workload_pid(ops, "user")) + "/status");
+        auto user =
+            read_text(ops, "/proc/" + std::to_string(workload_pid(ops, "user")) + "/status");
         CHECK(starts_with(status_field(user, "Uid"), "1000"));
         auto blocked_pid = std::to_string(workload_pid(ops, "blocked"));
         auto blocked = read_text(ops, "/proc/" + blocked_pid + "/status");
@@ -322,8 +325,8 @@ TEST_CASE("guest fds are not leaked by open/close cycles", "[guest]") {
 TEST_CASE("cloudvmi guest command line", "[guest]") {
     auto& guest = TestGuest::shared();
     auto cli = [&](std::vector<std::string> args) {
-        std::vector<std::string> argv = {cloudvmi_binary(), "guest", "--gdb", guest.gdb(),
-                                         "--state-dir", guest.state_dir()};
+        std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
+                                         guest.gdb(),       "--state-dir", guest.state_dir()};
         argv.insert(argv.end(), args.begin(), args.end());
         return run_command(argv);
     };

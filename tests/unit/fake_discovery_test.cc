@@ -9,8 +9,7 @@
 using namespace cloudvmi;
 using namespace cloudvmi::fake;
 
-TEST_CASE("fake: discover_kernel_entry_points finds the recorded kernel's entry points",
-          "[fake]") {
+TEST_CASE("fake: discover_kernel_entry_points finds the recorded kernel's entry points", "[fake]") {
     FakeGuest guest(FakeOptions{.vcpus = 2});
     auto want = fixture_entry_points();
     REQUIRE(want.syscall_entry == 0xffffffffae800080ULL);

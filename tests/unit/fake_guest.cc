@@ -58,11 +58,21 @@ constexpr uint64_t kFrameSize = kFrameInfoOffset + 128;
 
 using Page = std::array<uint8_t, 4096>;
 
-bool is_user(uint64_t a) { return a != 0 && a < kUserEnd; }
-bool is_err(uint64_t v) { return is_error_result(v); }
-uint64_t neg(int e) { return static_cast<uint64_t>(-static_cast<int64_t>(e)); }
-uint64_t page_down(uint64_t a) { return a & ~(kPageSize - 1); }
-uint64_t page_up(uint64_t a) { return (a + kPageSize - 1) & ~(kPageSize - 1); }
+bool is_user(uint64_t a) {
+    return a != 0 && a < kUserEnd;
+}
+bool is_err(uint64_t v) {
+    return is_error_result(v);
+}
+uint64_t neg(int e) {
+    return static_cast<uint64_t>(-static_cast<int64_t>(e));
+}
+uint64_t page_down(uint64_t a) {
+    return a & ~(kPageSize - 1);
+}
+uint64_t page_up(uint64_t a) {
+    return (a + kPageSize - 1) & ~(kPageSize - 1);
+}
 
 std::string hex(uint64_t v) {
     char b[32];
@@ -178,8 +188,10 @@ struct FakeGuest::Mm {
                 ++it;
             }
         }
-        for (const auto& v : keep) vmas[v.start] = v;
-        for (auto it = pages.lower_bound(s); it != pages.end() && it->first < e;) it = pages.erase(it);
+        for (const auto& v : keep)
+            vmas[v.start] = v;
+        for (auto it = pages.lower_bound(s); it != pages.end() && it->first < e;)
+            it = pages.erase(it);
     }
     void add(const Vma& v, bool populate) {
         vmas[v.start] = v;
@@ -392,7 +404,8 @@ FakeGuest::FakeGuest(FakeOptions options) : options_(std::move(options)) {
         b.loop = {Step::call(kGetpid), Step::sleep(1)};
         create_process(b, kInitPid);
     }
-    for (const auto& spec : options_.extra) create_process(spec, kInitPid);
+    for (const auto& spec : options_.extra)
+        create_process(spec, kInitPid);
     schedule_idle_cpus();
 
     // Let it run a little, then "attach": the guest is stopped.
@@ -450,7 +463,8 @@ FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t p
     }
     p->arg_start = kStackHi - 0x100;
     p->arg_end = kStackHi - 0xe0;
-    for (int fd = 0; fd < 3; ++fd) p->fds[fd] = OpenFile{"/dev/null", fs_["/dev/null"], 0, kORdwr};
+    for (int fd = 0; fd < 3; ++fd)
+        p->fds[fd] = OpenFile{"/dev/null", fs_["/dev/null"], 0, kORdwr};
     Process& ref = *p;
     processes_[ref.pid] = std::move(p);
     next_pid_ = std::max(next_pid_, ref.pid + 1);
@@ -506,7 +520,9 @@ FakeGuest::Process* FakeGuest::process_ptr(int64_t pid) const {
     return it == processes_.end() ? nullptr : it->second.get();
 }
 
-FakeGuest::Process& FakeGuest::proc_of(const Thread& t) const { return *processes_.at(t.pid); }
+FakeGuest::Process& FakeGuest::proc_of(const Thread& t) const {
+    return *processes_.at(t.pid);
+}
 
 void FakeGuest::anomaly(std::string text) {
     anomalies_.push_back("tick " + std::to_string(tick_) + ": " + std::move(text));
@@ -514,7 +530,8 @@ void FakeGuest::anomaly(std::string text) {
 
 std::string FakeGuest::anomalies_text() const {
     std::string s;
-    for (const auto& a : anomalies_) s += a + "\n";
+    for (const auto& a : anomalies_)
+        s += a + "\n";
     return s;
 }
 
@@ -906,9 +923,9 @@ void FakeGuest::enter_slow_path(Thread& t, const kvm_regs& u) {
     // struct pt_regs on the kernel stack, as swapgs_restore_regs_and_return_to_usermode
     // finds it: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax
     // rip cs eflags rsp ss.
-    uint64_t q[21] = {u.r15, u.r14, u.r13, u.r12, u.rbp, u.rbx, u.r11, u.r10, u.r9, u.r8, u.rax,
-                      u.rcx, u.rdx, u.rsi, u.rdi, ~uint64_t{0}, u.rip, kUserCs, u.rflags, u.rsp,
-                      kUserSs};
+    uint64_t q[21] = {u.r15, u.r14,        u.r13, u.r12,   u.rbp,    u.rbx, u.r11,
+                      u.r10, u.r9,         u.r8,  u.rax,   u.rcx,    u.rdx, u.rsi,
+                      u.rdi, ~uint64_t{0}, u.rip, kUserCs, u.rflags, u.rsp, kUserSs};
     uint64_t at = t.kstack_top - sizeof q;
     kwrite(at, std::span(reinterpret_cast<const uint8_t*>(q), sizeof q));
     kvm_regs& r = t.cpu.regs;
@@ -1096,7 +1113,8 @@ uint64_t FakeGuest::sys_rt_sigreturn(Thread& t) {
     kvm_regs& r = t.cpu.regs;
     uint64_t frame = r.rsp - 8;
     uint64_t sc[kScRegCount];
-    if (!uread(p, frame + kSigframeMcontextOffset, std::span(reinterpret_cast<uint8_t*>(sc), sizeof sc))) {
+    if (!uread(p, frame + kSigframeMcontextOffset,
+               std::span(reinterpret_cast<uint8_t*>(sc), sizeof sc))) {
         fault(t, "rt_sigreturn with a bad frame at " + hex(frame));
         return 0;
     }
@@ -1120,7 +1138,8 @@ uint64_t FakeGuest::sys_rt_sigreturn(Thread& t) {
     u.rip = sc[kScRip];
     u.rflags = (sc[kScEflags] & 0x3C7FD7) | 2;
     uint64_t mask = 0;
-    if (uread64(p, frame + kFrameSigmaskOffset, mask)) p.sigmask = mask & ~((1ULL << 8) | (1ULL << 18));
+    if (uread64(p, frame + kFrameSigmaskOffset, mask))
+        p.sigmask = mask & ~((1ULL << 8) | (1ULL << 18));
     ++t.ctr.sigreturns;
     t.ctr.last_sigreturn = u;
     if (!is_user(u.rip)) {
@@ -1168,7 +1187,8 @@ void FakeGuest::workload_check(Thread& t) {
     const kvm_regs& e = t.expect;
     std::string bad;
     auto cmp = [&](const char* name, uint64_t got, uint64_t want) {
-        if (got != want) bad += std::string(" ") + name + "=" + hex(got) + " (want " + hex(want) + ")";
+        if (got != want)
+            bad += std::string(" ") + name + "=" + hex(got) + " (want " + hex(want) + ")";
     };
     cmp("rbx", r.rbx, e.rbx);
     cmp("rbp", r.rbp, e.rbp);
@@ -1188,14 +1208,23 @@ void FakeGuest::workload_check(Thread& t) {
     cmp("rflags", r.rflags, kUserFlags);
     std::optional<uint64_t> want;
     switch (t.expect_nr) {
-        case kGetpid: want = static_cast<uint64_t>(p.pid); break;
-        case kGetuid: want = p.uid; break;
-        case kGettid: want = static_cast<uint64_t>(t.tid); break;
-        case kGetppid: want = static_cast<uint64_t>(p.ppid); break;
+        case kGetpid:
+            want = static_cast<uint64_t>(p.pid);
+            break;
+        case kGetuid:
+            want = p.uid;
+            break;
+        case kGettid:
+            want = static_cast<uint64_t>(t.tid);
+            break;
+        case kGetppid:
+            want = static_cast<uint64_t>(p.ppid);
+            break;
         case kNanosleep:
             if (r.rax != neg(EINTR)) want = 0;
             break;
-        default: break;
+        default:
+            break;
     }
     if (want) cmp("rax", r.rax, *want);
     if (!bad.empty()) {
@@ -1500,7 +1529,9 @@ void FakeGuest::wake_blocked() {
                 case Thread::Wait::kSleep:
                     if (tick_ >= t->wake_tick) result = 0;
                     break;
-                case Thread::Wait::kWait4: result = try_wait4(*t, t->pending_args); break;
+                case Thread::Wait::kWait4:
+                    result = try_wait4(*t, t->pending_args);
+                    break;
                 case Thread::Wait::kRead:
                     if (t->read_generation != blocking_generation_) result = 0;
                     break;
@@ -1515,7 +1546,8 @@ void FakeGuest::wake_blocked() {
                         }
                     }
                     break;
-                case Thread::Wait::kNone: break;
+                case Thread::Wait::kNone:
+                    break;
             }
         }
         if (!result) continue;
@@ -1579,7 +1611,8 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
         }
         case kWrite: {
             auto it = p.fds.find(static_cast<int>(a[0]));
-            if (it == p.fds.end() || (it->second.flags & kOAccmode) == kORdonly) return done(neg(EBADF));
+            if (it == p.fds.end() || (it->second.flags & kOAccmode) == kORdonly)
+                return done(neg(EBADF));
             std::vector<uint8_t> buf(std::min<uint64_t>(a[2], 1 << 20));
             if (!uread(p, a[1], buf)) return done(neg(EFAULT));
             auto& n = *it->second.node;
@@ -1592,8 +1625,10 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
         }
         case kClose:
             return done(p.fds.erase(static_cast<int>(a[0])) ? 0 : neg(EBADF));
-        case kMmap: return done(sys_mmap(p, a));
-        case kMunmap: return done(sys_munmap(p, a[0], a[1]));
+        case kMmap:
+            return done(sys_mmap(p, a));
+        case kMunmap:
+            return done(sys_munmap(p, a[0], a[1]));
         case kRtSigprocmask: {
             if (a[3] != 8) return done(neg(EINVAL));
             uint64_t old = p.sigmask;
@@ -1602,10 +1637,17 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
                 if (!uread64(p, a[1], set)) return done(neg(EFAULT));
                 uint64_t mask = p.sigmask;
                 switch (a[0]) {
-                    case 0: mask |= set; break;
-                    case 1: mask &= ~set; break;
-                    case 2: mask = set; break;
-                    default: return done(neg(EINVAL));
+                    case 0:
+                        mask |= set;
+                        break;
+                    case 1:
+                        mask &= ~set;
+                        break;
+                    case 2:
+                        mask = set;
+                        break;
+                    default:
+                        return done(neg(EINVAL));
                 }
                 p.sigmask = mask & ~((1ULL << 8) | (1ULL << 18));
             }
@@ -1620,18 +1662,24 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             if (!uread(p, a[0], std::span(reinterpret_cast<uint8_t*>(&ts), sizeof ts))) {
                 return done(neg(EFAULT));
             }
-            if (ts.tv_sec < 0 || ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000) return done(neg(EINVAL));
+            if (ts.tv_sec < 0 || ts.tv_nsec < 0 || ts.tv_nsec >= 1000000000)
+                return done(neg(EINVAL));
             uint64_t ticks = static_cast<uint64_t>(ts.tv_sec) * 1000 +
                              (static_cast<uint64_t>(ts.tv_nsec) + 999999) / 1000000;
             if (ticks == 0) return done(0);
             t.wake_tick = tick_ + ticks;
             return block(Thread::Wait::kSleep);
         }
-        case kGetpid: return done(static_cast<uint64_t>(p.pid));
-        case kGettid: return done(static_cast<uint64_t>(t.tid));
-        case kGetppid: return done(static_cast<uint64_t>(p.ppid));
-        case kGetuid: return done(p.uid);
-        case kClone: return done(sys_clone(t, a));
+        case kGetpid:
+            return done(static_cast<uint64_t>(p.pid));
+        case kGettid:
+            return done(static_cast<uint64_t>(t.tid));
+        case kGetppid:
+            return done(static_cast<uint64_t>(p.ppid));
+        case kGetuid:
+            return done(p.uid);
+        case kClone:
+            return done(sys_clone(t, a));
         case kExit:
         case kExitGroup:
             exit_process(p, static_cast<int>((a[0] & 0xff) << 8));
@@ -1648,8 +1696,9 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
         }
         case kUname: {
             std::vector<uint8_t> u(kUtsnameSize, 0);
-            const char* fields[6] = {"Linux", "fakeguest", "6.1.0-56-amd64",
-                                     "#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1", "x86_64", "(none)"};
+            const char* fields[6] = {"Linux",          "fakeguest",
+                                     "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1",
+                                     "x86_64",         "(none)"};
             for (int i = 0; i < 6; ++i) {
                 std::memcpy(u.data() + i * kUtsFieldSize, fields[i], std::strlen(fields[i]));
             }
@@ -1688,17 +1737,23 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             p.locked = true;
             return done(0);
         }
-        case kPrctl: return done(sys_prctl(p, a));
-        case kGetdents64: return done(sys_getdents64(p, a));
+        case kPrctl:
+            return done(sys_prctl(p, a));
+        case kGetdents64:
+            return done(sys_getdents64(p, a));
         case kClockGettime: {
-            Timespec ts{static_cast<int64_t>(tick_ / 1000), static_cast<int64_t>(tick_ % 1000) * 1000000};
+            Timespec ts{static_cast<int64_t>(tick_ / 1000),
+                        static_cast<int64_t>(tick_ % 1000) * 1000000};
             return done(uwrite(p, a[1], std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts))
                             ? 0
                             : neg(EFAULT));
         }
-        case kOpenat: return done(sys_openat(p, a));
-        case kNewfstatat: return done(sys_newfstatat(p, a));
-        case kReadlinkat: return done(sys_readlinkat(p, a));
+        case kOpenat:
+            return done(sys_openat(p, a));
+        case kNewfstatat:
+            return done(sys_newfstatat(p, a));
+        case kReadlinkat:
+            return done(sys_readlinkat(p, a));
         case kCloseRange: {
             uint64_t first = a[0] & 0xffffffff, last = a[1] & 0xffffffff, flags = a[2];
             if ((flags & ~uint64_t{6}) != 0 || first > last) return done(neg(EINVAL));
@@ -1710,7 +1765,8 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             }
             return done(0);
         }
-        default: return done(neg(ENOSYS));
+        default:
+            return done(neg(ENOSYS));
     }
 }
 
@@ -1740,7 +1796,8 @@ uint64_t FakeGuest::sys_mmap(Process& p, const std::array<uint64_t, 6>& a) {
             at = hint;
         } else {
             uint64_t top = kMmapBase;
-            while (top >= len + kMmapMin && p.mm.overlaps(top - len, top)) top -= kPageSize;
+            while (top >= len + kMmapMin && p.mm.overlaps(top - len, top))
+                top -= kPageSize;
             if (top < len + kMmapMin) return neg(ENOMEM);
             at = top - len;
         }
@@ -1839,7 +1896,8 @@ std::optional<std::string> FakeGuest::resolve(const Process& p, int64_t dirfd,
         parts.push_back(part);
     }
     std::string out;
-    for (const auto& x : parts) out += "/" + x;
+    for (const auto& x : parts)
+        out += "/" + x;
     return out.empty() ? "/" : out;
 }
 
@@ -1879,7 +1937,8 @@ uint64_t FakeGuest::sys_openat(Process& p, const std::array<uint64_t, 6>& a) {
     if (acc != kORdonly && n.readonly) return neg(EACCES);
     if ((flags & kOTrunc) && acc != kORdonly && n.type == Node::Type::kFile) n.content.clear();
     int fd = 0;
-    while (p.fds.count(fd)) ++fd;
+    while (p.fds.count(fd))
+        ++fd;
     p.fds[fd] = OpenFile{*full, it->second, 0, flags};
     return static_cast<uint64_t>(fd);
 }
@@ -1971,13 +2030,17 @@ uint64_t FakeGuest::sys_newfstatat(Process& p, const std::array<uint64_t, 6>& a)
     st.st_ino = node->ino;
     bool dir = node->type == Node::Type::kDir;
     st.st_nlink = dir ? 2 : 1;
-    st.st_mode = (dir ? 0040000u : node->type == Node::Type::kNull ? 0020000u : 0100000u) | node->mode;
+    st.st_mode = (dir                               ? 0040000u
+                  : node->type == Node::Type::kNull ? 0020000u
+                                                    : 0100000u) |
+                 node->mode;
     st.st_uid = node->uid;
     st.st_size = node->readonly ? 0 : static_cast<int64_t>(node->content.size());
     st.st_blksize = 4096;
     st.st_blocks = (st.st_size + 511) / 512;
-    return uwrite(p, a[2], std::span(reinterpret_cast<const uint8_t*>(&st), sizeof st)) ? 0
-                                                                                       : neg(EFAULT);
+    return uwrite(p, a[2], std::span(reinterpret_cast<const uint8_t*>(&st), sizeof st))
+               ? 0
+               : neg(EFAULT);
 }
 
 uint64_t FakeGuest::sys_readlinkat(Process& p, const std::array<uint64_t, 6>& a) {
@@ -2002,11 +2065,16 @@ uint64_t FakeGuest::sys_readlinkat(Process& p, const std::array<uint64_t, 6>& a)
         }
         if (q != nullptr) {
             if (q != &p && p.uid != 0 && q->uid != p.uid) return neg(EACCES);
-            if (what == "ns/mnt") target = q->mnt_ns;
-            else if (what == "root") target = q->root;
-            else if (what == "cwd") target = q->cwd;
-            else if (what.empty()) return neg(EINVAL);
-            else return neg(ENOENT);
+            if (what == "ns/mnt")
+                target = q->mnt_ns;
+            else if (what == "root")
+                target = q->root;
+            else if (what == "cwd")
+                target = q->cwd;
+            else if (what.empty())
+                return neg(EINVAL);
+            else
+                return neg(ENOENT);
         }
     }
     if (!target) return fs_.count(*full) ? neg(EINVAL) : neg(ENOENT);
@@ -2039,7 +2107,8 @@ uint64_t FakeGuest::sys_prctl(Process& p, const std::array<uint64_t, 6>& a) {
             if (a[3] != 0 || a[4] != 0) return neg(EINVAL);
             if (p.uid != 0) return neg(EPERM);
             uint64_t addr = a[2];
-            if (addr >= kUserEnd || addr < kMmapMin || p.mm.find(addr) == nullptr) return neg(EINVAL);
+            if (addr >= kUserEnd || addr < kMmapMin || p.mm.find(addr) == nullptr)
+                return neg(EINVAL);
             if (a[1] == kPrSetMmArgStart) {
                 if (addr > p.arg_end) return neg(EINVAL);
                 p.arg_start = addr;
@@ -2052,7 +2121,8 @@ uint64_t FakeGuest::sys_prctl(Process& p, const std::array<uint64_t, 6>& a) {
             }
             return neg(EINVAL);
         }
-        default: return neg(EINVAL);
+        default:
+            return neg(EINVAL);
     }
 }
 
@@ -2139,7 +2209,8 @@ ErrorOr<StopEvent> FakeGuest::step(VcpuId vcpu, Deadline) {
 ErrorOr<std::vector<VcpuId>> FakeGuest::vcpus() {
     TRY(stopped());
     std::vector<VcpuId> out;
-    for (size_t i = 0; i < vcpus_.size(); ++i) out.push_back(static_cast<VcpuId>(i + 1));
+    for (size_t i = 0; i < vcpus_.size(); ++i)
+        out.push_back(static_cast<VcpuId>(i + 1));
     return out;
 }
 
@@ -2158,7 +2229,8 @@ ErrorOr<RegisterSnapshot> FakeGuest::snapshot(VcpuId vcpu) {
     std::memcpy(s.raw.data(), kRawMagic, 8);
     std::memcpy(s.raw.data() + 8, &s.state.regs, sizeof(kvm_regs));
     std::memcpy(s.raw.data() + 8 + sizeof(kvm_regs), &s.state.sregs, sizeof(kvm_sregs));
-    std::memcpy(s.raw.data() + 8 + sizeof(kvm_regs) + sizeof(kvm_sregs), &s.state.kernel_gs_base, 8);
+    std::memcpy(s.raw.data() + 8 + sizeof(kvm_regs) + sizeof(kvm_sregs), &s.state.kernel_gs_base,
+                8);
     return s;
 }
 
@@ -2171,7 +2243,8 @@ ErrorOr<void> FakeGuest::restore(const RegisterSnapshot& snapshot) {
     VcpuState s;
     std::memcpy(&s.regs, snapshot.raw.data() + 8, sizeof(kvm_regs));
     std::memcpy(&s.sregs, snapshot.raw.data() + 8 + sizeof(kvm_regs), sizeof(kvm_sregs));
-    std::memcpy(&s.kernel_gs_base, snapshot.raw.data() + 8 + sizeof(kvm_regs) + sizeof(kvm_sregs), 8);
+    std::memcpy(&s.kernel_gs_base, snapshot.raw.data() + 8 + sizeof(kvm_regs) + sizeof(kvm_sregs),
+                8);
     VcpuState& cur = state_of(*c);
     if ((s.sregs.cr3 & 0x000fffffffffe000ULL) != (cur.sregs.cr3 & 0x000fffffffffe000ULL)) {
         anomaly("restore() of a snapshot from another address space onto vCPU " +
@@ -2293,7 +2366,8 @@ std::optional<ProcessInfo> FakeGuest::process(int64_t pid) const {
     i.cwd = p->cwd;
     i.umask = p->umask;
     i.sigmask = p->sigmask;
-    for (const auto& [fd, f] : p->fds) i.fds.push_back(fd);
+    for (const auto& [fd, f] : p->fds)
+        i.fds.push_back(fd);
     i.tids = p->tids;
     i.cr3 = p->mm.cr3_base;
     i.arg_start = p->arg_start;
@@ -2322,7 +2396,8 @@ std::optional<int64_t> FakeGuest::thread_on_vcpu(VcpuId vcpu) const {
 std::vector<std::pair<uint64_t, uint64_t>> FakeGuest::mappings(int64_t pid) const {
     std::vector<std::pair<uint64_t, uint64_t>> out;
     if (const Process* p = process_ptr(pid)) {
-        for (const auto& [s, v] : p->mm.vmas) out.emplace_back(v.start, v.end);
+        for (const auto& [s, v] : p->mm.vmas)
+            out.emplace_back(v.start, v.end);
     }
     return out;
 }
@@ -2388,6 +2463,8 @@ void FakeGuest::set_syscalls_blocked(int64_t pid, bool blocked) {
     if (Process* p = process_ptr(pid)) p->syscalls_blocked = blocked;
 }
 
-void FakeGuest::release_blocking_reads() { ++blocking_generation_; }
+void FakeGuest::release_blocking_reads() {
+    ++blocking_generation_;
+}
 
 }  // namespace cloudvmi::fake

@@ -66,9 +66,9 @@ inline constexpr const char* kKnownContent = "cloudvmi known file\n";
 // Pids of the default processes.
 inline constexpr int64_t kInitPid = 1;
 inline constexpr int64_t kSleeperPid = 100;
-inline constexpr int64_t kWorkerPid = 200;   // uid 1000
+inline constexpr int64_t kWorkerPid = 200;     // uid 1000
 inline constexpr int64_t kContainerPid = 300;  // root, other mount namespace
-inline constexpr int64_t kBandPid = 400;     // root, code inside the shadow band
+inline constexpr int64_t kBandPid = 400;       // root, code inside the shadow band
 
 // One step of a workload program: optionally some user-mode ticks, then one syscall.
 struct Step {
@@ -105,15 +105,15 @@ struct ProcessSpec {
 
 struct FakeOptions {
     int vcpus = 1;
-    bool sleeper = true;        // root, nanosleep(1 ms) forever
-    int sleeper_delay_ms = 0;   // a first, longer sleep before that
-    bool worker = true;         // uid 1000, getuid/getpid all the time
-    bool container = false;     // root in another mount namespace, nanosleep(container_sleep_ms)
+    bool sleeper = true;       // root, nanosleep(1 ms) forever
+    int sleeper_delay_ms = 0;  // a first, longer sleep before that
+    bool worker = true;        // uid 1000, getuid/getpid all the time
+    bool container = false;    // root in another mount namespace, nanosleep(container_sleep_ms)
     int container_sleep_ms = 2;
     bool band_process = false;  // root, its code in the shadow band, getpid + nanosleep(1)
     std::vector<ProcessSpec> extra;
-    int warmup_ticks = 25;      // ticks run by the constructor before "attaching"
-    int time_slice = 3;         // user-mode ticks before a thread is preempted
+    int warmup_ticks = 25;                   // ticks run by the constructor before "attaching"
+    int time_slice = 3;                      // user-mode ticks before a thread is preempted
     bool step_overrides_breakpoints = true;  // TCG; false: a step on one stops at once
 };
 
@@ -154,7 +154,7 @@ struct ThreadInfo {
     uint64_t sigreturns = 0;
     uint64_t signals_delivered = 0;
     uint64_t restarts = 0;
-    uint64_t slow_returns = 0;  // syscall returns forced through the slow path
+    uint64_t slow_returns = 0;                    // syscall returns forced through the slow path
     std::optional<kvm_regs> last_natural_sysret;  // registers at sysret after its own syscall
     std::optional<kvm_regs> last_sigreturn;       // user registers rt_sigreturn restored
     uint64_t last_signal_frame = 0;               // user address of the last rt_sigframe
@@ -175,7 +175,7 @@ struct FakeStats {
 KernelEntryPoints fixture_entry_points();
 
 class FakeGuest : public GuestAccess {
-public:
+  public:
     explicit FakeGuest(FakeOptions options = {});
     ~FakeGuest() override;
     FakeGuest(const FakeGuest&) = delete;
@@ -201,7 +201,7 @@ public:
     ErrorOr<void> detach() override;
 
     // --- inspection ---
-    uint64_t now() const { return tick_; }           // guest time, ms
+    uint64_t now() const { return tick_; }                // guest time, ms
     uint64_t host_ms() const { return host_us_ / 1000; }  // host time the client spent
     const FakeStats& stats() const { return stats_; }
     const std::vector<std::string>& anomalies() const { return anomalies_; }
@@ -248,7 +248,7 @@ public:
     struct Mm;
     struct Node;
 
-private:
+  private:
     struct Vcpu {
         int64_t tid = 0;  // 0: idle
         VcpuState idle;
@@ -356,11 +356,11 @@ private:
     std::vector<std::string> anomalies_;
 };
 
-// Forwards to another GuestAccess and fails (ECONNRESET, or EIO once if transient) once `budget` fallible calls
-// have been made (the host process "died" there), or only at call number `fail_at` when
-// `transient` (one lost packet, then the connection works again).
+// Forwards to another GuestAccess and fails (ECONNRESET, or EIO once if transient) once `budget`
+// fallible calls have been made (the host process "died" there), or only at call number `fail_at`
+// when `transient` (one lost packet, then the connection works again).
 class FailingGuest : public GuestAccess {
-public:
+  public:
     FailingGuest(GuestAccess& inner, long budget, bool transient = false)
         : inner_(inner), budget_(budget), transient_(transient) {}
 
@@ -445,7 +445,7 @@ public:
     }
     ErrorOr<void> detach() override { return gate("detach") ? inner_.detach() : fail(); }
 
-private:
+  private:
     bool gate(const char* what) {
         if (before_call_) before_call_(what);
         long n = calls_++;

@@ -1,6 +1,5 @@
 // SyscallInjector against the fake guest.
 #include <catch2/catch.hpp>
-
 #include <cstring>
 
 #include "fake_guest.h"
@@ -15,7 +14,9 @@ using namespace cloudvmi::x86abi;
 
 namespace {
 
-bool same_regs(const kvm_regs& a, const kvm_regs& b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+bool same_regs(const kvm_regs& a, const kvm_regs& b) {
+    return std::memcmp(&a, &b, sizeof a) == 0;
+}
 
 int64_t hijacked_tid(FakeGuest& g, const SyscallInjector& inj) {
     auto tid = g.thread_on_vcpu(inj.vcpu());
@@ -30,8 +31,12 @@ void run_free(FakeGuest& g, uint64_t ticks) {
     REQUIRE(g.interrupt(Deadline::after_ms(100)));
 }
 
-uint64_t natural(FakeGuest& g, int64_t tid) { return g.thread(tid)->natural_syscalls; }
-uint64_t checked(FakeGuest& g, int64_t tid) { return g.thread(tid)->checked_returns; }
+uint64_t natural(FakeGuest& g, int64_t tid) {
+    return g.thread(tid)->natural_syscalls;
+}
+uint64_t checked(FakeGuest& g, int64_t tid) {
+    return g.thread(tid)->checked_returns;
+}
 
 }  // namespace
 
@@ -128,15 +133,17 @@ TEST_CASE("fake injector: other threads returning meanwhile are stepped over and
     kvm_regs original = inj.original_regs();
 
     // A scratch page in the hijacked process, for a timespec.
-    uint64_t page = *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
-                                         kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
+    uint64_t page =
+        *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                             kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
     REQUIRE_FALSE(is_error_result(page));
     REQUIRE(g.has_mapping_in(pid, page, page + 4096));
     Timespec ts{0, 60'000'000};
     REQUIRE(inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
 
     std::map<int64_t, uint64_t> before;
-    for (const auto& p : g.processes()) before[p.pid] = natural(g, p.tids.at(0));
+    for (const auto& p : g.processes())
+        before[p.pid] = natural(g, p.tids.at(0));
     uint64_t t0 = g.now();
     int foreign0 = inj.stats().foreign_stops;
     auto slept = inj.syscall(kNanosleep, {page, 0});
@@ -165,8 +172,9 @@ TEST_CASE("fake injector: other threads returning meanwhile are stepped over and
     CHECK(g.anomalies().empty());
 }
 
-TEST_CASE("fake injector: a signal during an injected syscall is repaired and the thread given back",
-          "[fake]") {
+TEST_CASE(
+    "fake injector: a signal during an injected syscall is repaired and the thread given back",
+    "[fake]") {
     FakeGuest g;
     auto k = fixture_entry_points();
     RecoveryLog log;

@@ -1,7 +1,6 @@
 // recover_guest() after a CloudVMI process died, lost its connection or met an error at
 // every single step of the shadow bootstrap and of the first batches.
 #include <catch2/catch.hpp>
-
 #include <climits>
 #include <cstring>
 #include <set>
@@ -64,7 +63,8 @@ void session(GuestAccess& g, RecoveryLog& log) {
     (void)s.park();
     B m;
     auto path = m.input_string("/proc/meminfo");
-    auto fd = m.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
+    auto fd =
+        m.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
     auto data = m.output(4096);
     auto rd = m.add(kRead, {B::result_of(fd), B::buf(data), B::imm(4096)});
     m.filled_by(data, rd, B::Fill::kResultBytes);
@@ -157,9 +157,12 @@ Case run_case(long n, Fault fault) {
     auto report = recover_guest(g, c.record, after, quick_options());
     c.problem = report ? leftovers(g, after) : "recover_guest failed: " + report.error().describe();
     if (!c.problem.empty() && std::getenv("FAKE_DEBUG")) {
-        std::fprintf(stderr, "n=%ld fault=%d record: thread %u shadow %u pid %lld cr3 %llx; report: %s; problem: %s\n", n,
-                     static_cast<int>(fault), static_cast<unsigned>(c.record.thread_phase),
-                     static_cast<unsigned>(c.record.shadow_phase), static_cast<long long>(c.record.shadow_pid),
+        std::fprintf(stderr,
+                     "n=%ld fault=%d record: thread %u shadow %u pid %lld cr3 %llx; report: %s; "
+                     "problem: %s\n",
+                     n, static_cast<int>(fault), static_cast<unsigned>(c.record.thread_phase),
+                     static_cast<unsigned>(c.record.shadow_phase),
+                     static_cast<long long>(c.record.shadow_pid),
                      static_cast<unsigned long long>(c.record.shadow_cr3),
                      report ? report->describe().c_str() : "-", c.problem.c_str());
     }
@@ -200,7 +203,8 @@ void sweep(Fault fault, bool check_phases) {
     }
     for (const auto& [problem, ns] : failures) {
         std::ostringstream at;
-        for (long n : ns) at << n << " ";
+        for (long n : ns)
+            at << n << " ";
         INFO("failure at request(s) " << at.str() << "of " << total);
         CHECK(problem == "");
     }
@@ -244,12 +248,14 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited f
         uint64_t hint = SyscallInjector::kShadowBandStart + 0x100000000ULL;
         log.edit().parent_region = hint;
         log.commit();
-        region = *inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite,
-                                      kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
-                                      ~uint64_t{0}, 0});
+        region =
+            *inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite,
+                                 kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
+                                 ~uint64_t{0}, 0});
         REQUIRE(region == hint);
         Timespec ts{0, 300'000'000};
-        REQUIRE(inj.write_memory(region, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+        REQUIRE(
+            inj.write_memory(region, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
         conn.die_at_next_wait();
         auto r = inj.syscall(kNanosleep, {region, 0});
         REQUIRE_FALSE(r);
@@ -350,8 +356,8 @@ TEST_CASE("fake recovery: killed while starting a second shadow after a refused 
     QuietLog quiet;
     // The first hijacked process is in another mount namespace: its shadow is caught,
     // refused and ended; the session dies while the second one starts.
-    FakeGuest g(FakeOptions{.sleeper_delay_ms = 60, .worker = false, .container = true,
-                            .container_sleep_ms = 1});
+    FakeGuest g(FakeOptions{
+        .sleeper_delay_ms = 60, .worker = false, .container = true, .container_sleep_ms = 1});
     auto k = fixture_entry_points();
     RecoveryLog log;
     std::optional<RecoveryRecord> frozen;
@@ -402,8 +408,10 @@ TEST_CASE("fake recovery: a connection lost during a batch does not make the sha
     CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
 }
 
-TEST_CASE("fake recovery: a breakpoint that cannot be put back after a step over does not let "
-          "the hijacked thread escape", "[fake]") {
+TEST_CASE(
+    "fake recovery: a breakpoint that cannot be put back after a step over does not let "
+    "the hijacked thread escape",
+    "[fake]") {
     QuietLog quiet;
     FakeGuest g(FakeOptions{.vcpus = 2, .container = true});
     auto k = fixture_entry_points();
@@ -414,11 +422,12 @@ TEST_CASE("fake recovery: a breakpoint that cannot be put back after a step over
         SyscallInjector inj(conn, k, log, InjectorOptions{Millis(3000), Millis(2000)});
         REQUIRE(inj.hijack());
         tid = *g.thread_on_vcpu(inj.vcpu());
-        uint64_t page = *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
-                                             kMapPrivate | kMapAnonymous | kMapPopulate,
-                                             ~uint64_t{0}, 0});
+        uint64_t page =
+            *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                                 kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
         Timespec ts{0, 50'000'000};
-        REQUIRE(inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+        REQUIRE(
+            inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
         // The stub refuses to re-insert the breakpoint once, after the first step over a
         // foreign thread.
         bool stepped = false, failed = false;
@@ -438,7 +447,8 @@ TEST_CASE("fake recovery: a breakpoint that cannot be put back after a step over
     // registers.
     if (g.running()) REQUIRE(g.interrupt(Deadline::after_ms(100)));
     RecoveryLog after;
-    if (!log.current().nothing_to_undo()) REQUIRE(recover_guest(g, log.current(), after, quick_options()));
+    if (!log.current().nothing_to_undo())
+        REQUIRE(recover_guest(g, log.current(), after, quick_options()));
     CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid, kContainerPid}) == "");
     CHECK(g.thread(tid)->checked_returns > 0);
 }

@@ -1,6 +1,5 @@
 // ShadowProcess against the fake guest: bootstrap, batches, park/acquire, termination.
 #include <catch2/catch.hpp>
-
 #include <cstring>
 
 #include "common/log.h"
@@ -102,10 +101,12 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
     REQUIRE(parents.size() == 2);
     CHECK((parents[0] == kInitPid || parents[0] == kSleeperPid));
     CHECK(parents[1] == kContainerPid);
-    for (int64_t pid : parents) CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
+    for (int64_t pid : parents)
+        CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
     check_no_zombies(g);
     std::set<int64_t> pids;
-    for (const auto& p : g.processes()) pids.insert(p.pid);
+    for (const auto& p : g.processes())
+        pids.insert(p.pid);
     CHECK(pids == std::set<int64_t>{kInitPid, kSleeperPid, kWorkerPid, kContainerPid, s.pid()});
     CHECK(log.current().shadow_phase == ShadowPhase::kHeld);
     CHECK(log.current().thread_phase == ThreadPhase::kNone);
@@ -123,8 +124,8 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
         // open + read + close with result references.
         B m;
         auto path = m.input_string("/proc/meminfo");
-        auto fd = m.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)},
-                        true);
+        auto fd = m.add(kOpenat,
+                        {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
         auto data = m.output(4096);
         auto rd = m.add(kRead, {B::result_of(fd), B::buf(data), B::imm(4096)});
         m.filled_by(data, rd, B::Fill::kResultBytes);
@@ -141,8 +142,8 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
         B st;
         auto p1 = st.input_string("/nonexistent");
         auto before = st.add(kGetuid, {});
-        auto bad = st.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p1), B::imm(kORdonly), B::imm(0)},
-                          true);
+        auto bad = st.add(kOpenat,
+                          {B::imm_signed(kAtFdcwd), B::buf(p1), B::imm(kORdonly), B::imm(0)}, true);
         auto dep = st.add(kClose, {B::result_of(bad)});
         auto indep = st.add(kGetpid, {});
         out = s.execute(st);
@@ -155,12 +156,14 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
         // Without the flag, only the ops depending on the failed one are cancelled.
         B nd;
         auto p2 = nd.input_string("/etc/nothing");
-        auto bad2 = nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p2), B::imm(kORdonly), B::imm(0)});
+        auto bad2 =
+            nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p2), B::imm(kORdonly), B::imm(0)});
         auto buf2 = nd.output(64);
         auto rd2 = nd.add(kRead, {B::result_of(bad2), B::buf(buf2), B::imm(64)});
         auto ok2 = nd.add(kGetpid, {});
         auto p3 = nd.input_string("/etc/cloudvmi-known");
-        auto fd3 = nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p3), B::imm(kORdonly), B::imm(0)});
+        auto fd3 =
+            nd.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(p3), B::imm(kORdonly), B::imm(0)});
         auto buf3 = nd.output(64);
         auto rd3 = nd.add(kPread64, {B::result_of(fd3), B::buf(buf3), B::imm(64), B::imm(0)});
         nd.filled_by(buf3, rd3, B::Fill::kResultBytes);
@@ -186,8 +189,9 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
         // Directory listing and a few more calls.
         B d;
         auto dp = d.input_string("/etc");
-        auto dfd = d.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(dp),
-                                   B::imm(kORdonly | kODirectory), B::imm(0)}, true);
+        auto dfd = d.add(
+            kOpenat,
+            {B::imm_signed(kAtFdcwd), B::buf(dp), B::imm(kORdonly | kODirectory), B::imm(0)}, true);
         auto ents = d.output(1024);
         auto gd = d.add(kGetdents64, {B::result_of(dfd), B::buf(ents), B::imm(1024)});
         d.filled_by(ents, gd, B::Fill::kResultBytes);
@@ -196,8 +200,9 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
         auto un = d.add(kUname, {B::buf(uts)});
         d.filled_by(uts, un, B::Fill::kWhole);
         auto lk = d.output(64);
-        auto rl = d.add(kReadlinkat, {B::imm_signed(kAtFdcwd), B::buf(d.input_string("/proc/self/ns/mnt")),
-                                      B::buf(lk), B::imm(64)});
+        auto rl = d.add(kReadlinkat,
+                        {B::imm_signed(kAtFdcwd), B::buf(d.input_string("/proc/self/ns/mnt")),
+                         B::buf(lk), B::imm(64)});
         d.filled_by(lk, rl, B::Fill::kResultBytes);
         out = s.execute(d);
         REQUIRE(out);
@@ -207,7 +212,9 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
             uint16_t reclen;
             std::memcpy(&reclen, e.data() + at + 16, 2);
             REQUIRE(reclen > 0);
-            names += std::string(reinterpret_cast<const char*>(e.data() + at + kDirent64NameOffset)) + " ";
+            names +=
+                std::string(reinterpret_cast<const char*>(e.data() + at + kDirent64NameOffset)) +
+                " ";
             at += reclen;
         }
         CHECK(names == ". .. cloudvmi-known secret ");
@@ -271,7 +278,8 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
     // Whatever happened above, every workload thread still runs correctly.
     if (g.running()) REQUIRE(g.interrupt(Deadline::after_ms(100)));
     std::map<int64_t, uint64_t> before;
-    for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid}) before[pid] = g.thread(pid)->checked_returns;
+    for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid})
+        before[pid] = g.thread(pid)->checked_returns;
     if (s.state() == ShadowProcess::State::kHeld) REQUIRE(s.park());
     run_free(g, 200);
     for (int64_t pid : {kSleeperPid, kWorkerPid, kContainerPid}) {
@@ -332,7 +340,8 @@ TEST_CASE("fake shadow: a batch blocked in the guest times out and the shadow is
     ShadowProcess& s = **created;
     B b;
     auto path = b.input_string("/run/blocking");
-    auto fd = b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
+    auto fd =
+        b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(path), B::imm(kORdonly), B::imm(0)}, true);
     auto buf = b.output(16);
     b.add(kRead, {B::result_of(fd), B::buf(buf), B::imm(16)});
     uint64_t t0 = g.now();
@@ -416,8 +425,8 @@ TEST_CASE("fake shadow: the payload model runs raw op records like shadow_payloa
     };
     const uint64_t unset = static_cast<uint64_t>(-ECANCELED);
     auto rec = [&](uint64_t nr, std::array<uint64_t, 6> args, uint64_t refs, uint64_t flags) {
-        return std::array<uint64_t, 10>{nr, args[0], args[1], args[2], args[3], args[4], args[5],
-                                        refs, flags, unset};
+        return std::array<uint64_t, 10>{nr,      args[0], args[1], args[2], args[3],
+                                        args[4], args[5], refs,    flags,   unset};
     };
     // A forward reference is -EINVAL; its dependants are cancelled; with
     // OPF_STOP_ON_ERROR on the bad one, everything after it is cancelled.

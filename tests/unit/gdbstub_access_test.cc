@@ -1,8 +1,9 @@
 // redirector/gdbstub_access.h: decoding and encoding QEMU's 'g' register file.
+#include "redirector/gdbstub_access.h"
+
 #include <catch2/catch.hpp>
 
 #include "common/strings.h"
-#include "redirector/gdbstub_access.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace cloudvmi;
@@ -19,7 +20,8 @@ gdb::RegisterLayout qemu_layout() {
 
 std::vector<uint8_t> recorded_g_packet() {
     std::string hex = test::read_text("qemu-7.2/g_packet.hex");
-    while (!hex.empty() && (hex.back() == '\n' || hex.back() == '\r')) hex.pop_back();
+    while (!hex.empty() && (hex.back() == '\n' || hex.back() == '\r'))
+        hex.pop_back();
     auto raw = hex_decode(hex);
     REQUIRE(raw.has_value());
     return *raw;
@@ -35,12 +37,13 @@ gdb::RegisterLayout minimal_layout(std::vector<std::string> drop = {}) {
         }
         regs.push_back({name, n++, bytes, 0});
     };
-    for (const char* r : {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
-                          "r10", "r11", "r12", "r13", "r14", "r15", "rip"}) {
+    for (const char* r : {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
+                          "r11", "r12", "r13", "r14", "r15", "rip"}) {
         add(r, 8);
     }
     add("eflags", 4);
-    for (const char* s : {"cs", "ss", "ds", "es", "fs", "gs"}) add(s, 4);
+    for (const char* s : {"cs", "ss", "ds", "es", "fs", "gs"})
+        add(s, 4);
     add("cr3", 8);
     auto layout = gdb::RegisterLayout::from_registers(std::move(regs));
     REQUIRE(layout.has_value());

@@ -1,11 +1,11 @@
 // redirector/guest_file_ops.h: parsing of the structures the guest kernel writes
 // (linux_dirent64, struct stat, struct new_utsname), all of them untrusted.
-#include <catch2/catch.hpp>
+#include "redirector/guest_file_ops.h"
 
+#include <catch2/catch.hpp>
 #include <cstddef>
 #include <optional>
 
-#include "redirector/guest_file_ops.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/test_helpers.h"
 
@@ -28,15 +28,15 @@ void add_dirent(std::vector<uint8_t>& buf, uint64_t ino, const std::string& name
     buf.resize(start + reclen, 0);
     test::put_u64(buf, start, ino);
     test::put_u64(buf, start + 8, static_cast<uint64_t>(start + reclen));  // d_off: a cookie
-    test::put_u16(buf, start + 16,
-                  reclen_override.value_or(static_cast<uint16_t>(reclen)));
+    test::put_u16(buf, start + 16, reclen_override.value_or(static_cast<uint16_t>(reclen)));
     buf[start + 18] = type;
     std::memcpy(buf.data() + start + 19, name.data(), name.size());
 }
 
 std::vector<std::string> names(const std::vector<GuestDirEntry>& entries) {
     std::vector<std::string> out;
-    for (const auto& e : entries) out.push_back(e.name);
+    for (const auto& e : entries)
+        out.push_back(e.name);
     return out;
 }
 
@@ -134,7 +134,8 @@ TEST_CASE("parse_dirents stops at malformed record lengths", "[fileops]") {
 TEST_CASE("parse_dirents skips unusable names and goes on", "[fileops]") {
     std::vector<uint8_t> buf;
     add_dirent(buf, 1, "good1");
-    add_dirent(buf, 2, "no-nul-here", kDtReg, std::nullopt, false);  // unterminated within its record
+    add_dirent(buf, 2, "no-nul-here", kDtReg, std::nullopt,
+               false);  // unterminated within its record
     add_dirent(buf, 3, "good2");
     add_dirent(buf, 4, "a/b");
     add_dirent(buf, 5, "/");
@@ -166,7 +167,8 @@ TEST_CASE("parse_dirents: the name ends at the first NUL", "[fileops]") {
 TEST_CASE("parse_dirents: a name that would run into the next record is unterminated",
           "[fileops]") {
     std::vector<uint8_t> buf;
-    add_dirent(buf, 1, "abcde", kDtReg, std::nullopt, false);  // reclen 24, name fills it with no NUL
+    add_dirent(buf, 1, "abcde", kDtReg, std::nullopt,
+               false);  // reclen 24, name fills it with no NUL
     add_dirent(buf, 2, "next");
     int skipped = 0;
     auto e = parse_dirents(buf, &skipped);
@@ -192,23 +194,23 @@ TEST_CASE("parse_stat reads the x86-64 struct stat layout", "[fileops]") {
     // Written at the offsets of arch/x86/include/uapi/asm/stat.h, independently of the
     // struct in guest_abi.h.
     std::vector<uint8_t> buf(144, 0);
-    test::put_u64(buf, 0, 0x803);             // st_dev
-    test::put_u64(buf, 8, 1234567);           // st_ino
-    test::put_u64(buf, 16, 3);                // st_nlink
-    test::put_u32(buf, 24, 0100644);          // st_mode
-    test::put_u32(buf, 28, 1000);             // st_uid
-    test::put_u32(buf, 32, 100);              // st_gid
-    test::put_u32(buf, 36, 0xdeadbeef);       // __pad0
-    test::put_u64(buf, 40, 0x10302);          // st_rdev
-    test::put_u64(buf, 48, 0x123456789ULL);   // st_size
-    test::put_u64(buf, 56, 4096);             // st_blksize
-    test::put_u64(buf, 64, 0x91a2c);          // st_blocks
-    test::put_u64(buf, 72, 1700000000);       // st_atime
-    test::put_u64(buf, 80, 111111111);        // st_atime_nsec
-    test::put_u64(buf, 88, 1700000001);       // st_mtime
-    test::put_u64(buf, 96, 222222222);        // st_mtime_nsec
-    test::put_u64(buf, 104, 1700000002);      // st_ctime
-    test::put_u64(buf, 112, 333333333);       // st_ctime_nsec
+    test::put_u64(buf, 0, 0x803);                    // st_dev
+    test::put_u64(buf, 8, 1234567);                  // st_ino
+    test::put_u64(buf, 16, 3);                       // st_nlink
+    test::put_u32(buf, 24, 0100644);                 // st_mode
+    test::put_u32(buf, 28, 1000);                    // st_uid
+    test::put_u32(buf, 32, 100);                     // st_gid
+    test::put_u32(buf, 36, 0xdeadbeef);              // __pad0
+    test::put_u64(buf, 40, 0x10302);                 // st_rdev
+    test::put_u64(buf, 48, 0x123456789ULL);          // st_size
+    test::put_u64(buf, 56, 4096);                    // st_blksize
+    test::put_u64(buf, 64, 0x91a2c);                 // st_blocks
+    test::put_u64(buf, 72, 1700000000);              // st_atime
+    test::put_u64(buf, 80, 111111111);               // st_atime_nsec
+    test::put_u64(buf, 88, 1700000001);              // st_mtime
+    test::put_u64(buf, 96, 222222222);               // st_mtime_nsec
+    test::put_u64(buf, 104, 1700000002);             // st_ctime
+    test::put_u64(buf, 112, 333333333);              // st_ctime_nsec
     test::put_u64(buf, 120, 0xffffffffffffffffULL);  // __unused
     REQUIRE(buf.size() == 144);
     STATIC_REQUIRE(sizeof(x86abi::Stat) == 144);
@@ -277,9 +279,10 @@ TEST_CASE("parse_stat on an empty buffer gives zeros", "[fileops]") {
 }
 
 TEST_CASE("parse_utsname", "[fileops]") {
-    const char* fields[6] = {"Linux", "debian", "6.1.0-56-amd64",
-                             "#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1 (2025-11-09)", "x86_64",
-                             "(none)"};
+    const char* fields[6] = {
+        "Linux",          "debian",
+        "6.1.0-56-amd64", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1 (2025-11-09)",
+        "x86_64",         "(none)"};
     std::vector<uint8_t> buf(x86abi::kUtsnameSize, 0);
     REQUIRE(buf.size() == 390);
     for (size_t i = 0; i < 6; ++i) {

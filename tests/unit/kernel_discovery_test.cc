@@ -1,13 +1,13 @@
 // redirector/kernel_discovery.h: the byte scanners on recorded Debian 6.1 kernel text (with
 // and without page-table isolation), synthetic edge cases, and the whole discovery against
 // an in-memory guest built from the same recordings.
-#include <catch2/catch.hpp>
+#include "redirector/kernel_discovery.h"
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <map>
 
 #include "common/strings.h"
-#include "redirector/kernel_discovery.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace cloudvmi;
@@ -22,8 +22,11 @@ struct KernelFixture {
 };
 
 KernelFixture load_kernel(const std::string& dir, bool pti) {
-    KernelFixture k{dir, pti, test::read_hex_meta(dir + "/meta.txt"),
-                    test::read_bytes(dir + "/idt.bin"), test::read_bytes(dir + "/entry_page.bin"),
+    KernelFixture k{dir,
+                    pti,
+                    test::read_hex_meta(dir + "/meta.txt"),
+                    test::read_bytes(dir + "/idt.bin"),
+                    test::read_bytes(dir + "/entry_page.bin"),
                     test::read_bytes(dir + "/entry_code.bin"),
                     test::read_bytes(dir + "/slow_path.bin")};
     for (const char* key : {"entry_page", "entry", "sysret", "slow_return", "iret"}) {
@@ -73,7 +76,7 @@ std::vector<uint8_t> jne_rel32(size_t at, int64_t target_offset) {
 
 // A stopped guest whose memory is a set of 4 KiB pages.
 class FakeGuest final : public GuestAccess {
-public:
+  public:
     std::map<uint64_t, std::vector<uint8_t>> pages;
     int reads = 0;
 
@@ -115,7 +118,7 @@ public:
     ErrorOr<void> remove_breakpoint(uint64_t) override { return unsupported(); }
     ErrorOr<void> detach() override { return {}; }
 
-private:
+  private:
     static std::unexpected<Error> unsupported() { return make_error(ENOSYS, "not in the fake"); }
 };
 
@@ -145,7 +148,8 @@ TEST_CASE("parse_idt_handlers on recorded IDTs", "[discovery]") {
         // #BP (vector 3) has DPL 3 and is still a kernel handler.
         CHECK(handlers[3] == page + 0xba0);
         CHECK(handlers[14] == page + 0xbe0);  // #PF
-        for (uint64_t h : handlers) CHECK(h >= 0xffff800000000000ULL);
+        for (uint64_t h : handlers)
+            CHECK(h >= 0xffff800000000000ULL);
         // The lowest handler is what discovery scans around.
         uint64_t lowest = *std::min_element(handlers.begin(), handlers.end());
         CHECK((lowest & ~uint64_t{0xfff}) == page);
@@ -155,21 +159,20 @@ TEST_CASE("parse_idt_handlers on recorded IDTs", "[discovery]") {
 TEST_CASE("parse_idt_handlers skips unusable gates", "[discovery]") {
     const uint64_t k1 = 0xffffffff81234567ULL;
     std::vector<uint8_t> idt;
-    append(idt, gate(k1));                                        // kept: interrupt gate
-    append(idt, gate(k1 + 0x10, 0x10, 0x8f));                     // kept: trap gate
-    append(idt, gate(k1 + 0x20, 0x10, 0xee, 0));                  // kept: DPL 3 interrupt gate
-    append(idt, gate(k1 + 0x30, 0x10, 0x0e));                     // not present
-    append(idt, gate(k1 + 0x40, 0x08));                           // wrong selector
-    append(idt, gate(k1 + 0x50, 0x33));                           // user code selector
-    append(idt, gate(0x00007fff12345678ULL));                     // user address
-    append(idt, gate(k1 + 0x60, 0x10, 0x85));                     // task gate
-    append(idt, gate(k1 + 0x70, 0x10, 0x8c));                     // call gate
-    append(idt, std::vector<uint8_t>(16, 0));                     // empty slot
-    append(idt, gate(0xffff800000000000ULL, 0x10, 0x8e, 3));      // kept: lowest kernel address
-    idt.resize(idt.size() + 8, 0xff);                             // trailing partial gate
+    append(idt, gate(k1));                                    // kept: interrupt gate
+    append(idt, gate(k1 + 0x10, 0x10, 0x8f));                 // kept: trap gate
+    append(idt, gate(k1 + 0x20, 0x10, 0xee, 0));              // kept: DPL 3 interrupt gate
+    append(idt, gate(k1 + 0x30, 0x10, 0x0e));                 // not present
+    append(idt, gate(k1 + 0x40, 0x08));                       // wrong selector
+    append(idt, gate(k1 + 0x50, 0x33));                       // user code selector
+    append(idt, gate(0x00007fff12345678ULL));                 // user address
+    append(idt, gate(k1 + 0x60, 0x10, 0x85));                 // task gate
+    append(idt, gate(k1 + 0x70, 0x10, 0x8c));                 // call gate
+    append(idt, std::vector<uint8_t>(16, 0));                 // empty slot
+    append(idt, gate(0xffff800000000000ULL, 0x10, 0x8e, 3));  // kept: lowest kernel address
+    idt.resize(idt.size() + 8, 0xff);                         // trailing partial gate
     auto handlers = parse_idt_handlers(idt);
-    CHECK(handlers ==
-          std::vector<uint64_t>{k1, k1 + 0x10, k1 + 0x20, 0xffff800000000000ULL});
+    CHECK(handlers == std::vector<uint64_t>{k1, k1 + 0x10, k1 + 0x20, 0xffff800000000000ULL});
 
     CHECK(parse_idt_handlers({}).empty());
     CHECK(parse_idt_handlers(std::span(idt).first(15)).empty());
@@ -323,7 +326,7 @@ TEST_CASE("find_return_paths synthetic cases", "[discovery]") {
     SECTION("CR3 switch jumped over: no pti") {
         std::vector<uint8_t> code = kSwapgsMov;
         append(code, {0x14, 0x60, 0x00, 0x00});
-        append(code, {0xeb, 0x12});              // jmp over the switch
+        append(code, {0xeb, 0x12});  // jmp over the switch
         append(code, {0x0f, 0x20, 0xdc});
         append(code, {0x0f, 0x1f, 0x44, 0x00, 0x00});
         append(code, {0x48, 0x81, 0xe4, 0xff, 0xe7, 0xff, 0xff});
@@ -337,7 +340,7 @@ TEST_CASE("find_return_paths synthetic cases", "[discovery]") {
     SECTION("a short jump that lands before the CR3 write does not count") {
         std::vector<uint8_t> code = kSwapgsMov;
         append(code, {0x14, 0x60, 0x00, 0x00});
-        append(code, {0xeb, 0x00});              // jmp to the next instruction
+        append(code, {0xeb, 0x00});  // jmp to the next instruction
         append(code, {0x0f, 0x20, 0xdc});
         append(code, kMovRspCr3);
         code.resize(0x30, 0x90);
@@ -392,7 +395,8 @@ TEST_CASE("discover_kernel_entry_points rejects unknown guests", "[discovery]") 
     SECTION("too few valid gates") {
         FakeGuest guest;
         auto idt = k.idt;
-        for (size_t i = 8; i < 32; ++i) idt[i * 16 + 5] &= 0x7f;  // clear present bits
+        for (size_t i = 8; i < 32; ++i)
+            idt[i * 16 + 5] &= 0x7f;  // clear present bits
         guest.map_bytes(kLinuxIdtAddress, idt);
         guest.map_bytes(page, k.entry_page);
         auto r = discover_kernel_entry_points(guest, 1);

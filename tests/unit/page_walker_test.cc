@@ -1,10 +1,9 @@
 // redirector/x86/page_walker.h over a fake physical memory.
-#include <catch2/catch.hpp>
+#include "redirector/x86/page_walker.h"
 
 #include <array>
+#include <catch2/catch.hpp>
 #include <map>
-
-#include "redirector/x86/page_walker.h"
 
 using namespace cloudvmi;
 
@@ -41,15 +40,16 @@ struct FakePhys {
     }
 };
 
-uint64_t idx(uint64_t va, int level) { return (va >> (12 + 9 * (level - 1))) & 0x1ff; }
+uint64_t idx(uint64_t va, int level) {
+    return (va >> (12 + 9 * (level - 1))) & 0x1ff;
+}
 
 // Tables of a 4-level walk and where they are.
 constexpr uint64_t kPml4 = 0x1000, kPdpt = 0x2000, kPd = 0x3000, kPt = 0x4000;
 
 // Maps va through PML4 -> PDPT -> PD -> PT with the given flags at each level.
 void map_4k(FakePhys& m, uint64_t va, uint64_t pa, uint64_t flags4 = P | W | U,
-            uint64_t flags3 = P | W | U, uint64_t flags2 = P | W | U,
-            uint64_t flags1 = P | W | U) {
+            uint64_t flags3 = P | W | U, uint64_t flags2 = P | W | U, uint64_t flags1 = P | W | U) {
     m.add_table(kPml4);
     m.add_table(kPdpt);
     m.add_table(kPd);

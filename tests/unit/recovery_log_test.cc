@@ -1,45 +1,23 @@
 // redirector/recovery_log.h: the record's breakpoint bookkeeping and the file-backed log
 // that survives its writer.
-#include <catch2/catch.hpp>
+#include "redirector/recovery_log.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 
-#include "redirector/recovery_log.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace cloudvmi;
 
 namespace {
 
-// A fresh directory under $TMPDIR (or /tmp), removed with its files afterwards.
-class TempDir {
-public:
-    TempDir() {
-        const char* base = std::getenv("TMPDIR");
-        std::string templ = std::string(base && *base ? base : "/tmp") + "/cloudvmi-test-XXXXXX";
-        std::vector<char> buf(templ.begin(), templ.end());
-        buf.push_back('\0');
-        if (::mkdtemp(buf.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = buf.data();
-    }
-    ~TempDir() {
-        for (const auto& f : files_) ::unlink(f.c_str());
-        ::rmdir(path_.c_str());
-    }
-    std::string file(const std::string& name) {
-        files_.push_back(path_ + "/" + name);
-        return files_.back();
-    }
-
-private:
-    std::string path_;
-    std::vector<std::string> files_;
-};
+using cloudvmi::test::TempDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -105,7 +83,8 @@ TEST_CASE("RecoveryRecord breakpoint set", "[recovery]") {
         CHECK(r.breakpoint_count == 0);
     }
     SECTION("capacity") {
-        for (uint64_t a = 1; a <= 10; ++a) r.add_breakpoint(a * 0x10000);
+        for (uint64_t a = 1; a <= 10; ++a)
+            r.add_breakpoint(a * 0x10000);
         CHECK(r.breakpoint_count == RecoveryRecord::kMaxBreakpoints);
         CHECK(r.has_breakpoint(0x1000));
         CHECK(r.has_breakpoint(0x60000));
@@ -410,6 +389,7 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
 TEST_CASE("random_u64 varies", "[recovery]") {
     uint64_t a = random_u64();
     bool differs = false;
-    for (int i = 0; i < 8 && !differs; ++i) differs = random_u64() != a;
+    for (int i = 0; i < 8 && !differs; ++i)
+        differs = random_u64() != a;
     CHECK(differs);
 }

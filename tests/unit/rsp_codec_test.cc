@@ -1,8 +1,8 @@
 // redirector/gdb/rsp_codec.h: framing, checksums, escapes, RLE, the incremental decoder,
 // thread ids and stop replies, on packets recorded from QEMU 7.2's gdbstub.
-#include <catch2/catch.hpp>
-
 #include "redirector/gdb/rsp_codec.h"
+
+#include <catch2/catch.hpp>
 
 using namespace cloudvmi::gdb;
 using Kind = WireEvent::Kind;
@@ -36,8 +36,7 @@ TEST_CASE("checksum is the byte sum modulo 256", "[rsp]") {
     CHECK(checksum("") == 0);
     CHECK(checksum("OK") == 0x9a);
     CHECK(checksum("T02thread:p01.01;") == 0x03);
-    CHECK(checksum("PacketSize=1000;qXfer:features:read+;vContSupported+;multiprocess+") ==
-          0x92);
+    CHECK(checksum("PacketSize=1000;qXfer:features:read+;vContSupported+;multiprocess+") == 0x92);
     CHECK(checksum(std::string(256, '\x01')) == 0);
     CHECK(checksum(std::string_view("\xff\x02", 2)) == 0x01);
     CHECK(checksum(std::string_view("\x80\x80\x80", 3)) == 0x80);
@@ -50,7 +49,11 @@ TEST_CASE("escape_payload escapes exactly $ # } and *", "[rsp]") {
     CHECK(escape_payload("#") == "}\x03");
     CHECK(escape_payload("}") == "}]");
     CHECK(escape_payload("*") == "}\x0a");
-    CHECK(escape_payload("a$b#c}d*e") == "a}\x04" "b}\x03" "c}]d}\x0a" "e");
+    CHECK(escape_payload("a$b#c}d*e") ==
+          "a}\x04"
+          "b}\x03"
+          "c}]d}\x0a"
+          "e");
     std::string binary = {'\0', '\x03', '\x7f', '\xff'};
     CHECK(escape_payload(binary) == binary);
 }
@@ -227,8 +230,8 @@ TEST_CASE("PacketDecoder enforces the maximum packet size", "[rsp]") {
 
 TEST_CASE("PacketDecoder gives the same events however the stream is split", "[rsp]") {
     const std::string stream = "+" + kStopPacket + "-" + kSupportedReply + "\x03" + "garbage" +
-                               kStopNotification + "$OK#00" + encode_packet("x$y#}*z") +
-                               "$0* #7a" + "+";
+                               kStopNotification + "$OK#00" + encode_packet("x$y#}*z") + "$0* #7a" +
+                               "+";
     const auto whole = decode_all(stream);
     REQUIRE(whole.size() == 17);  // +, packet, -, packet, ^C, 7 garbage, notif, bad, 2 packets, +
     CHECK(whole[0].kind == Kind::kAck);
@@ -266,7 +269,8 @@ TEST_CASE("PacketDecoder gives the same events however the stream is split", "[r
     }
     PacketDecoder d;
     std::vector<WireEvent> out;
-    for (char c : stream) d.feed(std::string_view(&c, 1), out);
+    for (char c : stream)
+        d.feed(std::string_view(&c, 1), out);
     CHECK(describe(out) == expected);
 }
 
@@ -330,8 +334,8 @@ TEST_CASE("ThreadId::to_string", "[rsp]") {
     CHECK(ThreadId{-1, -1}.to_string(false) == "-1");
     CHECK(ThreadId{-1, 3}.to_string(true) == "3");
 
-    for (ThreadId id : {ThreadId{1, 2}, ThreadId{1, -1}, ThreadId{0x10, 0}, ThreadId{-1, 5},
-                        ThreadId{-1, -1}}) {
+    for (ThreadId id :
+         {ThreadId{1, 2}, ThreadId{1, -1}, ThreadId{0x10, 0}, ThreadId{-1, 5}, ThreadId{-1, -1}}) {
         INFO(id.to_string(true));
         CHECK(ThreadId::parse(id.to_string(true)) == std::optional<ThreadId>(id));
     }
@@ -419,9 +423,9 @@ TEST_CASE("parse_stop_reply on recorded and documented replies", "[rsp]") {
 }
 
 TEST_CASE("parse_stop_reply rejects what is not a stop reply", "[rsp]") {
-    for (const char* p : {"", "OK", "E01", "S0", "T0", "Tzz", "S0g", "Wxx", "W;process:1",
-                          "X;process:1", "O48656c6c6f", "T05thread:zz;", "T05thread:;",
-                          "qSupported"}) {
+    for (const char* p :
+         {"", "OK", "E01", "S0", "T0", "Tzz", "S0g", "Wxx", "W;process:1", "X;process:1",
+          "O48656c6c6f", "T05thread:zz;", "T05thread:;", "qSupported"}) {
         INFO(p);
         CHECK_FALSE(parse_stop_reply(p).has_value());
     }

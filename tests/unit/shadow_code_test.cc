@@ -1,9 +1,8 @@
 // redirector/shadow_process.h ShadowCode: the guest payload assembled from
 // redirector/shadow_payload.S into this binary, checked byte by byte where the host relies
 // on it.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cstring>
 
 #include "redirector/shadow_layout.h"
@@ -56,9 +55,9 @@ TEST_CASE("shadow code landing pad and entry", "[shadow]") {
 TEST_CASE("shadow entry points are inside the code and ordered", "[shadow]") {
     auto code = ShadowCode::bytes();
     const uint64_t size = code.size();
-    const uint64_t points[] = {ShadowCode::child_entry(), ShadowCode::park_loop(),
+    const uint64_t points[] = {ShadowCode::child_entry(),   ShadowCode::park_loop(),
                                ShadowCode::sleep_syscall(), ShadowCode::after_sleep(),
-                               ShadowCode::run_batch(), ShadowCode::batch_done(),
+                               ShadowCode::run_batch(),     ShadowCode::batch_done(),
                                ShadowCode::exit()};
     for (uint64_t p : points) {
         INFO("offset " << p);
@@ -93,8 +92,8 @@ TEST_CASE("rip-relative references were resolved to the control block", "[shadow
     CHECK(rip_relative_target(code, entry) == SHADOW_CTRL_OFFSET);
 
     // The other entry points the host resumes at reload rbx the same way.
-    for (uint64_t at : {ShadowCode::park_loop(), ShadowCode::after_sleep(),
-                        ShadowCode::run_batch()}) {
+    for (uint64_t at :
+         {ShadowCode::park_loop(), ShadowCode::after_sleep(), ShadowCode::run_batch()}) {
         INFO("entry point at " << at);
         REQUIRE(at + 7 <= code.size());
         CHECK(bytes_at(code, at, 3) == kLeaRbxRip);

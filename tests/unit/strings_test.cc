@@ -1,9 +1,8 @@
 // common/strings.h: hex conversions, number parsing, printable, split.
-#include <catch2/catch.hpp>
-
-#include <limits>
-
 #include "common/strings.h"
+
+#include <catch2/catch.hpp>
+#include <limits>
 
 using namespace cloudvmi;
 
@@ -23,7 +22,8 @@ TEST_CASE("hex_decode accepts both cases and round-trips every byte value", "[st
     CHECK(*mixed == std::vector<uint8_t>{0x00, 0xff, 0xab, 0x7f});
 
     std::vector<uint8_t> all(256);
-    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint8_t>(i);
+    for (size_t i = 0; i < all.size(); ++i)
+        all[i] = static_cast<uint8_t>(i);
     auto round = hex_decode(hex_encode(all));
     REQUIRE(round.has_value());
     CHECK(*round == all);

@@ -18,7 +18,7 @@ namespace {
 
 // A unix-socket server running `behaviour` on each accepted connection.
 class FakePeer {
-public:
+  public:
     explicit FakePeer(std::function<void(int)> behaviour) : behaviour_(std::move(behaviour)) {
         char tmpl[] = "/tmp/cloudvmi-peer-XXXXXX";
         REQUIRE(::mkdtemp(tmpl) != nullptr);
@@ -51,7 +51,7 @@ public:
     std::string endpoint() const { return "unix:" + path_; }
     const std::string& dir() const { return dir_; }
 
-private:
+  private:
     std::function<void(int)> behaviour_;
     std::string dir_, path_;
     int fd_ = -1;

@@ -1,9 +1,10 @@
 // redirector/syscall_batch.h: buffer layout, validation, the binary op records the shadow
 // executes (checked against redirector/shadow_layout.h), and reading results back.
+#include "redirector/syscall_batch.h"
+
 #include <catch2/catch.hpp>
 
 #include "redirector/shadow_layout.h"
-#include "redirector/syscall_batch.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/test_helpers.h"
 
@@ -15,7 +16,9 @@ namespace {
 constexpr uint64_t kDataArea = 0x7f0000006000ULL;  // region + SHADOW_DATA_OFFSET
 constexpr uint64_t kCanceled = static_cast<uint64_t>(-static_cast<int64_t>(ECANCELED));
 
-uint64_t neg(int64_t errno_value) { return static_cast<uint64_t>(-errno_value); }
+uint64_t neg(int64_t errno_value) {
+    return static_cast<uint64_t>(-errno_value);
+}
 
 uint64_t record_field(const EncodedBatch& enc, size_t op, size_t field) {
     return test::get_u64(enc.op_records, BATCH_HEADER_SIZE + op * OP_SIZE + field);
@@ -87,7 +90,8 @@ TEST_CASE("buffers are laid out back to back, 16-byte aligned", "[batch]") {
     CHECK(bufs[after].input == std::vector<uint8_t>{0});
     CHECK(b.data_bytes() == 176);
 
-    for (const auto& buf : bufs) CHECK(buf.offset % 16 == 0);
+    for (const auto& buf : bufs)
+        CHECK(buf.offset % 16 == 0);
     CHECK(b.empty());  // buffers alone are not ops
 }
 
@@ -102,9 +106,9 @@ TEST_CASE("ops record their arguments", "[batch]") {
     SyscallBatch b;
     auto path = b.input_string("/etc/hostname");
     auto buf = b.output(64);
-    auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(path),
-                                        B::imm(x86abi::kORdonly)},
-                      true);
+    auto open =
+        b.add(x86abi::kOpenat,
+              {B::imm_signed(x86abi::kAtFdcwd), B::buf(path), B::imm(x86abi::kORdonly)}, true);
     auto read = b.add(x86abi::kRead, {B::result_of(open), B::buf(buf, 8), B::imm(56)});
     auto close = b.add(x86abi::kClose, {B::result_of(open)});
     b.filled_by(buf, read, B::Fill::kResultBytes);
@@ -151,7 +155,8 @@ TEST_CASE("validate", "[batch]") {
     }
     SECTION("too many ops") {
         SyscallBatch b;
-        for (int i = 0; i < 3; ++i) b.add(x86abi::kGetpid, {});
+        for (int i = 0; i < 3; ++i)
+            b.add(x86abi::kGetpid, {});
         CHECK(b.validate(3, 0).has_value());
         expect_error(b, E2BIG, 2);
     }
@@ -210,9 +215,10 @@ TEST_CASE("validate", "[batch]") {
 TEST_CASE("encode_batch writes the shadow's op records", "[batch]") {
     SyscallBatch b;
     auto path = b.input_string("/proc/version");  // 14 bytes at 0
-    auto buf = b.output(4096);                     // at 16
-    auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(path),
-                                        B::imm(x86abi::kORdonly | x86abi::kOCloexec)},
+    auto buf = b.output(4096);                    // at 16
+    auto open = b.add(x86abi::kOpenat,
+                      {B::imm_signed(x86abi::kAtFdcwd), B::buf(path),
+                       B::imm(x86abi::kORdonly | x86abi::kOCloexec)},
                       true);
     auto read = b.add(x86abi::kRead, {B::result_of(open), B::buf(buf, 32), B::imm(4064)});
     auto mixed = b.add(99, {B::imm(1), B::result_of(read), B::imm(3), B::result_of(open),
@@ -296,8 +302,8 @@ TEST_CASE("encode_batch merges adjacent inputs", "[batch]") {
     SECTION("a full 16-byte input followed by another") {
         SyscallBatch b;
         std::vector<uint8_t> sixteen(16, 0x41);
-        b.input(sixteen);        // 0..16
-        b.input_string("q");     // 16
+        b.input(sixteen);     // 0..16
+        b.input_string("q");  // 16
         b.add(x86abi::kGetpid, {});
         auto enc = encode_batch(b, kDataArea);
         REQUIRE(enc.inputs.size() == 1);
@@ -318,7 +324,8 @@ TEST_CASE("encode_batch merges adjacent inputs", "[batch]") {
 
 TEST_CASE("encode_batch of the largest batch fits the ops area", "[batch]") {
     SyscallBatch b;
-    for (size_t i = 0; i < SHADOW_MAX_OPS; ++i) b.add(x86abi::kGetpid, {});
+    for (size_t i = 0; i < SHADOW_MAX_OPS; ++i)
+        b.add(x86abi::kGetpid, {});
     CHECK(b.validate(SHADOW_MAX_OPS, SHADOW_DATA_SIZE).has_value());
     auto enc = encode_batch(b, kDataArea);
     CHECK(enc.op_records.size() <= SHADOW_OPS_SIZE);
@@ -409,7 +416,8 @@ TEST_CASE("prepend puts ops first and renumbers references", "[batch]") {
     auto path = b.input_string("/x");
     auto open = b.add(257, {SyscallBatch::imm(1), SyscallBatch::buf(path)}, true);
     auto out = b.output(64);
-    auto rd = b.add(0, {SyscallBatch::result_of(open), SyscallBatch::buf(out), SyscallBatch::imm(64)});
+    auto rd =
+        b.add(0, {SyscallBatch::result_of(open), SyscallBatch::buf(out), SyscallBatch::imm(64)});
     b.filled_by(out, rd, SyscallBatch::Fill::kResultBytes);
     SyscallBatch::Op close;
     close.nr = 3;

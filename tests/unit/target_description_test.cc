@@ -1,10 +1,10 @@
 // redirector/gdb/target_description.h on Debian QEMU 7.2's recorded target description.
-#include <catch2/catch.hpp>
+#include "redirector/gdb/target_description.h"
 
+#include <catch2/catch.hpp>
 #include <map>
 #include <set>
 
-#include "redirector/gdb/target_description.h"
 #include "tests/unit/test_helpers.h"
 
 using namespace cloudvmi;
@@ -64,8 +64,7 @@ TEST_CASE("xml_includes lists hrefs in document order", "[tdesc]") {
                        "<xi:include\n  href = \"c.xml\" /></target>") ==
           std::vector<std::string>{"a.xml", "b.xml", "c.xml"});
     // Commented out, or another element whose name merely starts the same way.
-    CHECK(xml_includes("<!--<xi:include href=\"a.xml\"/>--><xi:includes href=\"b.xml\"/>")
-              .empty());
+    CHECK(xml_includes("<!--<xi:include href=\"a.xml\"/>--><xi:includes href=\"b.xml\"/>").empty());
     CHECK(xml_includes("<xi:include xhref=\"no.xml\" href=\"yes.xml\"/>") ==
           std::vector<std::string>{"yes.xml"});
 }
@@ -94,7 +93,8 @@ TEST_CASE("parse_reg_elements on QEMU 7.2's i386-64bit.xml", "[tdesc]") {
     CHECK(regs->back().name == "mxcsr");
     CHECK(regs->back().bytes == 4);
     std::set<std::string> names;
-    for (const auto& r : *regs) names.insert(r.name);
+    for (const auto& r : *regs)
+        names.insert(r.name);
     CHECK(names.size() == 66);
     CHECK(names.count("fs_base") == 1);
     CHECK(names.count("gs_base") == 1);
@@ -135,14 +135,14 @@ TEST_CASE("parse_reg_elements attribute handling", "[tdesc]") {
 
 TEST_CASE("parse_reg_elements rejects malformed registers", "[tdesc]") {
     for (const char* xml : {
-             "<reg bitsize=\"64\"/>",                         // no name
-             "<reg name=\"a\"/>",                             // no bitsize
-             "<reg name=\"a\" bitsize=\"0\"/>",               // empty
-             "<reg name=\"a\" bitsize=\"12\"/>",              // not whole bytes
-             "<reg name=\"a\" bitsize=\"8192\"/>",            // absurd
-             "<reg name=\"a\" bitsize=\"sixty\"/>",           // not a number
-             "<reg name=\"a\" bitsize=\"-8\"/>",              // negative
-             "<reg name=\"a\" bitsize=\"64\" regnum=\"x\"/>", // bad regnum
+             "<reg bitsize=\"64\"/>",                          // no name
+             "<reg name=\"a\"/>",                              // no bitsize
+             "<reg name=\"a\" bitsize=\"0\"/>",                // empty
+             "<reg name=\"a\" bitsize=\"12\"/>",               // not whole bytes
+             "<reg name=\"a\" bitsize=\"8192\"/>",             // absurd
+             "<reg name=\"a\" bitsize=\"sixty\"/>",            // not a number
+             "<reg name=\"a\" bitsize=\"-8\"/>",               // negative
+             "<reg name=\"a\" bitsize=\"64\" regnum=\"x\"/>",  // bad regnum
              "<reg name=\"a\" bitsize=\"64\" regnum=\"-1\"/>",
              "<reg name=\"a\" bitsize=\"64\" regnum=\"100001\"/>",
              "<reg name=\"ok\" bitsize=\"64\"/><reg name=\"b\" bitsize=\"7\"/>",
@@ -164,7 +164,8 @@ TEST_CASE("RegisterLayout::load reads QEMU 7.2's description", "[tdesc]") {
 
     // The total must match the recorded 'g' reply: 1216 hex digits.
     std::string g = test::read_text("qemu-7.2/g_packet.hex");
-    while (!g.empty() && (g.back() == '\n' || g.back() == '\r')) g.pop_back();
+    while (!g.empty() && (g.back() == '\n' || g.back() == '\r'))
+        g.pop_back();
     CHECK(layout->total_bytes() == g.size() / 2);
     CHECK(layout->total_bytes() == 608);
 
@@ -175,14 +176,14 @@ TEST_CASE("RegisterLayout::load reads QEMU 7.2's description", "[tdesc]") {
         size_t bytes;
     };
     const Expect expected[] = {
-        {"rax", 0, 0, 8},         {"rbx", 1, 8, 8},          {"rsp", 7, 56, 8},
-        {"r15", 15, 120, 8},      {"rip", 16, 16 * 8, 8},    {"eflags", 17, 136, 4},
-        {"cs", 18, 140, 4},       {"ss", 19, 144, 4},        {"gs", 23, 160, 4},
-        {"fs_base", 24, 164, 8},  {"gs_base", 25, 172, 8},   {"k_gs_base", 26, 180, 8},
-        {"cr0", 27, 188, 8},      {"cr2", 28, 196, 8},       {"cr3", 29, 204, 8},
-        {"cr4", 30, 212, 8},      {"cr8", 31, 220, 8},       {"efer", 32, 228, 8},
-        {"st0", 33, 236, 10},     {"st7", 40, 306, 10},      {"fctrl", 41, 316, 4},
-        {"fop", 48, 344, 4},      {"xmm0", 49, 348, 16},     {"xmm15", 64, 588, 16},
+        {"rax", 0, 0, 8},        {"rbx", 1, 8, 8},        {"rsp", 7, 56, 8},
+        {"r15", 15, 120, 8},     {"rip", 16, 16 * 8, 8},  {"eflags", 17, 136, 4},
+        {"cs", 18, 140, 4},      {"ss", 19, 144, 4},      {"gs", 23, 160, 4},
+        {"fs_base", 24, 164, 8}, {"gs_base", 25, 172, 8}, {"k_gs_base", 26, 180, 8},
+        {"cr0", 27, 188, 8},     {"cr2", 28, 196, 8},     {"cr3", 29, 204, 8},
+        {"cr4", 30, 212, 8},     {"cr8", 31, 220, 8},     {"efer", 32, 228, 8},
+        {"st0", 33, 236, 10},    {"st7", 40, 306, 10},    {"fctrl", 41, 316, 4},
+        {"fop", 48, 344, 4},     {"xmm0", 49, 348, 16},   {"xmm15", 64, 588, 16},
         {"mxcsr", 65, 604, 4},
     };
     for (const auto& e : expected) {
@@ -300,8 +301,9 @@ TEST_CASE("RegisterLayout::load error cases", "[tdesc]") {
         f.docs["target.xml"] = "<target><xi:include href=\"a.xml\"/></target>";
         f.docs["a.xml"] =
             "<feature><reg name=\"x\" bitsize=\"64\"/></feature><xi:include href=\"b.xml\"/>";
-        f.docs["b.xml"] = "<feature><reg name=\"y\" bitsize=\"32\"/></feature>"
-                          "<xi:include href=\"a.xml\"/><xi:include href=\"target.xml\"/>";
+        f.docs["b.xml"] =
+            "<feature><reg name=\"y\" bitsize=\"32\"/></feature>"
+            "<xi:include href=\"a.xml\"/><xi:include href=\"target.xml\"/>";
         auto l = load_from(f);
         REQUIRE(l.has_value());
         CHECK(l->registers().size() == 2);
