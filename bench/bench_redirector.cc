@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_support.h"
 #include "common/deadline.h"
 #include "common/log.h"
 #include "common/strings.h"
@@ -23,24 +24,10 @@
 
 using namespace cloudvmi;
 using B = SyscallBatch;
+using bench::Stats;
+using bench::summarize;
 
 namespace {
-
-struct Stats {
-    double median = 0, p99 = 0, min = 0;
-    size_t n = 0;
-};
-
-Stats summarize(std::vector<double> v) {
-    Stats s;
-    if (v.empty()) return s;
-    std::sort(v.begin(), v.end());
-    s.n = v.size();
-    s.min = v.front();
-    s.median = v[v.size() / 2];
-    s.p99 = v[std::min(v.size() - 1, (v.size() * 99) / 100)];
-    return s;
-}
 
 [[noreturn]] void die(const std::string& what, const Error& e) {
     std::fprintf(stderr, "cloudvmi-bench: %s: %s\n", what.c_str(), e.describe().c_str());
@@ -113,6 +100,7 @@ void row(const char* what, const Stats& host, double native_us) {
 
 const char kUsage[] =
     "Usage: cloudvmi-bench --gdb ENDPOINT [--iterations N] [--state-dir DIR] [--guardian PROGRAM]\n"
+    "  --guardian  the cloudvmi binary that guards the guest (default: the one next to this)\n"
     "Measures CloudVMI's redirected syscalls against the same work done natively in the guest.\n";
 
 }  // namespace
@@ -155,6 +143,7 @@ int main(int argc, char** argv) {
         std::fputs(kUsage, stderr);
         return 2;
     }
+    if (options.guardian_program.empty()) options.guardian_program = bench::sibling_cloudvmi();
 
     // 1. Bootstrap: hijack, shadow creation (a fresh session each time).
     std::vector<double> hijack, catch_ms, total;
