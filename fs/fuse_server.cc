@@ -77,6 +77,12 @@ using Answer = std::function<bool(const std::function<void()>&)>;
 // answered with, if any (for the VM's statistics).
 using Work = std::function<std::optional<Error>(const Answer&)>;
 
+// For requests answered on the FUSE thread: nothing can have answered them before.
+const Answer kAnswerNow = [](const std::function<void()>& send) {
+    send();
+    return true;
+};
+
 std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Error& e) {
     answer([&] { fuse_reply_err(req, to_errno(e)); });
     return e;
@@ -86,11 +92,7 @@ std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Err
 // request that never runs would have freed.
 void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop = nullptr) {
     if (vm == nullptr) {
-        Answer now = [](const std::function<void()>& send) {
-            send();
-            return true;
-        };
-        (void)work(now);
+        (void)work(kAnswerNow);
         return;
     }
     auto deadline = Clock::now() + Millis(fs_of(req).config().request_timeout_ms);
@@ -122,18 +124,25 @@ std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino) {
     return node;
 }
 
+// The entry the kernel is told about; the node is remembered (one lookup) under its inode.
+fuse_entry_param remembered_entry(Filesystem& fs, const std::shared_ptr<Node>& node,
+                                  const NodeAttr& attr) {
+    fuse_entry_param e{};
+    e.ino = fs.inodes().remember(node);
+    e.generation = 1;
+    e.attr = attr.st;
+    e.attr.st_ino = e.ino;
+    e.attr_timeout = attr.timeout;
+    e.entry_timeout = node->entry_timeout();
+    return e;
+}
+
 std::optional<Error> reply_entry(const Answer& answer, fuse_req_t req,
                                  const std::shared_ptr<Node>& node) {
     auto attr = node->getattr();
     if (!attr) return reply_error(answer, req, attr.error());
     Filesystem& fs = fs_of(req);
-    fuse_entry_param e{};
-    e.ino = fs.inodes().remember(node);
-    e.generation = 1;
-    e.attr = attr->st;
-    e.attr.st_ino = e.ino;
-    e.attr_timeout = attr->timeout;
-    e.entry_timeout = node->entry_timeout();
+    fuse_entry_param e = remembered_entry(fs, node, *attr);
     bool delivered = false;
     answer([&] { delivered = fuse_reply_entry(req, &e) == 0; });
     if (!delivered) fs.inodes().forget(e.ino, 1);  // the kernel never got it
@@ -252,13 +261,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
                 if (e.node) {
                     auto attr = e.node->getattr();  // known from the listing: no guest call
                     if (attr) {
-                        remembered = fs.inodes().remember(e.node);
-                        p.ino = remembered;
-                        p.generation = 1;
-                        p.attr = attr->st;
-                        p.attr.st_ino = remembered;
-                        p.attr_timeout = attr->timeout;
-                        p.entry_timeout = e.node->entry_timeout();
+                        p = remembered_entry(fs, e.node, *attr);
+                        remembered = p.ino;
                     }
                 }
                 if (!remembered) {
@@ -266,8 +270,13 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
                     p.attr.st_mode = e.type;
                 }
                 n = fuse_add_direntry_plus(req, buf.data() + used, room, e.name.c_str(), &p, next);
-                if (n > room && remembered) fs.inodes().forget(remembered, 1);
-                if (n <= room && remembered) remembered_all.push_back(remembered);
+                if (remembered) {
+                    if (n > room) {
+                        fs.inodes().forget(remembered, 1);  // did not fit: not sent
+                    } else {
+                        remembered_all.push_back(remembered);
+                    }
+                }
             } else {
                 struct stat st {};
                 st.st_ino = kUnknownIno;
@@ -284,11 +293,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         return std::nullopt;
     };
     if (!need_fetch) {
-        Answer now = [](const std::function<void()>& send) {
-            send();
-            return true;
-        };
-        (void)reply(now);
+        (void)reply(kAnswerNow);
         return;
     }
     dispatch(req, node->vm(),

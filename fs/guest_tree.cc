@@ -7,7 +7,6 @@
 #include "common/log.h"
 #include "common/strings.h"
 #include "fs/filesystem.h"
-#include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi::fs {
 
@@ -112,8 +111,8 @@ class GuestFileHandle final : public FileHandle {
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
         size = std::min(size, GuestFileOps::kMaxTransfer);
         size_t off = static_cast<size_t>(offset);
-        bool within_head = off < head_.size() && (off + size <= head_.size() || head_is_all_);
-        if (within_head || (head_is_all_ && off >= head_.size())) {
+        // The head answers when it holds the whole file or the whole range asked for.
+        if (head_is_all_ || off + size <= head_.size()) {
             if (off >= head_.size()) return std::vector<uint8_t>{};
             size_t n = std::min(size, head_.size() - off);
             return std::vector<uint8_t>(head_.begin() + static_cast<ptrdiff_t>(off),
@@ -132,8 +131,7 @@ class GuestFileHandle final : public FileHandle {
     // A new shadow does not have the old one's fds: open the file again there.
     ErrorOr<void> revalidate() {
         if (fd_ >= 0 && generation_ == shadow_generation(vm_)) return {};
-        fd_ = TRY(from_vm(
-            vm_.files().open(path_, x86abi::kORdonly | x86abi::kONonblock | x86abi::kONoctty)));
+        fd_ = TRY(from_vm(vm_.files().open(path_, GuestFileOps::kOpenForReading)));
         generation_ = shadow_generation(vm_);
         return {};
     }
@@ -212,8 +210,8 @@ class GuestNode final : public Node {
             // and nothing reaches the guest.
             return make_error(EACCES, "writing " + path_ + " is not allowed by the policy");
         }
-        auto opened = TRY(from_vm(vm_.files().open_and_read(
-            path_, x86abi::kORdonly | x86abi::kONonblock | x86abi::kONoctty, kReadAhead)));
+        auto opened = TRY(
+            from_vm(vm_.files().open_and_read(path_, GuestFileOps::kOpenForReading, kReadAhead)));
         return std::unique_ptr<FileHandle>(
             std::make_unique<GuestFileHandle>(vm_, path_, std::move(opened)));
     }

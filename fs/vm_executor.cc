@@ -39,12 +39,8 @@ void VmExecutor::worker_main() {
             queue_.pop_front();
         }
         if (!job->claim()) continue;  // already answered by the reaper
-        if (job->interrupted()) {
-            job->fail(EINTR);
-            continue;
-        }
-        if (Clock::now() > job->deadline()) {
-            job->fail(ETIMEDOUT);
+        if (int err = job->expiry_error(Clock::now()); err != 0) {
+            job->fail(err);
             continue;
         }
         {
@@ -64,7 +60,7 @@ void VmExecutor::reap(Clock::time_point now) {
         std::lock_guard lock(mutex_);
         running = running_;
         for (auto it = queue_.begin(); it != queue_.end();) {
-            if ((*it)->interrupted() || now > (*it)->deadline()) {
+            if ((*it)->expiry_error(now) != 0) {
                 expired.push_back(std::move(*it));
                 it = queue_.erase(it);
             } else {
@@ -79,10 +75,10 @@ void VmExecutor::reap(Clock::time_point now) {
     }
     for (auto& job : expired) {
         if (!job->claim()) continue;
-        bool interrupted = job->interrupted();
+        int err = job->expiry_error(now);  // an interrupt or a passed deadline stays so
         LOG_DEBUG("vm %s: request %s while queued", name_.c_str(),
-                  interrupted ? "interrupted" : "timed out");
-        job->fail(interrupted ? EINTR : ETIMEDOUT);
+                  err == EINTR ? "interrupted" : "timed out");
+        job->fail(err);
     }
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -37,6 +38,13 @@ class Job {
     void run() { run_(*this); }
     Clock::time_point deadline() const { return deadline_; }
     bool interrupted() const { return interrupted_ && interrupted_(); }
+    // Why a request that has not run must not run any more: EINTR when its caller was
+    // interrupted, ETIMEDOUT past its deadline; 0 while it may still run.
+    int expiry_error(Clock::time_point now) const {
+        if (interrupted()) return EINTR;
+        if (now > deadline_) return ETIMEDOUT;
+        return 0;
+    }
 
     // Sends the reply unless one was sent already (a running request can be answered early
     // when its caller is interrupted); returns whether `send` ran.

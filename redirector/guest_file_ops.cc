@@ -208,8 +208,7 @@ ErrorOr<size_t> GuestFileOps::write(int fd, const std::vector<uint8_t>& data) {
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
     // One batch for a proc or sys file (open, then two reads: the second sees EOF); bigger
     // files go on with sequential reads of the same fd.
-    auto opened = TRY(open_and_read(path, kORdonly | kONoctty | kONonblock,
-                                    std::min<size_t>(64 * 1024, max_bytes)));
+    auto opened = TRY(open_and_read(path, kOpenForReading, std::min<size_t>(64 * 1024, max_bytes)));
     if (opened.head.empty() && !opened.eof) {
         // Not readable at an offset: read it from the start, sequentially.
         close_soon(opened.fd);
@@ -236,7 +235,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, s
 
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file_sequential(const std::string& path,
                                                                  size_t max_bytes) {
-    int fd = TRY(open(path, kORdonly | kONoctty | kONonblock));
+    int fd = TRY(open(path, kOpenForReading));
     std::vector<uint8_t> content;
     std::optional<Error> err;
     while (content.size() < max_bytes) {

@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "redirector/guest_session.h"
+#include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {
 
@@ -56,6 +57,9 @@ class GuestFileOps {
     // Chunk size for reads and writes through the shadow's data area.
     static constexpr size_t kMaxTransfer = 256 * 1024;
     static constexpr size_t kMaxPath = 4096;
+    // Guest open flags for reading: never blocks on a FIFO, never takes a controlling tty.
+    static constexpr uint64_t kOpenForReading =
+        x86abi::kORdonly | x86abi::kONoctty | x86abi::kONonblock;
 
     ErrorOr<int> open(const std::string& path, uint64_t flags, uint32_t mode = 0);
     ErrorOr<void> close(int fd);
