@@ -87,7 +87,8 @@ struct stat to_stat(const GuestStat& g) {
     return st;
 }
 
-uint64_t shadow_generation(Vm& vm) {
+// The number of the VM's newest shadow (BatchOutcome::shadow of what it runs).
+uint64_t current_shadow(Vm& vm) {
     return vm.session().status().shadows_created;
 }
 
@@ -105,8 +106,7 @@ class GuestFileHandle final : public FileHandle {
           path_(std::move(path)),
           fd_(opened.fd),
           head_(std::move(opened.head)),
-          head_is_all_(opened.eof),
-          generation_(shadow_generation(vm)) {}
+          head_is_all_(opened.eof) {}
 
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
         size = std::min(size, GuestFileOps::kMaxTransfer);
@@ -123,25 +123,23 @@ class GuestFileHandle final : public FileHandle {
     }
 
     void release() override {
-        if (fd_ >= 0 && generation_ == shadow_generation(vm_)) vm_.files().close_soon(fd_);
-        fd_ = -1;
+        if (fd_.fd >= 0) vm_.files().close_soon(fd_);  // dropped if its shadow is gone
+        fd_ = GuestFd{};
     }
 
   private:
     // A new shadow does not have the old one's fds: open the file again there.
     ErrorOr<void> revalidate() {
-        if (fd_ >= 0 && generation_ == shadow_generation(vm_)) return {};
+        if (fd_.fd >= 0 && fd_.shadow == current_shadow(vm_)) return {};
         fd_ = TRY(from_vm(vm_.files().open(path_, GuestFileOps::kOpenForReading)));
-        generation_ = shadow_generation(vm_);
         return {};
     }
 
     Vm& vm_;
     std::string path_;
-    int fd_;
+    GuestFd fd_;
     std::vector<uint8_t> head_;
     bool head_is_all_;
-    uint64_t generation_;
 };
 
 class GuestNode final : public Node {

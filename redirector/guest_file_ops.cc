@@ -30,6 +30,13 @@ ErrorOr<void> check_path(const std::string& path) {
     return {};
 }
 
+// The fd an open op returned, checked: it comes from the guest.
+ErrorOr<GuestFd> opened_fd(const BatchOutcome& out, SyscallBatch::OpId op) {
+    int64_t fd = out.result(op);
+    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
+    return GuestFd{static_cast<int>(fd), out.shadow};
+}
+
 }  // namespace
 
 bool is_safe_name(std::string_view name) {
@@ -100,7 +107,7 @@ GuestUname parse_utsname(std::span<const uint8_t> buf) {
     return {field(0), field(1), field(2), field(3), field(4), field(5)};
 }
 
-ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_t mode) {
+ErrorOr<GuestFd> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_t mode) {
     TRY(check_path(path));
     SyscallBatch b;
     auto p = b.input_string(path);
@@ -108,9 +115,7 @@ ErrorOr<int> GuestFileOps::open(const std::string& path, uint64_t flags, uint32_
                     {B::imm_signed(kAtFdcwd), B::buf(p), B::imm(flags | kOCloexec), B::imm(mode)});
     auto out = TRY(session_.run(b));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, path));
-    int64_t fd = out.result(op);
-    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
-    return static_cast<int>(fd);
+    return opened_fd(out, op);
 }
 
 ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string& path,
@@ -132,10 +137,8 @@ ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string&
     b.filled_by(second, read2, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b));
     if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
-    int64_t fd = out.result(open_op);
-    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
     OpenedFile f;
-    f.fd = static_cast<int>(fd);
+    f.fd = TRY(opened_fd(out, open_op));
     // A file that cannot be read at an offset (a pipe-like proc file) is still open: the
     // caller reads it sequentially.
     if (!out.failed(read1)) {
@@ -149,107 +152,95 @@ ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string&
     return f;
 }
 
-void GuestFileOps::close_soon(int fd) {
-    session_.defer_close(fd);
+void GuestFileOps::close_soon(GuestFd fd) {
+    session_.defer_close(fd.fd, fd.shadow);
 }
 
-ErrorOr<void> GuestFileOps::close(int fd) {
+ErrorOr<void> GuestFileOps::close(GuestFd fd) {
     SyscallBatch b;
-    auto op = b.add(kClose, {B::imm(static_cast<uint64_t>(fd))});
-    auto out = TRY(session_.run(b));
+    auto op = b.add(kClose, {B::imm(static_cast<uint64_t>(fd.fd))});
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "close"));
     return {};
 }
 
-ErrorOr<std::vector<uint8_t>> GuestFileOps::pread(int fd, size_t size, uint64_t offset) {
+ErrorOr<std::vector<uint8_t>> GuestFileOps::pread(GuestFd fd, size_t size, uint64_t offset) {
     size = std::min(size, kMaxTransfer);
     SyscallBatch b;
     auto data = b.output(size);
-    auto op = b.add(
-        kPread64, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size), B::imm(offset)});
+    auto op = b.add(kPread64, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(data), B::imm(size),
+                               B::imm(offset)});
     b.filled_by(data, op, B::Fill::kResultBytes);
-    auto out = TRY(session_.run(b));
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
     return out.bytes(data);
 }
 
-ErrorOr<std::vector<uint8_t>> GuestFileOps::read(int fd, size_t size) {
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read(GuestFd fd, size_t size) {
     size = std::min(size, kMaxTransfer);
     SyscallBatch b;
     auto data = b.output(size);
-    auto op = b.add(kRead, {B::imm(static_cast<uint64_t>(fd)), B::buf(data), B::imm(size)});
+    auto op = b.add(kRead, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(data), B::imm(size)});
     b.filled_by(data, op, B::Fill::kResultBytes);
-    auto out = TRY(session_.run(b));
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
     return out.bytes(data);
 }
 
-ErrorOr<size_t> GuestFileOps::pwrite(int fd, const std::vector<uint8_t>& data, uint64_t offset) {
+ErrorOr<size_t> GuestFileOps::pwrite(GuestFd fd, const std::vector<uint8_t>& data,
+                                     uint64_t offset) {
     size_t n = std::min(data.size(), kMaxTransfer);
     SyscallBatch b;
     auto in = b.input(std::span(data.data(), n));
     auto op = b.add(kPwrite64,
-                    {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n), B::imm(offset)});
-    auto out = TRY(session_.run(b));
+                    {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(in), B::imm(n), B::imm(offset)});
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "write"));
     return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
 }
 
-ErrorOr<size_t> GuestFileOps::write(int fd, const std::vector<uint8_t>& data) {
+ErrorOr<size_t> GuestFileOps::write(GuestFd fd, const std::vector<uint8_t>& data) {
     size_t n = std::min(data.size(), kMaxTransfer);
     SyscallBatch b;
     auto in = b.input(std::span(data.data(), n));
-    auto op = b.add(kWrite, {B::imm(static_cast<uint64_t>(fd)), B::buf(in), B::imm(n)});
-    auto out = TRY(session_.run(b));
+    auto op = b.add(kWrite, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(in), B::imm(n)});
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "write"));
     return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
 }
 
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
     // One batch for a proc or sys file (open, then two reads: the second sees EOF); bigger
-    // files go on with sequential reads of the same fd.
+    // files go on with reads of the same fd.
     auto opened = TRY(open_and_read(path, kOpenForReading, std::min<size_t>(64 * 1024, max_bytes)));
-    if (opened.head.empty() && !opened.eof) {
-        // Not readable at an offset: read it from the start, sequentially.
-        close_soon(opened.fd);
-        return read_file_sequential(path, max_bytes);
-    }
     std::vector<uint8_t> content = std::move(opened.head);
-    std::optional<Error> err;
-    uint64_t offset = content.size();
-    while (!opened.eof && content.size() < max_bytes) {
-        auto chunk = pread(opened.fd, std::min(kMaxTransfer, max_bytes - content.size()), offset);
-        if (!chunk) {
-            err = chunk.error();
-            break;
+    if (!opened.eof) {
+        // Nothing came back when the file is not readable at an offset: read it from the
+        // start (the preads left the fd there), sequentially.
+        std::optional<uint64_t> offset;
+        if (!content.empty()) offset = content.size();
+        auto rest = read_rest(opened.fd, std::move(content), offset, max_bytes);
+        if (!rest) {
+            close_soon(opened.fd);
+            return std::unexpected(rest.error());
         }
-        if (chunk->empty()) break;
-        offset += chunk->size();
-        content.insert(content.end(), chunk->begin(), chunk->end());
+        content = std::move(*rest);
     }
     close_soon(opened.fd);
-    if (err) return std::unexpected(*err);
     if (content.size() > max_bytes) content.resize(max_bytes);
     return content;
 }
 
-ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file_sequential(const std::string& path,
-                                                                 size_t max_bytes) {
-    int fd = TRY(open(path, kOpenForReading));
-    std::vector<uint8_t> content;
-    std::optional<Error> err;
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read_rest(GuestFd fd, std::vector<uint8_t> content,
+                                                      std::optional<uint64_t> offset,
+                                                      size_t max_bytes) {
     while (content.size() < max_bytes) {
-        auto chunk = read(fd, std::min(kMaxTransfer, max_bytes - content.size()));
-        if (!chunk) {
-            err = chunk.error();
-            break;
-        }
-        if (chunk->empty()) break;
-        content.insert(content.end(), chunk->begin(), chunk->end());
+        size_t want = std::min(kMaxTransfer, max_bytes - content.size());
+        auto chunk = TRY(offset ? pread(fd, want, *offset) : read(fd, want));
+        if (chunk.empty()) break;
+        if (offset) *offset += chunk.size();
+        content.insert(content.end(), chunk.begin(), chunk.end());
     }
-    auto closed = close(fd);
-    if (err) return std::unexpected(*err);
-    if (!closed) return std::unexpected(closed.error());
     return content;
 }
 
@@ -284,14 +275,14 @@ ErrorOr<GuestStat> GuestFileOps::stat(const std::string& path, bool follow_symli
     return parse_stat(out.bytes(st));
 }
 
-ErrorOr<GuestStat> GuestFileOps::fstat(int fd) {
+ErrorOr<GuestStat> GuestFileOps::fstat(GuestFd fd) {
     SyscallBatch b;
     auto empty = b.input_string("");
     auto st = b.output(sizeof(Stat));
-    auto op = b.add(kNewfstatat, {B::imm(static_cast<uint64_t>(fd)), B::buf(empty), B::buf(st),
+    auto op = b.add(kNewfstatat, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(empty), B::buf(st),
                                   B::imm(kAtEmptyPath)});
     b.filled_by(st, op, B::Fill::kWhole);
-    auto out = TRY(session_.run(b));
+    auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "fstat"));
     return parse_stat(out.bytes(st));
 }
@@ -323,7 +314,7 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
     b.filled_by(buf, dents_op, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b));
     if (out.failed(open_op)) return std::unexpected(guest_failure(out, open_op, path));
-    int fd = static_cast<int>(out.result(open_op));
+    GuestFd fd = TRY(opened_fd(out, open_op));
     std::vector<GuestDirEntry> entries;
     std::optional<Error> err;
     auto result = out.result(dents_op);
@@ -338,10 +329,10 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
             entries.push_back(std::move(e));
         SyscallBatch more;
         auto mbuf = more.output(kDirentBuffer);
-        auto mop = more.add(
-            kGetdents64, {B::imm(static_cast<uint64_t>(fd)), B::buf(mbuf), B::imm(kDirentBuffer)});
+        auto mop = more.add(kGetdents64, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(mbuf),
+                                          B::imm(kDirentBuffer)});
         more.filled_by(mbuf, mop, B::Fill::kResultBytes);
-        auto next = session_.run(more);
+        auto next = session_.run(more, fd.shadow);
         if (!next) {
             err = next.error();
             break;

@@ -50,6 +50,12 @@ struct GuestDirEntryWithStat {
     int stat_errno = 0;
 };
 
+// A guest fd: a number in one shadow's fd table, meaningless in any other.
+struct GuestFd {
+    int fd = -1;
+    uint64_t shadow = 0;  // BatchOutcome::shadow of the batch that opened it
+};
+
 class GuestFileOps {
   public:
     explicit GuestFileOps(GuestSession& session) : session_(session) {}
@@ -61,22 +67,22 @@ class GuestFileOps {
     static constexpr uint64_t kOpenForReading =
         x86abi::kORdonly | x86abi::kONoctty | x86abi::kONonblock;
 
-    ErrorOr<int> open(const std::string& path, uint64_t flags, uint32_t mode = 0);
-    ErrorOr<void> close(int fd);
+    ErrorOr<GuestFd> open(const std::string& path, uint64_t flags, uint32_t mode = 0);
+    ErrorOr<void> close(GuestFd fd);
 
     // Opens and reads the first `size` bytes in one batch (what `cat` needs).
     struct OpenedFile {
-        int fd = -1;
+        GuestFd fd;
         std::vector<uint8_t> head;
         bool eof = false;  // the file ended within `head`
     };
     ErrorOr<OpenedFile> open_and_read(const std::string& path, uint64_t flags, size_t size);
     // Closes later, with the session's next batch (see GuestSession::defer_close).
-    void close_soon(int fd);
-    ErrorOr<std::vector<uint8_t>> pread(int fd, size_t size, uint64_t offset);
-    ErrorOr<std::vector<uint8_t>> read(int fd, size_t size);
-    ErrorOr<size_t> pwrite(int fd, const std::vector<uint8_t>& data, uint64_t offset);
-    ErrorOr<size_t> write(int fd, const std::vector<uint8_t>& data);
+    void close_soon(GuestFd fd);
+    ErrorOr<std::vector<uint8_t>> pread(GuestFd fd, size_t size, uint64_t offset);
+    ErrorOr<std::vector<uint8_t>> read(GuestFd fd, size_t size);
+    ErrorOr<size_t> pwrite(GuestFd fd, const std::vector<uint8_t>& data, uint64_t offset);
+    ErrorOr<size_t> write(GuestFd fd, const std::vector<uint8_t>& data);
 
     // Reads a whole file (at most max_bytes); one batch for proc and sys files.
     ErrorOr<std::vector<uint8_t>> read_file(const std::string& path, size_t max_bytes = 64 << 20);
@@ -85,7 +91,7 @@ class GuestFileOps {
                                bool truncate = false);
 
     ErrorOr<GuestStat> stat(const std::string& path, bool follow_symlinks = false);
-    ErrorOr<GuestStat> fstat(int fd);
+    ErrorOr<GuestStat> fstat(GuestFd fd);
     ErrorOr<std::string> readlink(const std::string& path);
     ErrorOr<std::vector<GuestDirEntry>> list_dir(const std::string& path);
     // getdents64 and then one newfstatat per entry, batched.
@@ -94,7 +100,10 @@ class GuestFileOps {
     ErrorOr<void> kill(int64_t pid, int signal);
 
   private:
-    ErrorOr<std::vector<uint8_t>> read_file_sequential(const std::string& path, size_t max_bytes);
+    // Reads on from `content` until EOF or max_bytes: pread from `offset`, or read where
+    // the fd stands when the file cannot be read at an offset. Closes the fd.
+    ErrorOr<std::vector<uint8_t>> read_rest(GuestFd fd, std::vector<uint8_t> content,
+                                            std::optional<uint64_t> offset, size_t max_bytes);
     GuestSession& session_;
 };
 

@@ -222,9 +222,14 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     return {};
 }
 
-void GuestSession::defer_close(int fd) {
+void GuestSession::defer_close(int fd, uint64_t shadow) {
     std::lock_guard lock(mutex_);
-    if (shadow_) deferred_closes_.push_back(fd);
+    if (shadow_ && shadow == current_shadow()) deferred_closes_.push_back(fd);
+}
+
+uint64_t GuestSession::current_shadow() const {
+    std::lock_guard lock(status_mutex_);
+    return status_.shadows_created;
 }
 
 std::vector<SyscallBatch::Op> GuestSession::take_deferred_closes(size_t room) {
@@ -251,7 +256,8 @@ void GuestSession::flush_deferred_closes_locked() {
     }
 }
 
-ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
+ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
+                                        std::optional<uint64_t> on_shadow) {
     std::unique_lock lock(mutex_);
     if (state() != SessionState::kAttached) TRY(attach_locked());
     update_status([](SessionStatus& st) { ++st.batches; });
@@ -262,16 +268,23 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch) {
             if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
+        if (on_shadow && *on_shadow != current_shadow()) {
+            return make_error(EBADF, "the guest fd belonged to a shadow that was replaced");
+        }
         // Deferred closes ride along in front (so that the caller's ops see them done);
-        // their results are dropped.
-        SyscallBatch batch = caller_batch;
-        auto closes = take_deferred_closes(SHADOW_MAX_OPS -
-                                           std::min<size_t>(SHADOW_MAX_OPS, batch.ops().size()));
-        batch.prepend(closes);
-        auto out = shadow_->execute(batch);
+        // their results are dropped. Without any, the caller's batch runs as it is.
+        auto closes = take_deferred_closes(
+            SHADOW_MAX_OPS - std::min<size_t>(SHADOW_MAX_OPS, caller_batch.ops().size()));
+        std::optional<SyscallBatch> with_closes;
+        if (!closes.empty()) {
+            with_closes = caller_batch;
+            with_closes->prepend(closes);
+        }
+        auto out = shadow_->execute(with_closes ? *with_closes : caller_batch);
         if (out) {
             out->results.erase(out->results.begin(),
                                out->results.begin() + static_cast<ptrdiff_t>(closes.size()));
+            out->shadow = current_shadow();
             schedule_park_locked();
             return out;
         }

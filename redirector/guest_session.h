@@ -72,12 +72,16 @@ class GuestSession {
     // Ends the shadow, removes every trace and lets the guest run. Idempotent.
     ErrorOr<void> detach();
 
-    // Runs a batch in the shadow (attaching first if needed).
-    ErrorOr<BatchOutcome> run(const SyscallBatch& batch);
+    // Runs a batch in the shadow (attaching first if needed). A lost shadow is replaced
+    // and the batch run in the new one, unless `on_shadow` (a BatchOutcome::shadow) binds
+    // it to the shadow whose fds it uses: then it fails with EBADF rather than hand those
+    // fd numbers to another process.
+    ErrorOr<BatchOutcome> run(const SyscallBatch& batch,
+                              std::optional<uint64_t> on_shadow = std::nullopt);
 
-    // Closes a guest fd with the next batch (or before the shadow is parked), saving a
-    // round trip; fds of a shadow that has been replaced meanwhile are dropped.
-    void defer_close(int fd);
+    // Closes a guest fd of shadow `shadow` with the next batch (or before the shadow is
+    // parked), saving a round trip; an fd of a shadow replaced meanwhile is dropped.
+    void defer_close(int fd, uint64_t shadow);
 
     // A snapshot of the session's state; never waits for a guest operation in progress.
     SessionStatus status() const;
@@ -96,9 +100,10 @@ class GuestSession {
     void parker_main();
     void schedule_park_locked();
     void update_status(const std::function<void(SessionStatus&)>& change);
-    // Up to `room` deferred closes, as ops.
+    // Up to `room` deferred closes, as close ops.
     std::vector<SyscallBatch::Op> take_deferred_closes(size_t room);
     void flush_deferred_closes_locked();
+    uint64_t current_shadow() const;  // the count of shadows created: the newest one's number
 
     SessionOptions options_;
     mutable std::mutex mutex_;  // guards everything below; never held across sessions

@@ -88,6 +88,7 @@ class SyscallBatch {
 struct BatchOutcome {
     std::vector<uint64_t> results;
     std::vector<std::vector<uint8_t>> buffers;  // indexed by BufferId; empty for inputs
+    uint64_t shadow = 0;  // which of the session's shadows ran it (fds are only valid there)
 
     int64_t result(SyscallBatch::OpId op) const { return static_cast<int64_t>(results.at(op)); }
     bool failed(SyscallBatch::OpId op) const {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <set>
 #include <thread>
 
@@ -320,6 +321,33 @@ TEST_CASE("guest fds are not leaked by open/close cycles", "[guest]") {
     auto after = ops.list_dir(fd_dir);
     REQUIRE(after);
     CHECK(after->size() == base->size());
+}
+
+TEST_CASE("an fd of a shadow that was replaced never reaches its successor", "[guest]") {
+    auto& guest = TestGuest::shared();
+    GuestSession session(guest.session_options());
+    GuestFileOps ops(session);
+    REQUIRE(session.attach());
+    auto old_fd = ops.open("/proc/uptime", GuestFileOps::kOpenForReading);
+    REQUIRE(old_fd);
+    int64_t old_pid = session.status().shadow_pid;
+    (void)ops.kill(old_pid, SIGKILL);  // the shadow ends itself; how that batch ends is moot
+    // The next request gets a new shadow; its first fd likely has the old one's number.
+    auto new_fd = ops.open("/proc/version", GuestFileOps::kOpenForReading);
+    REQUIRE(new_fd);
+    CHECK(session.status().shadow_pid != old_pid);
+    CHECK(new_fd->shadow != old_fd->shadow);
+    INFO("old fd " << old_fd->fd << ", new fd " << new_fd->fd);
+    auto stale = ops.read(*old_fd, 64);
+    REQUIRE_FALSE(stale);
+    CHECK(stale.error().code() == EBADF);
+    CHECK_FALSE(stale.error().from_guest());
+    // Dropped: had it been queued, it would close the new shadow's fd before this read.
+    ops.close_soon(*old_fd);
+    auto data = ops.read(*new_fd, 256);
+    REQUIRE(data);
+    CHECK(text(*data).find("Linux version") == 0);
+    REQUIRE(ops.close(*new_fd));
 }
 
 TEST_CASE("cloudvmi guest command line", "[guest]") {
