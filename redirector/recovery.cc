@@ -59,12 +59,7 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         // munmap), but the guest may be slow: wait long rather than abandon the thread.
         TRY_CTX(inj.finish(Deadline::after(options.recovery_timeout)),
                 "waiting for the hijacked thread to come back");
-        int64_t helper = record.helper_pid;
-        if (inj.hijacked() && helper == 0 && record.parent_region != 0 &&
-            record.expected_rcx == record.parent_region + ShadowCode::child_entry() &&
-            !x86abi::is_error_result(inj.last_result())) {
-            helper = static_cast<int64_t>(inj.last_result());  // the clone we just finished
-        }
+        int64_t helper = helper_cloned_just_now(inj, record).value_or(record.helper_pid);
         if (inj.hijacked() && helper > 0) {
             // Reap the helper (it exits right after its own clone), or it stays a zombie:
             // it was cloned without an exit signal, so P itself never waits for it.
@@ -82,9 +77,7 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
             int64_t s2 = 0;
             auto read = inj.read_memory(record.parent_region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
                                         std::span(reinterpret_cast<uint8_t*>(&s2), 8));
-            bool clone_was_in_flight =
-                record.expected_rcx == record.parent_region + ShadowCode::child_entry();
-            if (read && s2 <= 0 && !clone_was_in_flight) shadow_never_started = true;
+            if (read && s2 <= 0 && !helper_clone_in_flight(record)) shadow_never_started = true;
             if (read && s2 > 0) {
                 log.edit().shadow_pid = s2;
                 log.commit();

@@ -198,7 +198,7 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
     if (state_ == State::kHeld || state_ == State::kParked) {
         (void)terminate();  // caught but unusable (wrong namespace, failed configuration)
     } else if (helper_cloned_) {
-        end_stray_shadow(parent_space_);  // a helper ran: a shadow may exist, never caught
+        end_stray_shadow();  // a helper ran: a shadow may exist, never caught
     } else {
         state_ = State::kGone;  // no helper ran: nothing was started
     }
@@ -282,6 +282,20 @@ ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
     return {};
 }
 
+bool helper_clone_in_flight(const RecoveryRecord& record) {
+    return record.parent_region != 0 &&
+           record.expected_rcx == record.parent_region + ShadowCode::child_entry();
+}
+
+std::optional<int64_t> helper_cloned_just_now(const SyscallInjector& inj,
+                                              const RecoveryRecord& record) {
+    if (!inj.hijacked() || record.helper_pid != 0 || !helper_clone_in_flight(record) ||
+        is_error_result(inj.last_result())) {
+        return std::nullopt;
+    }
+    return static_cast<int64_t>(inj.last_result());
+}
+
 ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
     uint64_t region = log_.current().parent_region;
     if (int64_t helper = log_.current().helper_pid; helper > 0) {
@@ -319,7 +333,7 @@ ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
 }
 
 ErrorOr<void> ShadowProcess::catch_and_configure() {
-    TRY(catch_newborn(parent_space_));
+    TRY(catch_newborn());
     bool acceptable = true;
     TRY(configure(acceptable));
     if (!acceptable) {
@@ -331,13 +345,9 @@ ErrorOr<void> ShadowProcess::catch_and_configure() {
 void ShadowProcess::undo_partial_bootstrap(SyscallInjector& inj) {
     if (inj.in_flight()) {
         if (auto r = inj.finish(Deadline::after(options_.injector.syscall_timeout)); !r) return;
-        // A clone that finished meanwhile: its result is the helper.
-        const auto& rec = log_.current();
-        if (inj.hijacked() && rec.helper_pid == 0 && rec.parent_region != 0 &&
-            rec.expected_rcx == rec.parent_region + ShadowCode::child_entry() &&
-            !is_error_result(inj.last_result())) {
+        if (auto helper = helper_cloned_just_now(inj, log_.current())) {
             helper_cloned_ = true;
-            log_.edit().helper_pid = static_cast<int64_t>(inj.last_result());
+            log_.edit().helper_pid = *helper;
             log_.commit();
         }
     }
@@ -347,9 +357,8 @@ void ShadowProcess::undo_partial_bootstrap(SyscallInjector& inj) {
     }
 }
 
-void ShadowProcess::end_stray_shadow(uint64_t parent_space) {
+void ShadowProcess::end_stray_shadow() {
     cr3_ = 0;
-    parent_space_ = parent_space;
     state_ = State::kParked;
     if (auto r = terminate(); !r) {
         LOG_WARN("a half-started shadow could not be ended (%s); its lease will end it",
@@ -358,12 +367,12 @@ void ShadowProcess::end_stray_shadow(uint64_t parent_space) {
     if (guest_.running()) (void)guest_.interrupt(Deadline::after(options_.acquire_timeout));
 }
 
-ErrorOr<void> ShadowProcess::catch_newborn(uint64_t parent_space) {
+ErrorOr<void> ShadowProcess::catch_newborn() {
     auto start = Clock::now();
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
     auto vcpu =
-        run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space);
+        run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space_);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu) {
         // Left to the caller's cleanup, which tries once more to catch and end it.

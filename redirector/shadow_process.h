@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -60,6 +61,14 @@ struct ShadowCode {
     static uint64_t batch_done();
     static uint64_t exit();
 };
+
+// Whether the hijacked thread's syscall in flight is the clone of the helper: that clone
+// is the one syscall whose return lands at the region's child entry.
+bool helper_clone_in_flight(const RecoveryRecord& record);
+// The helper's pid when the syscall the injector just finished was that clone and it
+// succeeded while no helper was logged yet; nullopt otherwise.
+std::optional<int64_t> helper_cloned_just_now(const SyscallInjector& inj,
+                                              const RecoveryRecord& record);
 
 struct BootstrapStats {
     double hijack_ms = 0;       // from arming the trap to holding a root thread
@@ -109,9 +118,9 @@ class ShadowProcess {
     ErrorOr<void> start_in_hijacked_thread(SyscallInjector& inj);
     ErrorOr<void> reap_helper_and_unmap(SyscallInjector& inj);
     ErrorOr<void> catch_and_configure();
-    ErrorOr<void> catch_newborn(uint64_t parent_space);
+    ErrorOr<void> catch_newborn();
     // After a failed bootstrap: catch a shadow that may have been started, and end it.
-    void end_stray_shadow(uint64_t parent_space);
+    void end_stray_shadow();
     // After a failed bootstrap step, with P still hijacked: reap the helper, unmap the region.
     void undo_partial_bootstrap(SyscallInjector& inj);
     ErrorOr<void> configure(bool& acceptable);
