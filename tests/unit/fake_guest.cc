@@ -1,16 +1,16 @@
 #include "fake_guest.h"
 
 #include <algorithm>
-#include <cinttypes>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 
+#include "common/strings.h"
 #include "redirector/shadow_layout.h"
 #include "redirector/shadow_process.h"
 #include "redirector/x86/guest_abi.h"
+#include "tests/unit/test_helpers.h"
 
 namespace cloudvmi::fake {
 
@@ -74,32 +74,19 @@ uint64_t page_up(uint64_t a) {
     return (a + kPageSize - 1) & ~(kPageSize - 1);
 }
 
-std::string hex(uint64_t v) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%#" PRIx64, v);
-    return b;
+std::string fixture_file(const std::string& name) {
+    return "kernel-6.1.0-56-pti/" + name;
 }
 
-std::vector<uint8_t> read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), {});
-}
-
-const std::string& fixture_dir() {
-    static const std::string dir = std::string(CLOUDVMI_TEST_DATA) + "/kernel-6.1.0-56-pti";
-    return dir;
-}
-
-std::map<std::string, uint64_t> fixture_meta() {
-    std::map<std::string, uint64_t> m;
-    std::ifstream f(fixture_dir() + "/meta.txt");
-    std::string line;
-    while (std::getline(f, line)) {
-        auto eq = line.find('=');
-        if (eq == std::string::npos) continue;
-        m[line.substr(0, eq)] = std::stoull(line.substr(eq + 1), nullptr, 16);
-    }
-    return m;
+KernelEntryPoints entry_points_from(const std::map<std::string, uint64_t>& meta) {
+    KernelEntryPoints k;
+    k.syscall_entry = meta.at("entry");
+    k.sysret = meta.at("sysret");
+    k.slow_return = meta.at("slow_return");
+    k.iret = meta.at("iret");
+    k.idt_base = kLinuxIdtAddress;
+    k.pti = true;
+    return k;
 }
 
 // Offsets of the shadow payload's labels and `syscall` instructions.
@@ -139,15 +126,7 @@ const PayloadMap& payload() {
 }  // namespace
 
 KernelEntryPoints fixture_entry_points() {
-    auto m = fixture_meta();
-    KernelEntryPoints k;
-    k.syscall_entry = m["entry"];
-    k.sysret = m["sysret"];
-    k.slow_return = m["slow_return"];
-    k.iret = m["iret"];
-    k.idt_base = kLinuxIdtAddress;
-    k.pti = true;
-    return k;
+    return entry_points_from(test::read_hex_meta(fixture_file("meta.txt")));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -311,19 +290,19 @@ struct FakeGuest::Thread {
 // Construction
 
 FakeGuest::FakeGuest(FakeOptions options) : options_(std::move(options)) {
-    kernel_ = fixture_entry_points();
-    auto meta = fixture_meta();
+    auto meta = test::read_hex_meta(fixture_file("meta.txt"));
+    kernel_ = entry_points_from(meta);
     // Kernel text: the entry page and the next one (the slow path), from the fixture.
-    auto idt = read_file(fixture_dir() + "/idt.bin");
-    auto entry_page = read_file(fixture_dir() + "/entry_page.bin");
-    auto entry_code = read_file(fixture_dir() + "/entry_code.bin");
-    auto slow = read_file(fixture_dir() + "/slow_path.bin");
+    // entry_code.bin is not loaded: it is a slice of entry_page.bin (kernel_discovery_test
+    // checks that).
+    auto idt = test::read_bytes(fixture_file("idt.bin"));
+    auto entry_page = test::read_bytes(fixture_file("entry_page.bin"));
+    auto slow = test::read_bytes(fixture_file("slow_path.bin"));
     kmap(kLinuxIdtAddress, kPageSize, 0);
     kwrite(kLinuxIdtAddress, idt);
-    uint64_t ep = meta["entry_page"];
+    uint64_t ep = meta.at("entry_page");
     kmap(ep, 2 * kPageSize, 0xcc);
     kwrite(ep, entry_page);
-    kwrite(kernel_.syscall_entry, entry_code);
     kwrite(kernel_.slow_return, slow);
 
     vcpus_.resize(static_cast<size_t>(std::max(1, options_.vcpus)));
@@ -416,11 +395,6 @@ FakeGuest::FakeGuest(FakeOptions options) : options_(std::move(options)) {
 }
 
 FakeGuest::~FakeGuest() = default;
-
-int64_t FakeGuest::spawn(const ProcessSpec& spec) {
-    auto& p = create_process(spec, kInitPid);
-    return p.pid;
-}
 
 FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t ppid) {
     auto p = std::make_unique<Process>();
@@ -824,7 +798,7 @@ void FakeGuest::run_tick() {
             }
             if (c.idle.regs.rip != kIdleRip) {
                 anomaly("idle vCPU " + std::to_string(v + 1) + " was given rip " +
-                        hex(c.idle.regs.rip));
+                        hex_u64(c.idle.regs.rip));
                 c.idle.regs.rip = kIdleRip;
             }
             continue;
@@ -899,19 +873,19 @@ void FakeGuest::execute(Thread& t) {
         kernel_iret(t);
     } else if (is_user(rip)) {
         if (!t.cpu.user_mode()) {
-            fault(t, "kernel-mode thread at user address " + hex(rip) + " (kernel oops)");
+            fault(t, "kernel-mode thread at user address " + hex_u64(rip) + " (kernel oops)");
             return;
         }
         user_step(t);
     } else {
-        fault(t, "thread executing unknown address " + hex(rip) + " (kernel oops)");
+        fault(t, "thread executing unknown address " + hex_u64(rip) + " (kernel oops)");
     }
 }
 
 void FakeGuest::kernel_sysret(Thread& t) {
     kvm_regs& r = t.cpu.regs;
     if (!is_user(r.rcx)) {
-        fault(t, "sysretq with non-user rcx " + hex(r.rcx));
+        fault(t, "sysretq with non-user rcx " + hex_u64(r.rcx));
         return;
     }
     r.rip = r.rcx;
@@ -956,7 +930,7 @@ void FakeGuest::kernel_slow_return(Thread& t) {
     kvm_regs& r = t.cpu.regs;
     uint64_t q[21];
     if (!kread(r.rsp, std::span(reinterpret_cast<uint8_t*>(q), sizeof q))) {
-        fault(t, "slow return path with rsp " + hex(r.rsp) + " not on a kernel stack");
+        fault(t, "slow return path with rsp " + hex_u64(r.rsp) + " not on a kernel stack");
         return;
     }
     r.r15 = q[0];
@@ -983,11 +957,11 @@ void FakeGuest::kernel_iret(Thread& t) {
     kvm_regs& r = t.cpu.regs;
     uint64_t f[5];
     if (!kread(r.rsp, std::span(reinterpret_cast<uint8_t*>(f), sizeof f))) {
-        fault(t, "iretq with rsp " + hex(r.rsp) + " not on a kernel stack");
+        fault(t, "iretq with rsp " + hex_u64(r.rsp) + " not on a kernel stack");
         return;
     }
     if ((f[1] & 3) != 3 || !is_user(f[0])) {
-        fault(t, "iretq to a non-user frame (rip " + hex(f[0]) + ", cs " + hex(f[1]) + ")");
+        fault(t, "iretq to a non-user frame (rip " + hex_u64(f[0]) + ", cs " + hex_u64(f[1]) + ")");
         return;
     }
     r.rip = f[0];
@@ -1092,7 +1066,7 @@ void FakeGuest::deliver_signal(Thread& t, int signo) {
     put(kFrameSigmaskOffset, p.sigmask);
     put(kFrameInfoOffset, static_cast<uint64_t>(signo));
     if (!uwrite(p, frame, f)) {
-        fault(t, "cannot write the signal frame at " + hex(frame));
+        fault(t, "cannot write the signal frame at " + hex_u64(frame));
         return;
     }
     kvm_regs h = u;
@@ -1115,7 +1089,7 @@ uint64_t FakeGuest::sys_rt_sigreturn(Thread& t) {
     uint64_t sc[kScRegCount];
     if (!uread(p, frame + kSigframeMcontextOffset,
                std::span(reinterpret_cast<uint8_t*>(sc), sizeof sc))) {
-        fault(t, "rt_sigreturn with a bad frame at " + hex(frame));
+        fault(t, "rt_sigreturn with a bad frame at " + hex_u64(frame));
         return 0;
     }
     kvm_regs u = r;
@@ -1143,7 +1117,7 @@ uint64_t FakeGuest::sys_rt_sigreturn(Thread& t) {
     ++t.ctr.sigreturns;
     t.ctr.last_sigreturn = u;
     if (!is_user(u.rip)) {
-        fault(t, "rt_sigreturn to non-user rip " + hex(u.rip));
+        fault(t, "rt_sigreturn to non-user rip " + hex_u64(u.rip));
         return 0;
     }
     if (u.rcx == u.rip && u.r11 == u.rflags) {
@@ -1177,7 +1151,7 @@ void FakeGuest::user_step(Thread& t) {
         payload_step(t, *base, r.rip - *base);
         return;
     }
-    fault(t, "user code at " + hex(r.rip) + " is not understood (SIGSEGV)");
+    fault(t, "user code at " + hex_u64(r.rip) + " is not understood (SIGSEGV)");
 }
 
 void FakeGuest::workload_check(Thread& t) {
@@ -1188,7 +1162,7 @@ void FakeGuest::workload_check(Thread& t) {
     std::string bad;
     auto cmp = [&](const char* name, uint64_t got, uint64_t want) {
         if (got != want)
-            bad += std::string(" ") + name + "=" + hex(got) + " (want " + hex(want) + ")";
+            bad += std::string(" ") + name + "=" + hex_u64(got) + " (want " + hex_u64(want) + ")";
     };
     cmp("rbx", r.rbx, e.rbx);
     cmp("rbp", r.rbp, e.rbp);
@@ -1287,7 +1261,7 @@ void FakeGuest::workload_step(Thread& t, uint64_t off) {
         ++t.ctr.handler_runs;
         uint64_t ret = 0;
         if (!uread64(p, r.rsp, ret)) {
-            fault(t, "signal handler cannot return: bad stack " + hex(r.rsp));
+            fault(t, "signal handler cannot return: bad stack " + hex_u64(r.rsp));
             return;
         }
         r.rip = ret;
@@ -1299,7 +1273,7 @@ void FakeGuest::workload_step(Thread& t, uint64_t off) {
         r.rip = code + kWlRestorer + 5;
         return;
     }
-    fault(t, "workload jumped to " + hex(r.rip) + " (SIGSEGV)");
+    fault(t, "workload jumped to " + hex_u64(r.rip) + " (SIGSEGV)");
 }
 
 std::optional<uint64_t> FakeGuest::shadow_base(const Process& p, uint64_t rip) const {
@@ -1391,7 +1365,7 @@ void FakeGuest::payload_step(Thread& t, uint64_t base, uint64_t off) {
         r.rdi = 0;
         r.rip = base + m.exit_sys;
     } else {
-        fault(t, "shadow code executed at +" + hex(off) + " (ud2 or garbage: SIGILL)", 4);
+        fault(t, "shadow code executed at +" + hex_u64(off) + " (ud2 or garbage: SIGILL)", 4);
     }
 }
 
@@ -1402,7 +1376,7 @@ void FakeGuest::payload_loop(Thread& t, uint64_t base) {
     uint64_t hb = 0, lease = 0, req = 0, done = 0, cur = 0;
     if (!uread64(p, r.rbx + CTRL_HEARTBEAT, hb) || !uwrite64(p, r.rbx + CTRL_HEARTBEAT, hb + 1) ||
         !uread64(p, r.rbx + CTRL_LEASE, lease) || !uwrite64(p, r.rbx + CTRL_LEASE, lease - 1)) {
-        fault(t, "shadow park loop: control block at " + hex(r.rbx) + " unusable");
+        fault(t, "shadow park loop: control block at " + hex_u64(r.rbx) + " unusable");
         return;
     }
     if (lease - 1 == 0) {
@@ -2393,15 +2367,6 @@ std::optional<int64_t> FakeGuest::thread_on_vcpu(VcpuId vcpu) const {
     return tid;
 }
 
-std::vector<std::pair<uint64_t, uint64_t>> FakeGuest::mappings(int64_t pid) const {
-    std::vector<std::pair<uint64_t, uint64_t>> out;
-    if (const Process* p = process_ptr(pid)) {
-        for (const auto& [s, v] : p->mm.vmas)
-            out.emplace_back(v.start, v.end);
-    }
-    return out;
-}
-
 bool FakeGuest::has_mapping_in(int64_t pid, uint64_t start, uint64_t end) const {
     const Process* p = process_ptr(pid);
     return p != nullptr && p->mm.overlaps(start, end);
@@ -2413,12 +2378,6 @@ std::optional<std::vector<uint8_t>> FakeGuest::read_process(int64_t pid, uint64_
     if (p == nullptr) return std::nullopt;
     std::vector<uint8_t> out(len);
     if (!p->mm.dbg_read(va, out)) return std::nullopt;
-    return out;
-}
-
-std::optional<std::vector<uint8_t>> FakeGuest::read_kernel(uint64_t va, size_t len) const {
-    std::vector<uint8_t> out(len);
-    if (!kread(va, out)) return std::nullopt;
     return out;
 }
 

@@ -201,8 +201,7 @@ class FakeGuest : public GuestAccess {
     ErrorOr<void> detach() override;
 
     // --- inspection ---
-    uint64_t now() const { return tick_; }                // guest time, ms
-    uint64_t host_ms() const { return host_us_ / 1000; }  // host time the client spent
+    uint64_t now() const { return tick_; }  // guest time, ms
     const FakeStats& stats() const { return stats_; }
     const std::vector<std::string>& anomalies() const { return anomalies_; }
     std::string anomalies_text() const;
@@ -211,11 +210,9 @@ class FakeGuest : public GuestAccess {
     std::optional<ProcessInfo> process(int64_t pid) const;
     std::optional<ThreadInfo> thread(int64_t tid) const;
     std::optional<int64_t> thread_on_vcpu(VcpuId vcpu) const;
-    std::vector<std::pair<uint64_t, uint64_t>> mappings(int64_t pid) const;  // [start, end)
     bool has_mapping_in(int64_t pid, uint64_t start, uint64_t end) const;
     // Reads a process's memory as its own code would (no fault-in); nullopt if not mapped.
     std::optional<std::vector<uint8_t>> read_process(int64_t pid, uint64_t va, size_t len) const;
-    std::optional<std::vector<uint8_t>> read_kernel(uint64_t va, size_t len) const;
     // Pids of processes executing the shadow payload (by their code bytes), alive ones.
     std::vector<int64_t> shadow_like_processes() const;
 
@@ -240,8 +237,6 @@ class FakeGuest : public GuestAccess {
     void set_syscalls_blocked(int64_t pid, bool blocked);
     // Completes reads blocked on /run/blocking (they return 0).
     void release_blocking_reads();
-    // Adds a workload process (child of init) at runtime.
-    int64_t spawn(const ProcessSpec& spec);
 
     struct Process;
     struct Thread;
@@ -365,7 +360,6 @@ class FailingGuest : public GuestAccess {
         : inner_(inner), budget_(budget), transient_(transient) {}
 
     long calls() const { return calls_; }
-    bool tripped() const { return tripped_; }
     // The connection dies at the next wait_for_stop (after a resume went through).
     void die_at_next_wait() { die_on_wait_ = true; }
     // The connection dies when the client writes registers with this rax (it is about to

@@ -7,6 +7,7 @@
 #include "redirector/recovery_log.h"
 #include "redirector/syscall_injector.h"
 #include "redirector/x86/guest_abi.h"
+#include "tests/unit/fake_test_helpers.h"
 
 using namespace cloudvmi;
 using namespace cloudvmi::fake;
@@ -22,13 +23,6 @@ int64_t hijacked_tid(FakeGuest& g, const SyscallInjector& inj) {
     auto tid = g.thread_on_vcpu(inj.vcpu());
     REQUIRE(tid);
     return *tid;
-}
-
-// Lets the guest run freely for a while and stops it again.
-void run_free(FakeGuest& g, uint64_t ticks) {
-    REQUIRE(g.resume());
-    g.advance(ticks);
-    REQUIRE(g.interrupt(Deadline::after_ms(100)));
 }
 
 uint64_t natural(FakeGuest& g, int64_t tid) {

@@ -15,6 +15,7 @@
 #include "redirector/syscall_batch.h"
 #include "redirector/syscall_injector.h"
 #include "redirector/x86/guest_abi.h"
+#include "tests/unit/fake_test_helpers.h"
 
 using namespace cloudvmi;
 using namespace cloudvmi::fake;
@@ -23,11 +24,10 @@ using B = SyscallBatch;
 
 namespace {
 
-struct QuietLog {
-    log::Level saved = log::level();
-    QuietLog() { log::set_level(std::getenv("FAKE_N") ? log::Level::kDebug : log::Level::kError); }
-    ~QuietLog() { log::set_level(saved); }
-};
+// FAKE_N picks one case to debug: then its log is wanted.
+log::Level quiet_level() {
+    return std::getenv("FAKE_N") ? log::Level::kDebug : log::Level::kError;
+}
 
 FakeOptions recovery_guest() {
     FakeOptions o;
@@ -178,7 +178,7 @@ long calls_of_full_session() {
 }
 
 void sweep(Fault fault, bool check_phases) {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     long total = calls_of_full_session();
     REQUIRE(total > 100);
     std::map<std::string, std::vector<long>> failures;
@@ -229,7 +229,7 @@ TEST_CASE("fake recovery: one failed request anywhere leaves a guest recovery ca
 
 TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited for and given back",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     // The session dies while the hijacked thread sleeps in an injected nanosleep, with a
     // region mapped in its process (as during the bootstrap's wait4).
     FakeGuest g(FakeOptions{.vcpus = 2});
@@ -278,7 +278,7 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited f
 
 TEST_CASE("fake recovery: killed between journaling an injection and writing its registers",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     // syscall() journals the new return address (expected_rcx) before it writes the
     // registers. Killed in between, the thread still sits at sysretq with the cookie in
     // rbx and the *previous* return address in rcx. Recovery must not let it go to user
@@ -318,7 +318,7 @@ TEST_CASE("fake recovery: killed between journaling an injection and writing its
 
 TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zombie helper",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     FakeGuest g(FakeOptions{.worker = false});
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -353,7 +353,7 @@ TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zo
 
 TEST_CASE("fake recovery: killed while starting a second shadow after a refused first one",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     // The first hijacked process is in another mount namespace: its shadow is caught,
     // refused and ended; the session dies while the second one starts.
     FakeGuest g(FakeOptions{
@@ -381,7 +381,7 @@ TEST_CASE("fake recovery: killed while starting a second shadow after a refused 
 
 TEST_CASE("fake recovery: a connection lost during a batch does not make the shadow forgotten",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     FakeGuest g(FakeOptions{.worker = false});
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -412,7 +412,7 @@ TEST_CASE(
     "fake recovery: a breakpoint that cannot be put back after a step over does not let "
     "the hijacked thread escape",
     "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     FakeGuest g(FakeOptions{.vcpus = 2, .container = true});
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -455,7 +455,7 @@ TEST_CASE(
 
 TEST_CASE("fake recovery: a bootstrap that fails before the clone unmaps the region it mapped",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{quiet_level()};
     FakeGuest g(FakeOptions{.worker = false});
     auto k = fixture_entry_points();
     RecoveryLog log;

@@ -9,6 +9,7 @@
 #include "redirector/shadow_process.h"
 #include "redirector/syscall_batch.h"
 #include "redirector/x86/guest_abi.h"
+#include "tests/unit/fake_test_helpers.h"
 
 using namespace cloudvmi;
 using namespace cloudvmi::fake;
@@ -16,18 +17,6 @@ using namespace cloudvmi::x86abi;
 using B = SyscallBatch;
 
 namespace {
-
-struct QuietLog {
-    log::Level saved = log::level();
-    QuietLog() { log::set_level(log::Level::kError); }
-    ~QuietLog() { log::set_level(saved); }
-};
-
-void run_free(FakeGuest& g, uint64_t ticks) {
-    if (!g.running()) REQUIRE(g.resume());
-    g.advance(ticks);
-    REQUIRE(g.interrupt(Deadline::after_ms(100)));
-}
 
 // Pids of the processes a workload thread was borrowed in (injected syscalls beyond the
 // single getuid of a rejected candidate).
@@ -54,7 +43,7 @@ constexpr uint64_t kBandEnd = SyscallInjector::kShadowBandEnd;
 }  // namespace
 
 TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{log::Level::kError};
     // The root process in another mount namespace is the first root thread to come by.
     FakeGuest g(FakeOptions{.sleeper_delay_ms = 100, .container = true, .container_sleep_ms = 1});
     auto k = fixture_entry_points();
@@ -292,7 +281,7 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
 
 TEST_CASE("fake shadow: a shadow killed inside the guest gives ESRCH within the acquire timeout",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{log::Level::kError};
     FakeGuest g(FakeOptions{.vcpus = 2});
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -329,7 +318,7 @@ TEST_CASE("fake shadow: a shadow killed inside the guest gives ESRCH within the 
 
 TEST_CASE("fake shadow: a batch blocked in the guest times out and the shadow is given up",
           "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{log::Level::kError};
     FakeGuest g;
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -361,7 +350,7 @@ TEST_CASE("fake shadow: a batch blocked in the guest times out and the shadow is
 }
 
 TEST_CASE("fake shadow: a shadow whose lease is not renewed exits by itself", "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{log::Level::kError};
     FakeGuest g;
     auto k = fixture_entry_points();
     RecoveryLog log;
@@ -383,7 +372,7 @@ TEST_CASE("fake shadow: a shadow whose lease is not renewed exits by itself", "[
 }
 
 TEST_CASE("fake shadow: the payload model runs raw op records like shadow_payload.S", "[fake]") {
-    QuietLog quiet;
+    test::ScopedLogLevel quiet{log::Level::kError};
     FakeGuest g(FakeOptions{.worker = false});
     RecoveryLog log;
     auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});

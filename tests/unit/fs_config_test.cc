@@ -4,7 +4,6 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -70,11 +69,6 @@ std::string expected_host_name() {
     REQUIRE(::gethostname(buf, sizeof buf - 1) == 0);
     std::string h(buf);
     return h.substr(0, h.find('.'));
-}
-
-void write_file(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
 }
 
 const char* kFullConfig =
@@ -333,15 +327,15 @@ TEST_CASE("Config::load_file", "[fs]") {
     TempDir dir{"cloudvmi-fs-config"};
 
     SECTION("a missing file names the path and keeps the errno") {
-        std::string path = dir.path() + "/absent/cloudvmi.yaml";
+        std::string path = dir.file("absent/cloudvmi.yaml");
         auto r = Config::load_file(path);
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().code() == ENOENT);
         CHECK_THAT(r.error().message(), Contains(path));
     }
     SECTION("a real file is parsed") {
-        std::string path = dir.path() + "/cloudvmi.yaml";
-        write_file(path, kFullConfig);
+        std::string path = dir.file("cloudvmi.yaml");
+        test::write_file(path, kFullConfig);
         auto r = Config::load_file(path);
         REQUIRE(r.has_value());
         CHECK(r->node == "node-1");
@@ -350,8 +344,8 @@ TEST_CASE("Config::load_file", "[fs]") {
         CHECK(r->vms[1].gdb == "tcp:127.0.0.1:1234");
     }
     SECTION("errors in a file name the file as origin, with the line") {
-        std::string path = dir.path() + "/bad.yaml";
-        write_file(path, "node: n1\nrequest_timeout_ms: 50\n");
+        std::string path = dir.file("bad.yaml");
+        test::write_file(path, "node: n1\nrequest_timeout_ms: 50\n");
         auto r = Config::load_file(path);
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().code() == EINVAL);

@@ -9,7 +9,6 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 
 #include "tests/unit/temp_dir.h"
 
@@ -18,16 +17,6 @@ using namespace cloudvmi;
 namespace {
 
 using cloudvmi::test::TempDir;
-
-void write_file(const std::string& path, const std::string& bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_whole(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 void set_endpoint(RecoveryRecord& r, const char* s) {
     std::memset(r.endpoint, 0, sizeof r.endpoint);
@@ -263,7 +252,7 @@ TEST_CASE("RecoveryLog::open_file keep", "[recovery]") {
         CHECK(r->shadow_phase == ShadowPhase::kNone);
     }
     SECTION("keep=true over a garbage file starts clean") {
-        write_file(path, std::string(100, 'z'));
+        test::write_file(path, std::string(100, 'z'));
         auto log = RecoveryLog::open_file(path, true);
         REQUIRE(log.has_value());
         CHECK((*log)->current().session_id == 0);
@@ -315,7 +304,7 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
     }
     SECTION("empty file") {
         auto path = dir.file("empty");
-        write_file(path, "");
+        test::write_file(path, "");
         auto r = RecoveryLog::read_file(path);
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().code() == EINVAL);
@@ -326,10 +315,10 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
             auto log = RecoveryLog::open_file(good);
             REQUIRE(log.has_value());
         }
-        size_t size = read_whole(good).size();
+        size_t size = test::read_file(good).size();
         REQUIRE(size > 0);
         auto path = dir.file("garbage");
-        write_file(path, std::string(size, '\x5a'));
+        test::write_file(path, std::string(size, '\x5a'));
         auto r = RecoveryLog::read_file(path);
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().code() == EINVAL);
@@ -342,12 +331,12 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
             (*log)->edit().session_id = 5;
             (*log)->commit();
         }
-        std::string bytes = read_whole(good);
+        std::string bytes = test::read_file(good);
         REQUIRE(RecoveryLog::read_file(good).has_value());
         for (size_t cut : {size_t{0}, size_t{8}, size_t{16}, bytes.size() / 2, bytes.size() - 1}) {
             INFO("cut to " << cut);
             auto path = dir.file("cut" + std::to_string(cut));
-            write_file(path, bytes.substr(0, cut));
+            test::write_file(path, bytes.substr(0, cut));
             auto r = RecoveryLog::read_file(path);
             REQUIRE_FALSE(r.has_value());
             CHECK(r.error().code() == EINVAL);
@@ -359,7 +348,7 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
             auto log = RecoveryLog::open_file(path);
             REQUIRE(log.has_value());
         }
-        std::string bytes = read_whole(path);
+        std::string bytes = test::read_file(path);
         // File layout: u64 magic, u64 sequence, two record slots; sequence & 1 is current.
         REQUIRE(bytes.size() == 16 + 2 * sizeof(RecoveryRecord));
         uint64_t seq;
@@ -371,7 +360,7 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
 
         std::string bad_magic = bytes;
         bad_magic[slot] ^= 0x01;
-        write_file(path, bad_magic);
+        test::write_file(path, bad_magic);
         auto r = RecoveryLog::read_file(path);
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error().code() == EINVAL);
@@ -379,7 +368,7 @@ TEST_CASE("read_file rejects what is not a committed log", "[recovery]") {
         std::string bad_version = bytes;
         uint32_t v = RecoveryRecord::kVersion + 1;
         std::memcpy(bad_version.data() + slot + 4, &v, 4);
-        write_file(path, bad_version);
+        test::write_file(path, bad_version);
         auto r2 = RecoveryLog::read_file(path);
         REQUIRE_FALSE(r2.has_value());
         CHECK(r2.error().code() == EINVAL);

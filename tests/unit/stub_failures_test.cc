@@ -6,11 +6,13 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <string>
 #include <thread>
 
 #include "common/deadline.h"
 #include "redirector/guest_session.h"
+#include "tests/unit/temp_dir.h"
 
 using namespace cloudvmi;
 
@@ -20,13 +22,11 @@ namespace {
 class FakePeer {
   public:
     explicit FakePeer(std::function<void(int)> behaviour) : behaviour_(std::move(behaviour)) {
-        char tmpl[] = "/tmp/cloudvmi-peer-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        dir_ = tmpl;
-        path_ = dir_ + "/stub.sock";
         fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         REQUIRE(fd_ >= 0);
         sockaddr_un addr{};
+        // A long $TMPDIR would otherwise be cut short silently by snprintf.
+        REQUIRE(path_.size() < sizeof addr.sun_path);
         addr.sun_family = AF_UNIX;
         std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
         REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
@@ -45,15 +45,15 @@ class FakePeer {
         ::shutdown(fd_, SHUT_RDWR);
         ::close(fd_);
         thread_.join();
-        ::unlink(path_.c_str());
-        ::rmdir(dir_.c_str());
     }
     std::string endpoint() const { return "unix:" + path_; }
-    const std::string& dir() const { return dir_; }
+    // Also the session's state directory: its lock file is removed with the socket.
+    const std::string& dir() const { return dir_.path(); }
 
   private:
     std::function<void(int)> behaviour_;
-    std::string dir_, path_;
+    test::TempDir dir_{"cloudvmi-peer"};
+    std::string path_ = dir_.file("stub.sock");
     int fd_ = -1;
     std::atomic<bool> stop_{false};
     std::thread thread_;
@@ -87,10 +87,11 @@ void sleep_until_closed(int c) {
 }  // namespace
 
 TEST_CASE("a missing gdbstub socket fails at once with ENOENT", "[stub]") {
-    char tmpl[] = "/tmp/cloudvmi-state-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    test::TempDir dir{"cloudvmi-state"};
+    // The state directory exists, so an ENOENT can only be about the socket.
+    REQUIRE(std::filesystem::is_directory(dir.path()));
     double ms = 0;
-    auto e = attach_error(fast_options("unix:/nonexistent/dir/vm.gdb", tmpl), &ms);
+    auto e = attach_error(fast_options("unix:/nonexistent/dir/vm.gdb", dir.path()), &ms);
     CHECK(e.code() == ENOENT);
     CHECK(e.describe().find("/nonexistent/dir/vm.gdb") != std::string::npos);
     CHECK(ms < 1000);

@@ -1,10 +1,13 @@
-// A fresh directory under $TMPDIR (or /tmp) for one test, removed with everything in it.
+// A fresh directory under $TMPDIR (or /tmp) for one test, removed with everything in it,
+// and whole-file reads and writes for the files a test puts there.
 #pragma once
 
 #include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -37,5 +40,18 @@ class TempDir {
   private:
     std::string path_;
 };
+
+// Both throw (failing the test) rather than leave it checking a file it never wrote or read.
+inline void write_file(const std::string& path, const std::string& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+inline std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot read " + path);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 }  // namespace cloudvmi::test
