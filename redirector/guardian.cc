@@ -154,8 +154,9 @@ void report(const GuardianArgs& args, const char* fmt, ...) {
 
 }  // namespace
 
+// Opening without keeping the old record writes a clean one.
 static void mark_clean(const std::string& log_path) {
-    if (auto log = RecoveryLog::open_file(log_path, false); log) (*log)->commit();
+    (void)RecoveryLog::open_file(log_path, false);
 }
 
 int run_guardian(const GuardianArgs& args) {
@@ -214,7 +215,7 @@ int run_guardian(const GuardianArgs& args) {
     auto start = Clock::now();
     auto deadline = Deadline::after(kReconnectTimeout);
     std::unique_ptr<GdbstubAccess> guest;
-    if (rec->endpoint_identity != 0 && rec->endpoint_identity != endpoint->identity()) {
+    if (rec->about_earlier_vm_run(endpoint->identity())) {
         report(args, "the VM is gone or was restarted: nothing to restore");
         mark_clean(args.log_path);
         return 0;

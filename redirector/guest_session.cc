@@ -137,8 +137,8 @@ ErrorOr<void> GuestSession::attach_locked() {
     if (!access) return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
     guest_ = std::move(*access);
 
-    if (leftover && leftover->endpoint_identity != 0 &&
-        leftover->endpoint_identity != endpoint->identity()) {
+    uint64_t identity = endpoint->identity();
+    if (leftover && leftover->about_earlier_vm_run(identity)) {
         LOG_WARN(
             "ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
             "was restarted since",
@@ -160,7 +160,7 @@ ErrorOr<void> GuestSession::attach_locked() {
     rec = RecoveryRecord{};
     rec.session_id = random_u64() | 1;
     rec.owner_pid = ::getpid();
-    rec.endpoint_identity = endpoint->identity();
+    rec.endpoint_identity = identity;
     std::snprintf(rec.endpoint, sizeof rec.endpoint, "%s", endpoint->to_string().c_str());
     log_->commit();
 

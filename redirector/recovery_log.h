@@ -71,6 +71,10 @@ struct RecoveryRecord {
     uint64_t shadow_cr3 = 0;
     uint64_t shadow_region = 0;
 
+    // Whether the log is about an earlier run of the VM now known as `current_identity`.
+    bool about_earlier_vm_run(uint64_t current_identity) const {
+        return endpoint_identity != 0 && endpoint_identity != current_identity;
+    }
     bool has_breakpoint(uint64_t addr) const;
     void add_breakpoint(uint64_t addr);
     void remove_breakpoint(uint64_t addr);
