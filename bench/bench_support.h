@@ -5,9 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <vector>
+
+#include "common/stats.h"
 
 namespace cloudvmi::bench {
 
@@ -16,19 +17,14 @@ struct Stats {
     size_t n = 0;
 };
 
-// Nearest-rank percentiles.
 inline Stats summarize(std::vector<double> v) {
     Stats s;
     if (v.empty()) return s;
     std::sort(v.begin(), v.end());
-    auto rank = [&](double p) {
-        auto r = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
-        return v[std::clamp<size_t>(r, 1, v.size()) - 1];
-    };
     s.n = v.size();
     s.min = v.front();
-    s.median = rank(0.50);
-    s.p99 = rank(0.99);
+    s.median = nearest_rank(v, 0.50);
+    s.p99 = nearest_rank(v, 0.99);
     return s;
 }
 

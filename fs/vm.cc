@@ -1,9 +1,9 @@
 #include "fs/vm.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "common/log.h"
+#include "common/stats.h"
 
 namespace cloudvmi::fs {
 
@@ -61,13 +61,9 @@ VmStats Vm::stats() const {
     s.queued = executor_.queued();
     if (!sorted.empty()) {
         std::sort(sorted.begin(), sorted.end());
-        auto pct = [&](double p) {  // nearest rank
-            auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(sorted.size())));
-            return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
-        };
-        s.p50_ms = pct(0.50);
-        s.p90_ms = pct(0.90);
-        s.p99_ms = pct(0.99);
+        s.p50_ms = nearest_rank(sorted, 0.50);
+        s.p90_ms = nearest_rank(sorted, 0.90);
+        s.p99_ms = nearest_rank(sorted, 0.99);
     }
     return s;
 }
