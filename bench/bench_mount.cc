@@ -36,47 +36,20 @@
 
 using namespace cloudvmi;
 using B = SyscallBatch;
+using bench::add_cat;
+using bench::add_ls_l;
+using bench::die;
+using bench::FailedOps;
+using bench::guest_ns;
+using bench::must;
+using bench::native_us;
 
 namespace {
 
-[[noreturn]] void die(const std::string& what) {
-    std::fprintf(stderr, "cloudvmi-bench-mount: %s\n", what.c_str());
-    std::exit(1);
-}
-
-template <class T>
-T must(ErrorOr<T> r, const std::string& what) {
-    if (!r) die(what + ": " + r.error().describe());
-    return std::move(*r);
-}
+constexpr const char* kProgram = "cloudvmi-bench-mount";
 
 double median(std::vector<double> v) {
     return bench::summarize(std::move(v)).median;
-}
-
-// Guest-measured nanoseconds of the ops `body` adds, run back to back in one batch.
-double guest_ns(GuestSession& s, const std::function<void(SyscallBatch&)>& body) {
-    SyscallBatch b;
-    auto t0 = b.output(sizeof(x86abi::Timespec));
-    auto op0 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t0)});
-    b.filled_by(t0, op0, B::Fill::kWhole);
-    body(b);
-    auto t1 = b.output(sizeof(x86abi::Timespec));
-    auto op1 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t1)});
-    b.filled_by(t1, op1, B::Fill::kWhole);
-    auto out = must(s.run(b), "native batch");
-    x86abi::Timespec a{}, z{};
-    std::memcpy(&a, out.bytes(t0).data(), sizeof a);
-    std::memcpy(&z, out.bytes(t1).data(), sizeof z);
-    return static_cast<double>((z.tv_sec - a.tv_sec) * 1000000000LL + (z.tv_nsec - a.tv_nsec));
-}
-
-void add_cat(SyscallBatch& b, const std::string& path) {
-    auto p = b.input_string(path);
-    auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::imm(0)});
-    auto buf = b.output(4096);
-    b.add(x86abi::kRead, {B::result_of(open), B::buf(buf), B::imm(4096)});
-    b.add(x86abi::kClose, {B::result_of(open)});
 }
 
 struct Native {
@@ -111,64 +84,40 @@ Native measure_native(const std::string& gdb, const std::string& state_dir,
     GuestSession s(o);
     GuestFileOps ops(s);
     Native n;
-    std::vector<double> cats, lss;
-    for (int i = 0; i < 5; ++i) {
-        cats.push_back(guest_ns(s,
-                                [](SyscallBatch& b) {
-                                    for (int k = 0; k < 50; ++k)
-                                        add_cat(b, "/proc/meminfo");
-                                }) /
-                       50 / 1000);
-    }
-    n.cat_us = median(cats);
-    auto proc = must(ops.list_dir("/proc"), "listing /proc");
-    for (int i = 0; i < 5; ++i) {
-        lss.push_back(guest_ns(s,
-                               [&](SyscallBatch& b) {
-                                   auto p = b.input_string("/proc");
-                                   auto open = b.add(x86abi::kOpenat,
-                                                     {B::imm_signed(x86abi::kAtFdcwd), B::buf(p),
-                                                      B::imm(x86abi::kODirectory)});
-                                   auto buf = b.output(64 * 1024);
-                                   b.add(x86abi::kGetdents64,
-                                         {B::result_of(open), B::buf(buf), B::imm(64 * 1024)});
-                                   b.add(x86abi::kClose, {B::result_of(open)});
-                                   for (size_t k = 0; k < proc.size() && k < 190; ++k) {
-                                       auto q = b.input_string("/proc/" + proc[k].name);
-                                       auto st = b.output(sizeof(x86abi::Stat));
-                                       b.add(x86abi::kNewfstatat,
-                                             {B::imm_signed(x86abi::kAtFdcwd), B::buf(q),
-                                              B::buf(st), B::imm(x86abi::kAtSymlinkNofollow)});
-                                   }
-                               }) /
-                      1000);
-    }
-    n.ls_us = median(lss);
+    n.cat_us = native_us(kProgram, s, 5, 50, [](SyscallBatch& b) { add_cat(b, "/proc/meminfo"); });
+    auto proc = must(kProgram, ops.list_dir("/proc"), "listing /proc");
+    n.ls_us = native_us(kProgram, s, 5, 1, [&](SyscallBatch& b) { add_ls_l(b, "/proc", proc); });
     std::vector<std::string> files, dirs;
     walk_guest(ops, "/proc/sys", files, dirs);
     n.sys_files = files.size();
     n.sys_dirs = dirs.size();
     double ns = 0;
     for (size_t i = 0; i < files.size(); i += 60) {
-        ns += guest_ns(s, [&](SyscallBatch& b) {
-            for (size_t k = i; k < files.size() && k < i + 60; ++k)
-                add_cat(b, files[k]);
-        });
+        ns += guest_ns(
+            kProgram, s, 1,
+            [&](SyscallBatch& b) {
+                for (size_t k = i; k < files.size() && k < i + 60; ++k)
+                    add_cat(b, files[k]);
+            },
+            FailedOps::kExpected);
     }
     for (size_t i = 0; i < dirs.size(); i += 60) {
-        ns += guest_ns(s, [&](SyscallBatch& b) {
-            for (size_t k = i; k < dirs.size() && k < i + 60; ++k) {
-                auto p = b.input_string(dirs[k]);
-                auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p),
-                                                    B::imm(x86abi::kODirectory)});
-                auto buf = b.output(8192);
-                b.add(x86abi::kGetdents64, {B::result_of(open), B::buf(buf), B::imm(8192)});
-                b.add(x86abi::kClose, {B::result_of(open)});
-            }
-        });
+        ns += guest_ns(
+            kProgram, s, 1,
+            [&](SyscallBatch& b) {
+                for (size_t k = i; k < dirs.size() && k < i + 60; ++k) {
+                    auto p = b.input_string(dirs[k]);
+                    auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p),
+                                                        B::imm(x86abi::kODirectory)});
+                    auto buf = b.output(8192);
+                    b.add(x86abi::kGetdents64, {B::result_of(open), B::buf(buf), B::imm(8192)});
+                    b.add(x86abi::kClose, {B::result_of(open)});
+                }
+            },
+            FailedOps::kExpected);
     }
     n.grep_ms = ns / 1e6;
-    if (auto d = s.detach(); !d) die("detach: " + d.error().describe());
+    must(kProgram, s.detach(), "detach");
     return n;
 }
 
@@ -177,7 +126,7 @@ Native measure_native(const std::string& gdb, const std::string& state_dir,
 double cat_once(const std::string& path) {
     auto start = Clock::now();
     int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd < 0) die("open " + path + ": " + std::strerror(errno));
+    if (fd < 0) die(kProgram, "open " + path + ": " + std::strerror(errno));
     char buf[65536];
     while (::read(fd, buf, sizeof buf) > 0) {
     }
@@ -188,7 +137,7 @@ double cat_once(const std::string& path) {
 double ls_l_once(const std::string& dir) {
     auto start = Clock::now();
     DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) die("opendir " + dir + ": " + std::strerror(errno));
+    if (d == nullptr) die(kProgram, "opendir " + dir + ": " + std::strerror(errno));
     struct stat st {};
     while (dirent* e = ::readdir(d)) {
         std::string p = dir + "/" + e->d_name;
@@ -304,7 +253,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     char tmpl[] = "/tmp/cloudvmi-bench-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) die("mkdtemp");
+    if (::mkdtemp(tmpl) == nullptr) die(kProgram, "mkdtemp");
     std::string dir = tmpl, state = dir + "/state", mnt = dir + "/vmi";
     ::mkdir(mnt.c_str(), 0755);
 
@@ -329,7 +278,7 @@ int main(int argc, char** argv) {
     auto deadline = Deadline::after_ms(10000);
     while (!mounted(mnt) && !deadline.expired())
         std::this_thread::sleep_for(Millis(50));
-    if (!mounted(mnt)) die("the mount did not come up (see " + dir + "/mount.log)");
+    if (!mounted(mnt)) die(kProgram, "the mount did not come up (see " + dir + "/mount.log)");
 
     std::string vm0 = mnt + "/bench/vm0";
     MountFigures one = measure_mount(vm0, iterations);

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
@@ -24,62 +23,16 @@
 
 using namespace cloudvmi;
 using B = SyscallBatch;
+using bench::add_cat;
+using bench::add_ls_l;
+using bench::must;
+using bench::native_us;
 using bench::Stats;
 using bench::summarize;
 
 namespace {
 
-[[noreturn]] void die(const std::string& what, const Error& e) {
-    std::fprintf(stderr, "cloudvmi-bench: %s: %s\n", what.c_str(), e.describe().c_str());
-    std::exit(1);
-}
-
-template <class T>
-T must(ErrorOr<T> r, const std::string& what) {
-    if (!r) die(what, r.error());
-    return std::move(*r);
-}
-
-void must(ErrorOr<void> r, const std::string& what) {
-    if (!r) die(what, r.error());
-}
-
-// Runs `body` (which adds ops to the batch) `reps` times inside one batch, bracketed by two
-// clock_gettime calls; returns the guest-measured nanoseconds per repetition.
-double native_ns(GuestSession& s, int reps, const std::function<void(SyscallBatch&)>& body) {
-    SyscallBatch b;
-    auto t0 = b.output(sizeof(x86abi::Timespec));
-    auto op0 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t0)});  // CLOCK_MONOTONIC
-    b.filled_by(t0, op0, B::Fill::kWhole);
-    for (int i = 0; i < reps; ++i)
-        body(b);
-    auto t1 = b.output(sizeof(x86abi::Timespec));
-    auto op1 = b.add(x86abi::kClockGettime, {B::imm(1), B::buf(t1)});
-    b.filled_by(t1, op1, B::Fill::kWhole);
-    auto out = must(s.run(b), "native measurement batch");
-    for (size_t i = 0; i < out.results.size(); ++i) {
-        if (out.failed(i)) {
-            std::fprintf(stderr, "cloudvmi-bench: native op %zu failed: %s\n", i,
-                         std::strerror(out.error_of(i)));
-            std::exit(1);
-        }
-    }
-    x86abi::Timespec a{}, z{};
-    std::memcpy(&a, out.bytes(t0).data(), sizeof a);
-    std::memcpy(&z, out.bytes(t1).data(), sizeof z);
-    double ns = static_cast<double>((z.tv_sec - a.tv_sec) * 1000000000LL + (z.tv_nsec - a.tv_nsec));
-    return ns / reps;
-}
-
-// Median of several native measurements (one batch each).
-double native_us(GuestSession& s, int runs, int reps,
-                 const std::function<void(SyscallBatch&)>& body) {
-    std::vector<double> v;
-    for (int i = 0; i < runs; ++i)
-        v.push_back(native_ns(s, reps, body) / 1000);
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
+constexpr const char* kProgram = "cloudvmi-bench";
 
 std::vector<double> time_ms(int n, const std::function<void()>& f, int pause_ms = 0) {
     std::vector<double> v;
@@ -150,67 +103,53 @@ int main(int argc, char** argv) {
     for (int i = 0; i < 3; ++i) {
         GuestSession s(options);
         auto start = Clock::now();
-        must(s.attach(), "attach");
+        must(kProgram, s.attach(), "attach");
         double attach_ms = elapsed_ms(start);
         auto st = s.status();
         hijack.push_back(st.bootstrap.hijack_ms);
         catch_ms.push_back(st.bootstrap.first_catch_ms);
         total.push_back(attach_ms);
-        must(s.detach(), "detach");
+        must(kProgram, s.detach(), "detach");
     }
 
     GuestSession session(options);
     GuestFileOps ops(session);
-    auto uts = must(ops.uname(), "uname");
+    auto uts = must(kProgram, ops.uname(), "uname");
 
     // 2. Native costs, measured by the guest.
     double native_getpid =
-        native_us(session, 7, 200, [](SyscallBatch& b) { b.add(x86abi::kGetpid, {}); });
-    double native_cat = native_us(session, 7, 60, [](SyscallBatch& b) {
-        auto p = b.input_string("/proc/meminfo");
-        auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::imm(0)});
-        auto buf = b.output(4096);
-        b.add(x86abi::kRead, {B::result_of(open), B::buf(buf), B::imm(4096)});
-        b.add(x86abi::kClose, {B::result_of(open)});
-    });
-    double native_stat = native_us(session, 7, 150, [](SyscallBatch& b) {
+        native_us(kProgram, session, 7, 200, [](SyscallBatch& b) { b.add(x86abi::kGetpid, {}); });
+    double native_cat =
+        native_us(kProgram, session, 7, 60, [](SyscallBatch& b) { add_cat(b, "/proc/meminfo"); });
+    double native_stat = native_us(kProgram, session, 7, 150, [](SyscallBatch& b) {
         auto p = b.input_string("/proc/self/status");
         auto st = b.output(sizeof(x86abi::Stat));
         b.add(x86abi::kNewfstatat,
               {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::buf(st), B::imm(0)});
     });
-    auto proc = must(ops.list_dir("/proc"), "listing /proc");
-    double native_ls = native_us(session, 5, 1, [&](SyscallBatch& b) {
-        auto p = b.input_string("/proc");
-        auto open = b.add(x86abi::kOpenat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(p),
-                                            B::imm(x86abi::kODirectory)});
-        auto buf = b.output(64 * 1024);
-        b.add(x86abi::kGetdents64, {B::result_of(open), B::buf(buf), B::imm(64 * 1024)});
-        b.add(x86abi::kClose, {B::result_of(open)});
-        for (size_t i = 0; i < std::min<size_t>(proc.size(), 190); ++i) {
-            auto q = b.input_string("/proc/" + proc[i].name);
-            auto st = b.output(sizeof(x86abi::Stat));
-            b.add(x86abi::kNewfstatat, {B::imm_signed(x86abi::kAtFdcwd), B::buf(q), B::buf(st),
-                                        B::imm(x86abi::kAtSymlinkNofollow)});
-        }
-    });
+    auto proc = must(kProgram, ops.list_dir("/proc"), "listing /proc");
+    double native_ls =
+        native_us(kProgram, session, 5, 1, [&](SyscallBatch& b) { add_ls_l(b, "/proc", proc); });
 
     // 3. The same work through CloudVMI, one request at a time as a client would issue it.
     SyscallBatch getpid_batch;
     getpid_batch.add(x86abi::kGetpid, {});
-    auto burst_getpid =
-        summarize(time_ms(iterations, [&] { must(session.run(getpid_batch), "getpid"); }));
-    auto burst_cat =
-        summarize(time_ms(iterations, [&] { must(ops.read_file("/proc/meminfo"), "cat"); }));
-    auto burst_stat =
-        summarize(time_ms(iterations, [&] { must(ops.stat("/proc/self/status"), "stat"); }));
-    auto ls = summarize(time_ms(std::max(5, iterations / 20),
-                                [&] { must(ops.list_dir_with_stats("/proc"), "ls -l /proc"); }));
+    auto burst_getpid = summarize(
+        time_ms(iterations, [&] { must(kProgram, session.run(getpid_batch), "getpid"); }));
+    auto burst_cat = summarize(
+        time_ms(iterations, [&] { must(kProgram, ops.read_file("/proc/meminfo"), "cat"); }));
+    auto burst_stat = summarize(
+        time_ms(iterations, [&] { must(kProgram, ops.stat("/proc/self/status"), "stat"); }));
+    auto ls = summarize(time_ms(std::max(5, iterations / 20), [&] {
+        must(kProgram, ops.list_dir_with_stats("/proc"), "ls -l /proc");
+    }));
     // Isolated requests: the shadow has been parked and must be caught again first.
     auto idle_getpid = summarize(time_ms(
-        std::max(10, iterations / 5), [&] { must(session.run(getpid_batch), "getpid"); }, 100));
+        std::max(10, iterations / 5), [&] { must(kProgram, session.run(getpid_batch), "getpid"); },
+        100));
     auto idle_cat = summarize(time_ms(
-        std::max(10, iterations / 5), [&] { must(ops.read_file("/proc/meminfo"), "cat"); }, 100));
+        std::max(10, iterations / 5),
+        [&] { must(kProgram, ops.read_file("/proc/meminfo"), "cat"); }, 100));
 
     auto st = session.status();
     std::printf("CloudVMI redirector benchmark (trap engine: gdbstub breakpoints)\n");
