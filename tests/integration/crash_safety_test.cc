@@ -24,10 +24,6 @@ using namespace cloudvmi::test;
 
 namespace {
 
-std::string text(const std::vector<uint8_t>& v) {
-    return std::string(v.begin(), v.end());
-}
-
 struct GuestCensus {
     std::vector<int64_t> shadows;
     std::vector<int64_t> zombies;
@@ -57,12 +53,6 @@ GuestCensus census(GuestFileOps& ops) {
     return c;
 }
 
-int64_t pid_from_file(GuestFileOps& ops, const std::string& name) {
-    auto r = ops.read_file("/run/workload/" + name + ".pid");
-    REQUIRE(r);
-    return static_cast<int64_t>(parse_u64(split(text(*r), '\n')[0]).value_or(0));
-}
-
 }  // namespace
 
 TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
@@ -71,9 +61,9 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     {
         GuestSession s(guest.session_options());
         GuestFileOps ops(s);
-        heartbeat_pid = pid_from_file(ops, "heartbeat");
-        user_pid = pid_from_file(ops, "user");
-        blocked_pid = pid_from_file(ops, "blocked");
+        heartbeat_pid = workload_pid(ops, "heartbeat");
+        user_pid = workload_pid(ops, "user");
+        blocked_pid = workload_pid(ops, "blocked");
     }
     std::mt19937 rng(0xc10d);
     // Kill points spread over the whole life of a session: connect, discovery, the hijack

@@ -147,17 +147,6 @@ std::vector<std::string> names_in(const std::string& dir) {
     return out;
 }
 
-std::string field(const std::string& text, const std::string& key) {
-    for (auto line : split(text, '\n')) {
-        if (starts_with(line, key + ":")) {
-            std::string v(line.substr(key.size() + 1));
-            v.erase(0, v.find_first_not_of(" \t"));
-            return v;
-        }
-    }
-    return "";
-}
-
 // The cloudvmi-shadow processes in a guest other than the checking session's own, once
 // they stop changing (a detaching shadow takes a moment to exit).
 std::vector<int64_t> foreign_shadows(TestGuest& guest, const std::string& state_dir) {
@@ -171,15 +160,8 @@ std::vector<int64_t> foreign_shadows(TestGuest& guest, const std::string& state_
     std::vector<int64_t> others;
     for (int i = 0; i < 20; ++i) {
         others.clear();
-        auto entries = ops.list_dir("/proc");
-        REQUIRE(entries);
-        for (const auto& e : *entries) {
-            auto pid = parse_u64(e.name);
-            if (!pid || static_cast<int64_t>(*pid) == checker.status().shadow_pid) continue;
-            auto comm = ops.read_file("/proc/" + e.name + "/comm");
-            if (comm && std::string(comm->begin(), comm->end()) == "cloudvmi-shadow\n") {
-                others.push_back(static_cast<int64_t>(*pid));
-            }
+        for (int64_t pid : processes_named(ops, "cloudvmi-shadow")) {
+            if (pid != checker.status().shadow_pid) others.push_back(pid);
         }
         if (others.empty()) break;
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -214,7 +196,7 @@ TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "
         CHECK(split(loadavg, ' ').size() == 5);
         std::string status;
         REQUIRE(read_through_mount(base + "/proc/1/status", &status) == 0);
-        CHECK(field(status, "Pid") == "1");
+        CHECK(field_value(status, "Pid") == "1");
         std::string cmdline;
         REQUIRE(read_through_mount(base + "/proc/1/cmdline", &cmdline) == 0);
         CHECK(cmdline.find("init") != std::string::npos);
@@ -223,7 +205,7 @@ TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "
         user_pid = std::string(split(user_pid, '\n')[0]);
         std::string user_status;
         REQUIRE(read_through_mount(base + "/proc/" + user_pid + "/status", &user_status) == 0);
-        CHECK(starts_with(field(user_status, "Uid"), "1000"));
+        CHECK(starts_with(field_value(user_status, "Uid"), "1000"));
         std::string known;
         REQUIRE(read_through_mount(base + "/root/etc/cloudvmi-known", &known) == 0);
         CHECK(known == "cloudvmi known file\n");
@@ -289,14 +271,14 @@ TEST_CASE("the session files describe the session", "[fuse]") {
     auto& m = MountedVmi::shared();
     std::string status, kernel, stats, json;
     REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/status", &status) == 0);
-    CHECK(field(status, "state") == "attached");
-    CHECK(std::stoll(field(status, "shadow_pid")) > 1);
+    CHECK(field_value(status, "state") == "attached");
+    CHECK(std::stoll(field_value(status, "shadow_pid")) > 1);
     REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/kernel", &kernel) == 0);
-    CHECK(field(kernel, "sysname") == "Linux");
-    CHECK(field(kernel, "nodename") == "guest-a");
+    CHECK(field_value(kernel, "sysname") == "Linux");
+    CHECK(field_value(kernel, "nodename") == "guest-a");
     REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/stats", &stats) == 0);
-    CHECK(std::stoll(field(stats, "requests")) > 10);
-    CHECK(!field(stats, "latency_p99_ms").empty());
+    CHECK(std::stoll(field_value(stats, "requests")) > 10);
+    CHECK(!field_value(stats, "latency_p99_ms").empty());
     REQUIRE(read_through_mount(m.vm("vm-a") + "/.cloudvmi/stats.json", &json) == 0);
     CHECK(json.find("\"requests\": ") != std::string::npos);
     CHECK(json.front() == '{');
@@ -363,7 +345,7 @@ TEST_CASE("ten thousand opens and closes leak no guest fd", "[fuse]") {
     std::string base = m.vm("vm-a");
     std::string status;
     REQUIRE(read_through_mount(base + "/.cloudvmi/status", &status) == 0);
-    std::string fd_dir = base + "/proc/" + field(status, "shadow_pid") + "/fd";
+    std::string fd_dir = base + "/proc/" + field_value(status, "shadow_pid") + "/fd";
     size_t before = names_in(fd_dir).size();
     for (int i = 0; i < 10000; ++i) {
         int fd = ::open((base + "/proc/uptime").c_str(), O_RDONLY);
@@ -372,7 +354,7 @@ TEST_CASE("ten thousand opens and closes leak no guest fd", "[fuse]") {
     }
     std::string again;
     REQUIRE(read_through_mount(base + "/.cloudvmi/status", &again) == 0);
-    CHECK(field(again, "shadow_pid") == field(status, "shadow_pid"));
+    CHECK(field_value(again, "shadow_pid") == field_value(status, "shadow_pid"));
     size_t after = names_in(fd_dir).size();
     CHECK(after == before);
 }
@@ -431,7 +413,7 @@ TEST_CASE("a VM killed mid-test gives ENOTCONN and the other VM keeps working", 
     CHECK(elapsed_ms(start) < 10000);
     std::string status;
     REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
-    CHECK(field(status, "state") == "error");
+    CHECK(field_value(status, "state") == "error");
     CHECK(read_through_mount(a + "/proc/meminfo", nullptr) == 0);
     CHECK(names_in(b).size() == 4);  // the VM directory itself is still there
 
@@ -444,7 +426,7 @@ TEST_CASE("a VM killed mid-test gives ENOTCONN and the other VM keeps working", 
     }
     CHECK(host == "guest-b\n");
     REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
-    CHECK(field(status, "state") == "attached");
+    CHECK(field_value(status, "state") == "attached");
 }
 
 TEST_CASE("fusermount3 -u ends cloudvmi and leaves no shadow in either guest", "[fuse]") {

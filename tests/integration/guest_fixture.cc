@@ -367,4 +367,53 @@ std::vector<pid_t> guardians_of(const std::string& state_dir) {
     return processes_with(" guard --log " + state_dir + "/");
 }
 
+std::string text(const std::vector<uint8_t>& bytes) {
+    return std::string(bytes.begin(), bytes.end());
+}
+
+std::string read_text(GuestFileOps& ops, const std::string& path) {
+    auto r = ops.read_file(path);
+    INFO(path << ": " << (r ? "" : r.error().describe()));
+    REQUIRE(r);
+    return text(*r);
+}
+
+int64_t workload_pid(GuestFileOps& ops, const std::string& name) {
+    std::string s = read_text(ops, "/run/workload/" + name + ".pid");
+    auto v = parse_u64(std::string(split(s, '\n')[0]));
+    INFO("workload pid file of " << name << ": '" << s << "'");
+    REQUIRE(v.has_value());
+    return static_cast<int64_t>(*v);
+}
+
+std::string field_value(const std::string& text, const std::string& key) {
+    for (auto line : split(text, '\n')) {
+        if (starts_with(line, key + ":")) {
+            std::string v(line.substr(key.size() + 1));
+            v.erase(0, v.find_first_not_of(" \t"));
+            return v;
+        }
+    }
+    return "";
+}
+
+std::vector<int64_t> numeric_entries(const std::vector<GuestDirEntry>& entries) {
+    std::vector<int64_t> pids;
+    for (const auto& e : entries) {
+        if (auto v = parse_u64(e.name)) pids.push_back(static_cast<int64_t>(*v));
+    }
+    return pids;
+}
+
+std::vector<int64_t> processes_named(GuestFileOps& ops, const std::string& name) {
+    auto entries = ops.list_dir("/proc");
+    REQUIRE(entries);
+    std::vector<int64_t> found;
+    for (int64_t pid : numeric_entries(*entries)) {
+        auto comm = ops.read_file("/proc/" + std::to_string(pid) + "/comm");
+        if (comm && text(*comm) == name + "\n") found.push_back(pid);
+    }
+    return found;
+}
+
 }  // namespace cloudvmi::test

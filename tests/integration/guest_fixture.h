@@ -10,10 +10,12 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "redirector/guest_file_ops.h"
 #include "redirector/guest_session.h"
 
 namespace cloudvmi::test {
@@ -100,6 +102,21 @@ std::string cloudvmi_binary();
 std::string source_dir();
 // Reads the first line of a file on the host.
 std::string read_host_file(const std::string& path);
+
+// --- reading a guest through a test's own session ---
+std::string text(const std::vector<uint8_t>& bytes);
+// A whole guest file; REQUIREs that it can be read.
+std::string read_text(GuestFileOps& ops, const std::string& path);
+// The pid the guest workload `name` (heartbeat, user, blocked, container) wrote to
+// /run/workload/NAME.pid; REQUIREs a number there.
+int64_t workload_pid(GuestFileOps& ops, const std::string& name);
+// The value of the first "Key: value" line ("" if none), the form of /proc/PID/status and
+// of the files under .cloudvmi.
+std::string field_value(const std::string& text, const std::string& key);
+// The pid directories of a /proc listing.
+std::vector<int64_t> numeric_entries(const std::vector<GuestDirEntry>& entries);
+// The guest's processes whose comm is `name`, from a fresh listing of /proc.
+std::vector<int64_t> processes_named(GuestFileOps& ops, const std::string& name);
 
 // Checks the prerequisites of guest tests and fails loudly if one is missing.
 void require_guest_prerequisites();

@@ -21,61 +21,6 @@ using namespace cloudvmi;
 using namespace cloudvmi::test;
 using B = SyscallBatch;
 
-namespace {
-
-std::string text(const std::vector<uint8_t>& v) {
-    return std::string(v.begin(), v.end());
-}
-
-std::string read_text(GuestFileOps& ops, const std::string& path) {
-    auto r = ops.read_file(path);
-    INFO(path << ": " << (r ? "" : r.error().describe()));
-    REQUIRE(r);
-    return text(*r);
-}
-
-int64_t workload_pid(GuestFileOps& ops, const std::string& name) {
-    std::string s = read_text(ops, "/run/workload/" + name + ".pid");
-    auto v = parse_u64(std::string(split(s, '\n')[0]));
-    INFO("workload pid file of " << name << ": '" << s << "'");
-    REQUIRE(v.has_value());
-    return static_cast<int64_t>(*v);
-}
-
-// "Key:\tvalue" from a /proc/PID/status text.
-std::string status_field(const std::string& status, const std::string& key) {
-    for (auto line : split(status, '\n')) {
-        if (starts_with(line, key + ":")) {
-            std::string v(line.substr(key.size() + 1));
-            v.erase(0, v.find_first_not_of(" \t"));
-            return v;
-        }
-    }
-    return "";
-}
-
-std::vector<int64_t> numeric_entries(const std::vector<GuestDirEntry>& entries) {
-    std::vector<int64_t> pids;
-    for (const auto& e : entries) {
-        if (auto v = parse_u64(e.name)) pids.push_back(static_cast<int64_t>(*v));
-    }
-    return pids;
-}
-
-// Processes of the guest whose comm is `name`.
-std::vector<int64_t> processes_named(GuestFileOps& ops, const std::string& name) {
-    auto entries = ops.list_dir("/proc");
-    REQUIRE(entries);
-    std::vector<int64_t> found;
-    for (int64_t pid : numeric_entries(*entries)) {
-        auto comm = ops.read_file("/proc/" + std::to_string(pid) + "/comm");
-        if (comm && text(*comm) == name + "\n") found.push_back(pid);
-    }
-    return found;
-}
-
-}  // namespace
-
 TEST_CASE("kernel entry points are found and syscalls run in the shadow", "[guest]") {
     auto& guest = TestGuest::shared();
     INFO("guest: " << guest.config().describe());
@@ -136,8 +81,8 @@ TEST_CASE("guest files are read through the shadow", "[guest]") {
     CHECK(starts_with(meminfo, "MemTotal:"));
     CHECK(meminfo.find("MemFree:") != std::string::npos);
     auto status = read_text(ops, "/proc/1/status");
-    CHECK(status_field(status, "Pid") == "1");
-    CHECK_FALSE(status_field(status, "Name").empty());
+    CHECK(field_value(status, "Pid") == "1");
+    CHECK_FALSE(field_value(status, "Name").empty());
     CHECK(read_text(ops, "/etc/cloudvmi-known") == "cloudvmi known file\n");
     CHECK(read_text(ops, "/etc/cloudvmi-secret") == "secret\n");
     // The shadow reads its own name: what `ps` in the guest shows.
@@ -247,10 +192,10 @@ TEST_CASE("the guest workload is intact", "[guest]") {
         GuestFileOps ops(session);
         auto user =
             read_text(ops, "/proc/" + std::to_string(workload_pid(ops, "user")) + "/status");
-        CHECK(starts_with(status_field(user, "Uid"), "1000"));
+        CHECK(starts_with(field_value(user, "Uid"), "1000"));
         auto blocked_pid = std::to_string(workload_pid(ops, "blocked"));
         auto blocked = read_text(ops, "/proc/" + blocked_pid + "/status");
-        CHECK(starts_with(status_field(blocked, "State"), "S"));
+        CHECK(starts_with(field_value(blocked, "State"), "S"));
         // Still inside its read() of a pipe nobody writes: syscall 0 in /proc/PID/syscall.
         auto syscall = read_text(ops, "/proc/" + blocked_pid + "/syscall");
         CHECK(starts_with(syscall, "0 "));
@@ -272,7 +217,7 @@ TEST_CASE("the guest workload is intact", "[guest]") {
             auto st = ops.read_file("/proc/" + std::to_string(pid) + "/status");
             if (!st) continue;  // exited meanwhile
             INFO("pid " << pid << ": " << text(*st).substr(0, 80));
-            CHECK_FALSE(starts_with(status_field(text(*st), "State"), "Z"));
+            CHECK_FALSE(starts_with(field_value(text(*st), "State"), "Z"));
         }
     }
     // The guest keeps running between requests and after detach.
