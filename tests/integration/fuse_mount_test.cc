@@ -99,9 +99,7 @@ class MountedVmi {
           b_(TestGuest::start(config("fuseb", "guest-b"))) {
         INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
         REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
-        char tmpl[] = "/tmp/cloudvmi-fuse-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        dir_ = tmpl;
+        dir_ = make_temp_dir("cloudvmi-fuse");
         mountpoint_ = dir_ + "/vmi";
         state_dir_ = dir_ + "/state";
         REQUIRE(::mkdir(mountpoint_.c_str(), 0755) == 0);

@@ -32,15 +32,6 @@ std::string env_or(const char* name, const std::string& fallback) {
     return (v != nullptr && *v != '\0') ? std::string(v) : fallback;
 }
 
-std::string make_temp_dir(const std::string& prefix) {
-    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    char* dir = ::mkdtemp(buf.data());
-    REQUIRE(dir != nullptr);
-    return dir;
-}
-
 bool executable(const std::string& path) {
     return ::access(path.c_str(), X_OK) == 0;
 }
@@ -77,11 +68,13 @@ std::string cloudvmi_binary() {
     return env_or("CLOUDVMI_TEST_BINARY", CLOUDVMI_BINARY);
 }
 
-std::string read_host_file(const std::string& path) {
-    std::ifstream f(path);
-    std::string line;
-    std::getline(f, line);
-    return line;
+std::string make_temp_dir(const std::string& prefix) {
+    std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    char* dir = ::mkdtemp(buf.data());
+    REQUIRE(dir != nullptr);
+    return dir;
 }
 
 void require_guest_prerequisites() {
@@ -106,7 +99,6 @@ CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms) 
     for (auto& s : store)
         args.push_back(s.data());
     args.push_back(nullptr);
-    auto start = Clock::now();
     pid_t pid = ::fork();
     if (pid < 0) return r;
     if (pid == 0) {
@@ -147,7 +139,6 @@ CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms) 
     int status = 0;
     ::waitpid(pid, &status, 0);
     r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.elapsed_ms = elapsed_ms(start);
     return r;
 }
 
@@ -195,7 +186,6 @@ void TestGuest::boot() {
         std::string key(line.substr(0, eq));
         std::string value(line.substr(eq + 1));
         if (key == "GDB") gdb_ = value;
-        if (key == "QMP") qmp_ = value;
         if (key == "SERIAL") serial_ = value;
         if (key == "PID") qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
     }
@@ -209,7 +199,6 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       run_dir_(std::move(o.run_dir_)),
       state_dir_(std::move(o.state_dir_)),
       gdb_(std::move(o.gdb_)),
-      qmp_(std::move(o.qmp_)),
       serial_(std::move(o.serial_)),
       qemu_pid_(o.qemu_pid_),
       running_(o.running_) {
@@ -258,10 +247,7 @@ TestGuest& TestGuest::shared() {
 }
 
 std::string TestGuest::serial_log() const {
-    std::ifstream f(serial_);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
+    return read_whole_file(serial_);
 }
 
 long TestGuest::last_heartbeat() const {

@@ -48,8 +48,6 @@ class TestGuest {
     void restart();
 
     const std::string& gdb() const { return gdb_; }
-    const std::string& qmp() const { return qmp_; }
-    const std::string& serial_path() const { return serial_; }
     const std::string& state_dir() const { return state_dir_; }
     const GuestConfig& config() const { return config_; }
     int qemu_pid() const { return qemu_pid_; }
@@ -70,7 +68,7 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, qmp_, serial_;
+    std::string gdb_, serial_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };
@@ -80,7 +78,6 @@ struct CommandResult {
     int status = -1;
     std::string out;
     std::string err;
-    double elapsed_ms = 0;
 };
 CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms = 120000);
 
@@ -100,8 +97,8 @@ std::string read_whole_file(const std::string& path);
 std::string cloudvmi_binary();
 // Repository root (for the guest kit).
 std::string source_dir();
-// Reads the first line of a file on the host.
-std::string read_host_file(const std::string& path);
+// A new directory /tmp/PREFIX-XXXXXX; REQUIREs that it could be made.
+std::string make_temp_dir(const std::string& prefix);
 
 // --- reading a guest through a test's own session ---
 std::string text(const std::vector<uint8_t>& bytes);
