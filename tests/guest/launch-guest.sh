@@ -78,19 +78,17 @@ check_name() {
 }
 
 # ---------------------------------------------------------------- detect-accel
-# detect_accel FLAVOUR CPU CACHE FORCE -> prints kvm|tcg
+kvm_usable() { [ -c /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; }
+
+# detect_accel KERNEL KERNEL_VERSION CPU FORCE -> prints kvm|tcg
+# The caller passes the kernel it boots, so the probe judges that very kernel and
+# build-guest.sh runs once per start.
 detect_accel() {
-    local flavour=$1 cpu=$2 cache=$3 force=$4
-    if [ ! -c /dev/kvm ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
-        echo tcg; return 0
-    fi
-    local kit KERNEL KERNEL_VERSION
-    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
-        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
-    eval "$kit"
+    local kernel=$1 kernel_version=$2 cpu=$3 force=$4
+    kvm_usable || { echo tcg; return 0; }
     local key verdict_file
-    key="kernel=$KERNEL_VERSION host=$(uname -r) cpu=$cpu qemu=$("$QEMU" --version 2>/dev/null | head -n1 | tr -dc 'A-Za-z0-9.:+~ -')"
-    verdict_file=$(dirname "$KERNEL")/accel.$(printf '%s' "$key" | cksum | cut -d' ' -f1)
+    key="kernel=$kernel_version host=$(uname -r) cpu=$cpu qemu=$("$QEMU" --version 2>/dev/null | head -n1 | tr -dc 'A-Za-z0-9.:+~ -')"
+    verdict_file=$(dirname "$kernel")/accel.$(printf '%s' "$key" | cksum | cut -d' ' -f1)
     cached_verdict() {
         local v=
         [ -f "$verdict_file" ] && read -r v <"$verdict_file" 2>/dev/null
@@ -107,7 +105,7 @@ detect_accel() {
     # No initrd: a kernel that really runs prints its banner (earlyprintk) and gets all
     # the way to "VFS: Unable to mount root fs" + panic within a second or two under KVM.
     "$QEMU" -accel kvm -cpu "$cpu" -m 256 -smp 1 -nodefaults -display none -no-reboot \
-        -kernel "$KERNEL" -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=7" \
+        -kernel "$kernel" -append "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 loglevel=7" \
         -serial "file:$tmp/serial" </dev/null >"$tmp/qemu.out" 2>&1 &
     qpid=$!
     booted() {
@@ -148,7 +146,13 @@ cmd_detect_accel() {
         esac
     done
     case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour'" ;; esac
-    detect_accel "$flavour" "$cpu" "$cache" "$force"
+    # Without KVM the answer needs no kernel, so no kit is built for it.
+    kvm_usable || { echo tcg; return 0; }
+    local kit KERNEL KERNEL_VERSION
+    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+    eval "$kit"
+    detect_accel "$KERNEL" "$KERNEL_VERSION" "$cpu" "$force"
 }
 
 # ---------------------------------------------------------------- stop
@@ -247,7 +251,7 @@ cmd_start() {
     eval "$kit"
 
     case $accel in
-        auto) accel=$(detect_accel "$flavour" "$cpu" "$cache" 0) ;;
+        auto) accel=$(detect_accel "$KERNEL" "$KERNEL_VERSION" "$cpu" 0) ;;
         kvm) [ -c /dev/kvm ] && [ -w /dev/kvm ] || die "--accel kvm: /dev/kvm is not usable" ;;
     esac
 
