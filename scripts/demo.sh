@@ -10,7 +10,7 @@ keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
 scripts/install-deps.sh
-scripts/build.sh
+scripts/build.sh cloudvmi
 
 dir=${CLOUDVMI_DEMO_DIR:-/tmp/cloudvmi-demo}
 mnt=${CLOUDVMI_DEMO_MOUNT:-/vmi}
