@@ -25,6 +25,7 @@ using namespace cloudvmi;
 using B = SyscallBatch;
 using bench::add_cat;
 using bench::add_ls_l;
+using bench::FailedOps;
 using bench::must;
 using bench::native_us;
 using bench::Stats;
@@ -128,8 +129,9 @@ int main(int argc, char** argv) {
               {B::imm_signed(x86abi::kAtFdcwd), B::buf(p), B::buf(st), B::imm(0)});
     });
     auto proc = must(kProgram, ops.list_dir("/proc"), "listing /proc");
-    double native_ls =
-        native_us(kProgram, session, 5, 1, [&](SyscallBatch& b) { add_ls_l(b, "/proc", proc); });
+    double native_ls = native_us(
+        kProgram, session, 5, 1, [&](SyscallBatch& b) { add_ls_l(b, "/proc", proc); },
+        FailedOps::kExpected);
 
     // 3. The same work through CloudVMI, one request at a time as a client would issue it.
     SyscallBatch getpid_batch;

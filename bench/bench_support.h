@@ -94,10 +94,11 @@ inline double guest_ns(const char* program, GuestSession& s, int reps,
 
 // Median of `runs` native measurements (one batch each), in microseconds.
 inline double native_us(const char* program, GuestSession& s, int runs, int reps,
-                        const std::function<void(SyscallBatch&)>& body) {
+                        const std::function<void(SyscallBatch&)>& body,
+                        FailedOps failures = FailedOps::kFatal) {
     std::vector<double> v;
     for (int i = 0; i < runs; ++i)
-        v.push_back(guest_ns(program, s, reps, body) / 1000);
+        v.push_back(guest_ns(program, s, reps, body, failures) / 1000);
     return summarize(std::move(v)).median;
 }
 
@@ -116,7 +117,8 @@ inline void add_cat(SyscallBatch& b, const std::string& path) {
 constexpr size_t kMaxLsStats = 190;
 
 // ls -l: open + getdents64 + close of `dir`, then an lstat of each of the first
-// kMaxLsStats `entries` (listed beforehand, so the batch's size is known).
+// kMaxLsStats `entries` (listed beforehand, so the batch's size is known). Measure it with
+// FailedOps::kExpected: a process listed beforehand may have exited (ls -l meets that too).
 inline void add_ls_l(SyscallBatch& b, const std::string& dir,
                      const std::vector<GuestDirEntry>& entries) {
     using B = SyscallBatch;
