@@ -36,6 +36,8 @@ const char kGuestUsage[] =
     "Options:\n"
     "  --gdb ENDPOINT       QEMU gdbstub: unix:PATH or tcp:HOST:PORT (required)\n"
     "  --timeout MS         bound for each gdbstub request and connect (default 3000)\n"
+    "  --attach-timeout MS  bound for the whole attach: finding a thread, starting the\n"
+    "                       shadow (default 20000)\n"
     "  --state-dir DIR      recovery logs and locks (default /run/cloudvmi as root)\n"
     "  --no-guardian        do not start the guardian process (unsafe if killed)\n"
     "  --log-level LEVEL    error, warn, info, debug or trace (default warn)\n"
@@ -110,6 +112,15 @@ int cmd_info(GuestSession& session, GuestFileOps& ops) {
         "(%d attempt%s)\n",
         st.bootstrap.hijack_ms, st.bootstrap.first_catch_ms, st.bootstrap.total_ms,
         st.bootstrap.attempts, st.bootstrap.attempts == 1 ? "" : "s");
+    std::printf("borrowed:      %s\n", st.bootstrap.borrowed.c_str());
+    const auto& inj = st.bootstrap.injector;
+    std::printf("candidates:    %d seen, %d let go%s%s\n", inj.candidates_seen,
+                inj.candidates_rejected, inj.rejected.empty() ? "" : ": ", inj.rejected.c_str());
+    std::printf("vm stops:      %llu during the bootstrap (%d at the kernel-wide trap, armed "
+                "%.1f ms; %d of other threads), %llu breakpoint changes\n",
+                static_cast<unsigned long long>(st.bootstrap_cost.stops), inj.kernel_trap_stops,
+                inj.kernel_trap_armed_ms, inj.foreign_stops,
+                static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes));
     if (!st.recovered.empty()) std::printf("recovered:     %s\n", st.recovered.c_str());
     return kExitOk;
 }
@@ -167,6 +178,7 @@ int guest_main(int argc, char** argv) {
     static const option longopts[] = {
         {"gdb", required_argument, nullptr, 'g'},
         {"timeout", required_argument, nullptr, 't'},
+        {"attach-timeout", required_argument, nullptr, 'A'},
         {"state-dir", required_argument, nullptr, 's'},
         {"no-guardian", no_argument, nullptr, 'N'},
         {"log-level", required_argument, nullptr, 'L'},
@@ -189,6 +201,16 @@ int guest_main(int argc, char** argv) {
                 }
                 options.client.connect_timeout = Millis(*v);
                 options.client.request_timeout = Millis(*v);
+                break;
+            }
+            case 'A': {
+                auto v = parse_u64(optarg);
+                if (!v || *v < 100 || *v > 600000) {
+                    std::fprintf(stderr, "cloudvmi guest: bad --attach-timeout '%s' (100..600000)\n",
+                                 optarg);
+                    return kExitUsage;
+                }
+                options.shadow.attach_timeout = Millis(*v);
                 break;
             }
             case 's':

@@ -94,7 +94,7 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
     auto top =
-        TRY(entries(origin, root, {"node", "state_dir", "request_timeout_ms", "cache", "vms"},
+        TRY(entries(origin, root, {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "cache", "vms"},
                     "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
@@ -112,6 +112,12 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
         c.request_timeout_ms = TRY(scalar<long>(origin, it->second, "request_timeout_ms"));
         if (c.request_timeout_ms < 100 || c.request_timeout_ms > 600000) {
             return bad(origin, it->second.located(), "request_timeout_ms must be 100..600000");
+        }
+    }
+    if (auto it = top.find("attach_timeout_ms"); it != top.end()) {
+        c.attach_timeout_ms = TRY(scalar<long>(origin, it->second, "attach_timeout_ms"));
+        if (c.attach_timeout_ms < 100 || c.attach_timeout_ms > 600000) {
+            return bad(origin, it->second.located(), "attach_timeout_ms must be 100..600000");
         }
     }
     if (auto it = top.find("cache"); it != top.end()) {

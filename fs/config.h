@@ -2,7 +2,8 @@
 //
 //   node: node1                  # name of this host in /vmi (default: the host name)
 //   state_dir: /run/cloudvmi     # recovery logs and locks
-//   request_timeout_ms: 5000     # bound for one request to a VM, attach included
+//   request_timeout_ms: 5000     # bound for one request to a VM once attached
+//   attach_timeout_ms: 20000     # bound for attaching (finding a thread, starting the shadow)
 //   cache:                       # kernel attribute/entry cache lifetimes, seconds
 //     proc_attr: 0.5
 //     proc_entry: 1
@@ -40,6 +41,7 @@ struct Config {
     std::string node;
     std::string state_dir;
     long request_timeout_ms = 5000;
+    long attach_timeout_ms = 20000;
     CacheConfig cache;
     std::vector<VmConfig> vms;
 

@@ -46,9 +46,7 @@ SessionOptions Filesystem::session_options(const Config& config, const std::stri
     // Every wait inside one request stays within the request's budget.
     o.client.connect_timeout = std::min(budget, Millis(3000));
     o.client.request_timeout = std::min(budget, Millis(3000));
-    o.shadow.injector.hijack_timeout = budget;
-    o.shadow.injector.syscall_timeout = budget;
-    o.shadow.catch_timeout = budget;
+    o.shadow.attach_timeout = Millis(config.attach_timeout_ms);
     o.shadow.acquire_timeout = std::min(budget, Millis(3000));
     o.shadow.batch_timeout = budget;
     o.attach_timeout = budget;

@@ -130,11 +130,13 @@ ErrorOr<void> GdbstubAccess::resume() {
 
 ErrorOr<StopEvent> GdbstubAccess::wait_for_stop(Deadline deadline) {
     auto stop = TRY(client_->wait_for_stop(deadline));
+    ++counters_.stops;
     return to_event(stop);
 }
 
 ErrorOr<StopEvent> GdbstubAccess::interrupt(Deadline deadline) {
     auto stop = TRY(client_->interrupt(deadline));
+    ++counters_.stops;
     return to_event(stop);
 }
 
@@ -142,6 +144,7 @@ ErrorOr<StopEvent> GdbstubAccess::step(VcpuId vcpu, Deadline deadline) {
     cache_.clear();
     TRY(client_->step(thread_of(vcpu)));
     auto stop = TRY(client_->wait_for_stop(deadline));
+    ++counters_.stops;
     return to_event(stop);
 }
 
@@ -216,10 +219,12 @@ ErrorOr<void> GdbstubAccess::write_physical(uint64_t pa, std::span<const uint8_t
 }
 
 ErrorOr<void> GdbstubAccess::insert_breakpoint(uint64_t va) {
+    ++counters_.breakpoint_changes;
     return client_->insert_breakpoint(1, va);
 }
 
 ErrorOr<void> GdbstubAccess::remove_breakpoint(uint64_t va) {
+    ++counters_.breakpoint_changes;
     return client_->remove_breakpoint(1, va);
 }
 

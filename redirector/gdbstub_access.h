@@ -34,6 +34,7 @@ class GdbstubAccess final : public GuestAccess {
     ErrorOr<void> insert_breakpoint(uint64_t va) override;
     ErrorOr<void> remove_breakpoint(uint64_t va) override;
     ErrorOr<void> detach() override;
+    RunControlCounters counters() const override { return counters_; }
 
     gdb::GdbClient& client() { return *client_; }
 
@@ -45,6 +46,7 @@ class GdbstubAccess final : public GuestAccess {
                                      std::span<uint8_t> raw);
 
   private:
+    RunControlCounters counters_{1, 0};  // attaching stops the VM
     explicit GdbstubAccess(std::unique_ptr<gdb::GdbClient> client) : client_(std::move(client)) {}
     gdb::ThreadId thread_of(VcpuId vcpu) const;
     StopEvent to_event(const gdb::StopReply& stop) const;

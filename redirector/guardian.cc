@@ -201,10 +201,10 @@ int run_guardian(const GuardianArgs& args) {
         if (!log::enabled(log::Level::kInfo)) log::set_level(log::Level::kInfo);
     }
     LOG_INFO(
-        "record: thread phase %u (vcpu %d, cr3 %s, rcx %s), shadow phase %u (pid %lld), "
+        "record: thread phase %u (vcpu %d, cr3 %s, landing %s), shadow phase %u (pid %lld), "
         "%u breakpoints, parent region %s",
         static_cast<unsigned>(rec->thread_phase), rec->thread_vcpu,
-        hex_u64(rec->thread_cr3).c_str(), hex_u64(rec->expected_rcx).c_str(),
+        hex_u64(rec->thread_cr3).c_str(), hex_u64(rec->landing).c_str(),
         static_cast<unsigned>(rec->shadow_phase), static_cast<long long>(rec->shadow_pid),
         rec->breakpoint_count, hex_u64(rec->parent_region).c_str());
     auto endpoint = gdb::Endpoint::parse(rec->endpoint);

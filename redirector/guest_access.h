@@ -42,6 +42,13 @@ struct StopEvent {
     enum class Reason { kBreakpoint, kInterrupted, kOther } reason = Reason::kOther;
 };
 
+// What a session cost the VM: every stop pauses all vCPUs, and under TCG every stop and
+// every breakpoint change also throws away QEMU's translated code.
+struct RunControlCounters {
+    uint64_t stops = 0;               // the VM stopped (breakpoint, interrupt, step, attach)
+    uint64_t breakpoint_changes = 0;  // insertions and removals
+};
+
 class GuestAccess {
   public:
     virtual ~GuestAccess() = default;
@@ -82,6 +89,8 @@ class GuestAccess {
 
     // Removes every breakpoint, lets the guest run and ends the session.
     virtual ErrorOr<void> detach() = 0;
+
+    virtual RunControlCounters counters() const = 0;
 };
 
 }  // namespace cloudvmi

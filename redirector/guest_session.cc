@@ -211,7 +211,20 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     shadow_.reset();
     if (guest_->running()) TRY(guest_->interrupt(Deadline::after(options_.client.request_timeout)));
     deferred_closes_.clear();  // they belonged to the previous shadow
-    auto shadow = TRY(ShadowProcess::create(*guest_, kernel_, *log_, options_.shadow));
+    ShadowOptions shadow_options = options_.shadow;
+    shadow_options.on_progress = [this](const std::string& step) {
+        update_status([&](SessionStatus& st) { st.progress = step; });
+    };
+    RunControlCounters before = guest_->counters();
+    auto created = ShadowProcess::create(*guest_, kernel_, *log_, shadow_options);
+    RunControlCounters after = guest_->counters();
+    update_status([&](SessionStatus& st) {
+        st.progress.clear();
+        st.bootstrap_cost = {after.stops - before.stops,
+                             after.breakpoint_changes - before.breakpoint_changes};
+        st.vm_cost = after;
+    });
+    auto shadow = TRY(std::move(created));
     update_status([&](SessionStatus& st) {
         st.bootstrap = shadow->bootstrap_stats();
         st.shadow_pid = shadow->pid();
@@ -286,6 +299,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
                                out->results.begin() + static_cast<ptrdiff_t>(closes.size()));
             out->shadow = current_shadow();
             schedule_park_locked();
+            update_status([&](SessionStatus& st) { st.vm_cost = guest_->counters(); });
             return out;
         }
         // The closes did not run: keep them for the next batch of this shadow.

@@ -58,6 +58,9 @@ struct SessionStatus {
     uint64_t failures = 0;
     uint64_t shadows_created = 0;
     std::string recovered;  // what an earlier, crashed session left and we undid
+    std::string progress;   // the step a bootstrap in progress is at
+    RunControlCounters bootstrap_cost;  // VM stops and breakpoint changes of the last bootstrap
+    RunControlCounters vm_cost;         // all of this session's, attach included
 };
 
 class GuestSession {

@@ -53,11 +53,11 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         kernel.sysret = record.sysret;
         kernel.slow_return = record.slow_return;
         kernel.iret = record.iret;
-        SyscallInjector inj(guest, kernel, log, options.injector);
-        TRY_CTX(inj.adopt(record), "locating the hijacked thread");
         // The injected syscalls are short (mmap, clone, wait4 of a helper that exits at once,
         // munmap), but the guest may be slow: wait long rather than abandon the thread.
-        TRY_CTX(inj.finish(Deadline::after(options.recovery_timeout)),
+        SyscallInjector inj(guest, kernel, log, Deadline::after(options.recovery_timeout));
+        TRY_CTX(inj.adopt(record), "locating the hijacked thread");
+        TRY_CTX(inj.finish(),
                 "waiting for the hijacked thread to come back");
         int64_t helper = helper_cloned_just_now(inj, record).value_or(record.helper_pid);
         if (inj.hijacked() && helper > 0) {
@@ -84,11 +84,10 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
             }
         }
         if (inj.hijacked() && record.parent_region != 0) {
-            auto r = inj.syscall(x86abi::kMunmap, {record.parent_region, SHADOW_REGION_SIZE});
-            if (r && !x86abi::is_error_result(*r)) {
+            if (auto r = unmap_parent_region(inj, log); r) {
                 report.parent_region_unmapped = true;
-                log.edit().parent_region = 0;
-                log.commit();
+            } else {
+                LOG_WARN("recovery: %s", r.error().describe().c_str());
             }
         }
         TRY_CTX(inj.release(), "giving the hijacked thread back");

@@ -19,8 +19,8 @@ namespace cloudvmi {
 
 enum class ThreadPhase : uint32_t {
     kNone = 0,
-    kHeld = 1,      // stopped at a return-to-user instruction, possibly with our registers
-    kInFlight = 2,  // executing an injected syscall
+    kHeld = 1,      // stopped at sysretq untouched, or at its landing with our registers
+    kInFlight = 2,  // executing an injected syscall or our code, towards its landing
 };
 
 enum class ShadowPhase : uint32_t {
@@ -33,7 +33,7 @@ enum class ShadowPhase : uint32_t {
 
 struct RecoveryRecord {
     static constexpr uint32_t kMagic = 0x43564d4a;  // "CVMJ"
-    static constexpr uint32_t kVersion = 3;
+    static constexpr uint32_t kVersion = 4;
     static constexpr int kMaxBreakpoints = 8;
 
     uint32_t magic = kMagic;
@@ -58,9 +58,8 @@ struct RecoveryRecord {
 
     ThreadPhase thread_phase = ThreadPhase::kNone;
     int32_t thread_vcpu = 0;
-    uint64_t cookie = 0;  // in rbx while the thread runs our syscalls
     uint64_t thread_cr3 = 0;
-    uint64_t expected_rcx = 0;   // return address of the syscall in flight
+    uint64_t landing = 0;        // user address where the thread comes back to us
     kvm_regs thread_regs{};      // the thread's own registers, to put back
     uint64_t parent_region = 0;  // region mapped in the hijacked process (0: none)
     int64_t helper_pid = 0;      // the hijacked process's clone child, not yet reaped (0: none)

@@ -1,11 +1,13 @@
 /* Memory layout shared by the shadow's guest code (shadow_payload.S) and the host.
  *
- * The shadow lives in one MAP_SHARED anonymous region of the hijacked process, inherited
- * by the helper child S1 and the shadow S2 (see shadow_process.h). Being shared, the
- * pages never get copied on write, so S1 can report through them and the host sees one
- * physical page per offset. Only #defines here: the assembler includes this file too.
+ * The hijacked process maps the first SHADOW_PARENT_MAP_SIZE bytes, MAP_SHARED anonymous,
+ * inherited by the helper child S1 and the shadow S2 (see shadow_process.h). Being shared,
+ * the pages never get copied on write, so S1 can report through them and the host sees one
+ * physical page per offset. The code page is made read+execute once written. The shadow
+ * maps the rest of its region itself. Only #defines here: the assembler includes this file.
  *
- *   +0x000000  code (entry at +0x10; +0x0e holds a `syscall` so that a clone the kernel
+ *   +0x000000  code (entry at +0x10; +0x0e holds a `syscall`: the hijacked process makes
+ *              its syscalls there and comes back to +0x10, and a clone the kernel
  *              restarts at rip - 2 re-enters the kernel instead of running garbage)
  *   +0x001000  control block
  *   +0x002000  batch: header (op count) then op records
@@ -15,6 +17,7 @@
 #define CLOUDVMI_SHADOW_LAYOUT_H
 
 #define SHADOW_REGION_SIZE 0x100000
+#define SHADOW_PARENT_MAP_SIZE 0x7000 /* code, control block, ops, one page of data */
 #define SHADOW_ENTRY_OFFSET 0x10
 
 #define SHADOW_CTRL_OFFSET 0x1000

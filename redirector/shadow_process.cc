@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "common/log.h"
 #include "common/strings.h"
@@ -133,6 +134,7 @@ ErrorOr<std::unique_ptr<ShadowProcess>> ShadowProcess::create(GuestAccess& guest
                                                               ShadowOptions options) {
     auto start = Clock::now();
     std::unique_ptr<ShadowProcess> shadow(new ShadowProcess(guest, log, options));
+    shadow->deadline_ = Deadline::after(options.attach_timeout);
     std::set<uint64_t> skip;
     std::optional<Error> last;
     for (int attempt = 1; attempt <= options.max_bootstrap_attempts; ++attempt) {
@@ -141,17 +143,23 @@ ErrorOr<std::unique_ptr<ShadowProcess>> ShadowProcess::create(GuestAccess& guest
         if (r) {
             shadow->bootstrap_.attempts = attempt;
             shadow->bootstrap_.total_ms = elapsed_ms(start);
+            shadow->deadline_ = Deadline::never();
             LOG_INFO("shadow process %lld ready in %.1f ms (region %s)",
                      static_cast<long long>(shadow->pid_), shadow->bootstrap_.total_ms,
                      hex_u64(shadow->region_).c_str());
             return shadow;
         }
         last = r.error();
-        if (!retry) break;
+        if (!retry || shadow->deadline_.expired()) break;
         LOG_INFO("shadow bootstrap attempt %d failed (%s); trying another thread", attempt,
                  r.error().describe().c_str());
     }
     return std::unexpected(last->with_context("creating the shadow process"));
+}
+
+void ShadowProcess::progress(const std::string& step) {
+    LOG_DEBUG("bootstrap: %s", step.c_str());
+    if (options_.on_progress) options_.on_progress(step);
 }
 
 ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
@@ -163,16 +171,28 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
     region_ = 0;
     parent_space_ = 0;
     helper_cloned_ = false;
-    SyscallInjector inj(guest_, kernel, log_, options_.injector);
-    TRY(inj.hijack(skip));
+    mapped_size_ = SHADOW_PARENT_MAP_SIZE;
+    SyscallInjector inj(guest_, kernel, log_, deadline_);
+    progress("waiting for a root thread without seccomp to return from a syscall");
+    auto held = inj.hijack(skip);
+    bootstrap_.injector = inj.stats();
+    TRY(held);
     bootstrap_.hijack_ms = inj.stats().hijack_ms;
     parent_space_ = SyscallInjector::address_space(inj.cr3());
     retry_other_thread = true;
 
-    auto started = start_in_hijacked_thread(inj);
+    std::string refusal;
+    auto started = start_in_hijacked_thread(inj, refusal);
     if (started) started = inj.release();
+    bootstrap_.injector = inj.stats();
+    if (started && !refusal.empty()) {
+        LOG_INFO("not borrowing the thread with cr3 %s: %s", hex_u64(inj.cr3()).c_str(),
+                 refusal.c_str());
+        skip.insert(parent_space_);
+        return make_error(EAGAIN, "the borrowed process is unsuitable: " + refusal);
+    }
     if (started) {
-        bootstrap_.injector = inj.stats();
+        progress("catching the new shadow process");
         auto finished = catch_and_configure();
         if (finished) {
             retry_other_thread = false;
@@ -187,7 +207,10 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         return std::unexpected(e);
     }
     // Undo in order: P's leftovers while it is still held, then P, then a shadow that may
-    // exist (P first: ending the shadow lets the guest run).
+    // exist (P first: ending the shadow lets the guest run). Cleanup shares a short grace
+    // beyond the attach deadline, all steps together.
+    Deadline cleanup = Deadline::after(SyscallInjector::kCleanupGrace);
+    inj.set_deadline(cleanup);
     undo_partial_bootstrap(inj);
     if (auto released = inj.release(); !released) {
         // A thread that cannot be given back ends the bootstrap: another hijack would
@@ -195,53 +218,57 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         retry_other_thread = false;
         return std::unexpected(released.error());
     }
+    Deadline saved = deadline_;
+    deadline_ = cleanup;
     if (state_ == State::kHeld || state_ == State::kParked) {
-        (void)terminate();  // caught but unusable (wrong namespace, failed configuration)
+        (void)terminate();  // caught but unusable (failed configuration)
     } else if (helper_cloned_) {
         end_stray_shadow();  // a helper ran: a shadow may exist, never caught
     } else {
         state_ = State::kGone;  // no helper ran: nothing was started
     }
+    deadline_ = saved;
     if (state_ != State::kGone && state_ != State::kLost) {
         // It could not be ended: the log keeps naming it, for the guardian.
         retry_other_thread = false;
         return std::unexpected(e);
     }
-    if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+    if (guest_.running()) TRY(guest_.interrupt(cleanup));
     log_.edit().shadow_phase = ShadowPhase::kNone;
     log_.commit();
-    // A signal that took the thread back says nothing against its process; anything else
-    // does, and the process is not tried again.
-    if (e.code() != EINTR) skip.insert(parent_space_);
+    skip.insert(parent_space_);
     if (log_.current().parent_region != 0) {
         LOG_WARN("a %u KiB region stays mapped in a guest process (cr3 %s)",
-                 SHADOW_REGION_SIZE / 1024, hex_u64(inj.cr3()).c_str());
+                 SHADOW_PARENT_MAP_SIZE / 1024, hex_u64(inj.cr3()).c_str());
         log_.edit().parent_region = 0;
         log_.commit();
     }
     return std::unexpected(e);
 }
 
-ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
+ErrorOr<uint64_t> ShadowProcess::map_parent_region(SyscallInjector& inj, std::string& refusal) {
+    progress("mapping the shadow's first pages in the borrowed process");
     uint64_t region = 0;
     for (int i = 0; i < 4 && region == 0; ++i) {
         uint64_t hint = region_hint();
         log_.edit().parent_region = hint;  // write-ahead: mmap may succeed and we die
         log_.commit();
-        uint64_t r =
-            TRY(inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite | kProtExec,
-                                    kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
-                                    ~uint64_t{0}, 0}));
+        // Writable, not executable: the code page becomes read+execute once written, which
+        // also suits the kernel's memory-deny-write-execute where it is on.
+        uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
+                                             kMapShared | kMapAnonymous | kMapPopulate |
+                                                 kMapFixedNoreplace,
+                                             ~uint64_t{0}, 0}));
         if (is_error_result(r)) {
             log_.edit().parent_region = 0;
             log_.commit();
             if (static_cast<int>(-as_signed(r)) == EEXIST) continue;
-            return make_error(static_cast<int>(-as_signed(r)),
-                              "mmap of the shadow region in the hijacked thread");
+            return std::unexpected(Error::guest(static_cast<int>(-as_signed(r)),
+                                                "mmap of the shadow region in the borrowed thread"));
         }
         log_.edit().parent_region = r;
         log_.commit();
-        if ((r & 0xfff) != 0 || r >= 0x00007ffffff00000ULL) {
+        if (r != hint) {
             return make_error(EPROTO, "guest returned an implausible mmap address " + hex_u64(r));
         }
         region = r;
@@ -256,6 +283,81 @@ ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
     if (!std::equal(check.begin(), check.end(), code.begin())) {
         return make_error(EIO, "shadow code did not reach the guest intact");
     }
+    uint64_t prot = TRY(inj.syscall(kMprotect, {region, 0x1000, kProtRead | kProtExec}));
+    if (is_error_result(prot)) {
+        refusal = strformat("it may not make memory executable (mprotect: %s)",
+                            std::strerror(static_cast<int>(-as_signed(prot))));
+        TRY(unmap_parent_region(inj, log_));
+        return uint64_t{0};
+    }
+    return region;
+}
+
+ErrorOr<void> unmap_parent_region(SyscallInjector& inj, RecoveryLog& log) {
+    uint64_t region = log.current().parent_region;
+    if (region == 0) return {};
+    // Back to the thread's own return address: the region's landing is about to vanish.
+    TRY(inj.set_landing(inj.original_regs().rcx));
+    uint64_t unmapped = TRY(inj.syscall(kMunmap, {region, SHADOW_PARENT_MAP_SIZE}));
+    if (is_error_result(unmapped)) {
+        return std::unexpected(Error::guest(static_cast<int>(-as_signed(unmapped)),
+                                            "munmap of the shadow region in the borrowed process"));
+    }
+    log.edit().parent_region = 0;
+    log.commit();
+    return {};
+}
+
+ErrorOr<std::string> ShadowProcess::vet_parent(SyscallInjector& inj, uint64_t region) {
+    progress("checking the borrowed process's namespaces");
+    // kthreadd (pid 2) is in the initial namespaces whatever the candidate believes its
+    // own /proc/1 to be; a candidate in a container cannot even name it.
+    SyscallBatch b;
+    auto pid = b.add(kGetpid, {});
+    auto readlink = [&](const char* path) {
+        auto p = b.input_string(path);
+        auto out = b.output(128);
+        auto op = b.add(kReadlinkat, {SyscallBatch::imm_signed(kAtFdcwd), SyscallBatch::buf(p),
+                                      SyscallBatch::buf(out), SyscallBatch::imm(127)});
+        b.filled_by(out, op, SyscallBatch::Fill::kResultBytes);
+        return std::make_pair(op, out);
+    };
+    const char* kinds[] = {"mnt", "pid", "user"};
+    std::vector<std::pair<std::pair<size_t, size_t>, std::pair<size_t, size_t>>> ns;
+    for (const char* kind : kinds) {
+        auto own = readlink(strformat("/proc/self/ns/%s", kind).c_str());
+        auto init = readlink(strformat("/proc/2/ns/%s", kind).c_str());
+        ns.emplace_back(own, init);
+    }
+    auto root = readlink("/proc/self/root");
+    auto exe = readlink("/proc/self/exe");
+    auto out = TRY(run_batch_in(inj, region, b));
+
+    std::string name = as_text(out.bytes(exe.second));
+    std::string who = strformat("pid %lld (%s)", static_cast<long long>(out.result(pid)),
+                                printable(out.failed(exe.first) ? "?" : name).c_str());
+    for (size_t i = 0; i < ns.size(); ++i) {
+        auto own = as_text(out.bytes(ns[i].first.second));
+        auto init = as_text(out.bytes(ns[i].second.second));
+        if (out.failed(ns[i].first.first) || out.failed(ns[i].second.first) || own != init) {
+            return strformat("%s is in %s namespace '%s', not the initial '%s'", who.c_str(),
+                             kinds[i], printable(own).c_str(), printable(init).c_str());
+        }
+    }
+    auto root_dir = as_text(out.bytes(root.second));
+    if (out.failed(root.first) || root_dir != "/") {
+        return strformat("%s is chrooted to '%s'", who.c_str(), printable(root_dir).c_str());
+    }
+    bootstrap_.borrowed = who;
+    LOG_INFO("borrowing %s for the bootstrap", who.c_str());
+    return std::string();
+}
+
+ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj, std::string& refusal) {
+    uint64_t region = TRY(map_parent_region(inj, refusal));
+    if (region == 0) return {};
+    refusal = TRY(vet_parent(inj, region));
+    if (!refusal.empty()) return unmap_parent_region(inj, log_);
 
     region_ = region;
     log_.edit().shadow_phase = ShadowPhase::kStarting;
@@ -264,12 +366,16 @@ ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
     log_.edit().shadow_cr3 = 0;
     log_.commit();
 
+    progress("starting the shadow process");
+    // The parent comes back right after the region's `syscall`, where the child starts:
+    // the child has another address space, so the landing tells them apart.
     // exit_signal 0: the helper's exit must not send SIGCHLD to P, whose handler would run
     // with our registers (wait4 with __WALL still reaps it).
-    uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}, region + ShadowCode::child_entry()));
+    TRY(inj.set_landing(region + ShadowCode::child_entry()));
+    uint64_t child = TRY(inj.syscall(kClone, {0, 0, 0, 0, 0}));
     if (is_error_result(child)) {
         return std::unexpected(
-            Error::guest(static_cast<int>(-as_signed(child)), "clone in the hijacked thread"));
+            Error::guest(static_cast<int>(-as_signed(child)), "clone in the borrowed thread"));
     }
     helper_cloned_ = true;
     // Until P has reaped it, the helper would stay a zombie if we died.
@@ -284,12 +390,13 @@ ErrorOr<void> ShadowProcess::start_in_hijacked_thread(SyscallInjector& inj) {
 
 bool helper_clone_in_flight(const RecoveryRecord& record) {
     return record.parent_region != 0 &&
-           record.expected_rcx == record.parent_region + ShadowCode::child_entry();
+           record.landing == record.parent_region + ShadowCode::child_entry() &&
+           record.helper_pid == 0 && record.shadow_phase == ShadowPhase::kStarting;
 }
 
 std::optional<int64_t> helper_cloned_just_now(const SyscallInjector& inj,
                                               const RecoveryRecord& record) {
-    if (!inj.hijacked() || record.helper_pid != 0 || !helper_clone_in_flight(record) ||
+    if (!inj.hijacked() || !helper_clone_in_flight(record) ||
         is_error_result(inj.last_result())) {
         return std::nullopt;
     }
@@ -317,13 +424,7 @@ ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
     TRY(inj.read_memory(region + SHADOW_CTRL_OFFSET + CTRL_S2_PID,
                         std::span(reinterpret_cast<uint8_t*>(&s2), 8)));
     if (s2 > 0 && s2 <= (1 << 22)) pid_ = s2;
-    uint64_t unmapped = TRY(inj.syscall(kMunmap, {region, SHADOW_REGION_SIZE}));
-    if (is_error_result(unmapped)) {
-        return make_error(static_cast<int>(-as_signed(unmapped)),
-                          "munmap of the shadow region in the hijacked process");
-    }
-    log_.edit().parent_region = 0;
-    log_.commit();
+    TRY(unmap_parent_region(inj, log_));
     if (s2 <= 0) {
         return std::unexpected(Error(
             s2 < 0 && s2 > -4096 ? static_cast<int>(-s2) : EPROTO,
@@ -334,17 +435,13 @@ ErrorOr<void> ShadowProcess::reap_helper_and_unmap(SyscallInjector& inj) {
 
 ErrorOr<void> ShadowProcess::catch_and_configure() {
     TRY(catch_newborn());
-    bool acceptable = true;
-    TRY(configure(acceptable));
-    if (!acceptable) {
-        return make_error(EAGAIN, "the hijacked process lives in another mount namespace or root");
-    }
-    return {};
+    progress("configuring the shadow process");
+    return configure();
 }
 
 void ShadowProcess::undo_partial_bootstrap(SyscallInjector& inj) {
     if (inj.in_flight()) {
-        if (auto r = inj.finish(Deadline::after(options_.injector.syscall_timeout)); !r) return;
+        if (auto r = inj.finish(); !r) return;
         if (auto helper = helper_cloned_just_now(inj, log_.current())) {
             helper_cloned_ = true;
             log_.edit().helper_pid = *helper;
@@ -364,7 +461,7 @@ void ShadowProcess::end_stray_shadow() {
         LOG_WARN("a half-started shadow could not be ended (%s); its lease will end it",
                  r.error().describe().c_str());
     }
-    if (guest_.running()) (void)guest_.interrupt(Deadline::after(options_.acquire_timeout));
+    if (guest_.running()) (void)guest_.interrupt(op_deadline(options_.acquire_timeout));
 }
 
 ErrorOr<void> ShadowProcess::catch_newborn() {
@@ -372,7 +469,7 @@ ErrorOr<void> ShadowProcess::catch_newborn() {
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
     auto vcpu =
-        run_until_shadow_at(at, Deadline::after(options_.catch_timeout), true, parent_space_);
+        run_until_shadow_at(at, deadline_, true, parent_space_);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu) {
         // Left to the caller's cleanup, which tries once more to catch and end it.
@@ -396,7 +493,7 @@ ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadl
     while (true) {
         auto ev = guest_.wait_for_stop(deadline);
         if (!ev) {
-            if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+            if (guest_.running()) TRY(guest_.interrupt(op_deadline(options_.acquire_timeout)));
             return std::unexpected(ev.error());
         }
         auto snap = TRY(guest_.snapshot(ev->vcpu));
@@ -409,13 +506,13 @@ ErrorOr<VcpuId> ShadowProcess::run_until_shadow_at(uint64_t addr, Deadline deadl
         if (traps_.armed(rip)) {
             // Another process executing the same address, or our shadow at another of our
             // breakpoints on its way: let it pass.
-            TRY(traps_.step_over(ev->vcpu, rip, Deadline::after(options_.acquire_timeout)));
+            TRY(traps_.step_over(ev->vcpu, rip, op_deadline(options_.acquire_timeout)));
         } else {
             // Not ours: a single step gets past a breakpoint that is not ours too, where
             // resuming would stop on it again at once.
             LOG_DEBUG("vCPU %d stopped at %s (cr3 %s), not at one of our breakpoints", ev->vcpu,
                       hex_u64(rip).c_str(), hex_u64(snap.state.sregs.cr3).c_str());
-            TRY(guest_.step(ev->vcpu, Deadline::after(options_.acquire_timeout)));
+            TRY(guest_.step(ev->vcpu, op_deadline(options_.acquire_timeout)));
         }
         TRY(guest_.resume());
     }
@@ -428,17 +525,30 @@ ErrorOr<void> ShadowProcess::set_rip(uint64_t address) {
     return guest_.write_regs(vcpu_, regs);
 }
 
-ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
-    // The kernel reads /proc/PID/cmdline only from private anonymous memory (FOLL_ANON),
-    // and the region is shared: the name gets a private page of its own.
+ErrorOr<void> ShadowProcess::configure() {
     uint64_t name_page = 0;
     {
+        // The rest of the region is the shadow's own memory, mapped by itself.
         SyscallBatch m;
+        uint64_t rest = region_ + SHADOW_PARENT_MAP_SIZE;
+        auto grown = m.add(kMmap, {SyscallBatch::imm(rest),
+                                   SyscallBatch::imm(SHADOW_REGION_SIZE - SHADOW_PARENT_MAP_SIZE),
+                                   SyscallBatch::imm(kProtRead | kProtWrite),
+                                   SyscallBatch::imm(kMapPrivate | kMapAnonymous | kMapPopulate |
+                                                     kMapFixedNoreplace),
+                                   SyscallBatch::imm(~uint64_t{0}), SyscallBatch::imm(0)});
+        // The kernel reads /proc/PID/cmdline only from private anonymous memory (FOLL_ANON),
+        // and the first pages are shared: the name gets a private page of its own.
         auto op = m.add(kMmap, {SyscallBatch::imm(0), SyscallBatch::imm(4096),
                                 SyscallBatch::imm(kProtRead | kProtWrite),
                                 SyscallBatch::imm(kMapPrivate | kMapAnonymous | kMapPopulate),
                                 SyscallBatch::imm(~uint64_t{0}), SyscallBatch::imm(0)});
         auto out = TRY(execute(m));
+        if (out.failed(grown) || static_cast<uint64_t>(out.result(grown)) != rest) {
+            return make_error(out.failed(grown) ? out.error_of(grown) : EPROTO,
+                              "mapping the rest of the shadow region");
+        }
+        mapped_size_ = SHADOW_REGION_SIZE;
         if (!out.failed(op)) {
             name_page = static_cast<uint64_t>(out.result(op));
             if ((name_page & 0xfff) != 0 || name_page >= 0x00007ffffffff000ULL) {
@@ -453,7 +563,6 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     uint64_t ctrl = region_ + SHADOW_CTRL_OFFSET;
     uint64_t name_at = name_page != 0 ? name_page : ctrl + CTRL_NAME;
     auto pid = b.add(kGetpid, {});
-    auto uid = b.add(kGetuid, {});
     auto sid = b.add(kSetsid, {});
     auto root = b.input_string("/");
     auto cd = b.add(kChdir, {SyscallBatch::buf(root)});
@@ -472,17 +581,6 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     auto locked =
         b.add(kMlock, {SyscallBatch::imm(region_), SyscallBatch::imm(SHADOW_REGION_SIZE)});
     b.add(kUmask, {SyscallBatch::imm(022)});
-    auto readlink = [&](const char* path) {
-        auto p = b.input_string(path);
-        auto out = b.output(256);
-        auto op = b.add(kReadlinkat, {SyscallBatch::imm_signed(kAtFdcwd), SyscallBatch::buf(p),
-                                      SyscallBatch::buf(out), SyscallBatch::imm(255)});
-        b.filled_by(out, op, SyscallBatch::Fill::kResultBytes);
-        return std::make_pair(op, out);
-    };
-    auto own_ns = readlink("/proc/self/ns/mnt");
-    auto init_ns = readlink("/proc/1/ns/mnt");
-    auto own_root = readlink("/proc/self/root");
     auto out = TRY(execute(b));
 
     if (out.result(pid) != pid_) {
@@ -490,10 +588,6 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
                                             "shadow %lld",
                                             static_cast<long long>(out.result(pid)),
                                             static_cast<long long>(pid_)));
-    }
-    if (out.result(uid) != 0) {
-        acceptable = false;
-        return {};
     }
     if (out.failed(sid)) LOG_WARN("shadow setsid failed: %s", std::strerror(out.error_of(sid)));
     if (out.failed(cd)) LOG_WARN("shadow chdir / failed: %s", std::strerror(out.error_of(cd)));
@@ -526,17 +620,6 @@ ErrorOr<void> ShadowProcess::configure(bool& acceptable) {
     if (out.failed(locked)) {
         LOG_INFO("shadow region not locked in memory: %s", std::strerror(out.error_of(locked)));
     }
-    auto ns_self = as_text(out.bytes(own_ns.second));
-    auto ns_init = as_text(out.bytes(init_ns.second));
-    auto root_dir = as_text(out.bytes(own_root.second));
-    if (out.failed(own_ns.first) || out.failed(init_ns.first) || ns_self != ns_init) {
-        LOG_INFO("hijacked process is in mount namespace '%s', init in '%s': not usable",
-                 printable(ns_self).c_str(), printable(ns_init).c_str());
-        acceptable = false;
-    } else if (!out.failed(own_root.first) && root_dir != "/") {
-        LOG_INFO("hijacked process is chrooted to '%s': not usable", printable(root_dir).c_str());
-        acceptable = false;
-    }
     return {};
 }
 
@@ -555,12 +638,12 @@ std::unique_ptr<ShadowProcess> ShadowProcess::adopt(GuestAccess& guest, Recovery
 
 ErrorOr<void> ShadowProcess::acquire() {
     auto start = Clock::now();
-    if (guest_.running()) TRY(guest_.interrupt(Deadline::after(options_.acquire_timeout)));
+    if (guest_.running()) TRY(guest_.interrupt(op_deadline(options_.acquire_timeout)));
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
     bool newborn = cr3_ == 0;
     auto vcpu =
-        run_until_shadow_at(at, Deadline::after(options_.acquire_timeout), newborn, parent_space_);
+        run_until_shadow_at(at, op_deadline(options_.acquire_timeout), newborn, parent_space_);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu && vcpu.error().code() != ETIMEDOUT) {
         (void)traps_.disarm_all();
@@ -588,25 +671,95 @@ ErrorOr<void> ShadowProcess::acquire() {
     return {};
 }
 
+namespace {
+
+// Writes a batch into a region's op and data areas through `write`.
+ErrorOr<EncodedBatch> post_batch(const SyscallBatch& batch, uint64_t region,
+                                 const std::function<ErrorOr<void>(uint64_t, std::span<const uint8_t>)>& write) {
+    uint64_t data_area = region + SHADOW_DATA_OFFSET;
+    EncodedBatch enc = encode_batch(batch, data_area);
+    TRY(write(region + SHADOW_OPS_OFFSET, enc.op_records));
+    for (const auto& chunk : enc.inputs) {
+        TRY(write(data_area + chunk.offset, chunk.bytes));
+    }
+    return enc;
+}
+
+// Reads the results and output buffers of a batch that ran, merging neighbouring buffers
+// into one transfer.
+ErrorOr<BatchOutcome> collect_outcome(const SyscallBatch& batch, const EncodedBatch& enc,
+                                      uint64_t region,
+                                      const std::function<ErrorOr<void>(uint64_t, std::span<uint8_t>)>& read) {
+    uint64_t data_area = region + SHADOW_DATA_OFFSET;
+    BatchOutcome out;
+    std::vector<uint8_t> records(enc.op_records.size());
+    TRY(read(region + SHADOW_OPS_OFFSET, records));
+    out.results = decode_results(records, batch.ops().size());
+    out.buffers.resize(batch.buffers().size());
+    const auto& bufs = batch.buffers();
+    size_t i = 0;
+    while (i < bufs.size()) {
+        size_t len = output_length(bufs[i], out.results);
+        if (len == 0) {
+            ++i;
+            continue;
+        }
+        size_t begin = bufs[i].offset;
+        size_t end = begin + len;
+        size_t j = i + 1;
+        while (j < bufs.size()) {
+            size_t l = output_length(bufs[j], out.results);
+            if (l == 0) {
+                ++j;
+                continue;
+            }
+            if (bufs[j].offset > end + 256) break;
+            end = bufs[j].offset + l;
+            ++j;
+        }
+        std::vector<uint8_t> span(end - begin);
+        TRY(read(data_area + begin, span));
+        for (size_t k = i; k < j; ++k) {
+            size_t l = output_length(bufs[k], out.results);
+            if (l == 0) continue;
+            auto from = span.begin() + static_cast<ptrdiff_t>(bufs[k].offset - begin);
+            out.buffers[k].assign(from, from + static_cast<ptrdiff_t>(l));
+        }
+        i = j;
+    }
+    return out;
+}
+
+}  // namespace
+
+ErrorOr<BatchOutcome> ShadowProcess::run_batch_in(SyscallInjector& inj, uint64_t region,
+                                                  const SyscallBatch& batch) {
+    TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_PARENT_MAP_SIZE - SHADOW_DATA_OFFSET));
+    auto enc = TRY(post_batch(batch, region, [&](uint64_t va, std::span<const uint8_t> d) {
+        return inj.write_memory(va, d);
+    }));
+    TRY(inj.run_code(region + ShadowCode::run_batch(), region + ShadowCode::batch_done()));
+    return collect_outcome(batch, enc, region, [&](uint64_t va, std::span<uint8_t> d) {
+        return inj.read_memory(va, d);
+    });
+}
+
 ErrorOr<BatchOutcome> ShadowProcess::execute(const SyscallBatch& batch) {
-    TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_DATA_SIZE));
+    TRY(batch.validate(SHADOW_MAX_OPS, mapped_size_ - SHADOW_DATA_OFFSET));
     if (state_ == State::kLost || state_ == State::kGone) {
         return make_error(ESRCH, "the shadow process is gone");
     }
     if (state_ == State::kParked) TRY(acquire());
 
-    uint64_t data_area = region_ + SHADOW_DATA_OFFSET;
-    EncodedBatch enc = encode_batch(batch, data_area);
-    TRY(guest_.write_virtual(vcpu_, region_ + SHADOW_OPS_OFFSET, enc.op_records));
-    for (const auto& chunk : enc.inputs) {
-        TRY(guest_.write_virtual(vcpu_, data_area + chunk.offset, chunk.bytes));
-    }
+    auto enc = TRY(post_batch(batch, region_, [&](uint64_t va, std::span<const uint8_t> d) {
+        return guest_.write_virtual(vcpu_, va, d);
+    }));
     uint64_t done_at = region_ + ShadowCode::batch_done();
     TRY(traps_.arm(done_at));
     TRY(set_rip(region_ + ShadowCode::run_batch()));
     in_flight_ = true;
     journal();
-    auto vcpu = run_until_shadow_at(done_at, Deadline::after(options_.batch_timeout), false, 0);
+    auto vcpu = run_until_shadow_at(done_at, op_deadline(options_.batch_timeout), false, 0);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu && vcpu.error().code() != ETIMEDOUT) {
         // Somewhere between run_batch and its loop: catch it again before the next use
@@ -637,44 +790,9 @@ ErrorOr<BatchOutcome> ShadowProcess::execute(const SyscallBatch& batch) {
     in_flight_ = false;
     journal();
 
-    BatchOutcome out;
-    std::vector<uint8_t> records(enc.op_records.size());
-    TRY(guest_.read_virtual(vcpu_, region_ + SHADOW_OPS_OFFSET, records));
-    out.results = decode_results(records, batch.ops().size());
-    out.buffers.resize(batch.buffers().size());
-    // Read the outputs, merging neighbours into one transfer.
-    const auto& bufs = batch.buffers();
-    size_t i = 0;
-    while (i < bufs.size()) {
-        size_t len = output_length(bufs[i], out.results);
-        if (len == 0) {
-            ++i;
-            continue;
-        }
-        size_t begin = bufs[i].offset;
-        size_t end = begin + len;
-        size_t j = i + 1;
-        while (j < bufs.size()) {
-            size_t l = output_length(bufs[j], out.results);
-            if (l == 0) {
-                ++j;
-                continue;
-            }
-            if (bufs[j].offset > end + 256) break;
-            end = bufs[j].offset + l;
-            ++j;
-        }
-        std::vector<uint8_t> span(end - begin);
-        TRY(guest_.read_virtual(vcpu_, data_area + begin, span));
-        for (size_t k = i; k < j; ++k) {
-            size_t l = output_length(bufs[k], out.results);
-            if (l == 0) continue;
-            auto from = span.begin() + static_cast<ptrdiff_t>(bufs[k].offset - begin);
-            out.buffers[k].assign(from, from + static_cast<ptrdiff_t>(l));
-        }
-        i = j;
-    }
-    return out;
+    return collect_outcome(batch, enc, region_, [&](uint64_t va, std::span<uint8_t> d) {
+        return guest_.read_virtual(vcpu_, va, d);
+    });
 }
 
 ErrorOr<void> ShadowProcess::park() {
@@ -719,7 +837,7 @@ ErrorOr<void> ShadowProcess::terminate() {
 void ShadowProcess::poison_lease() {
     if (cr3_ == 0 || region_ == 0) return;
     if (guest_.running()) {
-        if (!guest_.interrupt(Deadline::after(options_.acquire_timeout))) return;
+        if (!guest_.interrupt(op_deadline(options_.acquire_timeout))) return;
     }
     PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
         return guest_.read_physical(pa, out);

@@ -3,9 +3,11 @@
 // Waiting for guest activity on every request is unacceptable (an idle guest may make no
 // syscall for seconds), so the first hijack is used once, to create a dedicated process:
 //
-//   1. In the hijacked root thread P: mmap a shared RWX region, copy the shadow code in,
-//      clone() with the return address set to that code, wait4() the child, munmap.
-//      The child S1 never runs P's code: its first instruction is ours.
+//   1. In the hijacked root thread P (vetted: root, no seccomp filter): mmap the region's
+//      first pages shared and writable, copy the shadow code in, make its page read+execute,
+//      check in one batch run in P that P lives in the initial mount, pid and user
+//      namespaces and root; then clone() from the region, where the child S1 starts and
+//      P comes back, wait4() the child, munmap. S1 never runs P's code.
 //   2. S1 clones S2 and exits, so S2 is adopted by init (no zombie under P when S2 ends)
 //      and reports S2's pid through the shared page.
 //   3. P is given back untouched. S2 is caught on its park loop, then made a proper
@@ -19,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -30,14 +33,15 @@
 #include "redirector/guest_access.h"
 #include "redirector/kernel_discovery.h"
 #include "redirector/recovery_log.h"
+#include "redirector/shadow_layout.h"
 #include "redirector/syscall_batch.h"
 #include "redirector/syscall_injector.h"
 
 namespace cloudvmi {
 
 struct ShadowOptions {
-    InjectorOptions injector;
-    Millis catch_timeout{15000};   // catching the newborn shadow
+    // The whole bootstrap: finding a thread, starting, catching and configuring the shadow.
+    Millis attach_timeout{20000};
     Millis acquire_timeout{3000};  // catching a parked shadow (well above sleep_max)
     Millis batch_timeout{10000};   // one batch
     // Recovery after a crash: how long to wait for a syscall the dead session left running.
@@ -48,6 +52,8 @@ struct ShadowOptions {
     // iterations at the longest sleep.
     Millis lease{600000};
     int max_bootstrap_attempts = 8;
+    // Told each step of a bootstrap, for a status display.
+    std::function<void(const std::string&)> on_progress;
 };
 
 // Offsets of the shadow code's entry points within its region.
@@ -70,7 +76,12 @@ bool helper_clone_in_flight(const RecoveryRecord& record);
 std::optional<int64_t> helper_cloned_just_now(const SyscallInjector& inj,
                                               const RecoveryRecord& record);
 
+// Unmaps the region the log names in the held thread's process (the thread's own return
+// address becomes its landing again).
+ErrorOr<void> unmap_parent_region(SyscallInjector& inj, RecoveryLog& log);
+
 struct BootstrapStats {
+    std::string borrowed;       // "pid 123 (/usr/sbin/cron)": the process the shadow came from
     double hijack_ms = 0;       // from arming the trap to holding a root thread
     double first_catch_ms = 0;  // from giving P back to catching the shadow
     double total_ms = 0;
@@ -113,9 +124,19 @@ class ShadowProcess {
 
     ErrorOr<void> bootstrap_once(const KernelEntryPoints& kernel, std::set<uint64_t>& skip,
                                  bool& retry_other_thread);
-    // In the hijacked thread P: map the region, copy the code, clone the helper, reap it,
-    // unmap. Leaves pid_ and region_ set.
-    ErrorOr<void> start_in_hijacked_thread(SyscallInjector& inj);
+    void progress(const std::string& step);
+    // The sooner of the attach deadline (while bootstrapping) and `timeout` from now.
+    Deadline op_deadline(Millis timeout) const { return Deadline::after(timeout).min(deadline_); }
+    // In the hijacked thread P: map the region, copy the code, vet P, clone the helper, reap
+    // it, unmap. Leaves pid_ and region_ set, or `refusal` saying why P is unsuitable.
+    ErrorOr<void> start_in_hijacked_thread(SyscallInjector& inj, std::string& refusal);
+    // Maps the region's first pages in P with the code read+execute; 0 and `refusal` set
+    // if P may not have executable memory.
+    ErrorOr<uint64_t> map_parent_region(SyscallInjector& inj, std::string& refusal);
+    // Why P must not be used ("" if it may), from a batch run in P.
+    ErrorOr<std::string> vet_parent(SyscallInjector& inj, uint64_t region);
+    ErrorOr<BatchOutcome> run_batch_in(SyscallInjector& inj, uint64_t region,
+                                       const SyscallBatch& batch);
     ErrorOr<void> reap_helper_and_unmap(SyscallInjector& inj);
     ErrorOr<void> catch_and_configure();
     ErrorOr<void> catch_newborn();
@@ -123,7 +144,7 @@ class ShadowProcess {
     void end_stray_shadow();
     // After a failed bootstrap step, with P still hijacked: reap the helper, unmap the region.
     void undo_partial_bootstrap(SyscallInjector& inj);
-    ErrorOr<void> configure(bool& acceptable);
+    ErrorOr<void> configure();
     // Brings a parked shadow to its after_sleep breakpoint.
     ErrorOr<void> acquire();
     // Resumes until the shadow stops at `addr`; other threads there are stepped over.
@@ -150,6 +171,8 @@ class ShadowProcess {
     // is not the one of the process that cloned it.
     uint64_t parent_space_ = 0;
     bool helper_cloned_ = false;  // this attempt's clone ran: a shadow may exist
+    size_t mapped_size_ = SHADOW_REGION_SIZE;  // of the region, until the shadow maps the rest
+    Deadline deadline_ = Deadline::never();    // the attach deadline while bootstrapping
     BootstrapStats bootstrap_;
     double last_acquire_ms_ = 0;
 };

@@ -17,6 +17,7 @@ enum Sys : uint64_t {
     kClose = 3,
     kLseek = 8,
     kMmap = 9,
+    kMprotect = 10,
     kMunmap = 11,
     kRtSigprocmask = 14,
     kPread64 = 17,

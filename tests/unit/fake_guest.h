@@ -199,6 +199,9 @@ class FakeGuest : public GuestAccess {
     ErrorOr<void> insert_breakpoint(uint64_t va) override;
     ErrorOr<void> remove_breakpoint(uint64_t va) override;
     ErrorOr<void> detach() override;
+    RunControlCounters counters() const override {
+        return {stats_.stops, stats_.breakpoint_inserts + stats_.breakpoint_removes};
+    }
 
     // --- inspection ---
     uint64_t now() const { return tick_; }  // guest time, ms
@@ -438,6 +441,7 @@ class FailingGuest : public GuestAccess {
         return gate("remove_breakpoint") ? inner_.remove_breakpoint(va) : fail();
     }
     ErrorOr<void> detach() override { return gate("detach") ? inner_.detach() : fail(); }
+    RunControlCounters counters() const override { return inner_.counters(); }
 
   private:
     bool gate(const char* what) {

@@ -230,7 +230,7 @@ TEST_CASE("Filesystem::session_options bounds every wait by the request timeout"
     CHECK(s.guardian_program.empty());
     CHECK(s.attach_timeout == Millis(20000));
     CHECK(s.shadow.batch_timeout == Millis(20000));
-    CHECK(s.shadow.injector.syscall_timeout == Millis(20000));
+    CHECK(s.shadow.attach_timeout == Millis(slow.attach_timeout_ms));
     CHECK(s.client.connect_timeout == Millis(3000));  // capped
     CHECK(s.client.request_timeout == Millis(3000));
 }
