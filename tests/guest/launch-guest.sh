@@ -7,16 +7,20 @@ SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROG=${0##*/}
 QEMU=${QEMU:-qemu-system-x86_64}
 BUILD=$SELF_DIR/build-guest.sh
+BUILD_DEBIAN=$SELF_DIR/build-debian-guest.sh
 DEFAULT_CPU='qemu64,vendor=GenuineIntel'
 READY_MARK=CLOUDVMI-GUEST-READY
 
 usage() {
     cat <<EOF
 Usage:
-  $PROG start --name NAME --dir RUNDIR [--flavour generic|cloud|rt] [--append "EXTRA"]
+  $PROG start --name NAME --dir RUNDIR [--image busybox|debian]
+               [--flavour generic|cloud|rt] [--append "EXTRA"]
                [--smp N] [--mem MB] [--accel auto|kvm|tcg] [--cpu MODEL]
-               [--timeout SECONDS] [--hostname NAME] [--cache DIR]
+               [--timeout SECONDS] [--hostname NAME] [--ssh-port PORT] [--cache DIR]
   $PROG stop --name NAME --dir RUNDIR [--timeout SECONDS]
+  $PROG ssh --name NAME --dir RUNDIR [--] [COMMAND...]
+  $PROG qga --name NAME --dir RUNDIR [--timeout SECONDS] ['JSON']
   $PROG detect-accel [--flavour F] [--cpu MODEL] [--cache DIR] [--force]
   $PROG help
 
@@ -27,12 +31,26 @@ start         builds/locates the guest kit (build-guest.sh), starts qemu-system-
               waits until the guest prints $READY_MARK and prints sourceable lines:
                 GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp SERIAL=... PID=... ACCEL=tcg|kvm
                 (plus NAME, RUNDIR, FLAVOUR, KERNEL_VERSION, BOOT_SECONDS)
-              Defaults: --flavour generic --smp 1 --mem 512 --accel auto
+              (plus IMAGE, and for debian SSH_PORT, SSH_KEY, QGA)
+              Defaults: --image busybox --flavour generic --smp 1 --mem 512 --accel auto
                         --cpu $DEFAULT_CPU --timeout 120
               The kernel command line is "console=ttyS0 quiet panic=-1 [cloudvmi.hostname=H] EXTRA".
+              --image debian boots the Debian 12 systemd guest (build-debian-guest.sh) from a
+              fresh qcow2 overlay RUNDIR/NAME.qcow2 on virtio-blk, with a virtio NIC (QEMU user
+              networking, guest port 22 forwarded to 127.0.0.1:SSH_PORT, a free port unless
+              --ssh-port) and qemu-guest-agent on RUNDIR/NAME.qga. Defaults there: --mem 1024
+              --timeout 240; command line "console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet
+              panic=-1 [systemd.hostname=H] EXTRA". --flavour does not apply.
               On failure or timeout the tail of the console log is shown, QEMU is killed, exit 1.
 stop          asks QEMU to quit over QMP, then SIGTERM, then SIGKILL (default timeout 10 s);
-              removes the sockets and the pidfile (the serial log is kept). Exit 0 if gone.
+              removes the sockets, the pidfile and the overlay (the serial log is kept).
+              Exit 0 if gone.
+ssh           (debian) runs COMMAND (or a login shell) as root in the guest:
+                ssh -i SSH_KEY -p SSH_PORT -o StrictHostKeyChecking=no
+                    -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@127.0.0.1 COMMAND
+qga           (debian) sends one JSON command (default {"execute":"guest-ping"}) to
+              qemu-guest-agent after a guest-sync, prints the reply line; exit 1 on an error
+              reply or no reply within --timeout (default 30 s).
 detect-accel  prints kvm if KVM really boots this guest kernel here, else tcg. The verdict
               (a short boot under -accel kvm that must print "Linux version" and get through
               kernel init) is cached per kernel version, host kernel and CPU model.
@@ -179,7 +197,8 @@ stop_guest() {   # rundir name timeout -> 0 if gone
             return 1
         fi
     fi
-    rm -f "$dir/$name.gdb" "$qmp" "$pidfile" "$dir/$name.qemu.err"
+    rm -f "$dir/$name.gdb" "$qmp" "$pidfile" "$dir/$name.qemu.err" \
+        "$dir/$name.qcow2" "$dir/$name.qga" "$dir/$name.ssh"
     return 0
 }
 
@@ -203,14 +222,32 @@ cmd_stop() {
 }
 
 # ---------------------------------------------------------------- start
+# A TCP port on which nothing listens (QEMU's hostfwd may still lose a race: start retries).
+port_listening() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { f = 1 }
+                      END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+pick_port() {
+    local p _
+    for _ in $(seq 1 200); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        port_listening "$p" || { echo "$p"; return 0; }
+    done
+    return 1
+}
+
 cmd_start() {
-    local name='' dir='' flavour=generic extra='' smp=1 mem=512 accel=auto cpu=$DEFAULT_CPU
-    local timeout=120 ghost='' cache=''
+    local name='' dir='' flavour=generic extra='' smp=1 mem='' accel=auto cpu=$DEFAULT_CPU
+    local timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port=''
     while [ $# -gt 0 ]; do
         case $1 in
             --name) need_arg "$1" $#; name=$2; shift 2 ;;
             --dir) need_arg "$1" $#; dir=$2; shift 2 ;;
-            --flavour|--flavor) need_arg "$1" $#; flavour=$2; shift 2 ;;
+            --image) need_arg "$1" $#; image=$2; shift 2 ;;
+            --ssh-port) need_arg "$1" $#; ssh_port=$2; shift 2 ;;
+            --flavour|--flavor) need_arg "$1" $#; flavour=$2; flavour_set=1; shift 2 ;;
             --append) need_arg "$1" $#; extra="$extra $2"; shift 2 ;;
             --smp) need_arg "$1" $#; smp=$2; shift 2 ;;
             --mem) need_arg "$1" $#; mem=$2; shift 2 ;;
@@ -225,7 +262,20 @@ cmd_start() {
     done
     check_name "$name"
     [ -n "$dir" ] || bad_usage "--dir is required"
+    case $image in busybox|debian) ;; *) bad_usage "--image must be busybox or debian" ;; esac
     case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour' (generic, cloud or rt)" ;; esac
+    if [ "$image" = debian ]; then
+        [ "$flavour_set" = 0 ] || [ "$flavour" = generic ] ||
+            bad_usage "--flavour applies to --image busybox only (debian boots its own kernel)"
+        [ -n "$mem" ] || mem=1024
+        [ -n "$timeout" ] || timeout=240
+        case $ssh_port in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-6][0-9][0-9][0-9][0-9]) ;;
+            *) bad_usage "--ssh-port must be a TCP port number" ;; esac
+    else
+        [ -z "$ssh_port" ] || bad_usage "--ssh-port applies to --image debian only"
+        [ -n "$mem" ] || mem=512
+        [ -n "$timeout" ] || timeout=120
+    fi
     case $accel in auto|kvm|tcg) ;; *) bad_usage "--accel must be auto, kvm or tcg" ;; esac
     case $smp in ''|*[!0-9]*|0) bad_usage "--smp must be a positive number" ;; esac
     case $mem in ''|*[!0-9]*) bad_usage "--mem must be a number of MiB" ;; esac
@@ -236,7 +286,7 @@ cmd_start() {
     mkdir -p "$dir" || die "cannot create $dir"
     dir=$(cd "$dir" && pwd)
     local gdb=$dir/$name.gdb qmp=$dir/$name.qmp serial=$dir/$name.serial pidfile=$dir/$name.pid
-    local err=$dir/$name.qemu.err
+    local err=$dir/$name.qemu.err overlay=$dir/$name.qcow2 qga=$dir/$name.qga sshinfo=$dir/$name.ssh
     [ ${#qmp} -lt 100 ] || die "socket path $qmp is too long for a unix socket (use a shorter --dir)"
 
     local oldpid=
@@ -246,34 +296,79 @@ cmd_start() {
     fi
 
     local kit KERNEL INITRD KERNEL_VERSION
-    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
-        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
-    eval "$kit"
+    local DEBIAN_IMAGE DEBIAN_KERNEL DEBIAN_INITRD DEBIAN_KERNEL_VERSION DEBIAN_SSH_KEY
+    if [ "$image" = debian ]; then
+        command -v qemu-img >/dev/null 2>&1 || die "qemu-img not found (apt-get install qemu-utils)"
+        # not --quiet: a first build takes minutes, its progress goes to stderr
+        kit=$("$BUILD_DEBIAN" --print ${cache:+--cache "$cache"}) ||
+            die "cannot build the Debian guest (build-debian-guest.sh)"
+        eval "$kit"
+        KERNEL=$DEBIAN_KERNEL INITRD=$DEBIAN_INITRD KERNEL_VERSION=$DEBIAN_KERNEL_VERSION
+    else
+        kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+            die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+        eval "$kit"
+    fi
 
     case $accel in
         auto) accel=$(detect_accel "$KERNEL" "$KERNEL_VERSION" "$cpu" 0) ;;
         kvm) [ -c /dev/kvm ] && [ -w /dev/kvm ] || die "--accel kvm: /dev/kvm is not usable" ;;
     esac
 
-    rm -f "$gdb" "$qmp" "$serial" "$pidfile" "$err"
-    local append="console=ttyS0 quiet panic=-1"
-    [ -z "$ghost" ] || append="$append cloudvmi.hostname=$ghost"
+    rm -f "$gdb" "$qmp" "$serial" "$pidfile" "$err" "$overlay" "$qga" "$sshinfo"
+    local append
+    if [ "$image" = debian ]; then
+        append="console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet panic=-1"
+        [ -z "$ghost" ] || append="$append systemd.hostname=$ghost"
+    else
+        append="console=ttyS0 quiet panic=-1"
+        [ -z "$ghost" ] || append="$append cloudvmi.hostname=$ghost"
+    fi
     extra=${extra# }
     [ -z "$extra" ] || append="$append $extra"
 
-    local t0 t1
+    local t0 t1 port='' tries=0
+    local -a dev=()
     t0=$(date +%s%N)
-    if ! "$QEMU" -name "$name" -accel "$accel" -cpu "$cpu" -smp "$smp" -m "$mem" \
-            -kernel "$KERNEL" -initrd "$INITRD" -append "$append" \
-            -gdb "unix:$gdb,server=on,wait=off" \
-            -qmp "unix:$qmp,server=on,wait=off" \
-            -serial "file:$serial" \
-            -pidfile "$pidfile" -display none -nodefaults -no-reboot -daemonize \
-            </dev/null >"$err" 2>&1; then
+    while :; do
+        dev=()
+        if [ "$image" = debian ]; then
+            port=$ssh_port
+            [ -n "$port" ] || port=$(pick_port) || die "no free TCP port found for ssh"
+            rm -f "$overlay" "$qga"
+            qemu-img create -q -f qcow2 -F raw -b "$DEBIAN_IMAGE" "$overlay" >"$err" 2>&1 || {
+                cat "$err" >&2; die "qemu-img create $overlay failed"; }
+            # option values are comma-separated: a comma in a path is written ",,"
+            # shellcheck disable=SC2054
+            dev=(-drive "file=${overlay//,/,,},format=qcow2,if=virtio,cache=unsafe"
+                 -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22"
+                 -device virtio-net-pci,netdev=n0
+                 -chardev "socket,path=${qga//,/,,},server=on,wait=off,id=qga0"
+                 -device virtio-serial
+                 -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0
+                 -device virtio-rng-pci)
+        fi
+        if "$QEMU" -name "$name" -accel "$accel" -cpu "$cpu" -smp "$smp" -m "$mem" \
+                -kernel "$KERNEL" -initrd "$INITRD" -append "$append" \
+                -gdb "unix:$gdb,server=on,wait=off" \
+                -qmp "unix:$qmp,server=on,wait=off" \
+                -serial "file:$serial" \
+                "${dev[@]}" \
+                -pidfile "$pidfile" -display none -nodefaults -no-reboot -daemonize \
+                </dev/null >"$err" 2>&1; then
+            break
+        fi
+        tries=$((tries + 1))
+        # lost the race for the port we picked: pick another one
+        if [ "$image" = debian ] && [ -z "$ssh_port" ] && [ $tries -lt 5 ] &&
+           grep -qiE 'hostfwd|host forwarding' "$err"; then
+            continue
+        fi
         cat "$err" >&2
-        rm -f "$gdb" "$qmp" "$pidfile"
+        rm -f "$gdb" "$qmp" "$pidfile" "$overlay" "$qga"
         die "QEMU failed to start guest '$name'"
-    fi
+    done
+    [ "$image" != debian ] || printf '%s\n%s\n' "$port" "$DEBIAN_SSH_KEY" >"$sshinfo"
     local pid=
     [ -f "$pidfile" ] && read -r pid <"$pidfile" 2>/dev/null || true
     [ -n "$pid" ] || die "QEMU started but wrote no pidfile $pidfile"
@@ -288,7 +383,7 @@ cmd_start() {
     done
     if [ -n "$why" ]; then
         {
-            echo "$PROG: error: guest '$name' ($flavour, $accel): $why"
+            echo "$PROG: error: guest '$name' ($image, $flavour, $accel): $why"
             echo "---- last lines of $serial:"
             if [ -s "$serial" ]; then tail -n 40 "$serial" | tr -d '\r'; else echo "(nothing)"; fi
             [ -s "$err" ] && { echo "---- QEMU stderr:"; cat "$err"; }
@@ -310,6 +405,68 @@ cmd_start() {
     q FLAVOUR "$flavour"
     q KERNEL_VERSION "$KERNEL_VERSION"
     q BOOT_SECONDS "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')"
+    q IMAGE "$image"
+    if [ "$image" = debian ]; then
+        q SSH_PORT "$port"
+        q SSH_KEY "$DEBIAN_SSH_KEY"
+        q QGA "$qga"
+    fi
+}
+
+# ---------------------------------------------------------------- ssh / qga (debian)
+parse_guest_args() {   # sets name, dir; leaves the rest in REST
+    REST=()
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --name) need_arg "$1" $#; name=$2; shift 2 ;;
+            --dir) need_arg "$1" $#; dir=$2; shift 2 ;;
+            --timeout) need_arg "$1" $#; timeout=$2; shift 2 ;;
+            -h|--help) usage; exit 0 ;;
+            --) shift; REST=("$@"); break ;;
+            -*) bad_usage "unknown argument: $1" ;;
+            *) REST=("$@"); break ;;
+        esac
+    done
+    check_name "$name"
+    [ -n "$dir" ] || bad_usage "--dir is required"
+    case $timeout in ''|*[!0-9]*) bad_usage "--timeout must be a number of seconds" ;; esac
+}
+
+cmd_ssh() {
+    local name='' dir='' timeout=10 port='' key=''
+    parse_guest_args "$@"
+    { read -r port && read -r key; } 2>/dev/null <"$dir/$name.ssh" ||
+        die "no ssh endpoint for guest '$name' in $dir (not a running debian guest?)"
+    exec ssh -i "$key" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout="$timeout" root@127.0.0.1 "${REST[@]}"
+}
+
+cmd_qga() {
+    local name='' dir='' timeout=30 json line id ok=0
+    parse_guest_args "$@"
+    [ ${#REST[@]} -le 1 ] || bad_usage "qga: one JSON command (quote it)"
+    json=${REST[0]:-'{"execute":"guest-ping"}'}
+    local sock=$dir/$name.qga
+    [ -S "$sock" ] || die "no guest agent socket $sock (not a running debian guest?)"
+    command -v socat >/dev/null 2>&1 || die "socat not found (apt-get install socat)"
+    coproc QGA_CONN { exec socat - "UNIX-CONNECT:$sock" 2>/dev/null; }
+    local in=${QGA_CONN[0]} out=${QGA_CONN[1]} cpid=$QGA_CONN_PID
+    # guest-sync first: skips any stale reply left in the channel by an earlier client
+    id=$(( (RANDOM * 32768 + RANDOM) % 1000000000 + 1 ))
+    { printf '{"execute":"guest-sync","arguments":{"id":%d}}\n' "$id" >&"$out"; } 2>/dev/null || true
+    while read -r -t "$timeout" line <&"$in"; do
+        case $line in *'"return"'*[!0-9]"$id}"*|*'"return"'*[!0-9]"$id }"*) ok=1; break ;; esac
+    done
+    if [ $ok = 1 ]; then
+        printf '%s\n' "$json" >&"$out"
+        read -r -t "$timeout" line <&"$in" || ok=0
+    fi
+    kill "$cpid" 2>/dev/null || true
+    wait "$cpid" 2>/dev/null || true
+    [ $ok = 1 ] || die "no answer from qemu-ga on $sock within ${timeout}s"
+    printf '%s\n' "$line"
+    case $line in *'"error"'*) return 1 ;; esac
+    return 0
 }
 
 # ---------------------------------------------------------------- main
@@ -318,6 +475,8 @@ sub=$1; shift
 case $sub in
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    ssh) cmd_ssh "$@" ;;
+    qga) cmd_qga "$@" ;;
     detect-accel) cmd_detect_accel "$@" ;;
     help|-h|--help) usage ;;
     *) bad_usage "unknown command '$sub'" ;;
