@@ -68,6 +68,10 @@ std::string status_text(Vm& vm) {
         out += "syscall_entry: " + hex_u64(st.kernel.syscall_entry) + "\n";
         out += strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
     }
+    if (st.state == SessionState::kAttaching && !st.progress.empty()) {
+        out += "progress: " + st.progress + "\n";
+    }
+    if (!st.bootstrap.borrowed.empty()) out += "borrowed: " + st.bootstrap.borrowed + "\n";
     if (!st.recovered.empty()) out += "recovered: " + st.recovered + "\n";
     return out;
 }
@@ -93,6 +97,11 @@ std::string stats_text(Vm& vm, bool json) {
         {"batch_failures", std::to_string(st.failures), true},
         {"shadows_created", std::to_string(st.shadows_created), true},
         {"bootstrap_ms", strformat("%.1f", st.bootstrap.total_ms), true},
+        {"bootstrap_vm_stops", std::to_string(st.bootstrap_cost.stops), true},
+        {"bootstrap_kernel_trap_stops", std::to_string(st.bootstrap.injector.kernel_trap_stops),
+         true},
+        {"vm_stops", std::to_string(st.vm_cost.stops), true},
+        {"breakpoint_changes", std::to_string(st.vm_cost.breakpoint_changes), true},
         {"state", to_string(st.state), false},
     };
     std::string out;

@@ -14,6 +14,13 @@ constexpr uint64_t kUserSpaceEnd = 0x00007ffffffff000ULL;
 constexpr uint16_t kKernelCs = 0x10;
 constexpr uint8_t kSyscallInsn[2] = {0x0f, 0x05};
 constexpr uint64_t kPrGetSeccomp = 21;
+constexpr const char* kInitKeptForLast = "init, borrowed only if no other process comes by";
+constexpr Millis kInitLastFor{2000};
+
+std::set<uint64_t> merged(std::set<uint64_t> a, const std::set<uint64_t>& b) {
+    a.insert(b.begin(), b.end());
+    return a;
+}
 
 bool is_user_address(uint64_t a) {
     return a != 0 && a < kUserSpaceEnd;
@@ -24,6 +31,10 @@ const char* syscall_name(uint64_t nr) {
     switch (nr) {
         case kGetuid:
             return "getuid";
+        case kGetpid:
+            return "getpid";
+        case kMprotect:
+            return "mprotect";
         case kPrctl:
             return "prctl";
         case kMmap:
@@ -89,23 +100,32 @@ ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s) {
     if (guest_.running()) return make_error(EINVAL, "internal: hijack needs a stopped guest");
     auto start = Clock::now();
     std::set<uint64_t> rejected = skip_cr3s;
+    // Init is borrowed only when no other process came by for a while (at most half the
+    // time left): its death would be the guest's.
+    auto left = deadline_.when() - Clock::now();
+    Deadline init_allowed = Deadline::after(std::min<Clock::duration>(kInitLastFor, left / 2));
+    std::set<uint64_t> init_space;
     while (true) {
-        TRY(catch_candidate(rejected));
-        auto why = vet_candidate();
+        TRY(catch_candidate(init_allowed.expired() ? rejected : merged(rejected, init_space)));
+        auto why = vet_candidate(init_allowed);
         if (!why) {
             auto err = why.error();
             if (!is_transport_error(err)) (void)release();
             return std::unexpected(err.with_context("checking a candidate thread"));
         }
         if (why->empty()) break;
-        rejected.insert(address_space(cr3_));
+        if (*why == kInitKeptForLast) {
+            init_space.insert(address_space(cr3_));
+        } else {
+            rejected.insert(address_space(cr3_));
+        }
         TRY(let_go(*why));
     }
     stats_.hijack_ms = elapsed_ms(start);
-    LOG_INFO("holding a root thread without seccomp (cr3 %s, user rip %s) after %.1f ms, "
-             "%d candidates, %d kernel-wide stops",
-             hex_u64(cr3_).c_str(), hex_u64(original_.rcx).c_str(), stats_.hijack_ms,
-             stats_.candidates_seen, stats_.kernel_trap_stops);
+    LOG_INFO("holding a root thread without seccomp (pid %lld, cr3 %s, user rip %s) after "
+             "%.1f ms, %d candidates, %d kernel-wide stops",
+             static_cast<long long>(pid_), hex_u64(cr3_).c_str(), hex_u64(original_.rcx).c_str(),
+             stats_.hijack_ms, stats_.candidates_seen, stats_.kernel_trap_stops);
     return {};
 }
 
@@ -170,7 +190,9 @@ ErrorOr<void> SyscallInjector::catch_candidate(const std::set<uint64_t>& rejecte
     }
 }
 
-ErrorOr<std::string> SyscallInjector::vet_candidate() {
+ErrorOr<std::string> SyscallInjector::vet_candidate(Deadline init_allowed) {
+    pid_ = x86abi::as_signed(TRY(syscall(x86abi::kGetpid, {})));
+    if (pid_ == 1 && !init_allowed.expired()) return std::string(kInitKeptForLast);
     uint64_t uid = TRY(syscall(x86abi::kGetuid, {}));
     if (uid != 0) return strformat("uid %lld", static_cast<long long>(x86abi::as_signed(uid)));
     // A thread under a seccomp filter may be killed by any further syscall of ours.
@@ -186,7 +208,7 @@ ErrorOr<std::string> SyscallInjector::vet_candidate() {
 
 ErrorOr<void> SyscallInjector::let_go(const std::string& why) {
     ++stats_.candidates_rejected;
-    std::string entry = strformat("cr3 %s: %s", hex_u64(cr3_).c_str(), why.c_str());
+    std::string entry = strformat("pid %lld: %s", static_cast<long long>(pid_), why.c_str());
     LOG_INFO("not borrowing the thread with %s", entry.c_str());
     if (!stats_.rejected.empty()) stats_.rejected += "; ";
     if (stats_.rejected.size() < 2000) stats_.rejected += entry;
@@ -344,8 +366,12 @@ ErrorOr<void> SyscallInjector::adopt(const RecoveryRecord& record) {
     cr3_ = record.thread_cr3;
     landing_ = record.landing;
     vcpu_ = record.thread_vcpu;
-    // The thread may stand at sysretq untouched, or at its landing in user mode; otherwise
-    // it is still running our code and comes back to the landing.
+    // The thread may stand at sysretq untouched, or in user mode on its own stack pointer:
+    // then it is inside no syscall and runs none of its own code, so it is held wherever it
+    // stands. Mostly that is the landing; but the log names the landing a step before or
+    // after the thread moves there (set_landing(), the start and end of run_code()), and
+    // a session may die in between. Otherwise it is still running our code (in the kernel,
+    // or in a signal handler below its stack pointer) and comes back to the landing.
     for (VcpuId v : TRY(guest_.vcpus())) {
         auto snap = TRY(guest_.snapshot(v));
         const kvm_regs& r = snap.state.regs;
@@ -353,11 +379,14 @@ ErrorOr<void> SyscallInjector::adopt(const RecoveryRecord& record) {
         kvm_regs pristine = original_;
         pristine.rip = kernel_.sysret;
         bool untouched = std::memcmp(&pristine, &r, sizeof r) == 0 && !snap.state.user_mode();
-        if (!untouched && !is_our_thread_at_landing(snap.state)) continue;
+        bool in_user_mode = snap.state.user_mode() && r.rsp == original_.rsp;
+        if (!untouched && !in_user_mode) continue;
         vcpu_ = v;
         phase_ = Phase::kHeld;
         in_kernel_ = untouched;
-        last_result_ = r.rax;  // what our last syscall returned (a clone's child, say)
+        // What our last syscall returned (a clone's child, say), if the thread came back
+        // from it; elsewhere no syscall of ours has completed.
+        last_result_ = (untouched || r.rip == landing_) ? r.rax : static_cast<uint64_t>(-EINTR);
         journal_thread();
         return {};
     }

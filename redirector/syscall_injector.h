@@ -45,7 +45,7 @@ struct InjectorStats {
     int landings = 0;                  // our own thread back at its landing
     int foreign_stops = 0;             // other threads at one of our user breakpoints
     double hijack_ms = 0;
-    std::string rejected;  // why candidates were let go ("pid? cr3 ...: uid 1000; ...")
+    std::string rejected;  // why candidates were let go ("pid 412: uid 100; ...")
 };
 
 class SyscallInjector {
@@ -59,9 +59,10 @@ class SyscallInjector {
 
     // With the guest stopped: arms the kernel-wide trap, lets the guest run, and keeps the
     // first thread that returns to user mode after a `syscall` instruction, runs as root
-    // and has no seccomp filter (checked with getuid and prctl(PR_GET_SECCOMP), which every
-    // filter systemd or a container runtime installs allows), and whose address space is
-    // not in `skip_cr3s`. Returns with that thread held and the guest stopped.
+    // and has no seccomp filter (checked with getpid, getuid and prctl(PR_GET_SECCOMP),
+    // which every filter systemd or a container runtime installs allows), and whose
+    // address space is not in `skip_cr3s`; init only if no other such thread comes by
+    // within two seconds. Returns with that thread held and the guest stopped.
     ErrorOr<void> hijack(const std::set<uint64_t>& skip_cr3s = {});
     bool hijacked() const { return phase_ != Phase::kIdle; }
 
@@ -97,6 +98,7 @@ class SyscallInjector {
     uint64_t last_result() const { return last_result_; }
 
     VcpuId vcpu() const { return vcpu_; }
+    int64_t pid() const { return pid_; }  // of the held thread's process
     uint64_t cr3() const { return cr3_; }
     const kvm_regs& original_regs() const { return original_; }
     const InjectorStats& stats() const { return stats_; }
@@ -120,7 +122,7 @@ class SyscallInjector {
     // Waits at the kernel-wide trap for a thread that may be tried; leaves it held.
     ErrorOr<void> catch_candidate(const std::set<uint64_t>& rejected);
     // Why the held candidate must not be borrowed ("" if it may), from injected checks.
-    ErrorOr<std::string> vet_candidate();
+    ErrorOr<std::string> vet_candidate(Deadline init_allowed);
     // Gives a vetted-out candidate back and lets the guest run on towards the next one.
     ErrorOr<void> let_go(const std::string& why);
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr);
@@ -143,6 +145,7 @@ class SyscallInjector {
     VcpuId vcpu_ = 0;
     kvm_regs original_{};
     uint64_t cr3_ = 0;
+    int64_t pid_ = 0;
     uint64_t landing_ = 0;
     uint64_t last_result_ = 0;
     BreakpointSet traps_;

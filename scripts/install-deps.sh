@@ -12,6 +12,7 @@ catch2
 linux-libc-dev
 qemu-system-x86 qemu-utils
 busybox-static cpio gzip
+debootstrap e2fsprogs openssh-client
 python3-docutils
 socat
 procps

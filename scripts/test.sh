@@ -12,6 +12,8 @@ echo "== guest kernels and initramfs (cached in ${CLOUDVMI_CACHE:-$HOME/.cache/c
 for flavour in generic cloud rt; do
     tests/guest/build-guest.sh --flavour "$flavour" --quiet
 done
+echo "== Debian 12 systemd guest image (debootstrap; ~10 min the first time, cached after)"
+tests/guest/build-debian-guest.sh --quiet
 
 echo "== unit tests under ASan + UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -48,8 +48,8 @@ std::string find_in_path(const std::string& prog) {
 }  // namespace
 
 std::string GuestConfig::describe() const {
-    return strformat("%s kernel, %d vCPU%s, cmdline '%s'", flavour.c_str(), smp,
-                     smp == 1 ? "" : "s", append.c_str());
+    return strformat("%s image, %s kernel, %d vCPU%s, cmdline '%s'", image.c_str(),
+                     flavour.c_str(), smp, smp == 1 ? "" : "s", append.c_str());
 }
 
 GuestConfig GuestConfig::from_environment() {
@@ -57,6 +57,7 @@ GuestConfig GuestConfig::from_environment() {
     c.flavour = env_or("CLOUDVMI_TEST_FLAVOUR", "generic");
     c.append = env_or("CLOUDVMI_TEST_APPEND", "");
     c.smp = static_cast<int>(parse_u64(env_or("CLOUDVMI_TEST_SMP", "1")).value_or(1));
+    c.image = env_or("CLOUDVMI_TEST_IMAGE", "busybox");
     return c;
 }
 
@@ -165,10 +166,14 @@ void TestGuest::boot() {
                                     config_.name,
                                     "--dir",
                                     run_dir_,
-                                    "--flavour",
-                                    config_.flavour,
                                     "--smp",
-                                    std::to_string(config_.smp)};
+                                    std::to_string(config_.smp),
+                                    "--image",
+                                    config_.image};
+    if (config_.image == "busybox") {
+        cmd.push_back("--flavour");  // the debian image boots its own kernel
+        cmd.push_back(config_.flavour);
+    }
     if (!config_.append.empty()) {
         cmd.push_back("--append");
         cmd.push_back(config_.append);
@@ -188,6 +193,9 @@ void TestGuest::boot() {
         if (key == "GDB") gdb_ = value;
         if (key == "SERIAL") serial_ = value;
         if (key == "PID") qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
+        if (key == "QGA") qga_ = value;
+        if (key == "SSH_PORT") ssh_port_ = value;
+        if (key == "SSH_KEY") ssh_key_ = value;
     }
     REQUIRE_FALSE(gdb_.empty());
     REQUIRE_FALSE(serial_.empty());
@@ -200,6 +208,9 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       state_dir_(std::move(o.state_dir_)),
       gdb_(std::move(o.gdb_)),
       serial_(std::move(o.serial_)),
+      qga_(std::move(o.qga_)),
+      ssh_port_(std::move(o.ssh_port_)),
+      ssh_key_(std::move(o.ssh_key_)),
       qemu_pid_(o.qemu_pid_),
       running_(o.running_) {
     o.running_ = false;
@@ -295,6 +306,14 @@ void TestGuest::start_watchdog() {
         ::_exit(127);
     }
     if (pid > 0) ::waitpid(pid, nullptr, 0);
+}
+
+CommandResult TestGuest::ssh(const std::string& command, int timeout_ms) const {
+    REQUIRE_FALSE(ssh_port_.empty());
+    return run_command({"ssh", "-i", ssh_key_, "-p", ssh_port_, "-o", "StrictHostKeyChecking=no",
+                        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o",
+                        "ConnectTimeout=20", "-o", "LogLevel=ERROR", "root@127.0.0.1", command},
+                       timeout_ms);
 }
 
 SessionOptions TestGuest::session_options() const {

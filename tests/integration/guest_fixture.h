@@ -5,6 +5,8 @@
 //   CLOUDVMI_TEST_FLAVOUR  generic (default), cloud, rt
 //   CLOUDVMI_TEST_APPEND   extra kernel command line, e.g. "nopti" or "nokaslr"
 //   CLOUDVMI_TEST_SMP      vCPU count (default 1)
+//   CLOUDVMI_TEST_IMAGE    busybox (default: the initramfs guest) or debian (Debian 12 with
+//                          systemd, sshd and qemu-guest-agent; see tests/guest/README.md)
 // A missing QEMU, guest kernel or launcher is a test failure, never a skip.
 #pragma once
 
@@ -26,8 +28,15 @@ struct GuestConfig {
     int smp = 1;
     std::string name = "itest";
     std::string hostname;  // guest host name (default: cloudvmi-guest)
+    std::string image = "busybox";
     std::string describe() const;
     static GuestConfig from_environment();
+};
+
+struct CommandResult {
+    int status = -1;
+    std::string out;
+    std::string err;
 };
 
 class TestGuest {
@@ -48,6 +57,7 @@ class TestGuest {
     void restart();
 
     const std::string& gdb() const { return gdb_; }
+    const std::string& qga() const { return qga_; }
     const std::string& state_dir() const { return state_dir_; }
     const GuestConfig& config() const { return config_; }
     int qemu_pid() const { return qemu_pid_; }
@@ -57,6 +67,9 @@ class TestGuest {
     long last_heartbeat() const;
     // Waits until the heartbeat passes `beyond` (true) or the timeout expires (false).
     bool wait_heartbeat_beyond(long beyond, int timeout_ms) const;
+
+    // Runs a shell command in the guest over ssh (the debian image only).
+    CommandResult ssh(const std::string& command, int timeout_ms = 60000) const;
 
     // Session options pointing at this guest, with the guardian enabled.
     SessionOptions session_options() const;
@@ -68,17 +81,12 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, serial_;
+    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };
 
 // Runs a command, capturing stdout and stderr; returns the exit status (or 128+signal).
-struct CommandResult {
-    int status = -1;
-    std::string out;
-    std::string err;
-};
 CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms = 120000);
 
 // Starts a program with stdout and stderr appended to `log`; with `own_group`, in a

@@ -1,0 +1,376 @@
+// A real distribution guest: Debian 12 with systemd, sshd, qemu-guest-agent, services under
+// seccomp filters and in their own namespaces, dozens of threads returning from syscalls
+// every second. One boot is shared by the test cases, which run in this order; a host
+// thread watches the guest's 2-second heartbeat on the serial console throughout.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "common/deadline.h"
+#include "common/strings.h"
+#include "redirector/guest_file_ops.h"
+#include "redirector/guest_session.h"
+#include "tests/integration/guest_fixture.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::test;
+
+namespace {
+
+// Fewer than this many VM stops per attach, however busy the guest is.
+constexpr uint64_t kMaxStopsPerAttach = 50;
+
+// Arrival times (host clock) of the guest's "HEARTBEAT <time> <n>" console lines.
+class HeartbeatWatch {
+  public:
+    explicit HeartbeatWatch(const TestGuest& guest) : guest_(guest) {
+        thread_ = std::thread([this] { run(); });
+    }
+    ~HeartbeatWatch() {
+        stop_ = true;
+        thread_.join();
+    }
+    // Longest time between two heartbeats seen so far, the one in progress included.
+    double max_gap_s() const {
+        std::lock_guard lock(mutex_);
+        double open = last_ ? std::chrono::duration<double>(Clock::now() - *last_).count() : 0;
+        return std::max(max_gap_, open);
+    }
+    long beats() const {
+        std::lock_guard lock(mutex_);
+        return last_counter_;
+    }
+    // The longest gap since the previous call (for telling which step starved the guest).
+    double gap_since_checkpoint() {
+        std::lock_guard lock(mutex_);
+        double open = last_ ? std::chrono::duration<double>(Clock::now() - *last_).count() : 0;
+        double gap = std::max(checkpoint_gap_, open);
+        checkpoint_gap_ = 0;
+        return gap;
+    }
+
+  private:
+    void run() {
+        while (!stop_) {
+            long counter = last_counter_in(guest_.serial_log());
+            {
+                std::lock_guard lock(mutex_);
+                if (counter > last_counter_) {
+                    auto now = Clock::now();
+                    if (last_) {
+                        double gap = std::chrono::duration<double>(now - *last_).count();
+                        max_gap_ = std::max(max_gap_, gap);
+                        checkpoint_gap_ = std::max(checkpoint_gap_, gap);
+                    }
+                    last_ = now;
+                    last_counter_ = counter;
+                }
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    }
+    static long last_counter_in(const std::string& log) {
+        size_t pos = log.rfind("HEARTBEAT ");
+        if (pos == std::string::npos) return -1;
+        size_t end = log.find('\n', pos);
+        if (end == std::string::npos) return -1;  // a line still being written
+        std::string line = log.substr(pos, end - pos);
+        if (!line.empty() && line.back() == '\r') line.pop_back();  // the console's CRLF
+        auto fields = split(line, ' ');
+        if (fields.size() < 3) return -1;
+        return static_cast<long>(parse_u64(std::string(fields[2])).value_or(0));
+    }
+
+    const TestGuest& guest_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+    mutable std::mutex mutex_;
+    std::optional<Clock::time_point> last_;
+    long last_counter_ = -1;
+    double max_gap_ = 0;
+    double checkpoint_gap_ = 0;
+};
+
+TestGuest& debian() {
+    auto& guest = TestGuest::shared();
+    INFO("run with CLOUDVMI_TEST_IMAGE=debian (ctest -R guest_debian)");
+    REQUIRE(guest.config().image == "debian");
+    return guest;
+}
+
+HeartbeatWatch& heartbeat() {
+    static HeartbeatWatch watch(debian());
+    return watch;
+}
+
+// Says how long the guest's heartbeat stalled during the test case that ends here.
+struct HeartbeatCheckpoint {
+    const char* name;
+    ~HeartbeatCheckpoint() {
+        WARN("longest heartbeat gap during '" << name << "': " << heartbeat().gap_since_checkpoint()
+                                              << " s");
+    }
+};
+
+std::string must_ssh(const TestGuest& guest, const std::string& command) {
+    auto r = guest.ssh(command);
+    INFO("ssh " << command << ": status " << r.status << "\n" << r.out << r.err);
+    REQUIRE(r.status == 0);
+    return r.out;
+}
+
+std::string trimmed(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+int64_t main_pid(const TestGuest& guest, const std::string& unit) {
+    auto v = parse_u64(trimmed(must_ssh(guest, "systemctl show -p MainPID --value " + unit)));
+    REQUIRE(v.has_value());
+    REQUIRE(*v > 0);
+    return static_cast<int64_t>(*v);
+}
+
+// Guest processes that have a shared executable anonymous mapping: the signature of a
+// shadow region's code page (no ordinary program maps /dev/zero shared and executable).
+std::string processes_with_shadow_code(const TestGuest& guest) {
+    return trimmed(must_ssh(
+        guest, "grep -l 'r-xs .* /dev/zero (deleted)' /proc/[0-9]*/maps 2>/dev/null; true"));
+}
+
+struct Attach {
+    SessionStatus status;
+    double ms = 0;
+    std::string borrowed_seccomp;  // "Seccomp:" of the borrowed process, read through the shadow
+};
+
+// One attach with a session of its own; checks the cost and what was borrowed, detaches.
+Attach attach_once(TestGuest& guest) {
+    Attach a;
+    GuestSession s(guest.session_options());
+    auto start = Clock::now();
+    auto r = s.attach();
+    a.ms = elapsed_ms(start);
+    INFO((r ? std::string() : r.error().describe()));
+    REQUIRE(r);
+    a.status = s.status();
+    GuestFileOps ops(s);
+    auto words = split(a.status.bootstrap.borrowed, ' ');  // "pid 123 (/usr/sbin/cron)"
+    REQUIRE(words.size() >= 2);
+    auto pid = parse_u64(std::string(words[1]));
+    REQUIRE(pid.has_value());
+    auto st = ops.read_file("/proc/" + std::to_string(*pid) + "/status");
+    if (st) {
+        a.borrowed_seccomp = field_value(text(*st), "Seccomp");
+    } else {
+        CHECK(st.error().code() == ENOENT);  // a short-lived process, gone since
+        a.borrowed_seccomp = "0";
+    }
+    REQUIRE(s.detach());
+    const auto& inj = a.status.bootstrap.injector;
+    UNSCOPED_INFO("attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops
+                            << " VM stops (" << inj.kernel_trap_stops << " kernel-wide, "
+                            << inj.foreign_stops << " foreign), "
+                            << a.status.bootstrap_cost.breakpoint_changes
+                            << " breakpoint changes; borrowed " << a.status.bootstrap.borrowed
+                            << "; let go: " << inj.rejected);
+    CHECK(a.status.bootstrap_cost.stops < kMaxStopsPerAttach);
+    CHECK(a.borrowed_seccomp == "0");
+    return a;
+}
+
+void print_attach(const char* label, const Attach& a) {
+    const auto& inj = a.status.bootstrap.injector;
+    WARN(label << ": attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops
+               << " VM stops (" << inj.kernel_trap_stops << " at the kernel-wide trap), "
+               << a.status.bootstrap_cost.breakpoint_changes << " breakpoint changes, borrowed "
+               << a.status.bootstrap.borrowed);
+}
+
+}  // namespace
+
+TEST_CASE("Debian guest: booted, healthy, heartbeat watched", "[debian]") {
+    auto& guest = debian();
+    heartbeat();
+    CHECK(trimmed(must_ssh(guest, "systemctl is-system-running --wait")) == "running");
+    CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
+    CHECK(must_ssh(guest, "cat /proc/$(pidof systemd-journald)/status | grep ^Seccomp:")
+              .find("2") != std::string::npos);
+}
+
+TEST_CASE("Debian guest: attach to the idle guest with a bounded number of stops", "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"attach to the idle guest with a bounded "};
+    for (int i = 0; i < 3; ++i) {
+        auto a = attach_once(guest);
+        if (i == 0) print_attach("idle Debian guest", a);
+    }
+}
+
+TEST_CASE("Debian guest: seccomp-filtered root services are never borrowed", "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"seccomp-filtered root services are never"};
+    // A root service that returns from syscalls all the time, under the filters systemd
+    // gives its own daemons: the first candidate nearly every time.
+    must_ssh(guest,
+             "systemd-run --unit=cvmi-bait -p SystemCallFilter=@system-service "
+             "-p MemoryDenyWriteExecute=yes /bin/sh -c 'while :; do sleep 0.05; done'");
+    int bait_seen = 0;
+    for (int i = 0; i < 3; ++i) {
+        auto a = attach_once(guest);
+        if (a.status.bootstrap.injector.rejected.find("seccomp") != std::string::npos) ++bait_seen;
+        CHECK(a.status.bootstrap.borrowed.find("sleep") == std::string::npos);
+    }
+    WARN("seccomp-filtered candidates let go in " << bait_seen << " of 3 attaches");
+    CHECK(processes_with_shadow_code(guest).empty());
+    must_ssh(guest, "systemctl stop cvmi-bait");
+}
+
+TEST_CASE("Debian guest: attach with two CPU-bound loops running", "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"attach with two CPU-bound loops running"};
+    must_ssh(guest, "systemd-run --unit=cvmi-busy /bin/sh -c "
+                    "'(while :; do :; done) & while :; do :; done'");
+    auto a = attach_once(guest);
+    print_attach("Debian guest with two busy loops", a);
+    auto b = attach_once(guest);
+    must_ssh(guest, "systemctl stop cvmi-busy");
+    CHECK(b.status.bootstrap_cost.stops < kMaxStopsPerAttach);
+}
+
+TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups", "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"the mount serves files, processes, servi"};
+    INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
+    REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
+    std::string dir = make_temp_dir("cloudvmi-debian");
+    std::string mnt = dir + "/vmi";
+    REQUIRE(::mkdir(mnt.c_str(), 0755) == 0);
+    std::ofstream(dir + "/cloudvmi.yaml") << "node: n\nstate_dir: " << guest.state_dir()
+                                          << "\nrequest_timeout_ms: 10000\nvms:\n  - name: deb\n"
+                                          << "    gdb: " << guest.gdb() << "\n";
+    pid_t pid = spawn_process({cloudvmi_binary(), "-f", "--config", dir + "/cloudvmi.yaml", mnt},
+                              dir + "/mount.log");
+    std::string vm = mnt + "/n/deb";
+    auto deadline = Deadline::after_ms(20000);
+    while (read_whole_file("/proc/self/mounts").find(" " + mnt + " fuse") == std::string::npos &&
+           !deadline.expired()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    auto cat = [&](const std::string& rel) {
+        auto r = run_command({"cat", vm + "/" + rel}, 60000);
+        INFO("cat " << rel << ": " << r.err << "\nmount log:\n" << read_whole_file(dir + "/mount.log"));
+        REQUIRE(r.status == 0);
+        return r.out;
+    };
+
+    CHECK(cat("root/etc/cloudvmi-known") == "cloudvmi known file\n");
+    CHECK(cat("root/etc/os-release").find("bookworm") != std::string::npos);
+
+    // Every process of the guest, through its status file.
+    auto ls = run_command({"ls", vm + "/proc"}, 60000);
+    REQUIRE(ls.status == 0);
+    int pids = 0, read_ok = 0;
+    for (auto name : split(ls.out, '\n')) {
+        if (!parse_u64(std::string(name))) continue;
+        ++pids;
+        auto r = run_command({"cat", vm + "/proc/" + std::string(name) + "/status"}, 60000);
+        if (r.status == 0 && r.out.find("Pid:\t" + std::string(name) + "\n") != std::string::npos)
+            ++read_ok;
+        else
+            CHECK(r.err.find("No such file") != std::string::npos);  // exited meanwhile
+    }
+    CHECK(pids > 30);
+    CHECK(read_ok >= pids - 5);
+
+    // An unprivileged user's service and a PrivateTmp service, seen from the guest's proc.
+    int64_t user_pid = main_pid(guest, "cloudvmi-user.service");
+    std::string uid = trimmed(must_ssh(guest, "id -u cvmiuser"));
+    CHECK(field_value(cat("proc/" + std::to_string(user_pid) + "/status"), "Uid")
+              .rfind(uid + "\t", 0) == 0);
+    int64_t private_pid = main_pid(guest, "cloudvmi-private.service");
+    CHECK(cat("proc/" + std::to_string(private_pid) + "/mountinfo").find(" /tmp ") !=
+          std::string::npos);
+    int64_t beat_pid = main_pid(guest, "cloudvmi-heartbeat.service");
+    CHECK(cat("sys/fs/cgroup/system.slice/cloudvmi-heartbeat.service/cgroup.procs")
+              .find(std::to_string(beat_pid) + "\n") != std::string::npos);
+
+    std::string stats = cat(".cloudvmi/stats");
+    auto stops = parse_u64(field_value(stats, "bootstrap_vm_stops"));
+    REQUIRE(stops.has_value());
+    CHECK(*stops < kMaxStopsPerAttach);
+    CHECK_FALSE(field_value(cat(".cloudvmi/status"), "borrowed").empty());
+
+    run_command({"fusermount3", "-u", mnt}, 30000);
+    int status = 0;
+    auto gone = Deadline::after_ms(60000);
+    while (::waitpid(pid, &status, WNOHANG) != pid && !gone.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(gone.expired() == false);
+
+    // Nothing of ours is left in the guest, and the guest never noticed.
+    auto left = guest.ssh("pgrep -x cloudvmi-shadow");
+    CHECK(left.status == 1);
+    CHECK(processes_with_shadow_code(guest).empty());
+    CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
+}
+
+TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"SIGKILL at any moment never harms the gu"};
+    std::mt19937 rng(0xdeb1);
+    const int kRounds = 8;
+    for (int round = 0; round < kRounds; ++round) {
+        bool long_job = round % 2 == 1;
+        std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
+                                         guest.gdb(),       "--state-dir", guest.state_dir()};
+        if (long_job) {
+            argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
+        } else {
+            argv.push_back("info");
+        }
+        pid_t pid = spawn_process(argv, "/dev/null", true);
+        std::uniform_int_distribution<int> delay_ms(0, long_job ? 5000 : 2500);
+        int wait_ms = delay_ms(rng);
+        std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+        ::kill(-pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        INFO("round " << round << ": killed after " << wait_ms << " ms");
+        auto r = run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",
+                              guest.state_dir(), "cat", "/proc/uptime"},
+                             90000);
+        INFO(r.err);
+        REQUIRE(r.status == 0);
+    }
+    std::string report = read_whole_file(guest.state_dir() + "/guardian.log");
+    INFO("guardian log:\n" << report);
+    CHECK(report.find("recovery failed") == std::string::npos);
+    // Guardians finish in the background: give the last one time to let go.
+    auto deadline = Deadline::after_ms(30000);
+    while (!guardians_of(guest.state_dir()).empty() && !deadline.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    auto shadows = Deadline::after_ms(30000);
+    while (guest.ssh("pgrep -x cloudvmi-shadow").status == 0 && !shadows.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(guest.ssh("pgrep -x cloudvmi-shadow").status == 1);
+    CHECK(processes_with_shadow_code(guest).empty());
+    CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
+    CHECK(trimmed(must_ssh(guest, "grep -c ' Z ' /proc/[0-9]*/stat | grep -v ':0$'; true")).empty());
+}
+
+TEST_CASE("Debian guest: the heartbeat never stopped for more than 5 s", "[debian]") {
+    auto& watch = heartbeat();
+    INFO("heartbeats seen: " << watch.beats());
+    CHECK(watch.beats() > 20);
+    WARN("longest heartbeat gap during the Debian tests: " << watch.max_gap_s() << " s");
+    CHECK(watch.max_gap_s() <= 5.0);
+}
