@@ -171,10 +171,11 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
     region_ = 0;
     parent_space_ = 0;
     helper_cloned_ = false;
+    foreign_parent_ = false;
     mapped_size_ = SHADOW_PARENT_MAP_SIZE;
     SyscallInjector inj(guest_, kernel, log_, deadline_);
     progress("waiting for a root thread without seccomp to return from a syscall");
-    auto held = inj.hijack(skip);
+    auto held = inj.hijack(skip, foreign_pids_);
     bootstrap_.injector = inj.stats();
     TRY(held);
     bootstrap_.hijack_ms = inj.stats().hijack_ms;
@@ -189,6 +190,7 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         LOG_INFO("not borrowing the thread with cr3 %s: %s", hex_u64(inj.cr3()).c_str(),
                  refusal.c_str());
         skip.insert(parent_space_);
+        if (foreign_parent_) foreign_pids_.insert(inj.pid());
         return make_error(EAGAIN, "the borrowed process is unsuitable: " + refusal);
     }
     if (started) {
@@ -340,12 +342,14 @@ ErrorOr<std::string> ShadowProcess::vet_parent(SyscallInjector& inj, uint64_t re
         auto own = as_text(out.bytes(ns[i].first.second));
         auto init = as_text(out.bytes(ns[i].second.second));
         if (out.failed(ns[i].first.first) || out.failed(ns[i].second.first) || own != init) {
+            foreign_parent_ = true;
             return strformat("%s is in %s namespace '%s', not the initial '%s'", who.c_str(),
                              kinds[i], printable(own).c_str(), printable(init).c_str());
         }
     }
     auto root_dir = as_text(out.bytes(root.second));
     if (out.failed(root.first) || root_dir != "/") {
+        foreign_parent_ = true;
         return strformat("%s is chrooted to '%s'", who.c_str(), printable(root_dir).c_str());
     }
     bootstrap_.borrowed = who;

@@ -172,6 +172,8 @@ class ShadowProcess {
     uint64_t parent_space_ = 0;
     bool helper_cloned_ = false;  // this attempt's clone ran: a shadow may exist
     size_t mapped_size_ = SHADOW_REGION_SIZE;  // of the region, until the shadow maps the rest
+    bool foreign_parent_ = false;              // this attempt's P is in other namespaces
+    std::set<int64_t> foreign_pids_;           // such processes: they and their children are skipped
     Deadline deadline_ = Deadline::never();    // the attach deadline while bootstrapping
     BootstrapStats bootstrap_;
     double last_acquire_ms_ = 0;

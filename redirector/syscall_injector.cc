@@ -15,7 +15,7 @@ constexpr uint16_t kKernelCs = 0x10;
 constexpr uint8_t kSyscallInsn[2] = {0x0f, 0x05};
 constexpr uint64_t kPrGetSeccomp = 21;
 constexpr const char* kInitKeptForLast = "init, borrowed only if no other process comes by";
-constexpr Millis kInitLastFor{2000};
+constexpr Millis kInitLastFor{1000};
 
 std::set<uint64_t> merged(std::set<uint64_t> a, const std::set<uint64_t>& b) {
     a.insert(b.begin(), b.end());
@@ -33,6 +33,8 @@ const char* syscall_name(uint64_t nr) {
             return "getuid";
         case kGetpid:
             return "getpid";
+        case kGetppid:
+            return "getppid";
         case kMprotect:
             return "mprotect";
         case kPrctl:
@@ -95,7 +97,8 @@ ErrorOr<void> SyscallInjector::step_over(VcpuId vcpu, uint64_t addr) {
     return traps_.step_over(vcpu, addr, deadline_);
 }
 
-ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s) {
+ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s,
+                                      const std::set<int64_t>& foreign_pids) {
     if (phase_ != Phase::kIdle) return make_error(EBUSY, "internal: a thread is already hijacked");
     if (guest_.running()) return make_error(EINVAL, "internal: hijack needs a stopped guest");
     auto start = Clock::now();
@@ -107,7 +110,7 @@ ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s) {
     std::set<uint64_t> init_space;
     while (true) {
         TRY(catch_candidate(init_allowed.expired() ? rejected : merged(rejected, init_space)));
-        auto why = vet_candidate(init_allowed);
+        auto why = vet_candidate(init_allowed, foreign_pids);
         if (!why) {
             auto err = why.error();
             if (!is_transport_error(err)) (void)release();
@@ -190,9 +193,19 @@ ErrorOr<void> SyscallInjector::catch_candidate(const std::set<uint64_t>& rejecte
     }
 }
 
-ErrorOr<std::string> SyscallInjector::vet_candidate(Deadline init_allowed) {
+ErrorOr<std::string> SyscallInjector::vet_candidate(Deadline init_allowed,
+                                                    const std::set<int64_t>& foreign_pids) {
     pid_ = x86abi::as_signed(TRY(syscall(x86abi::kGetpid, {})));
     if (pid_ == 1 && !init_allowed.expired()) return std::string(kInitKeptForLast);
+    if (foreign_pids.count(pid_)) return std::string("in another namespace (seen before)");
+    if (!foreign_pids.empty()) {
+        // Short-lived children of a process in a container would each cost a full check.
+        int64_t ppid = x86abi::as_signed(TRY(syscall(x86abi::kGetppid, {})));
+        if (foreign_pids.count(ppid)) {
+            return strformat("child of %lld, which is in another namespace",
+                             static_cast<long long>(ppid));
+        }
+    }
     uint64_t uid = TRY(syscall(x86abi::kGetuid, {}));
     if (uid != 0) return strformat("uid %lld", static_cast<long long>(x86abi::as_signed(uid)));
     // A thread under a seccomp filter may be killed by any further syscall of ours.

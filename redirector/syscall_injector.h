@@ -62,8 +62,10 @@ class SyscallInjector {
     // and has no seccomp filter (checked with getpid, getuid and prctl(PR_GET_SECCOMP),
     // which every filter systemd or a container runtime installs allows), and whose
     // address space is not in `skip_cr3s`; init only if no other such thread comes by
-    // within two seconds. Returns with that thread held and the guest stopped.
-    ErrorOr<void> hijack(const std::set<uint64_t>& skip_cr3s = {});
+    // within a second. Processes in `foreign_pids` (found in other namespaces before) and
+    // their children are let go too. Returns with that thread held and the guest stopped.
+    ErrorOr<void> hijack(const std::set<uint64_t>& skip_cr3s = {},
+                         const std::set<int64_t>& foreign_pids = {});
     bool hijacked() const { return phase_ != Phase::kIdle; }
 
     // Runs one syscall in the held thread and returns raw rax (-4095..-1 is -errno).
@@ -122,7 +124,8 @@ class SyscallInjector {
     // Waits at the kernel-wide trap for a thread that may be tried; leaves it held.
     ErrorOr<void> catch_candidate(const std::set<uint64_t>& rejected);
     // Why the held candidate must not be borrowed ("" if it may), from injected checks.
-    ErrorOr<std::string> vet_candidate(Deadline init_allowed);
+    ErrorOr<std::string> vet_candidate(Deadline init_allowed,
+                                       const std::set<int64_t>& foreign_pids);
     // Gives a vetted-out candidate back and lets the guest run on towards the next one.
     ErrorOr<void> let_go(const std::string& why);
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr);
