@@ -153,30 +153,4 @@ struct Timespec {
     int64_t tv_nsec;
 };
 
-// The parts of struct rt_sigframe the injector repairs (arch/x86/include/asm/sigframe.h):
-// pretcode, then struct ucontext whose uc_mcontext starts 40 bytes in.
-constexpr size_t kSigframeMcontextOffset = 8 + 40;
-// struct sigcontext_64 general registers, in order.
-enum SigcontextReg : size_t {
-    kScR8 = 0,
-    kScR9,
-    kScR10,
-    kScR11,
-    kScR12,
-    kScR13,
-    kScR14,
-    kScR15,
-    kScRdi,
-    kScRsi,
-    kScRbp,
-    kScRbx,
-    kScRdx,
-    kScRax,
-    kScRcx,
-    kScRsp,
-    kScRip,
-    kScEflags,
-    kScRegCount
-};
-
 }  // namespace cloudvmi::x86abi

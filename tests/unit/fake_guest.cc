@@ -48,9 +48,35 @@ constexpr uint64_t kStackRsp = 0x7ffcffffedf8ULL;
 constexpr uint64_t kWall = 0x40000000;
 constexpr uint64_t kWclone = 0x80000000;
 constexpr uint64_t kWnohang = 1;
+constexpr uint64_t kPrGetSeccomp = 21;
+constexpr uint64_t kRtSigreturn = 15;
+constexpr uint64_t kThreadStackGap = 0x20000;  // between the stacks of a process's threads
 
-// struct rt_sigframe (x86-64): pretcode, ucontext {flags, link, stack[24], mcontext[256],
-// sigmask}, siginfo.
+// struct rt_sigframe (x86-64, arch/x86/include/asm/sigframe.h): pretcode, ucontext {flags,
+// link, stack[24], mcontext[256], sigmask}, siginfo. uc_mcontext starts 40 bytes into the
+// ucontext and begins with the general registers of struct sigcontext_64, in this order.
+constexpr uint64_t kSigframeMcontextOffset = 8 + 40;
+enum SigcontextReg : size_t {
+    kScR8 = 0,
+    kScR9,
+    kScR10,
+    kScR11,
+    kScR12,
+    kScR13,
+    kScR14,
+    kScR15,
+    kScRdi,
+    kScRsi,
+    kScRbp,
+    kScRbx,
+    kScRdx,
+    kScRax,
+    kScRcx,
+    kScRsp,
+    kScRip,
+    kScEflags,
+    kScRegCount
+};
 constexpr uint64_t kFrameUcOffset = 8;
 constexpr uint64_t kFrameSigmaskOffset = kSigframeMcontextOffset + 256;
 constexpr uint64_t kFrameInfoOffset = kFrameSigmaskOffset + 8;
@@ -172,6 +198,27 @@ struct FakeGuest::Mm {
         for (auto it = pages.lower_bound(s); it != pages.end() && it->first < e;)
             it = pages.erase(it);
     }
+    // mprotect: every page of [s, e) must be mapped.
+    bool protect(uint64_t s, uint64_t e, uint64_t prot) {
+        for (uint64_t a = s; a < e; a += kPageSize) {
+            if (find(a) == nullptr) return false;
+        }
+        std::vector<Vma> parts;
+        for (auto it = vmas.begin(); it != vmas.end();) {
+            Vma v = it->second;
+            if (v.start < e && s < v.end) {
+                it = vmas.erase(it);
+                if (v.start < s) parts.push_back({v.start, s, v.shared, v.prot});
+                parts.push_back({std::max(v.start, s), std::min(v.end, e), v.shared, prot});
+                if (e < v.end) parts.push_back({e, v.end, v.shared, v.prot});
+            } else {
+                ++it;
+            }
+        }
+        for (const auto& v : parts)
+            vmas[v.start] = v;
+        return true;
+    }
     void add(const Vma& v, bool populate) {
         vmas[v.start] = v;
         if (populate || v.shared) {
@@ -241,7 +288,10 @@ struct OpenFile {
 struct FakeGuest::Process {
     int64_t pid = 0, ppid = 0, pgid = 0, sid = 0;
     uint32_t uid = 0;
-    std::string comm, mnt_ns, root = "/", cwd = "/";
+    std::string comm, mnt_ns, pid_ns, user_ns, exe, root = "/", cwd = "/";
+    uint64_t seccomp = 0;
+    std::set<uint64_t> seccomp_allowed;  // with a filter (seccomp != 0)
+    bool deny_exec = false;
     bool zombie = false;
     int exit_status = 0;
     uint64_t exit_signal = kSigchld;
@@ -269,12 +319,15 @@ struct FakeGuest::Thread {
     uint64_t pending_nr = 0;
     std::array<uint64_t, 6> pending_args{};
     bool from_user = false;
+    bool natural_entry = false;  // from_user, from the syscall its own program is at
     bool cur_natural = false;
+    uint64_t own_syscall_at = 0;  // the `syscall` its program went to (0: none pending)
     bool needs_slow_entry = false;
     int pending_signal = 0;
     bool signal_injected_only = false;
     bool restart_next = false;
     bool slow_next = false;
+    bool forced_injected_only = false;  // restart_next/slow_next: for an injected syscall only
     uint64_t slice = 0;
     // workload program state (user-mode, invisible to the host)
     bool in_prologue = true;
@@ -405,10 +458,25 @@ FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t p
     p->uid = spec.uid;
     p->comm = spec.comm.substr(0, 15);
     p->mnt_ns = spec.mnt_ns;
+    p->pid_ns = spec.pid_ns;
+    p->user_ns = spec.user_ns;
+    p->exe = spec.exe.empty() ? "/usr/sbin/" + spec.comm : spec.exe;
     p->root = spec.root;
+    p->seccomp = spec.seccomp;
+    p->deny_exec = spec.deny_exec;
     p->workload = true;
     p->spec = spec;
     if (p->spec.loop.empty()) p->spec.loop = {Step::sleep(1000)};
+    if (p->seccomp != 0) {
+        // What a service's filter typically allows: its own syscalls, the harmless identity
+        // queries and prctl.
+        p->seccomp_allowed = {kGetpid, kGetppid, kGettid,    kGetuid,
+                              kPrctl,  kExit,    kExitGroup, kRtSigreturn};
+        for (const auto* steps : {&p->spec.prologue, &p->spec.loop}) {
+            for (const auto& st : *steps)
+                p->seccomp_allowed.insert(st.sleep_ms >= 0 ? uint64_t{kNanosleep} : st.nr);
+        }
+    }
     p->mm.cr3_base = 0x10000000ULL + static_cast<uint64_t>(p->pid) * 0x100000ULL;
     uint64_t code = spec.code_base;
     p->mm.add({code, code + kPageSize, false, kProtRead | kProtExec}, true);
@@ -443,23 +511,25 @@ FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t p
     processes_[ref.pid] = std::move(p);
     next_pid_ = std::max(next_pid_, ref.pid + 1);
 
-    Thread& t = create_thread(ref, ref.pid);
-    kvm_regs& r = t.cpu.regs;
-    uint64_t tid = static_cast<uint64_t>(t.tid);
-    r.rbx = 0xb0b0000000000000ULL | tid;
-    r.rbp = 0xb9b0000000000000ULL | tid;
-    r.r12 = 0xc12c000000000000ULL | tid;
-    r.r13 = 0xc13c000000000000ULL | tid;
-    r.r14 = 0xc14c000000000000ULL | tid;
-    r.r15 = 0xc15c000000000000ULL | tid;
-    r.rsp = kStackRsp;
-    r.rflags = kUserFlags;
-    r.rip = code + kWlCompute;
-    t.in_prologue = !ref.spec.prologue.empty();
-    t.step = 0;
-    t.compute_left = (t.in_prologue ? ref.spec.prologue[0] : ref.spec.loop[0]).compute_ticks;
-    set_user_mode(t);
-    make_runnable(t);
+    for (int i = 0; i < std::max(1, spec.threads); ++i) {
+        Thread& t = create_thread(ref, i == 0 ? ref.pid : next_pid_++);
+        kvm_regs& r = t.cpu.regs;
+        uint64_t tid = static_cast<uint64_t>(t.tid);
+        r.rbx = 0xb0b0000000000000ULL | tid;
+        r.rbp = 0xb9b0000000000000ULL | tid;
+        r.r12 = 0xc12c000000000000ULL | tid;
+        r.r13 = 0xc13c000000000000ULL | tid;
+        r.r14 = 0xc14c000000000000ULL | tid;
+        r.r15 = 0xc15c000000000000ULL | tid;
+        r.rsp = kStackRsp - static_cast<uint64_t>(i) * kThreadStackGap;
+        r.rflags = kUserFlags;
+        r.rip = code + kWlCompute;
+        t.in_prologue = !ref.spec.prologue.empty();
+        t.step = 0;
+        t.compute_left = (t.in_prologue ? ref.spec.prologue[0] : ref.spec.loop[0]).compute_ticks;
+        set_user_mode(t);
+        make_runnable(t);
+    }
     return ref;
 }
 
@@ -974,6 +1044,8 @@ void FakeGuest::kernel_iret(Thread& t) {
 
 void FakeGuest::enter_syscall_from_user(Thread& t) {
     kvm_regs& r = t.cpu.regs;
+    t.natural_entry = r.rip == t.own_syscall_at;
+    t.own_syscall_at = 0;
     r.rcx = r.rip + 2;
     r.r11 = r.rflags;
     r.rflags = kKernelFlags;
@@ -983,13 +1055,15 @@ void FakeGuest::enter_syscall_from_user(Thread& t) {
 }
 
 void FakeGuest::kernel_syscall(Thread& t) {
-    bool natural = t.from_user;
+    bool natural = t.from_user && t.natural_entry;
     t.from_user = false;
+    t.natural_entry = false;
     t.cur_natural = natural;
     if (natural) {
         ++t.ctr.natural_syscalls;
     } else {
         ++t.ctr.injected_syscalls;
+        ++t.ctr.injected_by_nr[t.cpu.regs.rax];
     }
     set_kernel_mode(t, false);
     kvm_regs& r = t.cpu.regs;
@@ -997,6 +1071,10 @@ void FakeGuest::kernel_syscall(Thread& t) {
     t.pending_nr = r.rax;
     t.pending_args = a;
     Process& p = proc_of(t);
+    if (p.seccomp != 0 && !p.seccomp_allowed.count(r.rax)) {
+        fault(t, "syscall " + std::to_string(r.rax) + " denied by its seccomp filter", 31);
+        return;
+    }
     if (p.syscalls_blocked && r.rax != kExit && r.rax != kExitGroup) {
         t.sched = SchedState::kBlocked;
         t.wait = Thread::Wait::kGate;
@@ -1011,7 +1089,8 @@ void FakeGuest::complete_syscall(Thread& t, uint64_t value) {
     kvm_regs& r = t.cpu.regs;
     Process& p = proc_of(t);
     if (p.zombie || t.sched == SchedState::kDead) return;
-    if (t.restart_next) {
+    bool forced = !(t.forced_injected_only && t.cur_natural);
+    if (t.restart_next && forced) {
         // -ERESTARTNOINTR and friends: back to the syscall instruction with the original rax.
         t.restart_next = false;
         ++t.ctr.restarts;
@@ -1019,6 +1098,7 @@ void FakeGuest::complete_syscall(Thread& t, uint64_t value) {
         u.rax = t.pending_nr;
         u.rip = r.rcx - 2;
         u.rflags = r.r11;
+        if (t.cur_natural) t.own_syscall_at = u.rip;
         enter_slow_path(t, u);
         return;
     }
@@ -1028,7 +1108,7 @@ void FakeGuest::complete_syscall(Thread& t, uint64_t value) {
         deliver_signal(t, t.pending_signal);
         return;
     }
-    if (t.slow_next) {
+    if (t.slow_next && forced) {
         t.slow_next = false;
         ++t.ctr.slow_returns;
         kvm_regs u = r;
@@ -1078,7 +1158,6 @@ void FakeGuest::deliver_signal(Thread& t, int signo) {
     h.rax = 0;
     h.rflags = u.rflags & ~uint64_t{0x40500};  // TF, DF, AC cleared
     ++t.ctr.signals_delivered;
-    t.ctr.last_signal_frame = frame;
     enter_slow_path(t, h);
 }
 
@@ -1255,6 +1334,7 @@ void FakeGuest::workload_step(Thread& t, uint64_t off) {
         t.expect_nr = nr;
         t.expecting = true;
         r.rip = code + kWlSyscall;
+        t.own_syscall_at = r.rip;
         return;
     }
     if (off == kWlHandler) {
@@ -1269,8 +1349,9 @@ void FakeGuest::workload_step(Thread& t, uint64_t off) {
         return;
     }
     if (off == kWlRestorer) {
-        r.rax = 15;  // rt_sigreturn
+        r.rax = kRtSigreturn;
         r.rip = code + kWlRestorer + 5;
+        t.own_syscall_at = r.rip;
         return;
     }
     fault(t, "workload jumped to " + hex_u64(r.rip) + " (SIGSEGV)");
@@ -1496,7 +1577,8 @@ void FakeGuest::wake_blocked() {
         bool interruptible = t->wait != Thread::Wait::kGate;
         bool signal = t->pending_signal != 0 && !((p.sigmask >> (t->pending_signal - 1)) & 1) &&
                       !(t->signal_injected_only && t->cur_natural);
-        if (interruptible && (signal || t->restart_next)) {
+        bool restart = t->restart_next && !(t->forced_injected_only && t->cur_natural);
+        if (interruptible && (signal || restart)) {
             result = neg(EINTR);
         } else {
             switch (t->wait) {
@@ -1603,6 +1685,8 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             return done(sys_mmap(p, a));
         case kMunmap:
             return done(sys_munmap(p, a[0], a[1]));
+        case kMprotect:
+            return done(sys_mprotect(p, a[0], a[1], a[2]));
         case kRtSigprocmask: {
             if (a[3] != 8) return done(neg(EINVAL));
             uint64_t old = p.sigmask;
@@ -1628,7 +1712,7 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             if (a[2] != 0 && !uwrite64(p, a[2], old)) return done(neg(EFAULT));
             return done(0);
         }
-        case 15:  // rt_sigreturn
+        case kRtSigreturn:
             sys_rt_sigreturn(t);
             return Outcome{Outcome::kNoReturn, 0};
         case kNanosleep: {
@@ -1752,6 +1836,7 @@ uint64_t FakeGuest::sys_mmap(Process& p, const std::array<uint64_t, 6>& a) {
     if (type != kMapShared && type != kMapPrivate) return neg(EINVAL);
     len = page_up(len);
     if (len == 0 || len > kUserEnd) return neg(ENOMEM);
+    if ((prot & kProtExec) && p.deny_exec) return neg(EACCES);
     bool fixed = flags & (kMapFixed | kMapFixedNoreplace);
     uint64_t at = 0;
     if (fixed) {
@@ -1788,6 +1873,15 @@ uint64_t FakeGuest::sys_munmap(Process& p, uint64_t addr, uint64_t len) {
     return 0;
 }
 
+uint64_t FakeGuest::sys_mprotect(Process& p, uint64_t addr, uint64_t len, uint64_t prot) {
+    if ((addr & (kPageSize - 1)) || (prot & ~uint64_t{7})) return neg(EINVAL);
+    uint64_t end = page_up(addr + len);
+    if (end > kUserEnd || end < addr) return neg(ENOMEM);
+    if (end == addr) return 0;
+    if ((prot & kProtExec) && p.deny_exec) return neg(EACCES);
+    return p.mm.protect(addr, end, prot) ? 0 : neg(ENOMEM);
+}
+
 uint64_t FakeGuest::sys_clone(Thread& t, const std::array<uint64_t, 6>& a) {
     uint64_t flags = a[0];
     if (flags & ~uint64_t{0xff}) return neg(EINVAL);  // only fork-like clones are modelled
@@ -1800,6 +1894,12 @@ uint64_t FakeGuest::sys_clone(Thread& t, const std::array<uint64_t, 6>& a) {
     c->uid = parent.uid;
     c->comm = parent.comm;
     c->mnt_ns = parent.mnt_ns;
+    c->pid_ns = parent.pid_ns;
+    c->user_ns = parent.user_ns;
+    c->exe = parent.exe;
+    c->seccomp = parent.seccomp;
+    c->seccomp_allowed = parent.seccomp_allowed;
+    c->deny_exec = parent.deny_exec;
     c->root = parent.root;
     c->cwd = parent.cwd;
     c->exit_signal = flags & 0xff;
@@ -2030,19 +2130,51 @@ uint64_t FakeGuest::sys_readlinkat(Process& p, const std::array<uint64_t, 6>& a)
         auto slash = rest.find('/');
         std::string who = rest.substr(0, slash);
         std::string what = slash == std::string::npos ? "" : rest.substr(slash + 1);
+        bool numeric = !who.empty() && who.find_first_not_of("0123456789") == std::string::npos;
+        // A link's target as d_path() prints it: relative to the reader's root when reachable
+        // from it, else from the real root (no "(unreachable)" marker, unlike getcwd).
+        auto seen_from_reader = [&](const std::string& path) -> std::string {
+            if (p.root == "/") return path;
+            if (path == p.root) return "/";
+            if (path.compare(0, p.root.size() + 1, p.root + "/") == 0)
+                return path.substr(p.root.size());
+            return path;
+        };
         Process* q = nullptr;
         if (who == "self" || who == "thread-self") {
             q = &p;
-        } else if (!who.empty() && who.find_first_not_of("0123456789") == std::string::npos) {
+        } else if (numeric && std::stoll(who) == 2) {
+            // kthreadd, in the initial namespaces; no pid 2 in another pid namespace.
+            if (p.pid_ns != kInitPidNs) return neg(ENOENT);
+            if (p.uid != 0) return neg(EACCES);
+            if (what == "ns/mnt") {
+                target = kInitMntNs;
+            } else if (what == "ns/pid") {
+                target = kInitPidNs;
+            } else if (what == "ns/user") {
+                target = kInitUserNs;
+            } else if (what == "root") {
+                target = seen_from_reader("/");
+            } else {
+                return what.empty() ? neg(EINVAL) : neg(ENOENT);  // exe: a kernel thread has none
+            }
+        } else if (numeric) {
             q = process_ptr(std::stoll(who));
             if (q == nullptr || q->zombie) return neg(ENOENT);
+            if (p.pid_ns != kInitPidNs && q->pid_ns != p.pid_ns) return neg(ENOENT);
         }
         if (q != nullptr) {
             if (q != &p && p.uid != 0 && q->uid != p.uid) return neg(EACCES);
             if (what == "ns/mnt")
                 target = q->mnt_ns;
+            else if (what == "ns/pid")
+                target = q->pid_ns;
+            else if (what == "ns/user")
+                target = q->user_ns;
+            else if (what == "exe")
+                target = q->exe;
             else if (what == "root")
-                target = q->root;
+                target = seen_from_reader(q->root);
             else if (what == "cwd")
                 target = q->cwd;
             else if (what.empty())
@@ -2072,6 +2204,8 @@ uint64_t FakeGuest::sys_prctl(Process& p, const std::array<uint64_t, 6>& a) {
             p.comm = name;
             return 0;
         }
+        case kPrGetSeccomp:
+            return p.seccomp;
         case 16: {  // PR_GET_NAME
             std::vector<uint8_t> buf(16, 0);
             std::memcpy(buf.data(), p.comm.data(), std::min<size_t>(p.comm.size(), 15));
@@ -2139,6 +2273,16 @@ ErrorOr<FakeGuest::Vcpu*> FakeGuest::cpu(VcpuId vcpu) {
 VcpuState& FakeGuest::state_of(Vcpu& c) {
     if (c.tid == 0) return c.idle;
     return threads_.at(c.tid)->cpu;
+}
+
+void FakeGuest::host_moved(Vcpu& c, uint64_t rip) {
+    if (c.tid == 0) return;
+    Thread& t = *threads_.at(c.tid);
+    if (t.cpu.regs.rip == rip) return;
+    // Whatever the thread was about to do is no longer its own program's doing.
+    t.own_syscall_at = 0;
+    t.from_user = false;
+    t.natural_entry = false;
 }
 
 ErrorOr<void> FakeGuest::resume() {
@@ -2220,6 +2364,7 @@ ErrorOr<void> FakeGuest::restore(const RegisterSnapshot& snapshot) {
     std::memcpy(&s.kernel_gs_base, snapshot.raw.data() + 8 + sizeof(kvm_regs) + sizeof(kvm_sregs),
                 8);
     VcpuState& cur = state_of(*c);
+    host_moved(*c, s.regs.rip);
     if ((s.sregs.cr3 & 0x000fffffffffe000ULL) != (cur.sregs.cr3 & 0x000fffffffffe000ULL)) {
         anomaly("restore() of a snapshot from another address space onto vCPU " +
                 std::to_string(snapshot.vcpu));
@@ -2233,6 +2378,7 @@ ErrorOr<void> FakeGuest::restore(const RegisterSnapshot& snapshot) {
 ErrorOr<void> FakeGuest::write_regs(VcpuId vcpu, const kvm_regs& regs) {
     TRY(stopped());
     Vcpu* c = TRY(cpu(vcpu));
+    host_moved(*c, regs.rip);
     state_of(*c).regs = regs;
     ++stats_.register_writes;
     return {};
@@ -2336,6 +2482,9 @@ std::optional<ProcessInfo> FakeGuest::process(int64_t pid) const {
     i.exit_status = p->exit_status;
     i.exit_signal = p->exit_signal;
     i.mnt_ns = p->mnt_ns;
+    i.pid_ns = p->pid_ns;
+    i.user_ns = p->user_ns;
+    i.seccomp = p->seccomp;
     i.root = p->root;
     i.cwd = p->cwd;
     i.umask = p->umask;
@@ -2403,12 +2552,18 @@ void FakeGuest::signal_on_next_return(int64_t tid, int signo, bool injected_only
     }
 }
 
-void FakeGuest::restart_next_syscall(int64_t tid) {
-    if (Thread* t = thread_ptr(tid)) t->restart_next = true;
+void FakeGuest::restart_next_syscall(int64_t tid, bool injected_only) {
+    if (Thread* t = thread_ptr(tid)) {
+        t->restart_next = true;
+        t->forced_injected_only = injected_only;
+    }
 }
 
-void FakeGuest::slow_return_next_syscall(int64_t tid) {
-    if (Thread* t = thread_ptr(tid)) t->slow_next = true;
+void FakeGuest::slow_return_next_syscall(int64_t tid, bool injected_only) {
+    if (Thread* t = thread_ptr(tid)) {
+        t->slow_next = true;
+        t->forced_injected_only = injected_only;
+    }
 }
 
 bool FakeGuest::kill_process(int64_t pid, int sig) {

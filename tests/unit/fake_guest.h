@@ -18,13 +18,20 @@
 //  - User code: workload processes run a scripted program from a code page holding real
 //    `syscall` instructions (0f 05), check on every return that the kernel (and the host)
 //    preserved their registers and returned the right value, and run a signal handler that
-//    returns through rt_sigreturn. The shadow payload (redirector/shadow_payload.S) is
-//    recognised by its bytes and interpreted label by label, with the same register usage
-//    and memory accesses as the real code.
-//  - Processes with pid, uid, mount namespace, address space (4 KiB pages, private and
-//    MAP_SHARED mappings, copied/shared on fork), file descriptors over a tiny fake file
-//    system, zombies, reparenting to init (which reaps), blocking syscalls (nanosleep,
-//    wait4, a read of /run/blocking), preemption and migration between vCPUs.
+//    returns through rt_sigreturn. A `syscall` instruction executes wherever the thread
+//    stands on one in executable memory. The shadow payload (redirector/shadow_payload.S)
+//    is recognised by its bytes on an executable page and interpreted label by label, with
+//    the same register usage and memory accesses as the real code, in whichever process
+//    runs it (the shadow, its helper, or the borrowed process running a batch).
+//  - Processes with pid, uid, mount, pid and user namespaces, executable path, seccomp
+//    mode (a filter that kills the process, SIGSYS, on any syscall its program does not
+//    make besides getpid, getppid, gettid, getuid, prctl and rt_sigreturn, as systemd's
+//    @system-service and container runtimes' default filters do), address space (4 KiB pages,
+//    private and MAP_SHARED mappings with their protections, copied/shared on fork, mprotect,
+//    partial munmap), one or more threads, file descriptors over a tiny fake file system, zombies,
+//    reparenting to init (which reaps), blocking syscalls (nanosleep, wait4, a read of
+//    /run/blocking), preemption and migration between vCPUs. /proc/2 is kthreadd: the initial
+//    namespaces, seen from the initial pid namespace only.
 //  - gdbstub semantics: all vCPUs stop together; a vCPU resumed on an armed breakpoint
 //    stops again without executing; a single step executes one instruction even there
 //    (TCG: "singlestep overrides breakpoints", accel/tcg/cpu-exec.c; FakeOptions can make
@@ -54,7 +61,11 @@
 namespace cloudvmi::fake {
 
 inline constexpr const char* kInitMntNs = "mnt:[4026531840]";
+inline constexpr const char* kInitPidNs = "pid:[4026531836]";
+inline constexpr const char* kInitUserNs = "user:[4026531837]";
 inline constexpr const char* kContainerMntNs = "mnt:[4026532210]";
+inline constexpr const char* kContainerPidNs = "pid:[4026532213]";
+inline constexpr const char* kContainerUserNs = "user:[4026532208]";
 inline constexpr const char* kMeminfo =
     "MemTotal:         2014556 kB\n"
     "MemFree:          1788244 kB\n"
@@ -97,7 +108,13 @@ struct ProcessSpec {
     std::string comm;
     uint32_t uid = 0;
     std::string mnt_ns = kInitMntNs;
+    std::string pid_ns = kInitPidNs;  // another one: /proc shows only its own processes
+    std::string user_ns = kInitUserNs;
     std::string root = "/";
+    std::string exe;                // /proc/PID/exe; empty: /usr/sbin/<comm>
+    uint64_t seccomp = 0;           // PR_GET_SECCOMP; not 0: a filter (see above)
+    bool deny_exec = false;         // PROT_EXEC refused with EACCES (SELinux execmem, MDWE)
+    int threads = 1;                // all run the program, each on its own stack
     uint64_t code_base = 0x400000;  // code page; the data page follows it
     std::vector<Step> prologue;     // run once
     std::vector<Step> loop;         // then repeated forever
@@ -130,8 +147,11 @@ struct ProcessInfo {
     int exit_status = 0;  // wait status once a zombie
     uint64_t exit_signal = 17;
     std::string mnt_ns;
+    std::string pid_ns;
+    std::string user_ns;
     std::string root;
     std::string cwd;
+    uint64_t seccomp = 0;
     uint32_t umask = 022;
     uint64_t sigmask = 0;
     std::vector<int> fds;
@@ -147,9 +167,13 @@ struct ThreadInfo {
     SchedState sched = SchedState::kRunnable;
     int vcpu = 0;  // when on a CPU
     VcpuState cpu;
-    uint64_t natural_syscalls = 0;   // made by its own code
-    uint64_t injected_syscalls = 0;  // entered with rip set to the syscall entry by the host
-    uint64_t checked_returns = 0;    // workload returns that passed the register check
+    // Made by its own program (its signal restorer included), with its own registers.
+    uint64_t natural_syscalls = 0;
+    // Every other one: entered with rip set to the syscall entry by the host, made from a
+    // `syscall` instruction the host pointed it at, or by the shadow payload.
+    uint64_t injected_syscalls = 0;
+    std::map<uint64_t, uint64_t> injected_by_nr;  // syscall number -> how many injected
+    uint64_t checked_returns = 0;                 // workload returns that passed the register check
     uint64_t handler_runs = 0;
     uint64_t sigreturns = 0;
     uint64_t signals_delivered = 0;
@@ -157,7 +181,6 @@ struct ThreadInfo {
     uint64_t slow_returns = 0;                    // syscall returns forced through the slow path
     std::optional<kvm_regs> last_natural_sysret;  // registers at sysret after its own syscall
     std::optional<kvm_regs> last_sigreturn;       // user registers rt_sigreturn restored
-    uint64_t last_signal_frame = 0;               // user address of the last rt_sigframe
 };
 
 struct FakeStats {
@@ -230,10 +253,12 @@ class FakeGuest : public GuestAccess {
     // thread blocked in an interruptible syscall is woken with -EINTR); with
     // `injected_only`, only a syscall the host injected counts.
     void signal_on_next_return(int64_t tid, int signo = 10, bool injected_only = false);
-    // The thread's next syscall is restarted by the kernel (iret to the syscall instruction).
-    void restart_next_syscall(int64_t tid);
-    // The thread's next syscall returns through the slow path (iretq) without a signal.
-    void slow_return_next_syscall(int64_t tid);
+    // The thread's next syscall (with `injected_only`, the next one the host injected) is
+    // restarted by the kernel (iret to the syscall instruction).
+    void restart_next_syscall(int64_t tid, bool injected_only = false);
+    // The thread's next syscall (or next injected one) returns through the slow path
+    // (iretq) without a signal.
+    void slow_return_next_syscall(int64_t tid, bool injected_only = false);
     // SIGKILL from inside the guest.
     bool kill_process(int64_t pid, int sig = 9);
     // Every syscall of the process blocks (uninterruptibly) until unblocked.
@@ -260,6 +285,8 @@ class FakeGuest : public GuestAccess {
     ErrorOr<void> stopped() const;
     ErrorOr<Vcpu*> cpu(VcpuId vcpu);
     VcpuState& state_of(Vcpu& c);
+    // The host sets a thread's rip: the syscall its program was about to make is off.
+    void host_moved(Vcpu& c, uint64_t rip);
     Thread* thread_ptr(int64_t tid) const;
     Process* process_ptr(int64_t pid) const;
     Process& proc_of(const Thread& t) const;
@@ -310,6 +337,7 @@ class FakeGuest : public GuestAccess {
     void wake_blocked();
     uint64_t sys_mmap(Process& p, const std::array<uint64_t, 6>& a);
     uint64_t sys_munmap(Process& p, uint64_t addr, uint64_t len);
+    uint64_t sys_mprotect(Process& p, uint64_t addr, uint64_t len, uint64_t prot);
     uint64_t sys_clone(Thread& t, const std::array<uint64_t, 6>& a);
     uint64_t sys_openat(Process& p, const std::array<uint64_t, 6>& a);
     uint64_t sys_read(Thread& t, const std::array<uint64_t, 6>& a, bool positional, bool& block);

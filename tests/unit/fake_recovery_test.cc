@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "common/log.h"
+#include "common/strings.h"
 #include "fake_guest.h"
 #include "redirector/recovery.h"
 #include "redirector/recovery_log.h"
@@ -24,17 +25,35 @@ using B = SyscallBatch;
 
 namespace {
 
-// FAKE_N picks one case to debug: then its log is wanted.
+// FAKE_N picks one case to debug: then its log is wanted (CLOUDVMI_LOG=debug shows it;
+// FAKE_DEBUG describes failing cases, FAKE_TRACE lists the session's requests).
 log::Level quiet_level() {
     return std::getenv("FAKE_N") ? log::Level::kDebug : log::Level::kError;
 }
 
+constexpr int64_t kSandboxedPid = 500;  // root under a seccomp filter
+constexpr int64_t kNoExecPid = 600;     // root, may not make memory executable
+
+// Three root processes come by before the sleeper and are refused at each step of the
+// vetting: the seccomp filter (before anything changes), executable memory (after the
+// region is mapped), the mount namespace (after a batch ran in it).
 FakeOptions recovery_guest() {
     FakeOptions o;
     o.vcpus = 2;
     o.container = true;
-    o.container_sleep_ms = 1;  // tried (and refused) first: two bootstrap attempts
-    o.sleeper_delay_ms = 60;
+    o.container_sleep_ms = 1;
+    o.sleeper_delay_ms = 150;
+    ProcessSpec sandboxed;
+    sandboxed.pid = kSandboxedPid;
+    sandboxed.comm = "sandboxed";
+    sandboxed.seccomp = 2;
+    sandboxed.loop = {Step::sleep(1)};
+    ProcessSpec noexec;
+    noexec.pid = kNoExecPid;
+    noexec.comm = "noexec";
+    noexec.deny_exec = true;
+    noexec.loop = {Step::sleep(2)};
+    o.extra = {sandboxed, noexec};
     return o;
 }
 
@@ -42,13 +61,43 @@ FakeOptions recovery_guest() {
 // the cases where something waits in vain stay quick.
 ShadowOptions quick_options() {
     ShadowOptions o;
-    o.injector.hijack_timeout = Millis(3000);
-    o.injector.syscall_timeout = Millis(2000);
-    o.catch_timeout = Millis(3000);
+    o.attach_timeout = Millis(5000);
     o.acquire_timeout = Millis(1000);
     o.batch_timeout = Millis(2000);
     o.recovery_timeout = Millis(5000);
     return o;
+}
+
+// The thread stands where its own syscall returned, every register its own: in user mode
+// as sysretq leaves it, or still at sysretq if it never ran a syscall of ours.
+bool given_back(FakeGuest& g, int64_t tid, const kvm_regs& at_sysret) {
+    auto t = g.thread(tid);
+    if (!t) return false;
+    kvm_regs want = at_sysret;
+    if (t->cpu.user_mode()) {
+        want.rip = at_sysret.rcx;
+        want.rflags = (at_sysret.r11 & 0x3C7FD7) | 2;
+    }
+    return std::memcmp(&t->cpu.regs, &want, sizeof want) == 0;
+}
+
+// The thread the record names as borrowed, found by its address space and its user stack
+// pointer, must be given back bit for bit. Where recovery also ends a shadow, it lets the
+// guest run afterwards: the thread has moved on, and its own checks on its next syscall
+// returns (see leftovers()) stand for this one.
+std::string thread_problem(FakeGuest& g, const RecoveryRecord& record) {
+    if (record.thread_phase == ThreadPhase::kNone) return "";
+    if (record.shadow_phase != ShadowPhase::kNone) return "";
+    for (const auto& p : g.processes()) {
+        if (p.cr3 != SyscallInjector::address_space(record.thread_cr3)) continue;
+        for (int64_t tid : p.tids) {
+            auto t = g.thread(tid);
+            if (!t || t->cpu.regs.rsp != record.thread_regs.rsp) continue;
+            if (given_back(g, tid, record.thread_regs)) return "";
+            return "the borrowed thread's registers are not its own; ";
+        }
+    }
+    return "the borrowed thread is gone; ";
 }
 
 // What a CloudVMI session does first: create the shadow, run two batches, park.
@@ -77,7 +126,8 @@ void session(GuestAccess& g, RecoveryLog& log) {
 // never been touched: same processes, no zombie, no shadow region anywhere, every
 // workload thread making syscalls with its registers intact.
 std::string leftovers(FakeGuest& g, const RecoveryLog& after,
-                      std::set<int64_t> want = {kInitPid, kSleeperPid, kWorkerPid, kContainerPid}) {
+                      std::set<int64_t> want = {kInitPid, kSleeperPid, kWorkerPid, kContainerPid,
+                                                kSandboxedPid, kNoExecPid}) {
     std::ostringstream bad;
     if (!g.armed_breakpoints().empty()) bad << "breakpoints still armed; ";
     if (g.running()) bad << "guest left running by recovery; ";
@@ -112,7 +162,7 @@ std::string leftovers(FakeGuest& g, const RecoveryLog& after,
         if (t && t->checked_returns <= before) bad << "pid " << pid << " makes no progress; ";
     }
     if (!g.anomalies().empty()) {
-        // The first one, without the tick and the register values (random cookies), so
+        // The first one, without the tick and the register values (random addresses), so
         // that the same failure at different requests is reported once.
         std::string a = g.anomalies().front();
         if (auto colon = a.find(": "); colon != std::string::npos) a = a.substr(colon + 2);
@@ -142,6 +192,15 @@ Case run_case(long n, Fault fault) {
     {
         FailingGuest conn(g, n, fault == Fault::kOneError);
         if (fault == Fault::kKilled) conn.on_trip([&] { frozen = log.current(); });
+        if (std::getenv("FAKE_TRACE")) {
+            // Every request of the session, numbered like n, with the record as it stands.
+            conn.before_call([&](const char* what) {
+                std::fprintf(stderr, "request %ld: %s (thread %u, landing %s, shadow %u)\n",
+                             conn.calls(), what, static_cast<unsigned>(log.current().thread_phase),
+                             hex_u64(log.current().landing).c_str(),
+                             static_cast<unsigned>(log.current().shadow_phase));
+            });
+        }
         session(conn, log);
     }
     Case c;
@@ -155,7 +214,12 @@ Case run_case(long n, Fault fault) {
     }
     RecoveryLog after;
     auto report = recover_guest(g, c.record, after, quick_options());
-    c.problem = report ? leftovers(g, after) : "recover_guest failed: " + report.error().describe();
+    if (report) {
+        c.problem = thread_problem(g, c.record);  // before leftovers() lets the guest run
+        c.problem += leftovers(g, after);
+    } else {
+        c.problem = "recover_guest failed: " + report.error().describe();
+    }
     if (!c.problem.empty() && std::getenv("FAKE_DEBUG")) {
         std::fprintf(stderr,
                      "n=%ld fault=%d record: thread %u shadow %u pid %lld cr3 %llx; report: %s; "
@@ -174,6 +238,16 @@ long calls_of_full_session() {
     RecoveryLog log;
     FailingGuest counting(g, LONG_MAX);
     session(counting, log);
+    // Each refusal happened where it should, and the sleeper gave the shadow.
+    auto injected = [&](int64_t pid) { return injected_beyond_pid_queries(g, pid); };
+    CHECK(only_vetted(g, kSandboxedPid));
+    CHECK(injected(kSandboxedPid) == std::set<uint64_t>{kGetuid, kPrctl});
+    CHECK(injected(kNoExecPid) == std::set<uint64_t>{kGetuid, kPrctl, kMmap, kMprotect, kMunmap});
+    CHECK(injected(kContainerPid) ==
+          std::set<uint64_t>{kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kMunmap});
+    CHECK(injected(kSleeperPid).count(kClone));
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
     return counting.calls();
 }
 
@@ -240,7 +314,7 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited f
     kvm_regs original{};
     {
         FailingGuest conn(g, LONG_MAX);
-        SyscallInjector inj(conn, k, log);
+        SyscallInjector inj(conn, k, log, Deadline::after_ms(5000));
         REQUIRE(inj.hijack());
         tid = *g.thread_on_vcpu(inj.vcpu());
         pid = g.thread(tid)->pid;
@@ -249,7 +323,7 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited f
         log.edit().parent_region = hint;
         log.commit();
         region =
-            *inj.syscall(kMmap, {hint, SHADOW_REGION_SIZE, kProtRead | kProtWrite,
+            *inj.syscall(kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
                                  kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
                                  ~uint64_t{0}, 0});
         REQUIRE(region == hint);
@@ -270,50 +344,59 @@ TEST_CASE("fake recovery: a thread killed inside an injected syscall is waited f
     CHECK(report->thread_restored);
     CHECK(report->parent_region_unmapped);
     CHECK(g.armed_breakpoints().empty());
-    kvm_regs now = g.thread(tid)->cpu.regs;
-    CHECK(std::memcmp(&now, &original, sizeof now) == 0);
+    CHECK(given_back(g, tid, original));
     CHECK_FALSE(g.has_mapping_in(pid, region, region + SHADOW_REGION_SIZE));
     CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid}) == "");
 }
 
-TEST_CASE("fake recovery: killed between journaling an injection and writing its registers",
+TEST_CASE("fake recovery: killed between moving the landing and the syscall that returns there",
           "[fake]") {
     test::ScopedLogLevel quiet{quiet_level()};
-    // syscall() journals the new return address (expected_rcx) before it writes the
-    // registers. Killed in between, the thread still sits at sysretq with the cookie in
-    // rbx and the *previous* return address in rcx. Recovery must not let it go to user
-    // mode with our registers.
-    FakeGuest g;
+    // set_landing() journals the new landing while the thread still stands at the old
+    // one; the next syscall journals itself in flight before it writes the registers.
+    // Killed in between, the thread waits in user mode at its old landing, with the
+    // registers of our last syscall. Recovery must neither lose it nor let it run its own
+    // code with our registers.
+    FakeGuest g(FakeOptions{.worker = false});
     auto k = fixture_entry_points();
     RecoveryLog log;
     std::optional<RecoveryRecord> frozen;
     int64_t tid = 0;
     kvm_regs original{};
+    uint64_t region = 0;
     {
         FailingGuest conn(g, LONG_MAX);
         conn.on_trip([&] { frozen = log.current(); });
-        SyscallInjector inj(conn, k, log);
+        SyscallInjector inj(conn, k, log, Deadline::after_ms(5000));
         REQUIRE(inj.hijack());
         tid = *g.thread_on_vcpu(inj.vcpu());
         original = inj.original_regs();
-        REQUIRE(*inj.syscall(kGetpid, {}) == static_cast<uint64_t>(g.thread(tid)->pid));
+        uint64_t hint = SyscallInjector::kShadowBandStart + 0x200000000ULL;
+        log.edit().parent_region = hint;
+        log.commit();
+        region =
+            *inj.syscall(kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
+                                 kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
+                                 ~uint64_t{0}, 0});
+        REQUIRE(region == hint);
+        REQUIRE(inj.write_memory(region, ShadowCode::bytes()));
+        REQUIRE(*inj.syscall(kMprotect, {region, 0x1000, kProtRead | kProtExec}) == 0);
+        REQUIRE(inj.set_landing(region + ShadowCode::child_entry()));
         conn.die_on_inject(kGetppid);
-        // As the bootstrap does for clone: another return address.
-        auto r = inj.syscall(kGetppid, {}, original.rcx + 0x40);
-        REQUIRE_FALSE(r);
+        REQUIRE_FALSE(inj.syscall(kGetppid, {}));
     }
     REQUIRE(frozen);
     CHECK(frozen->thread_phase == ThreadPhase::kInFlight);
-    CHECK(frozen->expected_rcx == original.rcx + 0x40);
-    CHECK(g.thread(tid)->cpu.regs.rcx == original.rcx);  // what the thread really holds
+    CHECK(frozen->landing == region + ShadowCode::child_entry());
+    CHECK(g.thread(tid)->cpu.regs.rip == original.rcx);  // where the thread really stands
     g.client_died();
     RecoveryLog after;
-    auto report = recover_guest(g, *frozen, after, ShadowOptions{});
+    auto report = recover_guest(g, *frozen, after, quick_options());
     REQUIRE(report);
     CHECK(report->thread_restored);
-    kvm_regs now = g.thread(tid)->cpu.regs;
-    CHECK(std::memcmp(&now, &original, sizeof now) == 0);
-    CHECK(leftovers(g, after, {kInitPid, kSleeperPid, kWorkerPid}) == "");
+    CHECK(report->parent_region_unmapped);
+    CHECK(given_back(g, tid, original));
+    CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
 }
 
 TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zombie helper",
@@ -337,7 +420,7 @@ TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zo
     }
     REQUIRE(frozen);
     CHECK(frozen->thread_phase == ThreadPhase::kHeld);
-    CHECK(frozen->expected_rcx == frozen->parent_region + ShadowCode::child_entry());
+    CHECK(frozen->landing == frozen->parent_region + ShadowCode::child_entry());
     CHECK(frozen->shadow_phase == ShadowPhase::kStarting);
     g.client_died();
     RecoveryLog after;
@@ -354,8 +437,8 @@ TEST_CASE("fake recovery: killed after the clone, before the wait4, leaves no zo
 TEST_CASE("fake recovery: killed while starting a second shadow after a refused first one",
           "[fake]") {
     test::ScopedLogLevel quiet{quiet_level()};
-    // The first hijacked process is in another mount namespace: its shadow is caught,
-    // refused and ended; the session dies while the second one starts.
+    // The first hijacked process is in another mount namespace: it is refused before any
+    // clone; the session dies while the second one starts its shadow.
     FakeGuest g(FakeOptions{
         .sleeper_delay_ms = 60, .worker = false, .container = true, .container_sleep_ms = 1});
     auto k = fixture_entry_points();
@@ -364,7 +447,7 @@ TEST_CASE("fake recovery: killed while starting a second shadow after a refused 
     {
         FailingGuest conn(g, LONG_MAX);
         conn.on_trip([&] { frozen = log.current(); });
-        conn.die_on_inject(kMunmap, 2);  // second attempt: clone and wait4 done
+        conn.die_on_inject(kMunmap, 2);  // the second attempt's, after its clone and wait4
         auto created = ShadowProcess::create(conn, k, log, ShadowOptions{});
         REQUIRE_FALSE(created);
     }
@@ -419,7 +502,7 @@ TEST_CASE(
     int64_t tid = 0;
     {
         FailingGuest conn(g, LONG_MAX);
-        SyscallInjector inj(conn, k, log, InjectorOptions{Millis(3000), Millis(2000)});
+        SyscallInjector inj(conn, k, log, Deadline::after_ms(3000));
         REQUIRE(inj.hijack());
         tid = *g.thread_on_vcpu(inj.vcpu());
         uint64_t page =

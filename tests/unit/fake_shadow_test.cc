@@ -1,6 +1,9 @@
 // ShadowProcess against the fake guest: bootstrap, batches, park/acquire, termination.
 #include <catch2/catch.hpp>
+#include <climits>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "common/log.h"
 #include "fake_guest.h"
@@ -19,13 +22,18 @@ using B = SyscallBatch;
 namespace {
 
 // Pids of the processes a workload thread was borrowed in (injected syscalls beyond the
-// single getuid of a rejected candidate).
+// queries that vet a candidate).
 std::vector<int64_t> borrowed(FakeGuest& g) {
     std::vector<int64_t> out;
     for (const auto& p : g.processes()) {
-        if (p.zombie || p.tids.empty()) continue;
-        auto t = g.thread(p.tids[0]);
-        if (t && t->injected_syscalls > 1 && t->natural_syscalls > 0) out.push_back(p.pid);
+        if (p.zombie) continue;
+        for (int64_t tid : p.tids) {
+            auto t = g.thread(tid);
+            if (t && !only_vetted(g, tid) && t->natural_syscalls > 0) {
+                out.push_back(p.pid);
+                break;
+            }
+        }
     }
     return out;
 }
@@ -54,10 +62,13 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
     CHECK(s.state() == ShadowProcess::State::kHeld);
     CHECK_FALSE(g.running());
 
-    // The container process was tried first and refused (after configure() saw its mount
-    // namespace); its helper and its shadow are gone, its region unmapped.
+    // The container process was tried first and refused by the namespace batch it ran,
+    // before any clone; its region is unmapped.
     CHECK(s.bootstrap_stats().attempts == 2);
-    CHECK(g.thread(kContainerPid)->injected_syscalls > 1);
+    auto tried = injected_kinds(g, kContainerPid);
+    CHECK(tried.count(kReadlinkat));
+    CHECK(tried.count(kMunmap));
+    CHECK_FALSE(tried.count(kClone));
     CHECK_FALSE(g.has_mapping_in(kContainerPid, kBandStart, kBandEnd));
 
     // The shadow: a daemon of init, named, in the init mount namespace.
@@ -81,6 +92,9 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
     CHECK(std::string(cmdline->begin(), cmdline->end()) == std::string("cloudvmi-shadow", 16));
     CHECK(s.region() >= kBandStart);
     CHECK(s.region() < kBandEnd);
+    // The shadow mapped the rest of its region itself.
+    CHECK(g.has_mapping_in(s.pid(), s.region() + SHADOW_REGION_SIZE - 4096,
+                           s.region() + SHADOW_REGION_SIZE));
     CHECK(SyscallInjector::address_space(s.cr3()) == info->cr3);
     CHECK(g.shadow_like_processes() == std::vector<int64_t>{s.pid()});
 
@@ -89,6 +103,8 @@ TEST_CASE("fake shadow: create, run batches, park, re-acquire and terminate", "[
     auto parents = borrowed(g);
     REQUIRE(parents.size() == 2);
     CHECK((parents[0] == kInitPid || parents[0] == kSleeperPid));
+    CHECK(s.bootstrap_stats().borrowed ==
+          "pid " + std::to_string(parents[0]) + " (/usr/sbin/" + g.process(parents[0])->comm + ")");
     CHECK(parents[1] == kContainerPid);
     for (int64_t pid : parents)
         CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
@@ -456,4 +472,279 @@ TEST_CASE("fake shadow: the payload model runs raw op records like shadow_payloa
     CHECK(out->result(pid) == s.pid());
     INFO(g.anomalies_text());
     CHECK(g.anomalies().empty());
+}
+
+namespace {
+
+// Everything a refused candidate may keep of its trial: nothing. It was asked no more than
+// `asked` (besides pid queries, which the vetting may or may not ask), maps no shadow
+// region, never cloned, and still runs.
+void check_refused(FakeGuest& g, int64_t pid, const std::set<uint64_t>& asked) {
+    INFO("pid " << pid);
+    CHECK(injected_beyond_pid_queries(g, pid) == asked);
+    CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
+    auto p = g.process(pid);
+    REQUIRE(p);
+    CHECK_FALSE(p->zombie);
+    for (const auto& q : g.processes())
+        CHECK(q.ppid != pid);
+}
+
+std::map<int64_t, uint64_t> progress_of(FakeGuest& g, std::initializer_list<int64_t> pids) {
+    std::map<int64_t, uint64_t> out;
+    for (int64_t pid : pids)
+        out[pid] = g.thread(pid)->checked_returns;
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("fake shadow: a root process under a seccomp filter is never borrowed", "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // Its filter kills it (SIGSYS) on anything but its own syscalls and a few queries.
+    ProcessSpec sandboxed;
+    sandboxed.pid = 500;
+    sandboxed.comm = "sandboxed";
+    sandboxed.seccomp = 2;
+    sandboxed.loop = {Step::sleep(1)};
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 100, .worker = false, .extra = {sandboxed}});
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    CHECK(s.bootstrap_stats().borrowed == "pid 100 (/usr/sbin/sleeper)");
+    CHECK(s.bootstrap_stats().injector.rejected.find("seccomp mode 2") != std::string::npos);
+    CHECK(g.process(500)->seccomp == 2);
+    check_refused(g, 500, {kGetuid, kPrctl});
+    CHECK(g.thread(500)->injected_by_nr.at(kPrctl) >= 1);
+    auto before = progress_of(g, {500, kSleeperPid});
+    REQUIRE(s.park());
+    run_free(g, 200);
+    CHECK(g.thread(500)->checked_returns > before[500]);
+    CHECK(g.thread(kSleeperPid)->checked_returns > before[kSleeperPid]);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a process that may not make memory executable is refused and left clean",
+          "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    ProcessSpec noexec;
+    noexec.pid = 600;
+    noexec.comm = "noexec";
+    noexec.deny_exec = true;
+    noexec.loop = {Step::sleep(1)};
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 100, .worker = false, .extra = {noexec}});
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    // Refused at mprotect: its region unmapped again, no batch run in it, no clone.
+    CHECK(s.bootstrap_stats().attempts == 2);
+    CHECK(s.bootstrap_stats().borrowed == "pid 100 (/usr/sbin/sleeper)");
+    check_refused(g, 600, {kGetuid, kPrctl, kMmap, kMprotect, kMunmap});
+    CHECK(g.thread(600)->injected_by_nr.at(kMprotect) == 1);
+    CHECK(g.shadow_like_processes() == std::vector<int64_t>{s.pid()});
+    CHECK(log.current().parent_region == 0);
+    auto before = progress_of(g, {600});
+    REQUIRE(s.park());
+    run_free(g, 200);
+    CHECK(g.thread(600)->checked_returns > before[600]);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: processes outside the initial pid or user namespace are refused",
+          "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // One in another pid namespace (it cannot see kthreadd: /proc/2 is ENOENT), one in
+    // another user namespace (same mount and pid namespaces).
+    ProcessSpec pidns;
+    pidns.pid = 700;
+    pidns.comm = "pidns-app";
+    pidns.pid_ns = kContainerPidNs;
+    pidns.loop = {Step::sleep(1)};
+    ProcessSpec userns;
+    userns.pid = 800;
+    userns.comm = "userns-app";
+    userns.user_ns = kContainerUserNs;
+    userns.loop = {Step::sleep(1)};
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 150, .worker = false, .extra = {pidns, userns}});
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    CHECK(s.bootstrap_stats().attempts == 3);
+    CHECK(s.bootstrap_stats().borrowed == "pid 100 (/usr/sbin/sleeper)");
+    for (int64_t pid : {700, 800})
+        check_refused(g, pid, {kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kMunmap});
+    // The shadow lives in the initial namespaces, like the process it came from.
+    auto info = g.process(s.pid());
+    REQUIRE(info);
+    CHECK(info->pid_ns == kInitPidNs);
+    CHECK(info->user_ns == kInitUserNs);
+    REQUIRE(s.park());
+    run_free(g, 100);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: the borrowed process runs a batch of the shadow code and comes back",
+          "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // What the bootstrap does in the borrowed process P, step by step: the payload model
+    // runs run_batch in a process that is not the shadow, and every landing holds.
+    FakeGuest g(FakeOptions{.worker = false});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    SyscallInjector inj(g, k, log, Deadline::after_ms(20000));
+    REQUIRE(inj.hijack());
+    int64_t tid = *g.thread_on_vcpu(inj.vcpu());
+    int64_t pid = g.thread(tid)->pid;
+    kvm_regs original = inj.original_regs();
+    uint64_t hint = kBandStart + 0x300000000ULL;
+    uint64_t region = *inj.syscall(
+        kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
+                kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace, ~uint64_t{0}, 0});
+    REQUIRE(region == hint);
+    REQUIRE(inj.write_memory(region, ShadowCode::bytes()));
+    // A landing must follow a `syscall` instruction.
+    auto bad = inj.set_landing(region + ShadowCode::run_batch());
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code() == EPROTO);
+    CHECK(inj.landing() == original.rcx);
+    REQUIRE(*inj.syscall(kMprotect, {region, 0x1000, kProtRead | kProtExec}) == 0);
+
+    SyscallBatch b;
+    auto getpid = b.add(kGetpid, {});
+    auto gettid = b.add(kGettid, {});
+    auto exe = b.output(64);
+    auto rl = b.add(kReadlinkat, {SyscallBatch::imm_signed(kAtFdcwd),
+                                  SyscallBatch::buf(b.input_string("/proc/self/exe")),
+                                  SyscallBatch::buf(exe), SyscallBatch::imm(64)});
+    auto init_pid_ns = b.output(64);
+    auto rl2 = b.add(kReadlinkat, {SyscallBatch::imm_signed(kAtFdcwd),
+                                   SyscallBatch::buf(b.input_string("/proc/2/ns/pid")),
+                                   SyscallBatch::buf(init_pid_ns), SyscallBatch::imm(64)});
+    uint64_t data = region + SHADOW_DATA_OFFSET;
+    EncodedBatch enc = encode_batch(b, data);
+    REQUIRE(inj.write_memory(region + SHADOW_OPS_OFFSET, enc.op_records));
+    for (const auto& chunk : enc.inputs)
+        REQUIRE(inj.write_memory(data + chunk.offset, chunk.bytes));
+    uint64_t natural_before = g.thread(tid)->natural_syscalls;
+    REQUIRE(inj.run_code(region + ShadowCode::run_batch(), region + ShadowCode::batch_done()));
+    auto t = g.thread(tid);
+    CHECK(t->cpu.user_mode());
+    CHECK(t->cpu.regs.rip == region + ShadowCode::batch_done());
+    CHECK(t->cpu.regs.rsp == original.rsp);
+    CHECK(t->natural_syscalls == natural_before);  // the payload's, not its own
+    CHECK(inj.landing() == original.rcx);
+    std::vector<uint8_t> records(enc.op_records.size());
+    REQUIRE(inj.read_memory(region + SHADOW_OPS_OFFSET, records));
+    auto results = decode_results(records, b.ops().size());
+    CHECK(results[getpid] == static_cast<uint64_t>(pid));
+    CHECK(results[gettid] == static_cast<uint64_t>(tid));
+    REQUIRE(results[rl] == std::strlen("/usr/sbin/sleeper"));
+    std::vector<uint8_t> name(results[rl]);
+    REQUIRE(inj.read_memory(data + b.buffers()[exe].offset, name));
+    CHECK(std::string(name.begin(), name.end()) == "/usr/sbin/sleeper");
+    REQUIRE(results[rl2] == std::strlen(kInitPidNs));
+    std::vector<uint8_t> ns(results[rl2]);
+    REQUIRE(inj.read_memory(data + b.buffers()[init_pid_ns].offset, ns));
+    CHECK(std::string(ns.begin(), ns.end()) == kInitPidNs);
+
+    // From there, a syscall goes back to the thread's own landing.
+    CHECK(*inj.syscall(kGetppid, {}) == static_cast<uint64_t>(kInitPid));
+    CHECK(g.thread(tid)->cpu.regs.rip == original.rcx);
+    // The region's landing, as for the clone: syscall at +0x0e, back at the child entry.
+    REQUIRE(inj.set_landing(region + ShadowCode::child_entry()));
+    CHECK(log.current().landing == region + ShadowCode::child_entry());
+    CHECK(*inj.syscall(kGetpid, {}) == static_cast<uint64_t>(pid));
+    CHECK(g.thread(tid)->cpu.regs.rip == region + ShadowCode::child_entry());
+    CHECK(g.armed_breakpoints() == std::vector<uint64_t>{region + ShadowCode::child_entry()});
+
+    // Back to the own landing; the region goes in two parts (the mprotect split it).
+    REQUIRE(inj.set_landing(original.rcx));
+    REQUIRE(*inj.syscall(kMunmap, {region, 0x1000}) == 0);
+    CHECK_FALSE(g.has_mapping_in(pid, region, region + 0x1000));
+    CHECK(g.has_mapping_in(pid, region + 0x1000, region + SHADOW_PARENT_MAP_SIZE));
+    REQUIRE(*inj.syscall(kMunmap, {region + 0x1000, SHADOW_PARENT_MAP_SIZE - 0x1000}) == 0);
+    CHECK_FALSE(g.has_mapping_in(pid, kBandStart, kBandEnd));
+    REQUIRE(inj.release());
+    CHECK(g.armed_breakpoints().empty());
+    kvm_regs want = original;
+    want.rip = original.rcx;
+    want.rflags = (original.r11 & 0x3C7FD7) | 2;
+    kvm_regs now = g.thread(tid)->cpu.regs;
+    CHECK(std::memcmp(&now, &want, sizeof now) == 0);
+    uint64_t c0 = g.thread(tid)->checked_returns;
+    run_free(g, 100);
+    CHECK(g.thread(tid)->checked_returns > c0);
+    CHECK(g.shadow_like_processes().empty());
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: no kernel-wide breakpoint is armed while a thread is borrowed", "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // Refused candidates (uid, namespace) make the bootstrap hunt more than once.
+    FakeGuest g(FakeOptions{
+        .vcpus = 2, .sleeper_delay_ms = 100, .container = true, .container_sleep_ms = 1});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    FailingGuest conn(g, LONG_MAX);
+    std::vector<std::string> bad;
+    int hunting = 0, borrowed_resumes = 0;
+    conn.before_call([&](const char* what) {
+        bool kernel_armed = false;
+        for (uint64_t a : g.armed_breakpoints()) {
+            kernel_armed = kernel_armed || a == k.sysret || a == k.slow_return || a == k.iret ||
+                           a == k.syscall_entry;
+        }
+        bool held = log.current().thread_phase != ThreadPhase::kNone;
+        bool resume = std::strcmp(what, "resume") == 0;
+        if (resume && !held && kernel_armed) ++hunting;
+        if (resume && held) ++borrowed_resumes;
+        if (kernel_armed && (held || std::strcmp(what, "write_regs") == 0)) bad.push_back(what);
+    });
+    auto created = ShadowProcess::create(conn, k, log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    CHECK(s.bootstrap_stats().attempts == 2);
+    B b;
+    b.add(kGetpid, {});
+    REQUIRE(s.execute(b));
+    REQUIRE(s.park());
+    REQUIRE(s.execute(b));
+    REQUIRE(s.terminate());
+    CHECK(hunting >= 2);
+    CHECK(borrowed_resumes >= 20);
+    INFO("requests with the kernel-wide trap armed: " << bad.size());
+    CHECK(bad.empty());
+    REQUIRE(g.interrupt(Deadline::after_ms(100)));
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a bootstrap on a quiet guest costs a handful of VM stops", "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // Every stop pauses the VM (and flushes TCG's translations): one at the kernel-wide
+    // trap, then one per injected syscall or batch, one for the helper passing the landing
+    // and one to catch the shadow, whatever else the guest does meanwhile.
+    for (int vcpus : {1, 2}) {
+        INFO(vcpus << " vCPUs");
+        FakeGuest g(FakeOptions{.vcpus = vcpus, .worker = false});
+        RecoveryLog log;
+        auto before = g.counters();
+        auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+        REQUIRE(created);
+        auto after = g.counters();
+        const auto& stats = (*created)->bootstrap_stats();
+        CHECK(stats.attempts == 1);
+        CHECK(stats.injector.kernel_trap_stops == 1);
+        CHECK(after.stops - before.stops <= 20);
+        CHECK(after.breakpoint_changes - before.breakpoint_changes <= 24);
+        INFO(g.anomalies_text());
+        CHECK(g.anomalies().empty());
+    }
 }

@@ -117,6 +117,7 @@ class FakeGuest final : public GuestAccess {
     ErrorOr<void> insert_breakpoint(uint64_t) override { return unsupported(); }
     ErrorOr<void> remove_breakpoint(uint64_t) override { return unsupported(); }
     ErrorOr<void> detach() override { return {}; }
+    RunControlCounters counters() const override { return {}; }
 
   private:
     static std::unexpected<Error> unsupported() { return make_error(ENOSYS, "not in the fake"); }

@@ -144,8 +144,10 @@ TEST_CASE("RecoveryLog file round trip", "[recovery]") {
         rec.add_breakpoint(0xffffffffb1601220ULL);
         rec.thread_phase = ThreadPhase::kInFlight;
         rec.thread_vcpu = 2;
-        rec.cookie = 0xc0ffee;
         rec.thread_cr3 = 0x17c44000;
+        rec.landing = 0x7e1234500010ULL;
+        rec.parent_region = 0x7e1234500000ULL;
+        rec.helper_pid = 4321;
         rec.thread_regs.rip = 0x7f0000001000ULL;
         rec.thread_regs.rax = 39;
         rec.shadow_phase = ShadowPhase::kParked;
@@ -183,8 +185,10 @@ TEST_CASE("RecoveryLog file round trip", "[recovery]") {
     CHECK(r->has_breakpoint(0xffffffffb1601220ULL));
     CHECK(r->thread_phase == ThreadPhase::kInFlight);
     CHECK(r->thread_vcpu == 2);
-    CHECK(r->cookie == 0xc0ffee);
     CHECK(r->thread_cr3 == 0x17c44000);
+    CHECK(r->landing == 0x7e1234500010ULL);
+    CHECK(r->parent_region == 0x7e1234500000ULL);
+    CHECK(r->helper_pid == 4321);
     CHECK(r->thread_regs.rip == 0x7f0000001000ULL);
     CHECK(r->thread_regs.rax == 39);
     CHECK(r->shadow_phase == ShadowPhase::kParked);
