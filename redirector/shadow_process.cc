@@ -257,16 +257,17 @@ ErrorOr<uint64_t> ShadowProcess::map_parent_region(SyscallInjector& inj, std::st
         log_.commit();
         // Writable, not executable: the code page becomes read+execute once written, which
         // also suits the kernel's memory-deny-write-execute where it is on.
-        uint64_t r = TRY(inj.syscall(kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
-                                             kMapShared | kMapAnonymous | kMapPopulate |
-                                                 kMapFixedNoreplace,
-                                             ~uint64_t{0}, 0}));
+        uint64_t r =
+            TRY(inj.syscall(kMmap, {hint, SHADOW_PARENT_MAP_SIZE, kProtRead | kProtWrite,
+                                    kMapShared | kMapAnonymous | kMapPopulate | kMapFixedNoreplace,
+                                    ~uint64_t{0}, 0}));
         if (is_error_result(r)) {
             log_.edit().parent_region = 0;
             log_.commit();
             if (static_cast<int>(-as_signed(r)) == EEXIST) continue;
-            return std::unexpected(Error::guest(static_cast<int>(-as_signed(r)),
-                                                "mmap of the shadow region in the borrowed thread"));
+            return std::unexpected(
+                Error::guest(static_cast<int>(-as_signed(r)),
+                             "mmap of the shadow region in the borrowed thread"));
         }
         log_.edit().parent_region = r;
         log_.commit();
@@ -331,7 +332,18 @@ ErrorOr<std::string> ShadowProcess::vet_parent(SyscallInjector& inj, uint64_t re
         auto init = readlink(strformat("/proc/2/ns/%s", kind).c_str());
         ns.emplace_back(own, init);
     }
-    auto root = readlink("/proc/self/root");
+    // readlink of /proc/self/root says "/" inside a chroot (paths are shown relative to the
+    // reader's root): compare the root directories themselves.
+    auto stat_of = [&](const char* path) {
+        auto p = b.input_string(path);
+        auto out = b.output(sizeof(Stat));
+        auto op = b.add(kNewfstatat, {SyscallBatch::imm_signed(kAtFdcwd), SyscallBatch::buf(p),
+                                      SyscallBatch::buf(out), SyscallBatch::imm(0)});
+        b.filled_by(out, op, SyscallBatch::Fill::kWhole);
+        return std::make_pair(op, out);
+    };
+    auto own_root = stat_of("/");
+    auto init_root = stat_of("/proc/2/root/");
     auto exe = readlink("/proc/self/exe");
     auto out = TRY(run_batch_in(inj, region, b));
 
@@ -347,10 +359,19 @@ ErrorOr<std::string> ShadowProcess::vet_parent(SyscallInjector& inj, uint64_t re
                              kinds[i], printable(own).c_str(), printable(init).c_str());
         }
     }
-    auto root_dir = as_text(out.bytes(root.second));
-    if (out.failed(root.first) || root_dir != "/") {
+    auto same_root = [&]() {
+        if (out.failed(own_root.first) || out.failed(init_root.first)) return false;
+        auto a = out.bytes(own_root.second);
+        auto c = out.bytes(init_root.second);
+        if (a.size() < sizeof(Stat) || c.size() < sizeof(Stat)) return false;
+        Stat sa, sc;
+        std::memcpy(&sa, a.data(), sizeof sa);
+        std::memcpy(&sc, c.data(), sizeof sc);
+        return sa.st_dev == sc.st_dev && sa.st_ino == sc.st_ino;
+    };
+    if (!same_root()) {
         foreign_parent_ = true;
-        return strformat("%s is chrooted to '%s'", who.c_str(), printable(root_dir).c_str());
+        return strformat("%s has another root directory than init (chroot)", who.c_str());
     }
     bootstrap_.borrowed = who;
     LOG_INFO("borrowing %s for the bootstrap", who.c_str());
@@ -400,8 +421,7 @@ bool helper_clone_in_flight(const RecoveryRecord& record) {
 
 std::optional<int64_t> helper_cloned_just_now(const SyscallInjector& inj,
                                               const RecoveryRecord& record) {
-    if (!inj.hijacked() || !helper_clone_in_flight(record) ||
-        is_error_result(inj.last_result())) {
+    if (!inj.hijacked() || !helper_clone_in_flight(record) || is_error_result(inj.last_result())) {
         return std::nullopt;
     }
     return static_cast<int64_t>(inj.last_result());
@@ -472,8 +492,7 @@ ErrorOr<void> ShadowProcess::catch_newborn() {
     auto start = Clock::now();
     uint64_t at = region_ + ShadowCode::after_sleep();
     TRY(traps_.arm(at));
-    auto vcpu =
-        run_until_shadow_at(at, deadline_, true, parent_space_);
+    auto vcpu = run_until_shadow_at(at, deadline_, true, parent_space_);
     if (!vcpu && is_transport_error(vcpu.error())) return std::unexpected(vcpu.error());
     if (!vcpu) {
         // Left to the caller's cleanup, which tries once more to catch and end it.
@@ -678,8 +697,9 @@ ErrorOr<void> ShadowProcess::acquire() {
 namespace {
 
 // Writes a batch into a region's op and data areas through `write`.
-ErrorOr<EncodedBatch> post_batch(const SyscallBatch& batch, uint64_t region,
-                                 const std::function<ErrorOr<void>(uint64_t, std::span<const uint8_t>)>& write) {
+ErrorOr<EncodedBatch> post_batch(
+    const SyscallBatch& batch, uint64_t region,
+    const std::function<ErrorOr<void>(uint64_t, std::span<const uint8_t>)>& write) {
     uint64_t data_area = region + SHADOW_DATA_OFFSET;
     EncodedBatch enc = encode_batch(batch, data_area);
     TRY(write(region + SHADOW_OPS_OFFSET, enc.op_records));
@@ -691,9 +711,9 @@ ErrorOr<EncodedBatch> post_batch(const SyscallBatch& batch, uint64_t region,
 
 // Reads the results and output buffers of a batch that ran, merging neighbouring buffers
 // into one transfer.
-ErrorOr<BatchOutcome> collect_outcome(const SyscallBatch& batch, const EncodedBatch& enc,
-                                      uint64_t region,
-                                      const std::function<ErrorOr<void>(uint64_t, std::span<uint8_t>)>& read) {
+ErrorOr<BatchOutcome> collect_outcome(
+    const SyscallBatch& batch, const EncodedBatch& enc, uint64_t region,
+    const std::function<ErrorOr<void>(uint64_t, std::span<uint8_t>)>& read) {
     uint64_t data_area = region + SHADOW_DATA_OFFSET;
     BatchOutcome out;
     std::vector<uint8_t> records(enc.op_records.size());

@@ -2095,6 +2095,13 @@ uint64_t FakeGuest::sys_newfstatat(Process& p, const std::array<uint64_t, 6>& a)
         uint64_t err = 0;
         auto full = resolve(p, static_cast<int64_t>(a[0]), *path, err);
         if (!full) return err;
+        // Root directories: "/" is the process's own root, /proc/2/root kthreadd's (the
+        // real one), unless the process cannot see pid 2 (another pid namespace).
+        if (*full == "/") full = p.root;
+        if (*full == "/proc/2/root") {
+            if (p.pid_ns != kInitPidNs) return neg(ENOENT);
+            full = "/";
+        }
         auto it = fs_.find(*full);
         if (it == fs_.end()) return neg(ENOENT);
         node = it->second;

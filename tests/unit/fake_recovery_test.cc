@@ -244,7 +244,7 @@ long calls_of_full_session() {
     CHECK(injected(kSandboxedPid) == std::set<uint64_t>{kGetuid, kPrctl});
     CHECK(injected(kNoExecPid) == std::set<uint64_t>{kGetuid, kPrctl, kMmap, kMprotect, kMunmap});
     CHECK(injected(kContainerPid) ==
-          std::set<uint64_t>{kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kMunmap});
+          std::set<uint64_t>{kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kNewfstatat, kMunmap});
     CHECK(injected(kSleeperPid).count(kClone));
     INFO(g.anomalies_text());
     CHECK(g.anomalies().empty());

@@ -569,7 +569,7 @@ TEST_CASE("fake shadow: processes outside the initial pid or user namespace are 
     userns.comm = "userns-app";
     userns.user_ns = kContainerUserNs;
     userns.loop = {Step::sleep(1)};
-    FakeGuest g(FakeOptions{.sleeper_delay_ms = 150, .worker = false, .extra = {pidns, userns}});
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 400, .worker = false, .extra = {pidns, userns}});
     RecoveryLog log;
     auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
     REQUIRE(created);
@@ -577,12 +577,36 @@ TEST_CASE("fake shadow: processes outside the initial pid or user namespace are 
     CHECK(s.bootstrap_stats().attempts == 3);
     CHECK(s.bootstrap_stats().borrowed == "pid 100 (/usr/sbin/sleeper)");
     for (int64_t pid : {700, 800})
-        check_refused(g, pid, {kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kMunmap});
+        check_refused(g, pid,
+                      {kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kNewfstatat, kMunmap});
     // The shadow lives in the initial namespaces, like the process it came from.
     auto info = g.process(s.pid());
     REQUIRE(info);
     CHECK(info->pid_ns == kInitPidNs);
     CHECK(info->user_ns == kInitUserNs);
+    REQUIRE(s.park());
+    run_free(g, 100);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake shadow: a chrooted root process is refused before any clone", "[fake]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    // readlink(/proc/self/root) says "/" inside a chroot: the root directories themselves
+    // are compared.
+    ProcessSpec jailed;
+    jailed.pid = 900;
+    jailed.comm = "jailed-app";
+    jailed.root = "/tmp";
+    jailed.loop = {Step::sleep(1)};
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 150, .worker = false, .extra = {jailed}});
+    RecoveryLog log;
+    auto created = ShadowProcess::create(g, fixture_entry_points(), log, ShadowOptions{});
+    REQUIRE(created);
+    ShadowProcess& s = **created;
+    CHECK(s.bootstrap_stats().attempts == 2);
+    CHECK(s.bootstrap_stats().borrowed == "pid 100 (/usr/sbin/sleeper)");
+    check_refused(g, 900, {kGetuid, kPrctl, kMmap, kMprotect, kReadlinkat, kNewfstatat, kMunmap});
     REQUIRE(s.park());
     run_free(g, 100);
     INFO(g.anomalies_text());
