@@ -12,6 +12,10 @@ echo "== guest kernels and initramfs (cached in ${CLOUDVMI_CACHE:-$HOME/.cache/c
 for flavour in generic cloud rt; do
     tests/guest/build-guest.sh --flavour "$flavour" --quiet
 done
+# the other Debian releases' kernels (private apt lists in the cache, see tests/guest/README.md)
+for release in bullseye trixie sid; do
+    tests/guest/build-guest.sh --release "$release" --quiet
+done
 echo "== Debian 12 systemd guest image (debootstrap; ~10 min the first time, cached after)"
 tests/guest/build-debian-guest.sh --quiet
 

@@ -2,14 +2,19 @@
 # build-guest.sh - build (or locate in the cache) the CloudVMI test guest kit:
 # a stock Debian kernel and a busybox initramfs, both made from Debian packages only.
 #
-#   build-guest.sh [--flavour generic|cloud|rt] [--cache DIR] [--print] [--quiet]
+#   build-guest.sh [--release bullseye|bookworm|trixie|sid] [--flavour generic|cloud|rt]
+#                  [--cache DIR] [--print] [--quiet] [--refresh]
 #
 # Cache layout (outside git):  ${CLOUDVMI_CACHE:-$HOME/.cache/cloudvmi}/guest/
+#   <flavour>/                the bookworm kernels (the default release):
 #   <flavour>/vmlinuz         kernel image (boot/vmlinuz-* of the package)
 #   <flavour>/config          its build configuration
 #   <flavour>/version         name of the package it came from (linux-image-6.1.0-NN-...)
 #   <flavour>/resolved        meta package resolution, keyed by the state of apt's lists
-#   initrd.gz                 busybox initramfs, shared by all flavours
+#   <release>/<flavour>/      the same for the other releases
+#   apt/<release>/            private apt state for a release other than the host's:
+#                             sources.list, lists/, cache/ (the machine's apt is not touched)
+#   initrd.gz                 busybox initramfs, shared by all flavours and releases
 #   initrd.sum                checksum of the initramfs inputs
 set -euo pipefail
 
@@ -18,21 +23,33 @@ PROG=${0##*/}
 
 usage() {
     cat <<EOF
-Usage: $PROG [--flavour generic|cloud|rt] [--cache DIR] [--print] [--quiet]
+Usage: $PROG [--release R] [--flavour generic|cloud|rt] [--cache DIR] [--print] [--quiet]
+             [--refresh]
 
 Builds the CloudVMI test guest from Debian packages (nothing else is downloaded):
   kernel     linux-image-<abi>-{amd64,cloud-amd64,rt-amd64}, resolved via the meta package
+             (where that is itself a metapackage, as in unstable, the image comes from
+             linux-binary-<abi> and its config from linux-base-<abi>)
   initramfs  /bin/busybox (busybox-static) + tests/guest/init, newc cpio + gzip
 
 Options:
+  --release R   Debian release of the kernel: bullseye (11), bookworm (12, default),
+                trixie (13) or sid (unstable). The host's own release uses the machine's
+                apt lists; any other one a private sources list and lists directory in the
+                cache (the mirror is the one apt is configured with), so the machine's apt
+                configuration and state are never touched.
   --flavour F   generic (default), cloud or rt
   --cache DIR   cache root (default \${CLOUDVMI_CACHE:-\$HOME/.cache/cloudvmi});
                 files go to DIR/guest/
   --print       print shell-sourceable KERNEL=, INITRD=, KERNEL_VERSION= lines
-                (plus KERNEL_PACKAGE=, KERNEL_CONFIG=, FLAVOUR=)
+                (plus KERNEL_PACKAGE=, KERNEL_CONFIG=, FLAVOUR=, RELEASE=)
   --quiet       no progress messages on stderr
+  --refresh     fetch the release's package lists again first (private lists only; they
+                are otherwise fetched once, and again only when a download fails)
   -h, --help    this text
 
+Environment: CLOUDVMI_DEBIAN_MIRROR and CLOUDVMI_DEBIAN_SECURITY_MIRROR override the
+mirrors found in apt's sources (private lists only).
 Exit status: 0 on success, 1 on failure, 2 on bad usage.
 EOF
 }
@@ -42,10 +59,15 @@ QUIET=0
 log() { [ "$QUIET" = 1 ] || echo "$PROG: $*" >&2; }
 
 FLAVOUR=generic
+RELEASE=bookworm
 CACHE_ROOT=${CLOUDVMI_CACHE:-${HOME:-/root}/.cache/cloudvmi}
 PRINT=0
+REFRESH=0
 while [ $# -gt 0 ]; do
     case $1 in
+        --release) [ $# -ge 2 ] || { usage >&2; exit 2; }; RELEASE=$2; shift 2 ;;
+        --release=*) RELEASE=${1#*=}; shift ;;
+        --refresh) REFRESH=1; shift ;;
         --flavour|--flavor) [ $# -ge 2 ] || { usage >&2; exit 2; }; FLAVOUR=$2; shift 2 ;;
         --flavour=*|--flavor=*) FLAVOUR=${1#*=}; shift ;;
         --cache) [ $# -ge 2 ] || { usage >&2; exit 2; }; CACHE_ROOT=$2; shift 2 ;;
@@ -63,9 +85,14 @@ case $FLAVOUR in
     rt)      META=linux-image-rt-amd64 ;;
     *) echo "$PROG: unknown flavour '$FLAVOUR' (generic, cloud or rt)" >&2; exit 2 ;;
 esac
+case $RELEASE in
+    bullseye|bookworm|trixie|sid) ;;
+    *) echo "$PROG: unknown release '$RELEASE' (bullseye, bookworm, trixie or sid)" >&2; exit 2 ;;
+esac
 
 GUEST=$CACHE_ROOT/guest
-FDIR=$GUEST/$FLAVOUR
+# bookworm keeps the layout it always had
+if [ "$RELEASE" = bookworm ]; then FDIR=$GUEST/$FLAVOUR; else FDIR=$GUEST/$RELEASE/$FLAVOUR; fi
 mkdir -p "$FDIR" || die "cannot create cache directory $FDIR"
 
 # One builder at a time per cache (guests are often started in parallel).
@@ -87,10 +114,112 @@ tmpdir() {
 
 APT_OPTS=()
 [ "$(id -u)" = 0 ] && APT_OPTS=(-o APT::Sandbox::User=root)
+
+# The host's own release is resolved with the machine's apt lists (as it always was); any
+# other release with a private sources list, lists and cache under $GUEST/apt/<release>.
+HOST_RELEASE=$( (. /etc/os-release 2>/dev/null && printf '%s' "${VERSION_CODENAME:-}") || true)
+PRIVATE=0
+[ "$RELEASE" = "$HOST_RELEASE" ] || PRIVATE=1
+
+# The Debian mirrors apt is configured with (one-line *.list or deb822 *.sources): prints
+# "main URI" (the first deb entry for a plain suite) and "security URI" (the first one for
+# a *-security suite).
+find_mirrors() {
+    local files=() f
+    [ -f /etc/apt/sources.list ] && files+=(/etc/apt/sources.list)
+    shopt -s nullglob
+    for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do files+=("$f"); done
+    shopt -u nullglob
+    [ ${#files[@]} -gt 0 ] || return 0
+    awk '
+        function consider(uri, suite) {
+            sub(/\/+$/, "", uri)
+            if (suite ~ /-security$/) { if (security == "") security = uri }
+            else if (suite !~ /-/ && uri !~ /security/ && plain == "") plain = uri
+        }
+        function flush(   i, j, nu, ns, u, s) {
+            if (types ~ /(^|[ \t])deb([ \t]|$)/ && enabled !~ /^[ \t]*no/) {
+                nu = split(uris, u, /[ \t]+/); ns = split(suites, s, /[ \t]+/)
+                for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++)
+                    if (u[i] != "" && s[j] != "") consider(u[i], s[j])
+            }
+            types = uris = suites = enabled = ""
+        }
+        FNR == 1 { flush(); deb822 = (FILENAME ~ /\.sources$/) }
+        /^[ \t]*#/ { next }
+        deb822 {
+            if ($0 ~ /^[ \t]*$/) { flush(); next }
+            line = $0; key = tolower(line); sub(/:.*/, "", key); sub(/^[^:]*:[ \t]*/, "", line)
+            if (key == "types") types = line
+            else if (key == "uris") uris = line
+            else if (key == "suites") suites = line
+            else if (key == "enabled") enabled = line
+            next
+        }
+        $1 == "deb" {
+            i = 2
+            if ($i ~ /^\[/) { while ($i !~ /\]$/ && i < NF) i++; i++ }
+            consider($i, $(i + 1))
+        }
+        END { flush(); if (plain != "") print "main " plain; if (security != "") print "security " security }
+    ' "${files[@]}"
+}
+
+LISTS_DIR=
+if [ "$PRIVATE" = 1 ]; then
+    APTDIR=$GUEST/apt/$RELEASE
+    LISTS_DIR=$APTDIR/lists
+    mkdir -p "$LISTS_DIR/partial" "$APTDIR/cache/archives/partial" ||
+        die "cannot create $APTDIR"
+    [ -f "$APTDIR/status" ] || : >"$APTDIR/status"
+    MIRROR=${CLOUDVMI_DEBIAN_MIRROR:-}
+    SECURITY=${CLOUDVMI_DEBIAN_SECURITY_MIRROR:-}
+    if [ -z "$MIRROR" ] || [ -z "$SECURITY" ]; then
+        while read -r kind uri; do
+            case $kind in
+                main) [ -n "$MIRROR" ] || MIRROR=$uri ;;
+                security) [ -n "$SECURITY" ] || SECURITY=$uri ;;
+            esac
+        done < <(find_mirrors)
+    fi
+    [ -n "$MIRROR" ] || die "no Debian mirror found in apt's sources (set CLOUDVMI_DEBIAN_MIRROR)"
+    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+    OPT=
+    [ -f "$KEYRING" ] && OPT="[signed-by=$KEYRING] "
+    {
+        echo "# written by $PROG for --release $RELEASE (mirrors taken from apt's sources)"
+        echo "deb $OPT$MIRROR $RELEASE main"
+        if [ "$RELEASE" != sid ]; then
+            echo "deb $OPT$MIRROR $RELEASE-updates main"
+            [ -z "$SECURITY" ] || echo "deb $OPT$SECURITY $RELEASE-security main"
+        fi
+    } >"$APTDIR/sources.list.new"
+    if cmp -s "$APTDIR/sources.list.new" "$APTDIR/sources.list"; then
+        rm -f "$APTDIR/sources.list.new"
+    else
+        # other mirrors: the lists fetched from the old ones are not theirs
+        mv -f "$APTDIR/sources.list.new" "$APTDIR/sources.list"
+        find "$LISTS_DIR" -maxdepth 1 -type f ! -name lock -delete 2>/dev/null || true
+    fi
+    APT_OPTS+=(-o "Dir::Etc::SourceList=$APTDIR/sources.list"
+               -o Dir::Etc::SourceParts=/dev/null
+               -o "Dir::State::Lists=$LISTS_DIR"
+               -o "Dir::State::status=$APTDIR/status"
+               -o "Dir::Cache=$APTDIR/cache"
+               -o Dir::Etc::Preferences=/dev/null
+               -o Dir::Etc::PreferencesParts=/dev/null
+               -o Acquire::Languages=none)
+fi
+
 UPDATED=0
 apt_update() {
     [ "$UPDATED" = 0 ] || return 1
     UPDATED=1
+    if [ "$PRIVATE" = 1 ]; then
+        log "fetching the package lists of $RELEASE (private lists in $APTDIR)"
+        apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update ($RELEASE, private lists) failed"
+        return 0
+    fi
     [ "$(id -u)" = 0 ] || die "package lists need refreshing but 'apt-get update' needs root"
     log "running apt-get update"
     apt-get "${APT_OPTS[@]}" -qq update >&2 || die "apt-get update failed"
@@ -98,8 +227,8 @@ apt_update() {
 
 # State of apt's package lists: when it changes, the meta package is resolved again.
 lists_stamp() {
-    local f=() LISTS=/var/lib/apt/lists/
-    eval "$(apt-config shell LISTS Dir::State::lists/d 2>/dev/null)" || true
+    local f=() LISTS=${LISTS_DIR:-/var/lib/apt/lists/}
+    [ -n "$LISTS_DIR" ] || eval "$(apt-config shell LISTS Dir::State::lists/d 2>/dev/null)" || true
     shopt -s nullglob
     f=("${LISTS%/}"/*_Packages*)
     shopt -u nullglob
@@ -107,19 +236,34 @@ lists_stamp() {
     stat -c '%n %Y %s' "${f[@]}" | cksum | cut -d' ' -f1
 }
 
+if [ "$PRIVATE" = 1 ] && { [ "$REFRESH" = 1 ] || [ "$(lists_stamp)" = none ]; }; then
+    apt_update
+fi
+
 # meta package -> ABI package (linux-image-6.1.0-NN-amd64)
 resolve() {
     local out
-    out=$(apt-cache depends "$META" 2>/dev/null |
+    out=$(apt-cache "${APT_OPTS[@]}" depends "$META" 2>/dev/null |
           sed -n 's/^ *Depends: *\(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1) || true
     printf '%s' "$out"
+}
+# ABI package -> the package that holds the image: itself, or (unstable) linux-binary-<abi>
+image_holder() {
+    local kver=${1#linux-image-} deps
+    deps=$(apt-cache "${APT_OPTS[@]}" depends "$1" 2>/dev/null) || true
+    if grep -qxF "  Depends: linux-binary-$kver" <<<"$deps"; then
+        printf 'linux-binary-%s' "$kver"
+    else
+        printf '%s' "$1"
+    fi
 }
 
 STAMP=$(lists_stamp)
 PKG=
+BIN=
 if [ -f "$FDIR/resolved" ]; then
-    read -r rs rp <"$FDIR/resolved" || true
-    [ "${rs:-}" = "$STAMP" ] && PKG=${rp:-}
+    read -r rs rp rb <"$FDIR/resolved" || true
+    [ "${rs:-}" = "$STAMP" ] && [ -n "${rb:-}" ] && PKG=${rp:-} && BIN=$rb
 fi
 if [ -z "$PKG" ]; then
     PKG=$(resolve)
@@ -127,9 +271,10 @@ if [ -z "$PKG" ]; then
         apt_update || true
         STAMP=$(lists_stamp)
         PKG=$(resolve)
-        [ -n "$PKG" ] || die "cannot resolve $META to a kernel package (apt-cache depends $META)"
+        [ -n "$PKG" ] || die "cannot resolve $META ($RELEASE) to a kernel package (apt-cache depends $META)"
     fi
-    printf '%s %s\n' "$STAMP" "$PKG" >"$FDIR/resolved.new" && mv -f "$FDIR/resolved.new" "$FDIR/resolved"
+    BIN=$(image_holder "$PKG")
+    printf '%s %s %s\n' "$STAMP" "$PKG" "$BIN" >"$FDIR/resolved.new" && mv -f "$FDIR/resolved.new" "$FDIR/resolved"
 fi
 KVER=${PKG#linux-image-}
 
@@ -138,35 +283,62 @@ have_kernel() {
     [ -s "$FDIR/vmlinuz" ] && [ -f "$FDIR/version" ] && [ "$(cat "$FDIR/version")" = "$PKG" ]
 }
 
-if ! have_kernel; then
-    tmpdir
-    log "downloading $PKG"
-    if ! (cd "$TMP" && apt-get "${APT_OPTS[@]}" -qq download "$PKG" >&2); then
-        apt_update || die "apt-get download $PKG failed"
-        (cd "$TMP" && apt-get "${APT_OPTS[@]}" -qq download "$PKG" >&2) ||
-            die "apt-get download $PKG failed"
+download() {   # package -> path of its .deb in $TMP
+    local p=$1 debs
+    if ! (cd "$TMP" && apt-get "${APT_OPTS[@]}" -qq download "$p" >&2); then
+        apt_update || die "apt-get download $p failed"
+        (cd "$TMP" && apt-get "${APT_OPTS[@]}" -qq download "$p" >&2) ||
+            die "apt-get download $p failed"
     fi
     shopt -s nullglob
-    debs=("$TMP"/"${PKG}"_*.deb)
+    debs=("$TMP"/"${p}"_*.deb)
     shopt -u nullglob
-    [ ${#debs[@]} -eq 1 ] || die "apt-get download $PKG produced no .deb"
-    log "extracting boot/vmlinuz-$KVER"
-    mkdir -p "$TMP/x"
-    # boot/ comes first in the data archive: stop reading once both members are out.
-    # (boot/System.map in these packages is a placeholder: the real one is in -dbg.)
+    [ ${#debs[@]} -eq 1 ] || die "apt-get download $p produced no .deb"
+    printf '%s' "${debs[0]}"
+}
+
+# extract DEB DIR MEMBER... : only these members, else (unusual layout) everything
+extract() {
+    local deb=$1 dir=$2
+    shift 2
+    mkdir -p "$dir"
+    # the wanted members come first in the data archive: stop reading once they are out
     set +o pipefail
-    dpkg-deb --fsys-tarfile "${debs[0]}" 2>/dev/null |
-        tar -x -C "$TMP/x" --occurrence=1 \
-            "./boot/vmlinuz-$KVER" "./boot/config-$KVER" 2>/dev/null
+    dpkg-deb --fsys-tarfile "$deb" 2>/dev/null | tar -x -C "$dir" --occurrence=1 "$@" 2>/dev/null
     set -o pipefail
-    if [ ! -s "$TMP/x/boot/vmlinuz-$KVER" ]; then
-        # unusual layout: fall back to a full extraction
-        rm -rf "$TMP/x"; mkdir -p "$TMP/x"
-        dpkg-deb -x "${debs[0]}" "$TMP/x" || die "dpkg-deb -x ${debs[0]} failed"
+    if [ ! -s "$dir/${1#./}" ]; then
+        rm -rf "$dir"; mkdir -p "$dir"
+        dpkg-deb -x "$deb" "$dir" || die "dpkg-deb -x $deb failed"
     fi
-    [ -s "$TMP/x/boot/vmlinuz-$KVER" ] || die "${debs[0]} has no boot/vmlinuz-$KVER"
-    mv -f "$TMP/x/boot/vmlinuz-$KVER" "$FDIR/vmlinuz.new"
-    [ -f "$TMP/x/boot/config-$KVER" ] && mv -f "$TMP/x/boot/config-$KVER" "$FDIR/config"
+}
+
+if ! have_kernel; then
+    tmpdir
+    log "downloading $BIN ($RELEASE)"
+    deb=$(download "$BIN")
+    # (boot/System.map in these packages is a placeholder: the real one is in -dbg.)
+    if [ "$BIN" = "$PKG" ]; then
+        log "extracting boot/vmlinuz-$KVER"
+        extract "$deb" "$TMP/x" "./boot/vmlinuz-$KVER" "./boot/config-$KVER"
+        img=$TMP/x/boot/vmlinuz-$KVER cfg=$TMP/x/boot/config-$KVER
+        [ -s "$img" ] || img=$TMP/x/usr/lib/modules/$KVER/vmlinuz
+        [ -f "$cfg" ] || cfg=$TMP/x/usr/lib/modules/$KVER/config
+    else
+        # the image package is a metapackage: vmlinuz is in linux-binary-<abi>, the config
+        # in linux-base-<abi>
+        log "extracting usr/lib/modules/$KVER/vmlinuz"
+        extract "$deb" "$TMP/x" "./usr/lib/modules/$KVER/vmlinuz"
+        img=$TMP/x/usr/lib/modules/$KVER/vmlinuz cfg=$TMP/x/usr/lib/modules/$KVER/config
+        if (cd "$TMP" && apt-get "${APT_OPTS[@]}" -qq download "linux-base-$KVER" >&2 2>/dev/null); then
+            for b in "$TMP"/linux-base-"$KVER"_*.deb; do
+                [ -f "$b" ] && extract "$b" "$TMP/y" "./usr/lib/modules/$KVER/config"
+                cfg=$TMP/y/usr/lib/modules/$KVER/config
+            done
+        fi
+    fi
+    [ -s "$img" ] || die "$deb has no boot/vmlinuz-$KVER nor usr/lib/modules/$KVER/vmlinuz"
+    mv -f "$img" "$FDIR/vmlinuz.new"
+    if [ -f "$cfg" ]; then mv -f "$cfg" "$FDIR/config"; else rm -f "$FDIR/config"; fi
     mv -f "$FDIR/vmlinuz.new" "$FDIR/vmlinuz"
     printf '%s\n' "$PKG" >"$FDIR/version.new" && mv -f "$FDIR/version.new" "$FDIR/version"
     # verdicts of detect-accel for older kernels are stale now
@@ -226,5 +398,6 @@ if [ "$PRINT" = 1 ]; then
     q KERNEL_PACKAGE "$PKG"
     q KERNEL_CONFIG "$FDIR/config"
     q FLAVOUR "$FLAVOUR"
+    q RELEASE "$RELEASE"
 fi
 exit 0

@@ -15,13 +15,14 @@ usage() {
     cat <<EOF
 Usage:
   $PROG start --name NAME --dir RUNDIR [--image busybox|debian]
+               [--release bullseye|bookworm|trixie|sid]
                [--flavour generic|cloud|rt] [--append "EXTRA"]
                [--smp N] [--mem MB] [--accel auto|kvm|tcg] [--cpu MODEL]
                [--timeout SECONDS] [--hostname NAME] [--ssh-port PORT] [--cache DIR]
   $PROG stop --name NAME --dir RUNDIR [--timeout SECONDS]
   $PROG ssh --name NAME --dir RUNDIR [--] [COMMAND...]
   $PROG qga --name NAME --dir RUNDIR [--timeout SECONDS] ['JSON']
-  $PROG detect-accel [--flavour F] [--cpu MODEL] [--cache DIR] [--force]
+  $PROG detect-accel [--release R] [--flavour F] [--cpu MODEL] [--cache DIR] [--force]
   $PROG help
 
 start         builds/locates the guest kit (build-guest.sh), starts qemu-system-x86_64
@@ -30,17 +31,19 @@ start         builds/locates the guest kit (build-guest.sh), starts qemu-system-
                 RUNDIR/NAME.serial (console log)   RUNDIR/NAME.pid (QEMU pid)
               waits until the guest prints $READY_MARK and prints sourceable lines:
                 GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp SERIAL=... PID=... ACCEL=tcg|kvm
-                (plus NAME, RUNDIR, FLAVOUR, KERNEL_VERSION, BOOT_SECONDS)
+                (plus NAME, RUNDIR, FLAVOUR, RELEASE, KERNEL_VERSION, BOOT_SECONDS)
               (plus IMAGE, and for debian SSH_PORT, SSH_KEY, QGA)
-              Defaults: --image busybox --flavour generic --smp 1 --mem 512 --accel auto
-                        --cpu $DEFAULT_CPU --timeout 120
+              Defaults: --image busybox --release bookworm --flavour generic --smp 1
+                        --mem 512 --accel auto --cpu $DEFAULT_CPU --timeout 120
+              --release picks the Debian release whose kernel the busybox guest boots
+              (bullseye 5.10, bookworm 6.1, trixie 6.12, sid: unstable's); see build-guest.sh.
               The kernel command line is "console=ttyS0 quiet panic=-1 [cloudvmi.hostname=H] EXTRA".
               --image debian boots the Debian 12 systemd guest (build-debian-guest.sh) from a
               fresh qcow2 overlay RUNDIR/NAME.qcow2 on virtio-blk, with a virtio NIC (QEMU user
               networking, guest port 22 forwarded to 127.0.0.1:SSH_PORT, a free port unless
               --ssh-port) and qemu-guest-agent on RUNDIR/NAME.qga. Defaults there: --mem 1024
               --timeout 240; command line "console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet
-              panic=-1 [systemd.hostname=H] EXTRA". --flavour does not apply.
+              panic=-1 [systemd.hostname=H] EXTRA". --flavour and --release do not apply.
               On failure or timeout the tail of the console log is shown, QEMU is killed, exit 1.
 stop          asks QEMU to quit over QMP, then SIGTERM, then SIGKILL (default timeout 10 s);
               removes the sockets, the pidfile and the overlay (the serial log is kept).
@@ -93,6 +96,11 @@ wait_gone() {   # pid seconds
 check_name() {
     [ -n "$1" ] || bad_usage "--name is required"
     case $1 in *[!A-Za-z0-9._-]*|.*) bad_usage "invalid --name '$1' (use letters, digits, . _ -)" ;; esac
+}
+
+check_release() {
+    case $1 in bullseye|bookworm|trixie|sid) ;;
+        *) bad_usage "unknown release '$1' (bullseye, bookworm, trixie or sid)" ;; esac
 }
 
 # ---------------------------------------------------------------- detect-accel
@@ -152,10 +160,11 @@ detect_accel() {
 }
 
 cmd_detect_accel() {
-    local flavour=generic cpu=$DEFAULT_CPU cache='' force=0
+    local flavour=generic release=bookworm cpu=$DEFAULT_CPU cache='' force=0
     while [ $# -gt 0 ]; do
         case $1 in
             --flavour|--flavor) need_arg "$1" $#; flavour=$2; shift 2 ;;
+            --release) need_arg "$1" $#; release=$2; shift 2 ;;
             --cpu) need_arg "$1" $#; cpu=$2; shift 2 ;;
             --cache) need_arg "$1" $#; cache=$2; shift 2 ;;
             --force) force=1; shift ;;
@@ -164,11 +173,12 @@ cmd_detect_accel() {
         esac
     done
     case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour'" ;; esac
+    check_release "$release"
     # Without KVM the answer needs no kernel, so no kit is built for it.
     kvm_usable || { echo tcg; return 0; }
     local kit KERNEL KERNEL_VERSION
-    kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
-        die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+    kit=$("$BUILD" --quiet --print --release "$release" --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+        die "cannot build the guest kit (build-guest.sh --release $release --flavour $flavour)"
     eval "$kit"
     detect_accel "$KERNEL" "$KERNEL_VERSION" "$cpu" "$force"
 }
@@ -241,6 +251,7 @@ pick_port() {
 cmd_start() {
     local name='' dir='' flavour=generic extra='' smp=1 mem='' accel=auto cpu=$DEFAULT_CPU
     local timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port=''
+    local release=bookworm release_set=0
     while [ $# -gt 0 ]; do
         case $1 in
             --name) need_arg "$1" $#; name=$2; shift 2 ;;
@@ -248,6 +259,7 @@ cmd_start() {
             --image) need_arg "$1" $#; image=$2; shift 2 ;;
             --ssh-port) need_arg "$1" $#; ssh_port=$2; shift 2 ;;
             --flavour|--flavor) need_arg "$1" $#; flavour=$2; flavour_set=1; shift 2 ;;
+            --release) need_arg "$1" $#; release=$2; release_set=1; shift 2 ;;
             --append) need_arg "$1" $#; extra="$extra $2"; shift 2 ;;
             --smp) need_arg "$1" $#; smp=$2; shift 2 ;;
             --mem) need_arg "$1" $#; mem=$2; shift 2 ;;
@@ -264,9 +276,12 @@ cmd_start() {
     [ -n "$dir" ] || bad_usage "--dir is required"
     case $image in busybox|debian) ;; *) bad_usage "--image must be busybox or debian" ;; esac
     case $flavour in generic|cloud|rt) ;; *) bad_usage "unknown flavour '$flavour' (generic, cloud or rt)" ;; esac
+    check_release "$release"
     if [ "$image" = debian ]; then
         [ "$flavour_set" = 0 ] || [ "$flavour" = generic ] ||
             bad_usage "--flavour applies to --image busybox only (debian boots its own kernel)"
+        [ "$release_set" = 0 ] || [ "$release" = bookworm ] ||
+            bad_usage "--release applies to --image busybox only (debian boots its own kernel)"
         [ -n "$mem" ] || mem=1024
         [ -n "$timeout" ] || timeout=240
         case $ssh_port in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-6][0-9][0-9][0-9][0-9]) ;;
@@ -305,8 +320,8 @@ cmd_start() {
         eval "$kit"
         KERNEL=$DEBIAN_KERNEL INITRD=$DEBIAN_INITRD KERNEL_VERSION=$DEBIAN_KERNEL_VERSION
     else
-        kit=$("$BUILD" --quiet --print --flavour "$flavour" ${cache:+--cache "$cache"}) ||
-            die "cannot build the guest kit (build-guest.sh --flavour $flavour)"
+        kit=$("$BUILD" --quiet --print --release "$release" --flavour "$flavour" ${cache:+--cache "$cache"}) ||
+            die "cannot build the guest kit (build-guest.sh --release $release --flavour $flavour)"
         eval "$kit"
     fi
 
@@ -383,7 +398,7 @@ cmd_start() {
     done
     if [ -n "$why" ]; then
         {
-            echo "$PROG: error: guest '$name' ($image, $flavour, $accel): $why"
+            echo "$PROG: error: guest '$name' ($image, $release, $flavour, $accel): $why"
             echo "---- last lines of $serial:"
             if [ -s "$serial" ]; then tail -n 40 "$serial" | tr -d '\r'; else echo "(nothing)"; fi
             [ -s "$err" ] && { echo "---- QEMU stderr:"; cat "$err"; }
@@ -403,6 +418,7 @@ cmd_start() {
     q NAME "$name"
     q RUNDIR "$dir"
     q FLAVOUR "$flavour"
+    q RELEASE "$release"
     q KERNEL_VERSION "$KERNEL_VERSION"
     q BOOT_SECONDS "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')"
     q IMAGE "$image"
