@@ -48,13 +48,14 @@ std::string find_in_path(const std::string& prog) {
 }  // namespace
 
 std::string GuestConfig::describe() const {
-    return strformat("%s image, %s kernel, %d vCPU%s, cmdline '%s'", image.c_str(),
-                     flavour.c_str(), smp, smp == 1 ? "" : "s", append.c_str());
+    return strformat("%s image, %s %s kernel, %d vCPU%s, cmdline '%s'", image.c_str(),
+                     release.c_str(), flavour.c_str(), smp, smp == 1 ? "" : "s", append.c_str());
 }
 
 GuestConfig GuestConfig::from_environment() {
     GuestConfig c;
     c.flavour = env_or("CLOUDVMI_TEST_FLAVOUR", "generic");
+    c.release = env_or("CLOUDVMI_TEST_RELEASE", "bookworm");
     c.append = env_or("CLOUDVMI_TEST_APPEND", "");
     c.smp = static_cast<int>(parse_u64(env_or("CLOUDVMI_TEST_SMP", "1")).value_or(1));
     c.image = env_or("CLOUDVMI_TEST_IMAGE", "busybox");
@@ -171,8 +172,10 @@ void TestGuest::boot() {
                                     "--image",
                                     config_.image};
     if (config_.image == "busybox") {
-        cmd.push_back("--flavour");  // the debian image boots its own kernel
-        cmd.push_back(config_.flavour);
+        // the debian image boots its own kernel
+        for (const std::string& arg :
+             {std::string("--flavour"), config_.flavour, std::string("--release"), config_.release})
+            cmd.push_back(arg);
     }
     if (!config_.append.empty()) {
         cmd.push_back("--append");
@@ -196,9 +199,11 @@ void TestGuest::boot() {
         if (key == "QGA") qga_ = value;
         if (key == "SSH_PORT") ssh_port_ = value;
         if (key == "SSH_KEY") ssh_key_ = value;
+        if (key == "KERNEL_VERSION") kernel_version_ = value;
     }
     REQUIRE_FALSE(gdb_.empty());
     REQUIRE_FALSE(serial_.empty());
+    REQUIRE_FALSE(kernel_version_.empty());
     running_ = true;
 }
 
@@ -211,6 +216,7 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       qga_(std::move(o.qga_)),
       ssh_port_(std::move(o.ssh_port_)),
       ssh_key_(std::move(o.ssh_key_)),
+      kernel_version_(std::move(o.kernel_version_)),
       qemu_pid_(o.qemu_pid_),
       running_(o.running_) {
     o.running_ = false;

@@ -2,6 +2,8 @@
 //
 // The configuration comes from the environment so that one test binary covers every
 // kernel flavour and boot option (ctest registers one entry per configuration):
+//   CLOUDVMI_TEST_RELEASE  Debian release of the busybox guest's kernel: bullseye (5.10),
+//                          bookworm (6.1, default), trixie (6.12), sid (unstable)
 //   CLOUDVMI_TEST_FLAVOUR  generic (default), cloud, rt
 //   CLOUDVMI_TEST_APPEND   extra kernel command line, e.g. "nopti" or "nokaslr"
 //   CLOUDVMI_TEST_SMP      vCPU count (default 1)
@@ -24,6 +26,7 @@ namespace cloudvmi::test {
 
 struct GuestConfig {
     std::string flavour = "generic";
+    std::string release = "bookworm";
     std::string append;
     int smp = 1;
     std::string name = "itest";
@@ -60,6 +63,8 @@ class TestGuest {
     const std::string& qga() const { return qga_; }
     const std::string& state_dir() const { return state_dir_; }
     const GuestConfig& config() const { return config_; }
+    // The booted kernel's release as `uname -r` says it (launch-guest.sh's KERNEL_VERSION).
+    const std::string& kernel_version() const { return kernel_version_; }
     int qemu_pid() const { return qemu_pid_; }
 
     std::string serial_log() const;
@@ -81,7 +86,7 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_;
+    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };
