@@ -23,16 +23,24 @@ using B = SyscallBatch;
 
 TEST_CASE("kernel entry points are found and syscalls run in the shadow", "[guest]") {
     auto& guest = TestGuest::shared();
-    INFO("guest: " << guest.config().describe());
+    INFO("guest: " << guest.config().describe() << ", kernel " << guest.kernel_version());
     GuestSession session(guest.session_options());
     auto attached = session.attach();
     INFO((attached ? "" : attached.error().describe()));
     REQUIRE(attached);
     auto st = session.status();
+    WARN("kernel " << guest.kernel_version() << " (" << guest.config().describe() << "): attach "
+                   << st.bootstrap.total_ms << " ms (hijack " << st.bootstrap.hijack_ms << " ms), "
+                   << st.bootstrap_cost.stops << " VM stops, "
+                   << st.bootstrap_cost.breakpoint_changes << " breakpoint changes, borrowed "
+                   << st.bootstrap.borrowed << "; " << st.kernel.describe());
     CHECK(st.state == SessionState::kAttached);
     CHECK(st.kernel.syscall_entry >= 0xffffffff80000000ULL);
     CHECK(st.kernel.sysret > st.kernel.syscall_entry);
     CHECK(st.kernel.sysret - st.kernel.syscall_entry < 0x600);
+    // The slow return path and its iretq are informational (the injector uses neither);
+    // every kernel of the kit has them where discovery looks.
+    CHECK(st.kernel.slow_return != 0);
     CHECK(st.kernel.iret != 0);
     bool nopti = guest.config().append.find("nopti") != std::string::npos;
     // The kit boots an Intel-vendor CPU, on which Linux enables PTI unless told not to.
@@ -56,7 +64,7 @@ TEST_CASE("kernel entry points are found and syscalls run in the shadow", "[gues
     auto u = parse_utsname(out->bytes(uts));
     CHECK(u.sysname == "Linux");
     CHECK(u.machine == "x86_64");
-    CHECK(u.release.find("6.1.0") == 0);
+    CHECK(u.release == guest.kernel_version());
     CHECK(u.release.find(guest.config().flavour == "generic" ? "-amd64" : guest.config().flavour) !=
           std::string::npos);
 
@@ -199,7 +207,11 @@ TEST_CASE("the guest workload is intact", "[guest]") {
         // Still inside its read() of a pipe nobody writes: syscall 0 in /proc/PID/syscall.
         auto syscall = read_text(ops, "/proc/" + blocked_pid + "/syscall");
         CHECK(starts_with(syscall, "0 "));
-        CHECK(read_text(ops, "/proc/" + blocked_pid + "/wchan") == "pipe_read");
+        // Where it sleeps: pipe_read (anon_pipe_read since 6.15); x86-64 kernels before 5.16
+        // built with the ORC unwinder (Debian 11's 5.10) always report "0".
+        auto wchan = read_text(ops, "/proc/" + blocked_pid + "/wchan");
+        INFO("wchan of the blocked reader: " << wchan);
+        CHECK((wchan.ends_with("pipe_read") || wchan == "0"));
         auto container = std::to_string(workload_pid(ops, "container"));
         auto own_ns = ops.readlink("/proc/self/ns/mnt");
         auto init_ns = ops.readlink("/proc/1/ns/mnt");
@@ -309,7 +321,7 @@ TEST_CASE("cloudvmi guest command line", "[guest]") {
     CHECK(starts_with(meminfo.out, "MemTotal:"));
     auto info = cli({"info"});
     CHECK(info.status == 0);
-    CHECK(info.out.find("Linux cloudvmi-guest 6.1.0") != std::string::npos);
+    CHECK(info.out.find("Linux cloudvmi-guest " + guest.kernel_version()) != std::string::npos);
     CHECK(info.out.find("syscall entry: 0xffffffff") != std::string::npos);
     CHECK(info.out.find("shadow pid:") != std::string::npos);
     auto missing = cli({"cat", "/nonexistent"});
