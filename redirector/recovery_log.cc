@@ -9,6 +9,7 @@
 #include <optional>
 #include <random>
 #include <type_traits>
+#include <vector>
 
 #include "common/unique_fd.h"
 
@@ -103,15 +104,23 @@ void RecoveryLog::commit() {
 ErrorOr<RecoveryRecord> RecoveryLog::read_file(const std::string& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return errno_error("opening recovery log " + path);
+    std::vector<uint8_t> bytes(sizeof(LogFile));
+    ssize_t n = ::pread(fd.get(), bytes.data(), bytes.size(), 0);
+    bytes.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return parse(bytes, path);
+}
+
+ErrorOr<RecoveryRecord> RecoveryLog::parse(std::span<const uint8_t> bytes,
+                                           const std::string& origin) {
     LogFile file;
-    ssize_t n = ::pread(fd.get(), &file, sizeof file, 0);
-    if (n != static_cast<ssize_t>(sizeof file)) {
-        return make_error(EINVAL, "recovery log " + path + " is truncated");
+    if (bytes.size() < sizeof file) {
+        return make_error(EINVAL, "recovery log " + origin + " is truncated");
     }
-    if (file.magic != kFileMagic) return make_error(EINVAL, path + " is not a recovery log");
+    std::memcpy(&file, bytes.data(), sizeof file);
+    if (file.magic != kFileMagic) return make_error(EINVAL, origin + " is not a recovery log");
     RecoveryRecord r = file.slots[file.sequence & 1];
     if (r.magic != RecoveryRecord::kMagic || r.version != RecoveryRecord::kVersion) {
-        return make_error(EINVAL, "recovery log " + path + " has an unknown format");
+        return make_error(EINVAL, "recovery log " + origin + " has an unknown format");
     }
     r.endpoint[sizeof r.endpoint - 1] = '\0';
     if (r.breakpoint_count > RecoveryRecord::kMaxBreakpoints) r.breakpoint_count = 0;

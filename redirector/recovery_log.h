@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "common/error.h"
@@ -100,6 +101,9 @@ class RecoveryLog {
 
     // Reads the last committed record of a log file written by another process.
     static ErrorOr<RecoveryRecord> read_file(const std::string& path);
+    // The same from the bytes of such a file, untrusted: size, magic and version checked,
+    // endpoint terminated, breakpoint count bounded. `origin` names the file in errors.
+    static ErrorOr<RecoveryRecord> parse(std::span<const uint8_t> bytes, const std::string& origin);
 
   private:
     RecoveryRecord working_;

@@ -5,6 +5,7 @@ set -eu
 
 PACKAGES="
 build-essential cmake pkg-config
+clang-16 libclang-rt-16-dev
 libfuse3-dev fuse3
 libvirt-dev
 libyaml-cpp-dev

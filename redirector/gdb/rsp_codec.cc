@@ -42,7 +42,8 @@ std::string escape_payload(std::string_view payload) {
 
 std::string encode_packet(std::string_view payload) {
     std::string body = escape_payload(payload);
-    return strformat("$%s#%02x", body.c_str(), checksum(body));
+    // Not "%s": the body may hold NUL bytes.
+    return "$" + body + strformat("#%02x", checksum(body));
 }
 
 std::optional<std::string> expand_payload(std::string_view raw, size_t max_size) {

@@ -128,8 +128,14 @@ uint64_t Endpoint::identity() const {
 }
 
 std::string Endpoint::to_string() const {
-    if (kind == Kind::kUnix) return "unix:" + path;
-    return "tcp:" + host + ":" + std::to_string(port);
+    if (kind == Kind::kUnix) {
+        // After "unix:" a comma starts QEMU-style options, so a path with one (only a bare
+        // path can have one) is written bare, to parse back to the same socket.
+        return path.find(',') != std::string::npos ? path : "unix:" + path;
+    }
+    // parse() takes one pair of brackets off the host ("[::1]"): put them back when needed.
+    bool bracket = host.find(':') != std::string::npos || (!host.empty() && host[0] == '[');
+    return "tcp:" + (bracket ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 RspConnection::RspConnection(UniqueFd fd, Endpoint endpoint)

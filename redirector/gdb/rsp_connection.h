@@ -25,6 +25,7 @@ struct Endpoint {
     uint16_t port = 0;
 
     static ErrorOr<Endpoint> parse(std::string_view text);
+    // Parses back (parse()) as the same endpoint: the recovery log relies on it.
     std::string to_string() const;
     // For a unix socket: its inode and change time, which change when QEMU restarts and
     // recreates it; 0 when unknown (tcp, or no such file).

@@ -163,9 +163,13 @@ ErrorOr<RegisterLayout> RegisterLayout::load(const XmlFetcher& fetch) {
         if (architecture.empty()) architecture = xml_architecture(xml);
         std::string clean = strip_xml_comments(xml);
         size_t pos = 0;
+        size_t reg = clean.find("<reg");
+        size_t inc = clean.find("<xi:include");
         while (true) {
-            size_t reg = clean.find("<reg", pos);
-            size_t inc = clean.find("<xi:include", pos);
+            // Search again only for what now lies behind pos, so that the document is
+            // scanned once (not once per register, quadratic).
+            if (reg != std::string::npos && reg < pos) reg = clean.find("<reg", pos);
+            if (inc != std::string::npos && inc < pos) inc = clean.find("<xi:include", pos);
             if (reg == std::string::npos && inc == std::string::npos) break;
             if (inc < reg) {
                 size_t end = clean.find('>', inc);

@@ -68,6 +68,18 @@ TEST_CASE("encode_packet frames the escaped payload with its checksum", "[rsp]")
     CHECK(encode_packet("a#") == "$a}\x03#e1");
 }
 
+TEST_CASE("encode_packet keeps NUL bytes of the payload", "[rsp]") {
+    // Found by fuzz/rsp_decoder_fuzz: the body was formatted with %s, which stopped at the
+    // first NUL while the checksum still covered the whole body.
+    CHECK(encode_packet(std::string("a\0b", 3)) == std::string("$a\0b#c3", 7));
+    std::vector<WireEvent> out;
+    PacketDecoder d;
+    d.feed(encode_packet(std::string("\0\0x", 3)), out);
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].kind == Kind::kPacket);
+    CHECK(out[0].payload == std::string("\0\0x", 3));
+}
+
 TEST_CASE("expand_payload undoes escapes", "[rsp]") {
     CHECK(expand_payload("", 100) == std::optional<std::string>(""));
     CHECK(expand_payload("abc", 100) == std::optional<std::string>("abc"));

@@ -2,6 +2,7 @@
 #include "redirector/gdb/target_description.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <map>
 #include <set>
 
@@ -372,4 +373,25 @@ TEST_CASE("RegisterLayout::load expands includes in place, as gdb does", "[tdesc
     CHECK(l->find("early2")->offset == 8);
     CHECK(l->find("late")->regnum == 2);
     CHECK(l->find("late")->offset == 16);
+}
+
+TEST_CASE("RegisterLayout::load reads the largest description in linear time", "[tdesc]") {
+    // The client accepts up to 1 MiB of description from the stub. Each register used to
+    // restart the search for the next <xi:include> from there to the end of the document:
+    // quadratic, seconds of CPU for a hostile stub's 1 MiB of registers.
+    std::string doc = "<target>";
+    int n = 0;
+    while (doc.size() < (1u << 20))
+        doc += "<reg name=\"r" + std::to_string(n++) + "\" bitsize=\"8\"/>";
+    doc += "</target>";
+    MapFetcher f;
+    f.docs["target.xml"] = doc;
+    auto start = std::chrono::steady_clock::now();
+    auto l = load_from(f);
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    REQUIRE(l.has_value());
+    CHECK(l->registers().size() == static_cast<size_t>(n));
+    CHECK(l->total_bytes() == static_cast<size_t>(n));
+    CHECK(seconds < 2.0);
 }
