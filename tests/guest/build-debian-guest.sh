@@ -1,10 +1,12 @@
 #!/bin/bash
-# build-debian-guest.sh - build (or locate in the cache) a Debian 12 (bookworm) guest with
-# systemd, sshd and qemu-guest-agent for the CloudVMI test kit, from Debian packages only.
+# build-debian-guest.sh - build (or locate in the cache) a Debian 12 (bookworm) or 13 (trixie)
+# guest with systemd, sshd and qemu-guest-agent for the CloudVMI test kit, from Debian
+# packages only.
 #
-#   build-debian-guest.sh [--cache DIR] [--print] [--quiet] [--rebuild]
+#   build-debian-guest.sh [--release bookworm|trixie] [--cache DIR] [--print] [--quiet] [--rebuild]
 #
-# Cache layout (outside git):  ${CLOUDVMI_CACHE:-$HOME/.cache/cloudvmi}/debian/
+# Cache layout (outside git):  ${CLOUDVMI_CACHE:-$HOME/.cache/cloudvmi}/debian/ (bookworm),
+# .../debian-trixie/ (trixie), each with:
 #   rootfs.ext4        the root file system (raw ext4, label "root"); boot it through a
 #                      fresh qcow2 overlay, never directly
 #   vmlinuz            the kernel of the image (from its /boot)
@@ -32,16 +34,17 @@ INITRD_MODULES="virtio_pci virtio_blk virtio_net crc32c_generic ext4"
 
 usage() {
     cat <<EOF
-Usage: $PROG [--cache DIR] [--print] [--quiet] [--rebuild]
+Usage: $PROG [--release bookworm|trixie] [--cache DIR] [--print] [--quiet] [--rebuild]
 
-Builds, once, a Debian 12 ($SUITE) guest image with systemd from Debian packages:
+Builds, once, a Debian 12 (bookworm) or 13 (trixie) guest image with systemd from Debian packages:
 debootstrap --variant=minbase (mirror taken from apt's configuration), kernel and initramfs
 installed in the chroot, then mkfs.ext4 -d (no loop devices). Needs root to build; finding a
 built image in the cache does not.
 
 Options:
+  --release R   bookworm (default, Debian 12) or trixie (Debian 13)
   --cache DIR   cache root (default \${CLOUDVMI_CACHE:-\$HOME/.cache/cloudvmi});
-                files go to DIR/debian/
+                files go to DIR/debian/ (bookworm) or DIR/debian-trixie/ (trixie)
   --print       print shell-sourceable DEBIAN_IMAGE=, DEBIAN_KERNEL=, DEBIAN_INITRD=,
                 DEBIAN_KERNEL_VERSION=, DEBIAN_SSH_KEY= lines
   --quiet       no progress messages on stderr
@@ -66,6 +69,8 @@ PRINT=0
 REBUILD=0
 while [ $# -gt 0 ]; do
     case $1 in
+        --release) [ $# -ge 2 ] || { usage >&2; exit 2; }; SUITE=$2; shift 2 ;;
+        --release=*) SUITE=${1#*=}; shift ;;
         --cache) [ $# -ge 2 ] || { usage >&2; exit 2; }; CACHE_ROOT=$2; shift 2 ;;
         --cache=*) CACHE_ROOT=${1#*=}; shift ;;
         --print) PRINT=1; shift ;;
@@ -76,8 +81,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-mkdir -p "$CACHE_ROOT/debian" || die "cannot create cache directory $CACHE_ROOT/debian"
-D=$(cd "$CACHE_ROOT/debian" && pwd)
+case $SUITE in
+    bookworm) SUBDIR=debian ;;            # the original layout, unchanged
+    trixie) SUBDIR=debian-$SUITE ;;
+    *) echo "$PROG: unknown release '$SUITE' (bookworm or trixie)" >&2; usage >&2; exit 2 ;;
+esac
+mkdir -p "$CACHE_ROOT/$SUBDIR" || die "cannot create cache directory $CACHE_ROOT/$SUBDIR"
+D=$(cd "$CACHE_ROOT/$SUBDIR" && pwd)
 
 # One builder at a time per cache (guests are often started in parallel).
 exec 9>"$D/.lock"
@@ -488,6 +498,13 @@ in_chroot systemctl disable systemd-networkd-wait-online.service >>"$LOG" 2>&1 |
 in_chroot systemctl mask serial-getty@ttyS0.service getty@tty1.service \
     apt-daily.timer apt-daily-upgrade.timer fstrim.timer e2scrub_all.timer e2scrub_reap.service \
     dpkg-db-backup.timer >>"$LOG" 2>&1 || true
+# systemd >= 256 (trixie): systemd-ssh-generator asks for the local AF_VSOCK CID at every
+# boot and, QEMU giving the guest no vsock device, fails with a message on the console.
+# sshd is enabled above; mask the generator (bookworm has none).
+if [ -e "$R/usr/lib/systemd/system-generators/systemd-ssh-generator" ]; then
+    mkdir -p "$R/etc/systemd/system-generators"
+    ln -sf /dev/null "$R/etc/systemd/system-generators/systemd-ssh-generator"
+fi
 # qemu-guest-agent is started by udev when the org.qemu.guest_agent.0 port appears.
 [ -f "$R/lib/systemd/system/qemu-guest-agent.service" ] ||
     die "qemu-guest-agent.service missing from the image"

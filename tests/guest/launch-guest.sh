@@ -43,7 +43,8 @@ start         builds/locates the guest kit (build-guest.sh), starts qemu-system-
               networking, guest port 22 forwarded to 127.0.0.1:SSH_PORT, a free port unless
               --ssh-port) and qemu-guest-agent on RUNDIR/NAME.qga. Defaults there: --mem 1024
               --timeout 240; command line "console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet
-              panic=-1 [systemd.hostname=H] EXTRA". --flavour and --release do not apply.
+              panic=-1 [systemd.hostname=H] EXTRA". --flavour does not apply; --release
+              picks the image: bookworm (Debian 12, default) or trixie (Debian 13).
               On failure or timeout the tail of the console log is shown, QEMU is killed, exit 1.
 stop          asks QEMU to quit over QMP, then SIGTERM, then SIGKILL (default timeout 10 s);
               removes the sockets, the pidfile and the overlay (the serial log is kept).
@@ -280,8 +281,8 @@ cmd_start() {
     if [ "$image" = debian ]; then
         [ "$flavour_set" = 0 ] || [ "$flavour" = generic ] ||
             bad_usage "--flavour applies to --image busybox only (debian boots its own kernel)"
-        [ "$release_set" = 0 ] || [ "$release" = bookworm ] ||
-            bad_usage "--release applies to --image busybox only (debian boots its own kernel)"
+        case $release in bookworm|trixie) ;;
+            *) bad_usage "no Debian image for release '$release' (--image debian: bookworm or trixie)" ;; esac
         [ -n "$mem" ] || mem=1024
         [ -n "$timeout" ] || timeout=240
         case $ssh_port in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-6][0-9][0-9][0-9][0-9]) ;;
@@ -315,8 +316,8 @@ cmd_start() {
     if [ "$image" = debian ]; then
         command -v qemu-img >/dev/null 2>&1 || die "qemu-img not found (apt-get install qemu-utils)"
         # not --quiet: a first build takes minutes, its progress goes to stderr
-        kit=$("$BUILD_DEBIAN" --print ${cache:+--cache "$cache"}) ||
-            die "cannot build the Debian guest (build-debian-guest.sh)"
+        kit=$("$BUILD_DEBIAN" --print --release "$release" ${cache:+--cache "$cache"}) ||
+            die "cannot build the Debian guest (build-debian-guest.sh --release $release)"
         eval "$kit"
         KERNEL=$DEBIAN_KERNEL INITRD=$DEBIAN_INITRD KERNEL_VERSION=$DEBIAN_KERNEL_VERSION
     else

@@ -274,7 +274,10 @@ TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups
     };
 
     CHECK(cat("root/etc/cloudvmi-known") == "cloudvmi known file\n");
-    CHECK(cat("root/etc/os-release").find("bookworm") != std::string::npos);
+    // the image's release: bookworm (Debian 12) unless CLOUDVMI_TEST_RELEASE says trixie
+    const std::string& release = guest.config().release.empty() ? std::string("bookworm")
+                                                                : guest.config().release;
+    CHECK(cat("root/etc/os-release").find("VERSION_CODENAME=" + release) != std::string::npos);
 
     // Every process of the guest, through its status file.
     auto ls = run_command({"ls", vm + "/proc"}, 60000);

@@ -176,6 +176,10 @@ void TestGuest::boot() {
         for (const std::string& arg :
              {std::string("--flavour"), config_.flavour, std::string("--release"), config_.release})
             cmd.push_back(arg);
+    } else if (!config_.release.empty() && config_.release != "bookworm") {
+        // the debian image of another release (launch-guest.sh: bookworm or trixie)
+        cmd.push_back("--release");
+        cmd.push_back(config_.release);
     }
     if (!config_.append.empty()) {
         cmd.push_back("--append");

@@ -3,7 +3,8 @@
 // The configuration comes from the environment so that one test binary covers every
 // kernel flavour and boot option (ctest registers one entry per configuration):
 //   CLOUDVMI_TEST_RELEASE  Debian release of the busybox guest's kernel: bullseye (5.10),
-//                          bookworm (6.1, default), trixie (6.12), sid (unstable)
+//                          bookworm (6.1, default), trixie (6.12), sid (unstable); with
+//                          the debian image, the image's release: bookworm or trixie
 //   CLOUDVMI_TEST_FLAVOUR  generic (default), cloud, rt
 //   CLOUDVMI_TEST_APPEND   extra kernel command line, e.g. "nopti" or "nokaslr"
 //   CLOUDVMI_TEST_SMP      vCPU count (default 1)
