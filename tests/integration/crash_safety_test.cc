@@ -73,26 +73,11 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     int restored_before = 0;
     for (int round = 0; round < kRounds; ++round) {
         bool long_job = round % 3 == 2;
-        std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
-                                         guest.gdb(),       "--state-dir", guest.state_dir()};
-        if (long_job) {
-            argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
-        } else {
-            argv.push_back("info");
-        }
-        pid_t pid = spawn_process(argv, "/dev/null", true);
         // A bootstrap takes about a second, a long job several: kill anywhere in them.
-        std::uniform_int_distribution<int> delay_ms(0, long_job ? 4000 : 1300);
-        int wait_ms = delay_ms(rng);
-        std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
-        ::kill(-pid, SIGKILL);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
+        int wait_ms = 0;
+        auto r = kill_mid_session_then_attach(guest, long_job, long_job ? 4000 : 1300, rng, wait_ms,
+                                              60000);
         INFO("round " << round << ": killed after " << wait_ms << " ms");
-        // The next session must get the VM, whatever state the dead one left it in.
-        auto r = run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",
-                              guest.state_dir(), "cat", "/proc/uptime"},
-                             60000);
         INFO(r.err);
         REQUIRE(r.status == 0);
         CHECK_FALSE(r.out.empty());

@@ -129,7 +129,8 @@ std::string must_ssh(const TestGuest& guest, const std::string& command) {
 }
 
 std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
     return s;
 }
 
@@ -177,10 +178,9 @@ Attach attach_once(TestGuest& guest) {
     }
     REQUIRE(s.detach());
     const auto& inj = a.status.bootstrap.injector;
-    UNSCOPED_INFO("attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops
-                            << " VM stops (" << inj.kernel_trap_stops << " kernel-wide, "
-                            << inj.foreign_stops << " foreign), "
-                            << a.status.bootstrap_cost.breakpoint_changes
+    UNSCOPED_INFO("attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops << " VM stops ("
+                            << inj.kernel_trap_stops << " kernel-wide, " << inj.foreign_stops
+                            << " foreign), " << a.status.bootstrap_cost.breakpoint_changes
                             << " breakpoint changes; borrowed " << a.status.bootstrap.borrowed
                             << "; let go: " << inj.rejected);
     CHECK(a.status.bootstrap_cost.stops < kMaxStopsPerAttach);
@@ -190,8 +190,8 @@ Attach attach_once(TestGuest& guest) {
 
 void print_attach(const char* label, const Attach& a) {
     const auto& inj = a.status.bootstrap.injector;
-    WARN(label << ": attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops
-               << " VM stops (" << inj.kernel_trap_stops << " at the kernel-wide trap), "
+    WARN(label << ": attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops << " VM stops ("
+               << inj.kernel_trap_stops << " at the kernel-wide trap), "
                << a.status.bootstrap_cost.breakpoint_changes << " breakpoint changes, borrowed "
                << a.status.bootstrap.borrowed);
 }
@@ -203,8 +203,9 @@ TEST_CASE("Debian guest: booted, healthy, heartbeat watched", "[debian]") {
     heartbeat();
     CHECK(trimmed(must_ssh(guest, "systemctl is-system-running --wait")) == "running");
     CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
-    CHECK(must_ssh(guest, "cat /proc/$(pidof systemd-journald)/status | grep ^Seccomp:")
-              .find("2") != std::string::npos);
+    CHECK(
+        must_ssh(guest, "cat /proc/$(pidof systemd-journald)/status | grep ^Seccomp:").find("2") !=
+        std::string::npos);
 }
 
 TEST_CASE("Debian guest: attach to the idle guest with a bounded number of stops", "[debian]") {
@@ -238,8 +239,9 @@ TEST_CASE("Debian guest: seccomp-filtered root services are never borrowed", "[d
 TEST_CASE("Debian guest: attach with two CPU-bound loops running", "[debian]") {
     auto& guest = debian();
     HeartbeatCheckpoint checkpoint{"attach with two CPU-bound loops running"};
-    must_ssh(guest, "systemd-run --unit=cvmi-busy /bin/sh -c "
-                    "'(while :; do :; done) & while :; do :; done'");
+    must_ssh(guest,
+             "systemd-run --unit=cvmi-busy /bin/sh -c "
+             "'(while :; do :; done) & while :; do :; done'");
     auto a = attach_once(guest);
     print_attach("Debian guest with two busy loops", a);
     auto b = attach_once(guest);
@@ -268,15 +270,16 @@ TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups
     }
     auto cat = [&](const std::string& rel) {
         auto r = run_command({"cat", vm + "/" + rel}, 60000);
-        INFO("cat " << rel << ": " << r.err << "\nmount log:\n" << read_whole_file(dir + "/mount.log"));
+        INFO("cat " << rel << ": " << r.err << "\nmount log:\n"
+                    << read_whole_file(dir + "/mount.log"));
         REQUIRE(r.status == 0);
         return r.out;
     };
 
     CHECK(cat("root/etc/cloudvmi-known") == "cloudvmi known file\n");
     // the image's release: bookworm (Debian 12) unless CLOUDVMI_TEST_RELEASE says trixie
-    const std::string& release = guest.config().release.empty() ? std::string("bookworm")
-                                                                : guest.config().release;
+    const std::string& release =
+        guest.config().release.empty() ? std::string("bookworm") : guest.config().release;
     CHECK(cat("root/etc/os-release").find("VERSION_CODENAME=" + release) != std::string::npos);
 
     // Every process of the guest, through its status file.
@@ -334,23 +337,10 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
     const int kRounds = 8;
     for (int round = 0; round < kRounds; ++round) {
         bool long_job = round % 2 == 1;
-        std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
-                                         guest.gdb(),       "--state-dir", guest.state_dir()};
-        if (long_job) {
-            argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
-        } else {
-            argv.push_back("info");
-        }
-        pid_t pid = spawn_process(argv, "/dev/null", true);
-        std::uniform_int_distribution<int> delay_ms(0, long_job ? 5000 : 2500);
-        int wait_ms = delay_ms(rng);
-        std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
-        ::kill(-pid, SIGKILL);
-        ::waitpid(pid, nullptr, 0);
+        int wait_ms = 0;
+        auto r = kill_mid_session_then_attach(guest, long_job, long_job ? 5000 : 2500, rng, wait_ms,
+                                              90000);
         INFO("round " << round << ": killed after " << wait_ms << " ms");
-        auto r = run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",
-                              guest.state_dir(), "cat", "/proc/uptime"},
-                             90000);
         INFO(r.err);
         REQUIRE(r.status == 0);
     }
@@ -367,7 +357,8 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
     CHECK(guest.ssh("pgrep -x cloudvmi-shadow").status == 1);
     CHECK(processes_with_shadow_code(guest).empty());
     CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
-    CHECK(trimmed(must_ssh(guest, "grep -c ' Z ' /proc/[0-9]*/stat | grep -v ':0$'; true")).empty());
+    CHECK(
+        trimmed(must_ssh(guest, "grep -c ' Z ' /proc/[0-9]*/stat | grep -v ':0$'; true")).empty());
 }
 
 TEST_CASE("Debian guest: the heartbeat never stopped for more than 5 s", "[debian]") {

@@ -356,6 +356,28 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log
     return pid;
 }
 
+CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job, int max_delay_ms,
+                                           std::mt19937& rng, int& killed_after_ms,
+                                           int attach_timeout_ms) {
+    std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
+                                     guest.gdb(),       "--state-dir", guest.state_dir()};
+    if (long_job) {
+        argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
+    } else {
+        argv.push_back("info");
+    }
+    pid_t pid = spawn_process(argv, "/dev/null", true);
+    std::uniform_int_distribution<int> delay_ms(0, max_delay_ms);
+    killed_after_ms = delay_ms(rng);
+    std::this_thread::sleep_for(std::chrono::milliseconds(killed_after_ms));
+    ::kill(-pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    // The next session must get the VM, whatever state the dead one left it in.
+    return run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",
+                        guest.state_dir(), "cat", "/proc/uptime"},
+                       attach_timeout_ms);
+}
+
 std::string read_whole_file(const std::string& path) {
     std::ifstream f(path);
     std::stringstream ss;

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,12 @@ CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms =
 // process group of its own (so that a signal to the test's group does not reach it).
 pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log = "/dev/null",
                     bool own_group = false);
+// One round of the SIGKILL tests: a `cloudvmi guest` job (`info`, or with `long_job` a
+// `cat /proc/kallsyms`) is SIGKILLed after a random delay of up to `max_delay_ms` (stored
+// in `killed_after_ms`), then a new session runs `cat /proc/uptime`: its result.
+CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job, int max_delay_ms,
+                                           std::mt19937& rng, int& killed_after_ms,
+                                           int attach_timeout_ms);
 // Host processes (ours excluded) whose command line, arguments joined by spaces,
 // contains `needle`.
 std::vector<pid_t> processes_with(const std::string& needle);
