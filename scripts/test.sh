@@ -17,8 +17,9 @@ done
 for release in bullseye trixie sid; do
     tests/guest/build-guest.sh --release "$release" --quiet
 done
-echo "== Debian 12 systemd guest image (debootstrap; a few minutes the first time, cached after)"
+echo "== Debian 12 and 13 systemd guest images (debootstrap; ~10 min each the first time, cached after)"
 tests/guest/build-debian-guest.sh --quiet
+tests/guest/build-debian-guest.sh --release trixie --quiet
 
 echo "== unit tests under ASan + UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

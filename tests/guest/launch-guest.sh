@@ -9,6 +9,12 @@ QEMU=${QEMU:-qemu-system-x86_64}
 BUILD=$SELF_DIR/build-guest.sh
 BUILD_DEBIAN=$SELF_DIR/build-debian-guest.sh
 DEFAULT_CPU='qemu64,vendor=GenuineIntel'
+# QEMU before 8.1 computes RFLAGS after a TCG cmpxchg16b from a stale flags state (its
+# helper reads the lazily kept condition-code op without syncing it first): RFLAGS can come
+# back as a register value, TF and all. Debian 13's slab allocator runs cmpxchg16b constantly
+# and double-faulted one boot in four. Under TCG the default CPU hides CX16 from such QEMUs;
+# the kernel then uses its own emulation. A --cpu given by the caller is used as it is.
+TCG_CX16_FIXED_IN=8.1
 READY_MARK=CLOUDVMI-GUEST-READY
 
 usage() {
@@ -32,9 +38,12 @@ start         builds/locates the guest kit (build-guest.sh), starts qemu-system-
               waits until the guest prints $READY_MARK and prints sourceable lines:
                 GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp SERIAL=... PID=... ACCEL=tcg|kvm
                 (plus NAME, RUNDIR, FLAVOUR, RELEASE, KERNEL_VERSION, BOOT_SECONDS)
-              (plus IMAGE, and for debian SSH_PORT, SSH_KEY, QGA)
+              (plus IMAGE, CPU, and for debian SSH_PORT, SSH_KEY, QGA)
               Defaults: --image busybox --release bookworm --flavour generic --smp 1
                         --mem 512 --accel auto --cpu $DEFAULT_CPU --timeout 120
+              Under TCG with QEMU older than $TCG_CX16_FIXED_IN the default CPU also hides CX16
+              (",-cx16"): those QEMUs can corrupt RFLAGS after cmpxchg16b, which the guest
+              kernel uses in its slab allocator (Debian 13 guests double-faulted).
               --release picks the Debian release whose kernel the busybox guest boots
               (bullseye 5.10, bookworm 6.1, trixie 6.12, sid: unstable's); see build-guest.sh.
               The kernel command line is "console=ttyS0 quiet panic=-1 [cloudvmi.hostname=H] EXTRA".
@@ -249,9 +258,17 @@ pick_port() {
     return 1
 }
 
+# True when $QEMU's version is below $1 (major.minor).
+qemu_older_than() {
+    local v
+    v=$("$QEMU" --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9]*\.[0-9]*\).*/\1/p')
+    [ -n "$v" ] || return 1
+    [ "$(printf '%s\n%s\n' "$v" "$1" | sort -V | head -n1)" = "$v" ] && [ "$v" != "$1" ]
+}
+
 cmd_start() {
     local name='' dir='' flavour=generic extra='' smp=1 mem='' accel=auto cpu=$DEFAULT_CPU
-    local timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port=''
+    local cpu_set=0 timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port=''
     local release=bookworm release_set=0
     while [ $# -gt 0 ]; do
         case $1 in
@@ -265,7 +282,7 @@ cmd_start() {
             --smp) need_arg "$1" $#; smp=$2; shift 2 ;;
             --mem) need_arg "$1" $#; mem=$2; shift 2 ;;
             --accel) need_arg "$1" $#; accel=$2; shift 2 ;;
-            --cpu) need_arg "$1" $#; cpu=$2; shift 2 ;;
+            --cpu) need_arg "$1" $#; cpu=$2; cpu_set=1; shift 2 ;;
             --timeout) need_arg "$1" $#; timeout=$2; shift 2 ;;
             --hostname) need_arg "$1" $#; ghost=$2; shift 2 ;;
             --cache) need_arg "$1" $#; cache=$2; shift 2 ;;
@@ -330,6 +347,9 @@ cmd_start() {
         auto) accel=$(detect_accel "$KERNEL" "$KERNEL_VERSION" "$cpu" 0) ;;
         kvm) [ -c /dev/kvm ] && [ -w /dev/kvm ] || die "--accel kvm: /dev/kvm is not usable" ;;
     esac
+    if [ "$accel" = tcg ] && [ "$cpu_set" = 0 ] && qemu_older_than "$TCG_CX16_FIXED_IN"; then
+        cpu="$cpu,-cx16"
+    fi
 
     rm -f "$gdb" "$qmp" "$serial" "$pidfile" "$err" "$overlay" "$qga" "$sshinfo"
     local append
@@ -416,6 +436,7 @@ cmd_start() {
     q SERIAL "$serial"
     q PID "$pid"
     q ACCEL "$accel"
+    q CPU "$cpu"
     q NAME "$name"
     q RUNDIR "$dir"
     q FLAVOUR "$flavour"

@@ -204,6 +204,8 @@ void TestGuest::boot() {
         if (key == "SSH_PORT") ssh_port_ = value;
         if (key == "SSH_KEY") ssh_key_ = value;
         if (key == "KERNEL_VERSION") kernel_version_ = value;
+        if (key == "ACCEL") accel_ = value;
+        if (key == "CPU") cpu_model_ = value;
     }
     REQUIRE_FALSE(gdb_.empty());
     REQUIRE_FALSE(serial_.empty());
@@ -221,6 +223,8 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       ssh_port_(std::move(o.ssh_port_)),
       ssh_key_(std::move(o.ssh_key_)),
       kernel_version_(std::move(o.kernel_version_)),
+      accel_(std::move(o.accel_)),
+      cpu_model_(std::move(o.cpu_model_)),
       qemu_pid_(o.qemu_pid_),
       running_(o.running_) {
     o.running_ = false;

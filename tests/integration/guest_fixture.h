@@ -68,6 +68,9 @@ class TestGuest {
     // The booted kernel's release as `uname -r` says it (launch-guest.sh's KERNEL_VERSION).
     const std::string& kernel_version() const { return kernel_version_; }
     int qemu_pid() const { return qemu_pid_; }
+    // launch-guest.sh's ACCEL (tcg or kvm) and CPU (the -cpu model it chose).
+    const std::string& accel() const { return accel_; }
+    const std::string& cpu_model() const { return cpu_model_; }
 
     std::string serial_log() const;
     // Highest "cloudvmi-heartbeat N" seen on the console (-1 if none).
@@ -88,7 +91,7 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_;
+    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_, accel_, cpu_model_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };
