@@ -38,6 +38,9 @@ const char kGuestUsage[] =
     "  --timeout MS         bound for each gdbstub request and connect (default 3000)\n"
     "  --attach-timeout MS  bound for the whole attach: finding a thread, starting the\n"
     "                       shadow (default 20000)\n"
+    "  --engine ENGINE      mailbox (default: batches through guest RAM, no VM stop;\n"
+    "                       the trap engine if QEMU is not local) or trap (one VM stop\n"
+    "                       per batch through the gdbstub)\n"
     "  --state-dir DIR      recovery logs and locks (default /run/cloudvmi as root)\n"
     "  --no-guardian        do not start the guardian process (unsafe if killed)\n"
     "  --log-level LEVEL    error, warn, info, debug or trace (default warn)\n"
@@ -116,11 +119,15 @@ int cmd_info(GuestSession& session, GuestFileOps& ops) {
     const auto& inj = st.bootstrap.injector;
     std::printf("candidates:    %d seen, %d let go%s%s\n", inj.candidates_seen,
                 inj.candidates_rejected, inj.rejected.empty() ? "" : ": ", inj.rejected.c_str());
-    std::printf("vm stops:      %llu during the bootstrap (%d at the kernel-wide trap, armed "
-                "%.1f ms; %d of other threads), %llu breakpoint changes\n",
-                static_cast<unsigned long long>(st.bootstrap_cost.stops), inj.kernel_trap_stops,
-                inj.kernel_trap_armed_ms, inj.foreign_stops,
-                static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes));
+    std::printf(
+        "vm stops:      %llu during the bootstrap (%d at the kernel-wide trap, armed "
+        "%.1f ms; %d of other threads), %llu breakpoint changes\n",
+        static_cast<unsigned long long>(st.bootstrap_cost.stops), inj.kernel_trap_stops,
+        inj.kernel_trap_armed_ms, inj.foreign_stops,
+        static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes));
+    std::printf("engine:        %s\n", st.engine.c_str());
+    std::printf("vm stops:      %llu in all (the uname above included)\n",
+                static_cast<unsigned long long>(st.vm_cost.stops));
     if (!st.recovered.empty()) std::printf("recovered:     %s\n", st.recovered.c_str());
     return kExitOk;
 }
@@ -179,6 +186,7 @@ int guest_main(int argc, char** argv) {
         {"gdb", required_argument, nullptr, 'g'},
         {"timeout", required_argument, nullptr, 't'},
         {"attach-timeout", required_argument, nullptr, 'A'},
+        {"engine", required_argument, nullptr, 'E'},
         {"state-dir", required_argument, nullptr, 's'},
         {"no-guardian", no_argument, nullptr, 'N'},
         {"log-level", required_argument, nullptr, 'L'},
@@ -206,13 +214,25 @@ int guest_main(int argc, char** argv) {
             case 'A': {
                 auto v = parse_u64(optarg);
                 if (!v || *v < 100 || *v > 600000) {
-                    std::fprintf(stderr, "cloudvmi guest: bad --attach-timeout '%s' (100..600000)\n",
+                    std::fprintf(stderr,
+                                 "cloudvmi guest: bad --attach-timeout '%s' (100..600000)\n",
                                  optarg);
                     return kExitUsage;
                 }
                 options.shadow.attach_timeout = Millis(*v);
                 break;
             }
+            case 'E':
+                if (std::string_view(optarg) == "mailbox") {
+                    options.engine = EngineKind::kMailbox;
+                } else if (std::string_view(optarg) == "trap") {
+                    options.engine = EngineKind::kTrap;
+                } else {
+                    std::fprintf(stderr, "cloudvmi guest: bad --engine '%s' (mailbox or trap)\n",
+                                 optarg);
+                    return kExitUsage;
+                }
+                break;
             case 's':
                 options.state_dir = optarg;
                 break;

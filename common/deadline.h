@@ -12,6 +12,7 @@ namespace cloudvmi {
 
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
+using Micros = std::chrono::microseconds;
 
 class Deadline {
   public:

@@ -93,9 +93,10 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     Config c;
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
-    auto top =
-        TRY(entries(origin, root, {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "cache", "vms"},
-                    "the configuration"));
+    auto top = TRY(entries(
+        origin, root,
+        {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "engine", "cache", "vms"},
+        "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
         if (!is_valid_entry_name(c.node)) {
@@ -118,6 +119,12 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
         c.attach_timeout_ms = TRY(scalar<long>(origin, it->second, "attach_timeout_ms"));
         if (c.attach_timeout_ms < 100 || c.attach_timeout_ms > 600000) {
             return bad(origin, it->second.located(), "attach_timeout_ms must be 100..600000");
+        }
+    }
+    if (auto it = top.find("engine"); it != top.end()) {
+        c.engine = TRY(scalar<std::string>(origin, it->second, "engine"));
+        if (c.engine != "mailbox" && c.engine != "trap") {
+            return bad(origin, it->second.located(), "engine must be mailbox or trap");
         }
     }
     if (auto it = top.find("cache"); it != top.end()) {

@@ -4,6 +4,7 @@
 //   state_dir: /run/cloudvmi     # recovery logs and locks
 //   request_timeout_ms: 5000     # bound for one request to a VM once attached
 //   attach_timeout_ms: 20000     # bound for attaching (finding a thread, starting the shadow)
+//   engine: mailbox              # or trap: how batches reach the shadow (see cloudvmi(1))
 //   cache:                       # kernel attribute/entry cache lifetimes, seconds
 //     proc_attr: 0.5
 //     proc_entry: 1
@@ -42,6 +43,7 @@ struct Config {
     std::string state_dir;
     long request_timeout_ms = 5000;
     long attach_timeout_ms = 20000;
+    std::string engine = "mailbox";
     CacheConfig cache;
     std::vector<VmConfig> vms;
 

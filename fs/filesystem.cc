@@ -50,6 +50,8 @@ SessionOptions Filesystem::session_options(const Config& config, const std::stri
     o.shadow.acquire_timeout = std::min(budget, Millis(3000));
     o.shadow.batch_timeout = budget;
     o.attach_timeout = budget;
+    o.engine = config.engine == "trap" ? EngineKind::kTrap : EngineKind::kMailbox;
+    o.mailbox.batch_timeout = budget;
     return o;
 }
 

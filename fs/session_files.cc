@@ -72,6 +72,8 @@ std::string status_text(Vm& vm) {
         out += "progress: " + st.progress + "\n";
     }
     if (!st.bootstrap.borrowed.empty()) out += "borrowed: " + st.bootstrap.borrowed + "\n";
+    if (!st.engine.empty()) out += "engine: " + st.engine + "\n";
+    if (st.paused_by_others) out += "vm: paused (not by cloudvmi; left so)\n";
     if (!st.recovered.empty()) out += "recovered: " + st.recovered + "\n";
     return out;
 }
@@ -102,6 +104,16 @@ std::string stats_text(Vm& vm, bool json) {
          true},
         {"vm_stops", std::to_string(st.vm_cost.stops), true},
         {"breakpoint_changes", std::to_string(st.vm_cost.breakpoint_changes), true},
+        {"mailbox_batches", std::to_string(st.mailbox.batches), true},
+        {"mailbox_round_trip_p50_us", strformat("%.1f", st.mailbox.p50_us), true},
+        {"mailbox_round_trip_p90_us", strformat("%.1f", st.mailbox.p90_us), true},
+        {"mailbox_round_trip_p99_us", strformat("%.1f", st.mailbox.p99_us), true},
+        {"mailbox_round_trip_max_us", strformat("%.1f", st.mailbox.max_us), true},
+        {"mailbox_remaps", std::to_string(st.mailbox.remaps), true},
+        {"mailbox_withdrawn", std::to_string(st.mailbox.withdrawn), true},
+        {"shadows_distrusted", std::to_string(st.distrusted), true},
+        {"paused_by_others", st.paused_by_others ? "1" : "0", true},
+        {"engine", st.engine.empty() ? "none" : st.engine, false},
         {"state", to_string(st.state), false},
     };
     std::string out;

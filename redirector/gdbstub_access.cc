@@ -123,6 +123,14 @@ StopEvent GdbstubAccess::to_event(const gdb::StopReply& stop) const {
     return e;
 }
 
+ErrorOr<bool> GdbstubAccess::stopped_by_others() {
+    if (!client_->running()) return false;
+    auto stop = TRY(client_->poll_stop());
+    if (!stop) return false;
+    cache_.clear();  // not a stop of ours: counters_ stay as they are
+    return true;
+}
+
 ErrorOr<void> GdbstubAccess::resume() {
     cache_.clear();
     return client_->resume();

@@ -15,6 +15,9 @@ class GdbstubAccess final : public GuestAccess {
                                                           gdb::ClientOptions options = {});
 
     std::string describe() const override;
+    std::optional<int> hypervisor_pid() const override { return client_->peer_pid(); }
+    ErrorOr<bool> stopped_by_others() override;
+    void resumed_by_others() override { client_->assume_running(); }
     bool running() const override { return client_->running(); }
     ErrorOr<void> resume() override;
     ErrorOr<StopEvent> wait_for_stop(Deadline deadline) override;

@@ -9,6 +9,7 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -55,6 +56,8 @@ class GuestAccess {
 
     // A short description for messages ("unix:/run/vm1.gdb").
     virtual std::string describe() const = 0;
+    // The local process that runs the VM (QEMU), when known: its memory is the guest's RAM.
+    virtual std::optional<int> hypervisor_pid() const { return std::nullopt; }
 
     // --- run control; the guest is stopped right after attach ---
     virtual bool running() const = 0;
@@ -64,6 +67,11 @@ class GuestAccess {
     virtual ErrorOr<StopEvent> wait_for_stop(Deadline deadline) = 0;
     // Stops a running guest.
     virtual ErrorOr<StopEvent> interrupt(Deadline deadline) = 0;
+    // While running: whether the VM was stopped by someone else (its owner paused it, an
+    // I/O error, a panic). Then running() turns false and the VM must be left stopped.
+    virtual ErrorOr<bool> stopped_by_others() { return false; }
+    // After stopped_by_others(): the VM was seen running again (the mailbox answered).
+    virtual void resumed_by_others() {}
     // Executes one instruction on one vCPU (the others stay stopped) and returns its stop.
     virtual ErrorOr<StopEvent> step(VcpuId vcpu, Deadline deadline) = 0;
 

@@ -15,6 +15,7 @@
 #include "redirector/recovery.h"
 #include "redirector/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
+#include "redirector/x86/page_walker.h"
 
 namespace cloudvmi {
 
@@ -44,6 +45,10 @@ const char* to_string(SessionState s) {
             return "error";
     }
     return "?";
+}
+
+const char* to_string(EngineKind e) {
+    return e == EngineKind::kMailbox ? "mailbox" : "trap";
 }
 
 std::string GuestSession::default_state_dir() {
@@ -232,7 +237,123 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
         ++st.shadows_created;
     });
     shadow_ = std::move(shadow);
+    start_mailbox_locked();
     return {};
+}
+
+void GuestSession::start_mailbox_locked() {
+    mailbox_.reset();
+    std::string engine = "trap";
+    if (options_.engine == EngineKind::kMailbox) {
+        auto started = [&]() -> ErrorOr<void> {
+            auto pid = guest_->hypervisor_pid();
+            if (!pid) return make_error(ENOTSUP, "the VM's QEMU is not a local process");
+            auto vcpus = TRY(guest_->vcpus());
+            if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
+            bool la57 = (TRY(guest_->snapshot(vcpus[0])).state.sregs.cr4 & (1u << 12)) != 0;
+            PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
+                return guest_->read_physical(pa, out);
+            };
+            if (!ram_ || ram_->qemu_pid() != *pid) {
+                PhysicalWriter write = [this](uint64_t pa, std::span<const uint8_t> data) {
+                    return guest_->write_physical(pa, data);
+                };
+                uint64_t probe = shadow_->region() + SHADOW_CTRL_OFFSET + CTRL_SCRATCH;
+                auto t = TRY(translate_virtual(read, shadow_->cr3(), probe, la57));
+                ram_ = TRY(GuestRam::locate(*pid, t.physical, read, write));
+            }
+            MailboxTarget target{shadow_->pid(),        shadow_->region(),
+                                 shadow_->cr3(),        la57,
+                                 shadow_->generation(), shadow_->lease_iterations()};
+            auto engine = std::make_unique<MailboxEngine>(*ram_, target, options_.mailbox);
+            TRY(shadow_->park());  // from here on the guest runs
+            TRY(engine->start());
+            mailbox_ = std::move(engine);
+            lease_renewed_ = Clock::now();
+            return {};
+        }();
+        if (started) {
+            engine = "mailbox";
+        } else {
+            LOG_WARN("%s: the mailbox engine is not available (%s); using the trap engine",
+                     options_.gdb_endpoint.c_str(), started.error().describe().c_str());
+            engine = "trap (mailbox: " + started.error().describe() + ")";
+        }
+    }
+    update_status([&](SessionStatus& st) { st.engine = engine; });
+}
+
+void GuestSession::discard_shadow_locked(const char* why) {
+    LOG_WARN("%s: discarding shadow %lld: %s", options_.gdb_endpoint.c_str(),
+             static_cast<long long>(shadow_ ? shadow_->pid() : 0), why);
+    if (mailbox_) mailbox_->poison_lease();
+    if (shadow_) shadow_->give_up_to_lease();
+    mailbox_.reset();
+    shadow_.reset();
+    deferred_closes_.clear();
+}
+
+Error GuestSession::not_taken_locked(const Error& e) {
+    auto others = guest_->stopped_by_others();
+    if (others && *others) {
+        update_status([](SessionStatus& st) { st.paused_by_others = true; });
+        LOG_WARN("%s: the VM was paused by someone else; it stays paused",
+                 options_.gdb_endpoint.c_str());
+    }
+    if (status().paused_by_others) {
+        return Error(EAGAIN, "the VM is paused (not by cloudvmi); it is left so");
+    }
+    // Running, yet the shadow did not take the batch: it is gone or stuck.
+    discard_shadow_locked("it did not take a request");
+    return Error(EAGAIN, e.describe() + ": the shadow did not answer; it will be replaced");
+}
+
+ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& batch) {
+    // Paused by its owner: a shadow that still sleeps would take a batch within its longest
+    // sleep once the VM runs again; no need to wait the full take timeout for a "no".
+    Millis paused_wait = std::min(options_.mailbox.take_timeout,
+                                  std::chrono::duration_cast<Millis>(
+                                      std::chrono::nanoseconds(3 * options_.shadow.sleep_max_ns)));
+    mailbox_->set_take_timeout(status().paused_by_others ? paused_wait
+                                                         : options_.mailbox.take_timeout);
+    auto out = mailbox_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
+    update_status([&](SessionStatus& st) { st.mailbox = mailbox_->stats(); });
+    if (out) {
+        lease_renewed_ = Clock::now();
+        if (status().paused_by_others) {
+            guest_->resumed_by_others();
+            update_status([](SessionStatus& st) { st.paused_by_others = false; });
+        }
+        return out;
+    }
+    const Error& e = out.error();
+    switch (e.code()) {
+        case EBADMSG:
+            update_status([](SessionStatus& st) { ++st.distrusted; });
+            discard_shadow_locked(e.describe().c_str());
+            // Found before anything was posted, except a batch run by the wrong process.
+            if (e.describe().find("ran in pid") == std::string::npos) {
+                return make_error(ESRCH, "the shadow failed a check: " + e.describe());
+            }
+            return std::unexpected(e);
+        case EAGAIN:
+            return std::unexpected(not_taken_locked(e));
+        case ETIMEDOUT:
+            discard_shadow_locked("stuck in a syscall");
+            return std::unexpected(e);
+        default:
+            // QEMU gone (ENOTCONN) fails the session in run(), like a broken stub link.
+            return std::unexpected(e);
+    }
+}
+
+void GuestSession::renew_lease_if_due_locked() {
+    if (!mailbox_) return;
+    if (Clock::now() - lease_renewed_ < options_.shadow.lease / 4) return;
+    lease_renewed_ = Clock::now();
+    if (auto r = mailbox_->renew_lease(); !r) {
+        LOG_WARN("renewing the shadow's lease: %s", r.error().describe().c_str());
+    }
 }
 
 void GuestSession::defer_close(int fd, uint64_t shadow) {
@@ -293,7 +414,8 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             with_closes = caller_batch;
             with_closes->prepend(closes);
         }
-        auto out = shadow_->execute(with_closes ? *with_closes : caller_batch);
+        const SyscallBatch& batch = with_closes ? *with_closes : caller_batch;
+        auto out = mailbox_ ? run_in_mailbox_locked(batch) : shadow_->execute(batch);
         if (out) {
             out->results.erase(out->results.begin(),
                                out->results.begin() + static_cast<ptrdiff_t>(closes.size()));
@@ -303,8 +425,10 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             return out;
         }
         // The closes did not run: keep them for the next batch of this shadow.
-        for (const auto& op : closes)
-            deferred_closes_.push_back(static_cast<int>(op.args[0].value));
+        if (shadow_) {
+            for (const auto& op : closes)
+                deferred_closes_.push_back(static_cast<int>(op.args[0].value));
+        }
         const Error& e = out.error();
         // A shadow that vanished before running anything (killed inside the guest) is
         // replaced once. One stuck inside the batch is not: the batch may have had effects.
@@ -313,7 +437,9 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             continue;
         }
         update_status([](SessionStatus& st) { ++st.failures; });
-        if (is_transport_error(e)) {
+        if (!shadow_ || status().paused_by_others) {
+            // Discarded (replaced on the next request), or a VM its owner paused: left so.
+        } else if (is_transport_error(e)) {
             fail_locked(e);
         } else if (guest_ && guest_->running() == false &&
                    shadow_->state() != ShadowProcess::State::kHeld) {
@@ -340,8 +466,13 @@ void GuestSession::schedule_park_locked() {
 void GuestSession::parker_main() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
+        renew_lease_if_due_locked();
         if (!park_at_) {
-            park_cv_.wait(lock);
+            if (mailbox_) {
+                park_cv_.wait_until(lock, lease_renewed_ + options_.shadow.lease / 4);
+            } else {
+                park_cv_.wait(lock);
+            }
             continue;
         }
         auto at = *park_at_;
@@ -368,9 +499,20 @@ ErrorOr<void> GuestSession::detach() {
 ErrorOr<void> GuestSession::detach_locked() {
     park_at_.reset();
     std::optional<Error> first;
+    bool leave_paused = status().paused_by_others;
+    if (leave_paused && shadow_) {
+        // Ending the shadow through the stub would resume the VM: its lease ends it instead.
+        discard_shadow_locked("the VM is paused by someone else");
+    }
+    mailbox_.reset();
     if (shadow_) {
         if (auto r = shadow_->terminate(); !r) first = r.error();
         shadow_.reset();
+    }
+    if (guest_ && leave_paused) {
+        // A detach command would resume the VM: only close the connection.
+        if (auto* g = dynamic_cast<GdbstubAccess*>(guest_.get())) g->client().abandon();
+        guest_.reset();
     }
     if (guest_) {
         if (log_ && !log_->current().nothing_to_undo()) {
@@ -410,6 +552,7 @@ void GuestSession::fail_locked(const Error& error) {
         st.shadow_region = 0;
     });
     park_at_.reset();
+    mailbox_.reset();
     if (shadow_) shadow_.reset();
     if (guest_) {
         if (log_ && log_->current().nothing_to_undo()) {

@@ -24,17 +24,28 @@
 #include "redirector/gdb/gdb_client.h"
 #include "redirector/guardian.h"
 #include "redirector/guest_access.h"
+#include "redirector/guest_ram.h"
 #include "redirector/kernel_discovery.h"
+#include "redirector/mailbox_engine.h"
 #include "redirector/recovery_log.h"
 #include "redirector/shadow_process.h"
 #include "redirector/syscall_batch.h"
 
 namespace cloudvmi {
 
+// How batches reach the shadow once it exists.
+enum class EngineKind {
+    kMailbox,  // through guest RAM from the host, no VM stop (falls back to kTrap if unavailable)
+    kTrap,     // through the gdbstub: one VM stop per batch
+};
+const char* to_string(EngineKind e);
+
 struct SessionOptions {
     std::string gdb_endpoint;  // "unix:/path" or "tcp:host:port"
     gdb::ClientOptions client;
     ShadowOptions shadow;
+    EngineKind engine = EngineKind::kMailbox;
+    MailboxOptions mailbox;
     // After a batch the shadow stays caught (guest paused) this long, so that the next
     // request of a burst (lookup, open, read, release of one `cat`) needs no new catch.
     Millis linger{3};
@@ -57,10 +68,14 @@ struct SessionStatus {
     uint64_t batches = 0;
     uint64_t failures = 0;
     uint64_t shadows_created = 0;
-    std::string recovered;  // what an earlier, crashed session left and we undid
-    std::string progress;   // the step a bootstrap in progress is at
+    std::string recovered;              // what an earlier, crashed session left and we undid
+    std::string progress;               // the step a bootstrap in progress is at
     RunControlCounters bootstrap_cost;  // VM stops and breakpoint changes of the last bootstrap
     RunControlCounters vm_cost;         // all of this session's, attach included
+    std::string engine;                 // "mailbox", "trap", or "trap (mailbox: why not)"
+    bool paused_by_others = false;      // the VM was stopped by someone else; left so
+    uint64_t distrusted = 0;            // shadows discarded because they failed a check
+    MailboxStats mailbox;
 };
 
 class GuestSession {
@@ -107,6 +122,13 @@ class GuestSession {
     std::vector<SyscallBatch::Op> take_deferred_closes(size_t room);
     void flush_deferred_closes_locked();
     uint64_t current_shadow() const;  // the count of shadows created: the newest one's number
+    // With a new shadow held: switches it to the mailbox engine if wanted and possible.
+    void start_mailbox_locked();
+    ErrorOr<BatchOutcome> run_in_mailbox_locked(const SyscallBatch& batch);
+    // A mailbox batch was not taken: tells a VM paused by others from a lost shadow.
+    Error not_taken_locked(const Error& e);
+    void discard_shadow_locked(const char* why);
+    void renew_lease_if_due_locked();
 
     SessionOptions options_;
     mutable std::mutex mutex_;  // guards everything below; never held across sessions
@@ -125,6 +147,9 @@ class GuestSession {
     std::optional<GuardianHandle> guardian_;
     std::unique_ptr<GuestAccess> guest_;
     std::unique_ptr<ShadowProcess> shadow_;
+    std::unique_ptr<GuestRam> ram_;           // found once per attach
+    std::unique_ptr<MailboxEngine> mailbox_;  // set while the current shadow is served by it
+    Clock::time_point lease_renewed_{};
     std::vector<int> deferred_closes_;  // fds of the current shadow, closed with the next batch
 };
 

@@ -57,8 +57,7 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         // munmap), but the guest may be slow: wait long rather than abandon the thread.
         SyscallInjector inj(guest, kernel, log, Deadline::after(options.recovery_timeout));
         TRY_CTX(inj.adopt(record), "locating the hijacked thread");
-        TRY_CTX(inj.finish(),
-                "waiting for the hijacked thread to come back");
+        TRY_CTX(inj.finish(), "waiting for the hijacked thread to come back");
         int64_t helper = helper_cloned_just_now(inj, record).value_or(record.helper_pid);
         if (inj.hijacked() && helper > 0) {
             // Reap the helper (it exits right after its own clone), or it stays a zombie:

@@ -22,7 +22,7 @@
 
 #define SHADOW_CTRL_OFFSET 0x1000
 #define CTRL_MAGIC 0x00
-#define CTRL_LEASE 0x08     /* loop iterations left; the shadow exits when it reaches 0 */
+#define CTRL_LEASE 0x08     /* sleeps left; the shadow exits when it reaches 0 */
 #define CTRL_REQ_SEQ 0x10   /* host: a new batch is ready when this differs from DONE */
 #define CTRL_DONE_SEQ 0x18  /* shadow: copied from REQ_SEQ when the batch is complete */
 #define CTRL_SLEEP_CUR 0x20 /* current park interval, ns (doubles while idle) */
@@ -33,6 +33,14 @@
 #define CTRL_S2_PID 0x48      /* written by S1: the shadow's pid, or -errno of its clone */
 #define CTRL_WAIT_STATUS 0x50 /* wait4 status of S1, for the hijacked parent */
 #define CTRL_HEARTBEAT 0x58   /* incremented on every loop iteration */
+#define CTRL_GENERATION 0x60  /* host: a random number per shadow, checked before each use */
+#define CTRL_SPIN_ITERS 0x68  /* polls without sleeping after a batch (requests flow) */
+#define CTRL_SPIN_LEFT 0x70
+#define CTRL_TAKEN_SEQ 0x78   /* shadow: REQ_SEQ of the batch it started */
+#define CTRL_BATCH_PID 0x80   /* shadow: getpid() of the process that ran the last batch */
+#define CTRL_CANCEL_SEQ 0x88  /* host: withdraws the batch of this number if not yet taken */
+#define CTRL_SKIPPED_SEQ 0x90 /* shadow: the withdrawn batch it skipped */
+#define CTRL_WATCHED_END 0x98 /* the host polls CTRL_MAGIC..here in one read */
 #define CTRL_NAME 0x100       /* "cloudvmi-shadow\0": comm and cmdline of the shadow */
 #define CTRL_NAME_SIZE 16
 #define CTRL_SIGSET 0x120  /* all-ones signal mask */

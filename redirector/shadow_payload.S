@@ -6,9 +6,12 @@
  *  child_entry   first instruction of S1, the clone child of the hijacked thread: S1
  *                clones again (S2, the shadow), reports S2's pid and exits, so that S2 is
  *                adopted by init and leaves no zombie behind when it ends.
- *  park_loop     S2's loop: renew nothing, check the lease, run a batch if one is posted,
- *                else nanosleep with exponential back-off.
+ *  park_loop     S2's loop: run a batch if one is posted (the mailbox: REQ_SEQ differs
+ *                from DONE_SEQ); after a batch poll again at once SPIN_ITERS times, then
+ *                nanosleep with exponential back-off, counting the sleeps against the lease.
  *  after_sleep   the trap path's breakpoint to catch a parked shadow.
+ *  run_posted    takes a batch from the mailbox unless the host withdrew it (CANCEL_SEQ,
+ *                a store-fence-load handshake with the host's), then runs it.
  *  run_batch     executes the op records of the batch area in order.
  *  batch_done    the trap path's breakpoint for "batch complete".
  *  exit          exit_group(0).
@@ -24,6 +27,7 @@
         .globl cloudvmi_shadow_park_loop
         .globl cloudvmi_shadow_sleep_syscall
         .globl cloudvmi_shadow_after_sleep
+        .globl cloudvmi_shadow_run_posted
         .globl cloudvmi_shadow_run_batch
         .globl cloudvmi_shadow_batch_done
         .globl cloudvmi_shadow_exit
@@ -62,11 +66,17 @@ cloudvmi_shadow_park_loop:
         lea rbx, [rip + CTRL]
 .Lloop:
         inc qword ptr [rbx + CTRL_HEARTBEAT]
-        dec qword ptr [rbx + CTRL_LEASE]
-        jz cloudvmi_shadow_exit         /* nobody renewed the lease: the host is gone */
         mov rax, [rbx + CTRL_REQ_SEQ]
         cmp rax, [rbx + CTRL_DONE_SEQ]
-        jne cloudvmi_shadow_run_batch
+        jne cloudvmi_shadow_run_posted
+        cmp qword ptr [rbx + CTRL_SPIN_LEFT], 0
+        je .Lsleep
+        dec qword ptr [rbx + CTRL_SPIN_LEFT]  /* requests flow: poll again at once */
+        pause
+        jmp .Lloop
+.Lsleep:
+        dec qword ptr [rbx + CTRL_LEASE]
+        jz cloudvmi_shadow_exit         /* nobody renewed the lease: the host is gone */
         mov rax, [rbx + CTRL_SLEEP_CUR]
         mov qword ptr [rbx + CTRL_TS_SEC], 0
         mov [rbx + CTRL_TS_NSEC], rax
@@ -85,8 +95,19 @@ cloudvmi_shadow_after_sleep:
 2:      mov [rbx + CTRL_SLEEP_CUR], rax
         jmp .Lloop
 
-cloudvmi_shadow_run_batch:
+cloudvmi_shadow_run_posted:             /* rax = REQ_SEQ: a batch posted in the mailbox */
+        mov [rbx + CTRL_TAKEN_SEQ], rax
+        mfence                          /* the host stores CANCEL then loads TAKEN: one of */
+        cmp rax, [rbx + CTRL_CANCEL_SEQ] /* us sees the other's store */
+        jne cloudvmi_shadow_run_batch
+        mov [rbx + CTRL_SKIPPED_SEQ], rax
+        jmp .Lbatch_end
+
+cloudvmi_shadow_run_batch:              /* the trap engine enters here directly */
         lea rbx, [rip + CTRL]
+        mov eax, 39                     /* getpid: who runs this batch, for the host */
+        syscall
+        mov [rbx + CTRL_BATCH_PID], rax
         lea rbp, [rip + OPS]
         mov r14, [rip + BATCH]          /* op count, clamped */
         cmp r14, SHADOW_MAX_OPS
@@ -148,6 +169,8 @@ cloudvmi_shadow_run_batch:
         mov [rbx + CTRL_DONE_SEQ], rax
         mov rax, [rbx + CTRL_SLEEP_MIN] /* just busy: poll quickly again */
         mov [rbx + CTRL_SLEEP_CUR], rax
+        mov rax, [rbx + CTRL_SPIN_ITERS]
+        mov [rbx + CTRL_SPIN_LEFT], rax
 cloudvmi_shadow_batch_done:
         jmp .Lloop
 

@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "common/strings.h"
+#include "redirector/batch_transfer.h"
 #include "redirector/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 #include "redirector/x86/page_walker.h"
@@ -16,6 +17,7 @@ extern const uint8_t cloudvmi_shadow_child_entry[];
 extern const uint8_t cloudvmi_shadow_park_loop[];
 extern const uint8_t cloudvmi_shadow_sleep_syscall[];
 extern const uint8_t cloudvmi_shadow_after_sleep[];
+extern const uint8_t cloudvmi_shadow_run_posted[];
 extern const uint8_t cloudvmi_shadow_run_batch[];
 extern const uint8_t cloudvmi_shadow_batch_done[];
 extern const uint8_t cloudvmi_shadow_exit[];
@@ -65,6 +67,9 @@ uint64_t ShadowCode::sleep_syscall() {
 uint64_t ShadowCode::after_sleep() {
     return offset_of(cloudvmi_shadow_after_sleep);
 }
+uint64_t ShadowCode::run_posted() {
+    return offset_of(cloudvmi_shadow_run_posted);
+}
 uint64_t ShadowCode::run_batch() {
     return offset_of(cloudvmi_shadow_run_batch);
 }
@@ -76,7 +81,7 @@ uint64_t ShadowCode::exit() {
 }
 
 ShadowProcess::ShadowProcess(GuestAccess& guest, RecoveryLog& log, ShadowOptions options)
-    : guest_(guest), log_(log), options_(options), traps_(guest, log) {}
+    : guest_(guest), log_(log), options_(options), traps_(guest, log), generation_(random_u64()) {}
 
 ShadowProcess::~ShadowProcess() {
     if (state_ == State::kHeld) {
@@ -104,6 +109,8 @@ std::vector<uint8_t> ShadowProcess::initial_control_block() const {
     put(CTRL_SLEEP_MAX, std::min<uint64_t>(options_.sleep_max_ns, 999'999'999));
     std::memcpy(ctrl.data() + CTRL_NAME, kShadowName, sizeof kShadowName);
     put(CTRL_SIGSET, ~uint64_t{0});
+    put(CTRL_GENERATION, generation_);
+    put(CTRL_CANCEL_SEQ, ~uint64_t{0});  // no batch withdrawn (sequence numbers start at 1)
     return ctrl;
 }
 
@@ -694,68 +701,6 @@ ErrorOr<void> ShadowProcess::acquire() {
     return {};
 }
 
-namespace {
-
-// Writes a batch into a region's op and data areas through `write`.
-ErrorOr<EncodedBatch> post_batch(
-    const SyscallBatch& batch, uint64_t region,
-    const std::function<ErrorOr<void>(uint64_t, std::span<const uint8_t>)>& write) {
-    uint64_t data_area = region + SHADOW_DATA_OFFSET;
-    EncodedBatch enc = encode_batch(batch, data_area);
-    TRY(write(region + SHADOW_OPS_OFFSET, enc.op_records));
-    for (const auto& chunk : enc.inputs) {
-        TRY(write(data_area + chunk.offset, chunk.bytes));
-    }
-    return enc;
-}
-
-// Reads the results and output buffers of a batch that ran, merging neighbouring buffers
-// into one transfer.
-ErrorOr<BatchOutcome> collect_outcome(
-    const SyscallBatch& batch, const EncodedBatch& enc, uint64_t region,
-    const std::function<ErrorOr<void>(uint64_t, std::span<uint8_t>)>& read) {
-    uint64_t data_area = region + SHADOW_DATA_OFFSET;
-    BatchOutcome out;
-    std::vector<uint8_t> records(enc.op_records.size());
-    TRY(read(region + SHADOW_OPS_OFFSET, records));
-    out.results = decode_results(records, batch.ops().size());
-    out.buffers.resize(batch.buffers().size());
-    const auto& bufs = batch.buffers();
-    size_t i = 0;
-    while (i < bufs.size()) {
-        size_t len = output_length(bufs[i], out.results);
-        if (len == 0) {
-            ++i;
-            continue;
-        }
-        size_t begin = bufs[i].offset;
-        size_t end = begin + len;
-        size_t j = i + 1;
-        while (j < bufs.size()) {
-            size_t l = output_length(bufs[j], out.results);
-            if (l == 0) {
-                ++j;
-                continue;
-            }
-            if (bufs[j].offset > end + 256) break;
-            end = bufs[j].offset + l;
-            ++j;
-        }
-        std::vector<uint8_t> span(end - begin);
-        TRY(read(data_area + begin, span));
-        for (size_t k = i; k < j; ++k) {
-            size_t l = output_length(bufs[k], out.results);
-            if (l == 0) continue;
-            auto from = span.begin() + static_cast<ptrdiff_t>(bufs[k].offset - begin);
-            out.buffers[k].assign(from, from + static_cast<ptrdiff_t>(l));
-        }
-        i = j;
-    }
-    return out;
-}
-
-}  // namespace
-
 ErrorOr<BatchOutcome> ShadowProcess::run_batch_in(SyscallInjector& inj, uint64_t region,
                                                   const SyscallBatch& batch) {
     TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_PARENT_MAP_SIZE - SHADOW_DATA_OFFSET));
@@ -856,6 +801,12 @@ ErrorOr<void> ShadowProcess::terminate() {
     auto resumed = guest_.resume();
     if (!disarmed) return disarmed;
     return resumed;
+}
+
+void ShadowProcess::give_up_to_lease() {
+    if (state_ == State::kGone || state_ == State::kLost) return;
+    state_ = State::kLost;
+    journal();
 }
 
 void ShadowProcess::poison_lease() {

@@ -63,6 +63,7 @@ struct ShadowCode {
     static uint64_t park_loop();
     static uint64_t sleep_syscall();
     static uint64_t after_sleep();
+    static uint64_t run_posted();
     static uint64_t run_batch();
     static uint64_t batch_done();
     static uint64_t exit();
@@ -111,11 +112,17 @@ class ShadowProcess {
     ErrorOr<void> park();
     // Makes the shadow exit and lets the guest run. Idempotent.
     ErrorOr<void> terminate();
+    // For a parked shadow whose lease the caller shortened by other means: forgets it
+    // (it exits by itself at its next sleep) without touching the VM.
+    void give_up_to_lease();
 
     State state() const { return state_; }
     int64_t pid() const { return pid_; }
     uint64_t region() const { return region_; }
     uint64_t cr3() const { return cr3_; }
+    uint64_t generation() const { return generation_; }
+    // The lease, in sleeps of the park loop, that the host writes when it renews it.
+    uint64_t lease_iterations() const;
     const BootstrapStats& bootstrap_stats() const { return bootstrap_; }
     double last_acquire_ms() const { return last_acquire_ms_; }
 
@@ -154,7 +161,6 @@ class ShadowProcess {
     // Best effort for a shadow we lost: shorten its lease so it exits by itself.
     void poison_lease();
     void journal();
-    uint64_t lease_iterations() const;
     std::vector<uint8_t> initial_control_block() const;
 
     GuestAccess& guest_;
@@ -165,16 +171,17 @@ class ShadowProcess {
     int64_t pid_ = 0;
     uint64_t region_ = 0;
     uint64_t cr3_ = 0;
+    uint64_t generation_ = 0;  // random, in the control block: proves a page is this shadow's
     VcpuId vcpu_ = 0;
     bool in_flight_ = false;
     // For a shadow adopted before it was ever caught: its address space is unknown, but it
     // is not the one of the process that cloned it.
     uint64_t parent_space_ = 0;
-    bool helper_cloned_ = false;  // this attempt's clone ran: a shadow may exist
+    bool helper_cloned_ = false;               // this attempt's clone ran: a shadow may exist
     size_t mapped_size_ = SHADOW_REGION_SIZE;  // of the region, until the shadow maps the rest
     bool foreign_parent_ = false;              // this attempt's P is in other namespaces
-    std::set<int64_t> foreign_pids_;           // such processes: they and their children are skipped
-    Deadline deadline_ = Deadline::never();    // the attach deadline while bootstrapping
+    std::set<int64_t> foreign_pids_;         // such processes: they and their children are skipped
+    Deadline deadline_ = Deadline::never();  // the attach deadline while bootstrapping
     BootstrapStats bootstrap_;
     double last_acquire_ms_ = 0;
 };

@@ -125,10 +125,11 @@ ErrorOr<void> SyscallInjector::hijack(const std::set<uint64_t>& skip_cr3s,
         TRY(let_go(*why));
     }
     stats_.hijack_ms = elapsed_ms(start);
-    LOG_INFO("holding a root thread without seccomp (pid %lld, cr3 %s, user rip %s) after "
-             "%.1f ms, %d candidates, %d kernel-wide stops",
-             static_cast<long long>(pid_), hex_u64(cr3_).c_str(), hex_u64(original_.rcx).c_str(),
-             stats_.hijack_ms, stats_.candidates_seen, stats_.kernel_trap_stops);
+    LOG_INFO(
+        "holding a root thread without seccomp (pid %lld, cr3 %s, user rip %s) after "
+        "%.1f ms, %d candidates, %d kernel-wide stops",
+        static_cast<long long>(pid_), hex_u64(cr3_).c_str(), hex_u64(original_.rcx).c_str(),
+        stats_.hijack_ms, stats_.candidates_seen, stats_.kernel_trap_stops);
     return {};
 }
 
@@ -275,8 +276,8 @@ ErrorOr<uint64_t> SyscallInjector::syscall(uint64_t nr, std::initializer_list<ui
     auto started = Clock::now();
     auto back = run_to_landing(regs);
     if (!back) {
-        return std::unexpected(back.error().with_context(
-            strformat("injected %s (%llu)", syscall_name(nr), static_cast<unsigned long long>(nr))));
+        return std::unexpected(back.error().with_context(strformat(
+            "injected %s (%llu)", syscall_name(nr), static_cast<unsigned long long>(nr))));
     }
     LOG_DEBUG("injected syscall %llu -> %lld in %.2f ms", static_cast<unsigned long long>(nr),
               static_cast<long long>(x86abi::as_signed(back->rax)), elapsed_ms(started));

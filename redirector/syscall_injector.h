@@ -40,10 +40,10 @@ namespace cloudvmi {
 struct InjectorStats {
     int candidates_seen = 0;  // threads stopped at the kernel-wide trap while looking for one
     int candidates_rejected = 0;
-    int kernel_trap_stops = 0;         // every stop at the kernel-wide trap
-    double kernel_trap_armed_ms = 0;   // how long it was armed, in all
-    int landings = 0;                  // our own thread back at its landing
-    int foreign_stops = 0;             // other threads at one of our user breakpoints
+    int kernel_trap_stops = 0;        // every stop at the kernel-wide trap
+    double kernel_trap_armed_ms = 0;  // how long it was armed, in all
+    int landings = 0;                 // our own thread back at its landing
+    int foreign_stops = 0;            // other threads at one of our user breakpoints
     double hijack_ms = 0;
     std::string rejected;  // why candidates were let go ("pid 412: uid 100; ...")
 };

@@ -290,6 +290,22 @@ ErrorOr<StopReply> GdbClient::interrupt(Deadline deadline) {
     return wait_for_stop(deadline);
 }
 
+ErrorOr<std::optional<StopReply>> GdbClient::poll_stop() {
+    if (!running_) return make_error(EINVAL, "internal: polling for a stop while stopped");
+    while (true) {
+        auto p = TRY(conn_->try_receive_packet(Deadline::after(Millis(0))));
+        if (!p) return std::optional<StopReply>{};
+        if (p->size() > 1 && (*p)[0] == 'O' && *p != "OK") continue;  // console output
+        auto stop = parse_stop_reply(*p);
+        if (!stop) return make_error(EPROTO, "expected a stop reply, got " + printable(*p));
+        note_stop(*stop);
+        if (stop->kind != StopReply::Kind::kSignal) {
+            return make_error(ENOTCONN, "the VM has exited");
+        }
+        return std::optional<StopReply>{*stop};
+    }
+}
+
 ErrorOr<void> GdbClient::clear_all_breakpoints() {
     for (const ThreadId& t : TRY(threads())) {
         std::string r = TRY(request_ok("Hc" + t.to_string(multiprocess_), "Hc"));

@@ -71,6 +71,14 @@ class GdbClient {
     ErrorOr<StopReply> wait_for_stop(Deadline deadline);
     // Stops a running target and returns its stop reply.
     ErrorOr<StopReply> interrupt(Deadline deadline);
+    // While the target runs: a stop reply that arrived without our asking (the VM was
+    // paused by someone else: QEMU tells its debugger), or nullopt. Never sends anything.
+    ErrorOr<std::optional<StopReply>> poll_stop();
+    // The target was seen running again after a stop that was not ours (its owner resumed
+    // it): from now on it is treated as running (interrupt before talking).
+    void assume_running() { running_ = true; }
+    // The process serving the stub (QEMU), when it is local.
+    std::optional<int> peer_pid() const { return conn_->peer_pid(); }
 
     // Removes every breakpoint on every vCPU, including ones a dead client left. QEMU 7.2
     // inserts a breakpoint on all vCPUs but its '?' clears only the current one and 'z'

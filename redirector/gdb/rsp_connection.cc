@@ -149,6 +149,16 @@ ErrorOr<std::unique_ptr<RspConnection>> RspConnection::connect(const Endpoint& e
     return std::unique_ptr<RspConnection>(new RspConnection(std::move(fd), endpoint));
 }
 
+std::optional<int> RspConnection::peer_pid() const {
+    if (closed() || endpoint_.kind != Endpoint::Kind::kUnix) return std::nullopt;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd_.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.pid <= 0) {
+        return std::nullopt;
+    }
+    return cred.pid;
+}
+
 void RspConnection::close() {
     fd_.reset();
     events_.clear();
@@ -263,8 +273,12 @@ ErrorOr<std::optional<std::string>> RspConnection::next_packet(Deadline deadline
                     break;
             }
         }
-        if (deadline.expired() && !timeout_is_error) return std::optional<std::string>();
+        // Reads at least once, even past the deadline: a poll for a packet already waiting
+        // in the socket uses a deadline of now.
         auto got = TRY(read_some(deadline));
+        if (events_.empty() && deadline.expired() && !timeout_is_error) {
+            return std::optional<std::string>();
+        }
         if (!got && events_.empty()) {
             if (!timeout_is_error) return std::optional<std::string>();
             if (garbage_bytes_ > 0) {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -54,6 +55,9 @@ class RspConnection {
     void set_ack_mode(bool on) { ack_mode_ = on; }
     bool ack_mode() const { return ack_mode_; }
     const Endpoint& endpoint() const { return endpoint_; }
+
+    // The process at the other end of a unix socket (SO_PEERCRED); nullopt for tcp.
+    std::optional<int> peer_pid() const;
 
     // Drops the connection; later calls fail with ENOTCONN.
     void close();

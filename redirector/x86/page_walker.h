@@ -19,6 +19,10 @@ struct Translation {
     uint64_t page_size = 4096;  // 4 KiB, 2 MiB or 1 GiB
     bool writable = false;
     bool user = false;
+    // Where the leaf entry lives and what it held: reading it again tells whether the
+    // mapping is still the same (pages move: compaction, migration, THP).
+    uint64_t entry_address = 0;
+    uint64_t entry = 0;
 };
 
 // Translates `va` for the address space rooted at `cr3` (4-level, or 5-level if `la57`).

@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +24,7 @@
 
 #include "common/deadline.h"
 #include "common/strings.h"
+#include "common/unique_fd.h"
 
 namespace cloudvmi::test {
 
@@ -201,6 +204,7 @@ void TestGuest::boot() {
         if (key == "SERIAL") serial_ = value;
         if (key == "PID") qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
         if (key == "QGA") qga_ = value;
+        if (key == "QMP") qmp_ = value;
         if (key == "SSH_PORT") ssh_port_ = value;
         if (key == "SSH_KEY") ssh_key_ = value;
         if (key == "KERNEL_VERSION") kernel_version_ = value;
@@ -218,6 +222,7 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       run_dir_(std::move(o.run_dir_)),
       state_dir_(std::move(o.state_dir_)),
       gdb_(std::move(o.gdb_)),
+      qmp_(std::move(o.qmp_)),
       serial_(std::move(o.serial_)),
       qga_(std::move(o.qga_)),
       ssh_port_(std::move(o.ssh_port_)),
@@ -330,8 +335,55 @@ CommandResult TestGuest::ssh(const std::string& command, int timeout_ms) const {
                        timeout_ms);
 }
 
+std::string TestGuest::qmp(const std::string& command) const {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", qmp_.c_str());
+    if (!fd.valid() || ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+        return "";
+    }
+    timeval tv{5, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string buffer;
+    // One JSON object per line; events ("event": ...) are skipped.
+    auto next_reply = [&]() -> std::string {
+        while (true) {
+            auto nl = buffer.find('\n');
+            if (nl != std::string::npos) {
+                std::string line = buffer.substr(0, nl);
+                buffer.erase(0, nl + 1);
+                if (line.find("\"event\"") == std::string::npos) return line;
+                continue;
+            }
+            char chunk[4096];
+            auto n = ::read(fd.get(), chunk, sizeof chunk);
+            if (n <= 0) return "";
+            buffer.append(chunk, static_cast<size_t>(n));
+        }
+    };
+    auto send = [&](const std::string& name) {
+        std::string msg = "{\"execute\": \"" + name + "\"}\n";
+        return ::write(fd.get(), msg.data(), msg.size()) == static_cast<ssize_t>(msg.size());
+    };
+    if (next_reply().find("QMP") == std::string::npos) return "";  // the greeting
+    if (!send("qmp_capabilities") || next_reply().find("return") == std::string::npos) return "";
+    if (!send(command)) return "";
+    return next_reply();
+}
+
+std::string TestGuest::run_state() const {
+    std::string reply = qmp("query-status");
+    auto at = reply.find("\"status\": \"");
+    if (at == std::string::npos) return "";
+    at += 11;
+    return reply.substr(at, reply.find('"', at) - at);
+}
+
 SessionOptions TestGuest::session_options() const {
     SessionOptions o;
+    o.engine = env_or("CLOUDVMI_TEST_ENGINE", "mailbox") == "trap" ? EngineKind::kTrap
+                                                                   : EngineKind::kMailbox;
     o.gdb_endpoint = gdb_;
     o.state_dir = state_dir_;
     o.guardian_program = cloudvmi_binary();

@@ -78,6 +78,12 @@ class TestGuest {
     // Waits until the heartbeat passes `beyond` (true) or the timeout expires (false).
     bool wait_heartbeat_beyond(long beyond, int timeout_ms) const;
 
+    // One QMP command ({"execute": NAME}) on the guest's QMP socket; returns the reply line
+    // ("" if QMP could not be reached).
+    std::string qmp(const std::string& command) const;
+    // QMP query-status's "status" ("running", "paused", ...).
+    std::string run_state() const;
+
     // Runs a shell command in the guest over ssh (the debian image only).
     CommandResult ssh(const std::string& command, int timeout_ms = 60000) const;
 
@@ -91,7 +97,7 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_, accel_, cpu_model_;
+    std::string gdb_, qmp_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_, accel_, cpu_model_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };

@@ -1,0 +1,239 @@
+#include "redirector/mailbox_engine.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include "common/log.h"
+#include "common/strings.h"
+#include "redirector/batch_transfer.h"
+#include "redirector/shadow_layout.h"
+#include "redirector/shadow_process.h"
+
+namespace cloudvmi {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr size_t kRoundTripWindow = 1024;
+
+uint64_t word_at(std::span<const uint8_t> bytes, size_t offset) {
+    uint64_t v = 0;
+    std::memcpy(&v, bytes.data() + offset, 8);
+    return v;
+}
+
+}  // namespace
+
+// The control block's words the host watches, read in one transfer.
+struct MailboxEngine::ControlWords {
+    uint64_t magic, generation, req, done, taken, batch_pid, skipped, heartbeat;
+};
+
+MailboxEngine::MailboxEngine(PhysicalMemory& ram, MailboxTarget target, MailboxOptions options)
+    : ram_(ram), target_(target), options_(options), take_timeout_(options.take_timeout) {}
+
+ErrorOr<uint64_t> MailboxEngine::physical(uint64_t va) {
+    uint64_t page = va & ~(kPage - 1);
+    auto it = pages_.find(page);
+    if (it == pages_.end()) {
+        PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
+            return ram_.read(pa, out);
+        };
+        auto t = TRY(translate_virtual(read, target_.cr3, page, target_.la57));
+        if (!t.user) return make_error(EBADMSG, "a page of the shadow's region is not user memory");
+        it = pages_.emplace(page, t).first;
+    }
+    // The code page is read-only; every other page of the region must be writable.
+    if (page != target_.region && !it->second.writable) {
+        return make_error(EBADMSG, "a page of the shadow's region is not writable");
+    }
+    return it->second.physical + (va - page);
+}
+
+ErrorOr<void> MailboxEngine::revalidate_mappings() {
+    for (auto it = pages_.begin(); it != pages_.end();) {
+        uint64_t entry = 0;
+        TRY(ram_.read(it->second.entry_address, std::span(reinterpret_cast<uint8_t*>(&entry), 8)));
+        if (entry == it->second.entry) {
+            ++it;
+            continue;
+        }
+        it = pages_.erase(it);  // moved (or unmapped): walk again on next use
+        std::lock_guard lock(stats_mutex_);
+        ++stats_.remaps;
+    }
+    return {};
+}
+
+ErrorOr<MailboxEngine::ControlWords> MailboxEngine::read_control() {
+    uint8_t raw[CTRL_WATCHED_END];
+    TRY(read_region(target_.region + SHADOW_CTRL_OFFSET, raw));
+    return ControlWords{word_at(raw, CTRL_MAGIC),       word_at(raw, CTRL_GENERATION),
+                        word_at(raw, CTRL_REQ_SEQ),     word_at(raw, CTRL_DONE_SEQ),
+                        word_at(raw, CTRL_TAKEN_SEQ),   word_at(raw, CTRL_BATCH_PID),
+                        word_at(raw, CTRL_SKIPPED_SEQ), word_at(raw, CTRL_HEARTBEAT)};
+}
+
+ErrorOr<void> MailboxEngine::verify_shadow() {
+    TRY(revalidate_mappings());
+    auto ctrl = TRY(read_control());
+    if (ctrl.magic != SHADOW_MAGIC || ctrl.generation != target_.generation) {
+        return make_error(EBADMSG, "the shadow's control block is not ours any more");
+    }
+    auto code = ShadowCode::bytes();
+    std::vector<uint8_t> seen(code.size());
+    TRY(read_region(target_.region, seen));
+    if (!std::equal(seen.begin(), seen.end(), code.begin())) {
+        return make_error(EBADMSG, "the shadow's code was modified");
+    }
+    return {};
+}
+
+ErrorOr<void> MailboxEngine::read_region(uint64_t va, std::span<uint8_t> out) {
+    size_t done = 0;
+    while (done < out.size()) {
+        uint64_t at = va + done;
+        size_t n = std::min<size_t>(out.size() - done, kPage - (at & (kPage - 1)));
+        TRY(ram_.read(TRY(physical(at)), out.subspan(done, n)));
+        done += n;
+    }
+    return {};
+}
+
+ErrorOr<void> MailboxEngine::write_region(uint64_t va, std::span<const uint8_t> data) {
+    size_t done = 0;
+    while (done < data.size()) {
+        uint64_t at = va + done;
+        size_t n = std::min<size_t>(data.size() - done, kPage - (at & (kPage - 1)));
+        TRY(ram_.write(TRY(physical(at)), data.subspan(done, n)));
+        done += n;
+    }
+    return {};
+}
+
+ErrorOr<void> MailboxEngine::write_word(uint64_t offset, uint64_t value) {
+    return write_region(target_.region + SHADOW_CTRL_OFFSET + offset,
+                        std::span(reinterpret_cast<const uint8_t*>(&value), 8));
+}
+
+ErrorOr<void> MailboxEngine::start() {
+    TRY(verify_shadow());
+    TRY(write_word(CTRL_SPIN_ITERS, options_.shadow_spin_iters));
+    return renew_lease();
+}
+
+ErrorOr<void> MailboxEngine::renew_lease() {
+    TRY(verify_shadow());
+    return write_word(CTRL_LEASE, target_.lease_iterations);
+}
+
+void MailboxEngine::poison_lease() {
+    if (auto r = write_word(CTRL_LEASE, 1); !r) {
+        LOG_WARN("cannot shorten the shadow's lease: %s", r.error().describe().c_str());
+    }
+}
+
+ErrorOr<void> MailboxEngine::withdraw(uint64_t seq) {
+    TRY(write_word(CTRL_CANCEL_SEQ, seq));
+    // Our store, then our load of TAKEN; the shadow stores TAKEN, then loads CANCEL.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    auto ctrl = TRY(read_control());
+    if (ctrl.taken == seq) return {};  // too late: it runs (or skips) and reports DONE
+    std::lock_guard lock(stats_mutex_);
+    ++stats_.withdrawn;
+    return make_error(EAGAIN, "withdrawn");
+}
+
+ErrorOr<void> MailboxEngine::wait_done(uint64_t seq, Deadline deadline) {
+    auto posted = Clock::now();
+    auto take_deadline = Deadline::after(take_timeout_);
+    bool taken = false, withdrawing = false;
+    auto nap = Micros(20);
+    while (true) {
+        auto ctrl = TRY(read_control());
+        if (ctrl.done == seq) {
+            if (withdrawing && ctrl.skipped == seq) return make_error(EAGAIN, "withdrawn");
+            if (ctrl.batch_pid != static_cast<uint64_t>(target_.pid)) {
+                return make_error(EBADMSG, strformat("the batch ran in pid %lld, not in the "
+                                                     "shadow (%lld)",
+                                                     static_cast<long long>(ctrl.batch_pid),
+                                                     static_cast<long long>(target_.pid)));
+            }
+            return {};
+        }
+        taken = taken || ctrl.taken == seq;
+        if (!taken && !withdrawing && take_deadline.expired()) {
+            TRY(withdraw(seq));
+            withdrawing = true;
+            taken = true;
+        }
+        if (deadline.expired()) {
+            return make_error(ETIMEDOUT,
+                              "the shadow did not finish the batch in time (blocked "
+                              "inside the guest?)");
+        }
+        if (Clock::now() - posted < options_.host_spin) {
+            sched_yield();  // two cores: leave one to the vCPU that serves us
+            continue;
+        }
+        std::this_thread::sleep_for(nap);
+        nap = std::min(nap * 2, options_.host_sleep_max);
+    }
+}
+
+ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline deadline) {
+    TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_REGION_SIZE - SHADOW_DATA_OFFSET));
+    auto started = Clock::now();
+    TRY(verify_shadow());
+    auto ctrl = TRY(read_control());
+    auto drain_deadline = Deadline::after(take_timeout_);
+    while (ctrl.req != ctrl.done) {
+        // A withdrawn batch the shadow has not skipped yet: has the guest run since?
+        if (drain_deadline.expired()) {
+            return make_error(EAGAIN, "the shadow has not come back from an earlier request");
+        }
+        std::this_thread::sleep_for(Millis(1));
+        ctrl = TRY(read_control());
+    }
+    uint64_t seq = ctrl.done + 1;
+    auto enc = TRY(post_batch(batch, target_.region, [&](uint64_t va, std::span<const uint8_t> d) {
+        return write_region(va, d);
+    }));
+    TRY(write_word(CTRL_LEASE, target_.lease_iterations));
+    TRY(write_word(CTRL_REQ_SEQ, seq));  // last: publishes the batch
+    TRY(wait_done(seq, deadline.min(Deadline::after(options_.batch_timeout))));
+    auto out =
+        TRY(collect_outcome(batch, enc, target_.region,
+                            [&](uint64_t va, std::span<uint8_t> d) { return read_region(va, d); }));
+    record_round_trip(std::chrono::duration<double, std::micro>(Clock::now() - started).count());
+    return out;
+}
+
+void MailboxEngine::record_round_trip(double us) {
+    std::lock_guard lock(stats_mutex_);
+    ++stats_.batches;
+    round_trips_.push_back(us);
+    if (round_trips_.size() > kRoundTripWindow) round_trips_.pop_front();
+}
+
+MailboxStats MailboxEngine::stats() const {
+    std::lock_guard lock(stats_mutex_);
+    MailboxStats s = stats_;
+    if (round_trips_.empty()) return s;
+    std::vector<double> v(round_trips_.begin(), round_trips_.end());
+    std::sort(v.begin(), v.end());
+    auto pct = [&](double p) {
+        return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+    };
+    s.p50_us = pct(0.5);
+    s.p90_us = pct(0.9);
+    s.p99_us = pct(0.99);
+    s.max_us = v.back();
+    return s;
+}
+
+}  // namespace cloudvmi
