@@ -341,6 +341,16 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
         case ETIMEDOUT:
             discard_shadow_locked("stuck in a syscall");
             return std::unexpected(e);
+        case EFAULT: {
+            // A page beyond the RAM reachable from the host; found before anything was
+            // posted. This shadow is served through the stub from now on.
+            LOG_WARN("%s: %s; using the trap engine for this shadow", options_.gdb_endpoint.c_str(),
+                     e.describe().c_str());
+            mailbox_.reset();
+            update_status(
+                [&](SessionStatus& st) { st.engine = "trap (mailbox: " + e.describe() + ")"; });
+            return shadow_->execute(batch);
+        }
         default:
             // QEMU gone (ENOTCONN) fails the session in run(), like a broken stub link.
             return std::unexpected(e);

@@ -170,3 +170,26 @@ TEST_CASE("a malformed endpoint is rejected before connecting", "[stub]") {
     REQUIRE(tcp);
     CHECK(tcp->port == 1234);
 }
+
+TEST_CASE("a packet already waiting is found by a poll with a deadline of now", "[stub]") {
+    // QEMU tells its debugger when someone else pauses the VM; the session looks for that
+    // stop reply without waiting (the mailbox engine never blocks on the stub).
+    FakePeer peer([](int c) {
+        const char stop[] = "$T02thread:01;#04";
+        REQUIRE(::write(c, stop, sizeof stop - 1) == sizeof stop - 1);
+        sleep_until_closed(c);
+    });
+    auto endpoint = gdb::Endpoint::parse(peer.endpoint());
+    REQUIRE(endpoint);
+    auto conn = gdb::RspConnection::connect(*endpoint, Deadline::after(Millis(1000)));
+    REQUIRE(conn);
+    CHECK((*conn)->peer_pid() == ::getpid());  // the fake peer runs in this process
+    std::this_thread::sleep_for(Millis(100));  // the packet is in the socket by now
+    auto p = (*conn)->try_receive_packet(Deadline::after(Millis(0)));
+    REQUIRE(p);
+    REQUIRE(p->has_value());
+    CHECK(**p == "T02thread:01;");
+    auto none = (*conn)->try_receive_packet(Deadline::after(Millis(0)));
+    REQUIRE(none);
+    CHECK_FALSE(none->has_value());
+}
