@@ -93,9 +93,12 @@ time_cmd() {  # LABEL N COMMAND...: wall time of each run, as guest_ops prints i
         t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N)
         times+=($(( (t1 - t0) / 1000 )))
     done
-    record "$label" "$(printf '%s\n' "${times[@]}" | sort -n | awk -v n="$n" '{ a[NR] = $1; s += $1 }
-        END { printf "{\"op\": \"cmd\", \"n\": %d, \"median_us\": %d, \"p90_us\": %d, \"min_us\": %d, \"mean_us\": %d}\n",
-              n, a[int(n / 2) + 1], a[int(n * 0.9) > 0 ? int(n * 0.9) : 1], a[1], s / n }')"
+    record "$label" "$(printf '%s\n' "${times[@]}" | python3 -c '
+import json, sys
+t = sorted(int(x) for x in sys.stdin.read().split())
+n = len(t)
+print(json.dumps({"op": "cmd", "n": n, "median_us": t[n // 2], "p90_us": t[min(n - 1, n * 9 // 10)],
+                  "min_us": t[0], "mean_us": sum(t) / n}))')"
 }
 cm=(-o ControlMaster=auto -o ControlPath="$dir/ssh-%r@%h:%p" -o ControlPersist=120)
 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 true

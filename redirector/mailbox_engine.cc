@@ -12,6 +12,7 @@
 #include "redirector/batch_transfer.h"
 #include "redirector/shadow_layout.h"
 #include "redirector/shadow_process.h"
+#include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {
 
@@ -55,16 +56,29 @@ ErrorOr<uint64_t> MailboxEngine::physical(uint64_t va) {
 }
 
 ErrorOr<void> MailboxEngine::revalidate_mappings() {
-    for (auto it = pages_.begin(); it != pages_.end();) {
-        uint64_t entry = 0;
-        TRY(ram_.read(it->second.entry_address, std::span(reinterpret_cast<uint8_t*>(&entry), 8)));
-        if (entry == it->second.entry) {
-            ++it;
-            continue;
+    // Leaf entries of neighbouring pages are neighbours in one page-table page.
+    auto it = pages_.begin();
+    while (it != pages_.end()) {
+        uint64_t table = it->second.entry_address & ~(kPage - 1);
+        uint64_t first = it->second.entry_address, last = first;
+        auto end = it;
+        while (end != pages_.end() && (end->second.entry_address & ~(kPage - 1)) == table) {
+            first = std::min(first, end->second.entry_address);
+            last = std::max(last, end->second.entry_address);
+            ++end;
         }
-        it = pages_.erase(it);  // moved (or unmapped): walk again on next use
-        std::lock_guard lock(stats_mutex_);
-        ++stats_.remaps;
+        std::vector<uint8_t> entries(last + 8 - first);
+        TRY(ram_.read(first, entries));
+        for (; it != end;) {
+            uint64_t now = word_at(entries, it->second.entry_address - first);
+            if (now == it->second.entry) {
+                ++it;
+                continue;
+            }
+            it = pages_.erase(it);  // moved (or unmapped): walked again on next use
+            std::lock_guard lock(stats_mutex_);
+            ++stats_.remaps;
+        }
     }
     return {};
 }
@@ -122,8 +136,37 @@ ErrorOr<void> MailboxEngine::write_word(uint64_t offset, uint64_t value) {
 
 ErrorOr<void> MailboxEngine::start() {
     TRY(verify_shadow());
-    TRY(write_word(CTRL_SPIN_ITERS, options_.shadow_spin_iters));
-    return renew_lease();
+    TRY(renew_lease());
+    return calibrate_spin();
+}
+
+ErrorOr<void> MailboxEngine::calibrate_spin() {
+    constexpr uint64_t kProbeIterations = 50'000'000;  // spins on while we count
+    constexpr uint64_t kFallback = 20'000;
+    TRY(write_word(CTRL_SPIN_ITERS, kProbeIterations));
+    SyscallBatch probe;
+    probe.add(x86abi::kGetpid, {});
+    TRY(execute(probe, Deadline::after(options_.batch_timeout)));
+    auto h0 = TRY(read_control()).heartbeat;
+    auto t0 = Clock::now();
+    std::this_thread::sleep_for(Millis(3));
+    auto h1 = TRY(read_control()).heartbeat;
+    double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    // The probe's spin ends here. The shadow decrements the word without a lock: a store
+    // of ours could fall between its load and its store, so store twice.
+    TRY(write_word(CTRL_SPIN_LEFT, 0));
+    std::this_thread::sleep_for(Micros(200));
+    TRY(write_word(CTRL_SPIN_LEFT, 0));
+    double per_us = h1 > h0 ? static_cast<double>(h1 - h0) / us : 0;
+    uint64_t iterations =
+        per_us > 0 ? static_cast<uint64_t>(per_us * options_.shadow_spin.count()) : kFallback;
+    iterations = std::clamp<uint64_t>(iterations, 100, kProbeIterations);
+    TRY(write_word(CTRL_SPIN_ITERS, iterations));
+    LOG_INFO("the shadow polls %.1f times per microsecond: spins %llu times after a batch", per_us,
+             static_cast<unsigned long long>(iterations));
+    std::lock_guard lock(stats_mutex_);
+    stats_.spin_iterations = iterations;
+    return {};
 }
 
 ErrorOr<void> MailboxEngine::renew_lease() {

@@ -42,16 +42,20 @@ struct MailboxOptions {
     // A running shadow takes a posted batch within its longest sleep; past this the batch
     // is withdrawn (the VM is paused, or the shadow is gone).
     Millis take_timeout{500};
-    Millis batch_timeout{10000};          // a taken batch completes within this
-    uint64_t shadow_spin_iters = 200000;  // the shadow's polls without sleeping after a batch
-    Micros host_spin{200};                // the host polls without sleeping this long
-    Micros host_sleep_max{1000};          // then sleeps, doubling up to this
+    Millis batch_timeout{10000};  // a taken batch completes within this
+    // After a batch the shadow polls without sleeping for about this long (the gap between
+    // the batches of one file operation, or between operations of a sweep); calibrated
+    // into loop iterations at start.
+    Micros shadow_spin{1000};
+    Micros host_spin{200};        // the host polls without sleeping this long
+    Micros host_sleep_max{1000};  // then sleeps, doubling up to this
 };
 
 struct MailboxStats {
     uint64_t batches = 0;
-    uint64_t remaps = 0;                                    // pages found moved and walked again
-    uint64_t withdrawn = 0;                                 // batches not taken in time
+    uint64_t remaps = 0;           // pages found moved and walked again
+    uint64_t spin_iterations = 0;  // the shadow's polls after a batch, from the calibration
+    uint64_t withdrawn = 0;        // batches not taken in time
     double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;  // recent round trips
 };
 
@@ -81,7 +85,10 @@ class MailboxEngine {
     struct ControlWords;
     // The guest-physical address of `va` in the shadow, from the cache or a walk.
     ErrorOr<uint64_t> physical(uint64_t va);
-    // Reads every cached leaf entry again; walks again what moved.
+    // Measures the shadow's polling rate and sets its spin after a batch.
+    ErrorOr<void> calibrate_spin();
+    // Reads every cached leaf entry again (those in one page-table page in one read);
+    // forgets what moved, to be walked again.
     ErrorOr<void> revalidate_mappings();
     ErrorOr<void> verify_shadow();
     ErrorOr<ControlWords> read_control();
