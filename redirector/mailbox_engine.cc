@@ -31,7 +31,7 @@ uint64_t word_at(std::span<const uint8_t> bytes, size_t offset) {
 
 // The control block's words the host watches, read in one transfer.
 struct MailboxEngine::ControlWords {
-    uint64_t magic, generation, req, done, taken, batch_pid, skipped, heartbeat;
+    uint64_t magic, generation, req, done, taken, batch_pid, skipped, heartbeat, batch_tsc;
 };
 
 MailboxEngine::MailboxEngine(PhysicalMemory& ram, MailboxTarget target, MailboxOptions options)
@@ -89,7 +89,8 @@ ErrorOr<MailboxEngine::ControlWords> MailboxEngine::read_control() {
     return ControlWords{word_at(raw, CTRL_MAGIC),       word_at(raw, CTRL_GENERATION),
                         word_at(raw, CTRL_REQ_SEQ),     word_at(raw, CTRL_DONE_SEQ),
                         word_at(raw, CTRL_TAKEN_SEQ),   word_at(raw, CTRL_BATCH_PID),
-                        word_at(raw, CTRL_SKIPPED_SEQ), word_at(raw, CTRL_HEARTBEAT)};
+                        word_at(raw, CTRL_SKIPPED_SEQ), word_at(raw, CTRL_HEARTBEAT),
+                        word_at(raw, CTRL_BATCH_TSC)};
 }
 
 ErrorOr<void> MailboxEngine::verify_shadow() {
@@ -141,32 +142,37 @@ ErrorOr<void> MailboxEngine::start() {
 }
 
 ErrorOr<void> MailboxEngine::calibrate_spin() {
-    constexpr uint64_t kProbeIterations = 50'000'000;  // spins on while we count
-    constexpr uint64_t kFallback = 20'000;
-    TRY(write_word(CTRL_SPIN_ITERS, kProbeIterations));
+    // The shadow spins by the guest's TSC; its rate comes from two batches some time apart
+    // (a TSC stamp of each batch's end against our clock when we saw it end).
+    constexpr double kFallbackTicksPerUs = 1000;  // a 1 GHz TSC, if the probe makes no sense
     SyscallBatch probe;
     probe.add(x86abi::kGetpid, {});
+    TRY(write_word(CTRL_SPIN_TICKS, 0));
     TRY(execute(probe, Deadline::after(options_.batch_timeout)));
-    auto h0 = TRY(read_control()).heartbeat;
-    auto t0 = Clock::now();
-    std::this_thread::sleep_for(Millis(3));
-    auto h1 = TRY(read_control()).heartbeat;
-    double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-    // The probe's spin ends here. The shadow decrements the word without a lock: a store
-    // of ours could fall between its load and its store, so store twice.
-    TRY(write_word(CTRL_SPIN_LEFT, 0));
-    std::this_thread::sleep_for(Micros(200));
-    TRY(write_word(CTRL_SPIN_LEFT, 0));
-    double per_us = h1 > h0 ? static_cast<double>(h1 - h0) / us : 0;
-    uint64_t iterations =
-        per_us > 0 ? static_cast<uint64_t>(per_us * options_.shadow_spin.count()) : kFallback;
-    iterations = std::clamp<uint64_t>(iterations, 100, kProbeIterations);
-    TRY(write_word(CTRL_SPIN_ITERS, iterations));
-    LOG_INFO("the shadow polls %.1f times per microsecond: spins %llu times after a batch", per_us,
-             static_cast<unsigned long long>(iterations));
+    auto first = TRY(read_control()).batch_tsc;
+    auto t0 = last_done_;
+    std::this_thread::sleep_for(Millis(20));
+    TRY(execute(probe, Deadline::after(options_.batch_timeout)));
+    auto second = TRY(read_control()).batch_tsc;
+    double us = std::chrono::duration<double, std::micro>(last_done_ - t0).count();
+    double rate = second > first && us > 0 ? static_cast<double>(second - first) / us : 0;
+    tsc_per_us_ = rate >= 100 && rate <= 20000 ? rate : kFallbackTicksPerUs;
+    LOG_INFO("the guest's TSC runs at %.0f MHz (%s)", tsc_per_us_,
+             rate == tsc_per_us_ ? "measured" : "assumed: the probe gave nonsense");
     std::lock_guard lock(stats_mutex_);
-    stats_.spin_iterations = iterations;
+    stats_.tsc_mhz = tsc_per_us_;
     return {};
+}
+
+uint64_t MailboxEngine::spin_for_next() const {
+    auto spin = options_.shadow_spin;
+    if (last_done_ != Clock::time_point{}) {
+        auto gap = std::chrono::duration_cast<Micros>(Clock::now() - last_done_);
+        if (gap < options_.shadow_spin_max) {
+            spin = std::clamp(gap * 4, options_.shadow_spin, options_.shadow_spin_max);
+        }
+    }
+    return static_cast<uint64_t>(tsc_per_us_ * static_cast<double>(spin.count()));
 }
 
 ErrorOr<void> MailboxEngine::renew_lease() {
@@ -247,12 +253,21 @@ ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline
         return write_region(va, d);
     }));
     TRY(write_word(CTRL_LEASE, target_.lease_iterations));
+    if (tsc_per_us_ > 0) TRY(write_word(CTRL_SPIN_TICKS, spin_for_next()));
     TRY(write_word(CTRL_REQ_SEQ, seq));  // last: publishes the batch
+    auto posted = Clock::now();
     TRY(wait_done(seq, deadline.min(Deadline::after(options_.batch_timeout))));
+    auto done = Clock::now();
     auto out =
         TRY(collect_outcome(batch, enc, target_.region,
                             [&](uint64_t va, std::span<uint8_t> d) { return read_region(va, d); }));
-    record_round_trip(std::chrono::duration<double, std::micro>(Clock::now() - started).count());
+    last_done_ = Clock::now();
+    LOG_TRACE("mailbox batch %llu: post %.0f us, wait %.0f us, collect %.0f us",
+              static_cast<unsigned long long>(seq),
+              std::chrono::duration<double, std::micro>(posted - started).count(),
+              std::chrono::duration<double, std::micro>(done - posted).count(),
+              std::chrono::duration<double, std::micro>(last_done_ - done).count());
+    record_round_trip(std::chrono::duration<double, std::micro>(last_done_ - started).count());
     return out;
 }
 

@@ -43,19 +43,21 @@ struct MailboxOptions {
     // is withdrawn (the VM is paused, or the shadow is gone).
     Millis take_timeout{500};
     Millis batch_timeout{10000};  // a taken batch completes within this
-    // After a batch the shadow polls without sleeping for about this long (the gap between
-    // the batches of one file operation, or between operations of a sweep); calibrated
-    // into loop iterations at start.
+    // After a batch the shadow polls without sleeping (timed by the guest's TSC, whose rate
+    // is measured at start): while requests flow, four times the last gap between batches, within
+    // [shadow_spin, shadow_spin_max]; after a quiet spell, shadow_spin (the gap between
+    // the batches of one file operation).
     Micros shadow_spin{1000};
+    Micros shadow_spin_max{20000};
     Micros host_spin{200};        // the host polls without sleeping this long
     Micros host_sleep_max{1000};  // then sleeps, doubling up to this
 };
 
 struct MailboxStats {
     uint64_t batches = 0;
-    uint64_t remaps = 0;           // pages found moved and walked again
-    uint64_t spin_iterations = 0;  // the shadow's polls after a batch, from the calibration
-    uint64_t withdrawn = 0;        // batches not taken in time
+    uint64_t remaps = 0;     // pages found moved and walked again
+    double tsc_mhz = 0;      // the guest's TSC rate, by which the shadow times its polling
+    uint64_t withdrawn = 0;  // batches not taken in time
     double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;  // recent round trips
 };
 
@@ -85,7 +87,7 @@ class MailboxEngine {
     struct ControlWords;
     // The guest-physical address of `va` in the shadow, from the cache or a walk.
     ErrorOr<uint64_t> physical(uint64_t va);
-    // Measures the shadow's polling rate and sets its spin after a batch.
+    // Measures the guest's TSC rate, by which the shadow times its polling.
     ErrorOr<void> calibrate_spin();
     // Reads every cached leaf entry again (those in one page-table page in one read);
     // forgets what moved, to be walked again.
@@ -99,11 +101,15 @@ class MailboxEngine {
     ErrorOr<void> wait_done(uint64_t seq, Deadline deadline);
     ErrorOr<void> withdraw(uint64_t seq);
     void record_round_trip(double us);
+    // The shadow's spin after the batch about to be posted, in loop iterations.
+    uint64_t spin_for_next() const;
 
     PhysicalMemory& ram_;
     MailboxTarget target_;
     MailboxOptions options_;
     Millis take_timeout_;
+    double tsc_per_us_ = 0;
+    Clock::time_point last_done_{};
     std::map<uint64_t, Translation> pages_;  // by page-aligned virtual address
     mutable std::mutex stats_mutex_;         // guards stats_ and round_trips_ only
     MailboxStats stats_;

@@ -34,13 +34,14 @@
 #define CTRL_WAIT_STATUS 0x50 /* wait4 status of S1, for the hijacked parent */
 #define CTRL_HEARTBEAT 0x58   /* incremented on every loop iteration */
 #define CTRL_GENERATION 0x60  /* host: a random number per shadow, checked before each use */
-#define CTRL_SPIN_ITERS 0x68  /* polls without sleeping after a batch (requests flow) */
-#define CTRL_SPIN_LEFT 0x70
+#define CTRL_SPIN_TICKS 0x68 /* host: after a batch, poll without sleeping this many TSC ticks */
+#define CTRL_SPIN_UNTIL 0x70 /* shadow: the TSC value its polling without sleep lasts to */
 #define CTRL_TAKEN_SEQ 0x78   /* shadow: REQ_SEQ of the batch it started */
 #define CTRL_BATCH_PID 0x80   /* shadow: getpid() of the process that ran the last batch */
 #define CTRL_CANCEL_SEQ 0x88  /* host: withdraws the batch of this number if not yet taken */
 #define CTRL_SKIPPED_SEQ 0x90 /* shadow: the withdrawn batch it skipped */
-#define CTRL_WATCHED_END 0x98 /* the host polls CTRL_MAGIC..here in one read */
+#define CTRL_BATCH_TSC 0x98   /* shadow: the TSC when its last batch ended */
+#define CTRL_WATCHED_END 0xa0 /* the host polls CTRL_MAGIC..here in one read */
 #define CTRL_NAME 0x100       /* "cloudvmi-shadow\0": comm and cmdline of the shadow */
 #define CTRL_NAME_SIZE 16
 #define CTRL_SIGSET 0x120  /* all-ones signal mask */

@@ -7,8 +7,9 @@
  *                clones again (S2, the shadow), reports S2's pid and exits, so that S2 is
  *                adopted by init and leaves no zombie behind when it ends.
  *  park_loop     S2's loop: run a batch if one is posted (the mailbox: REQ_SEQ differs
- *                from DONE_SEQ); after a batch poll again at once SPIN_ITERS times, then
- *                nanosleep with exponential back-off, counting the sleeps against the lease.
+ *                from DONE_SEQ); after a batch poll again at once for SPIN_TICKS of the
+ *                TSC, then nanosleep with exponential back-off, counting the sleeps
+ *                against the lease.
  *  after_sleep   the trap path's breakpoint to catch a parked shadow.
  *  run_posted    takes a batch from the mailbox unless the host withdrew it (CANCEL_SEQ,
  *                a store-fence-load handshake with the host's), then runs it.
@@ -69,9 +70,11 @@ cloudvmi_shadow_park_loop:
         mov rax, [rbx + CTRL_REQ_SEQ]
         cmp rax, [rbx + CTRL_DONE_SEQ]
         jne cloudvmi_shadow_run_posted
-        cmp qword ptr [rbx + CTRL_SPIN_LEFT], 0
-        je .Lsleep
-        dec qword ptr [rbx + CTRL_SPIN_LEFT]  /* requests flow: poll again at once */
+        rdtsc                           /* requests flow: poll again at once until */
+        shl rdx, 32                     /* SPIN_UNTIL */
+        or rax, rdx
+        cmp rax, [rbx + CTRL_SPIN_UNTIL]
+        jae .Lsleep
         pause
         jmp .Lloop
 .Lsleep:
@@ -165,12 +168,16 @@ cloudvmi_shadow_run_batch:              /* the trap engine enters here directly 
         inc r13
         jmp .Lop
 .Lbatch_end:
-        mov rax, [rbx + CTRL_REQ_SEQ]
-        mov [rbx + CTRL_DONE_SEQ], rax
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        mov [rbx + CTRL_BATCH_TSC], rax
+        add rax, [rbx + CTRL_SPIN_TICKS]
+        mov [rbx + CTRL_SPIN_UNTIL], rax
         mov rax, [rbx + CTRL_SLEEP_MIN] /* just busy: poll quickly again */
         mov [rbx + CTRL_SLEEP_CUR], rax
-        mov rax, [rbx + CTRL_SPIN_ITERS]
-        mov [rbx + CTRL_SPIN_LEFT], rax
+        mov rax, [rbx + CTRL_REQ_SEQ]   /* last: the host reads the rest once it sees this */
+        mov [rbx + CTRL_DONE_SEQ], rax
 cloudvmi_shadow_batch_done:
         jmp .Lloop
 

@@ -142,18 +142,20 @@ TEST_CASE("mailbox: a batch makes one round trip through guest RAM", "[mailbox]"
     Guest g;
     MailboxEngine engine(g.ram, g.target(), fast_options());
     REQUIRE(engine.start());
-    // This fake shadow never counts its loops: the calibration falls back to a default.
-    CHECK(g.ram.get(g.ctrl(CTRL_SPIN_ITERS)) == engine.stats().spin_iterations);
-    CHECK(engine.stats().spin_iterations > 0);
+    // This fake shadow has no TSC: the calibration falls back to an assumed 1 GHz.
+    CHECK(engine.stats().tsc_mhz == 1000);
     CHECK(g.ram.get(g.ctrl(CTRL_LEASE)) == 1000);
     for (int i = 1; i <= 3; ++i) {
         auto out = engine.execute(two_ops(), Deadline::after(Millis(2000)));
         REQUIRE(out);
         CHECK(out->results[0] == kShadowPid);
         CHECK(out->results[1] == x86abi::kGetuid * 10);
-        CHECK(g.ram.get(g.ctrl(CTRL_DONE_SEQ)) == static_cast<uint64_t>(i + 1));  // + calibration
+        CHECK(g.ram.get(g.ctrl(CTRL_DONE_SEQ)) == static_cast<uint64_t>(i + 2));  // + calibration
+        // Back to back: four times the gap, at least 1 ms (1e6 ticks at 1 GHz), at most 20.
+        CHECK(g.ram.get(g.ctrl(CTRL_SPIN_TICKS)) >= 1'000'000);
+        CHECK(g.ram.get(g.ctrl(CTRL_SPIN_TICKS)) <= 20'000'000);
     }
-    CHECK(engine.stats().batches == 4);
+    CHECK(engine.stats().batches == 5);
     CHECK(engine.stats().p50_us > 0);
 }
 
@@ -174,7 +176,7 @@ TEST_CASE("mailbox: a page that moved is walked again", "[mailbox]") {
     REQUIRE(out);
     CHECK(out->results[0] == kShadowPid);
     CHECK(engine.stats().remaps == 1);
-    CHECK(g.ram.get(0x600000 + CTRL_DONE_SEQ) == 3);
+    CHECK(g.ram.get(0x600000 + CTRL_DONE_SEQ) == 4);
 }
 
 TEST_CASE("mailbox: modified code or a foreign control block is refused before any write",
@@ -221,12 +223,12 @@ TEST_CASE("mailbox: a batch not taken in time is withdrawn and never runs", "[ma
     REQUIRE_FALSE(out);
     CHECK(out.error().code() == EAGAIN);
     CHECK(elapsed_ms(start) < 1000);
-    CHECK(g.ram.get(g.ctrl(CTRL_CANCEL_SEQ)) == 2);
+    CHECK(g.ram.get(g.ctrl(CTRL_CANCEL_SEQ)) == 3);
     // Still paused: the next request does not overwrite the withdrawn one.
     auto second = engine.execute(two_ops(), Deadline::after(Millis(2000)));
     REQUIRE_FALSE(second);
     CHECK(second.error().code() == EAGAIN);
-    CHECK(g.ram.get(g.ctrl(CTRL_REQ_SEQ)) == 2);
+    CHECK(g.ram.get(g.ctrl(CTRL_REQ_SEQ)) == 3);
     g.shadow_runs = true;  // resumed: the withdrawn batch is skipped, the next one runs
     bool served = false;
     for (int i = 0; i < 20 && !served; ++i) {
@@ -235,6 +237,6 @@ TEST_CASE("mailbox: a batch not taken in time is withdrawn and never runs", "[ma
         if (!served) std::this_thread::sleep_for(Millis(10));
     }
     CHECK(served);
-    CHECK(g.ram.get(g.ctrl(CTRL_SKIPPED_SEQ)) == 2);
+    CHECK(g.ram.get(g.ctrl(CTRL_SKIPPED_SEQ)) == 3);
     CHECK(engine.stats().withdrawn == 1);
 }
