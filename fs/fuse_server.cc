@@ -356,6 +356,10 @@ void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
     OpenFile* of = open_file(fi);
+    if (auto cached = of->handle->read_cached(size, off)) {
+        fuse_reply_buf(req, reinterpret_cast<const char*>(cached->data()), cached->size());
+        return;
+    }
     dispatch(req, of->node->vm(),
              [req, of, size, off](const Answer& answer) -> std::optional<Error> {
                  auto data = of->handle->read(size, off);

@@ -31,6 +31,11 @@ class FileHandle {
   public:
     virtual ~FileHandle() = default;
     virtual ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) = 0;
+    // What read() would return, when that needs no guest access (nullopt otherwise): such
+    // reads are answered on the FUSE thread, without a hop through the VM's queue.
+    virtual std::optional<std::vector<uint8_t>> read_cached(size_t, off_t) const {
+        return std::nullopt;
+    }
     virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t) {
         return make_error(EACCES, "writes are not allowed");
     }
