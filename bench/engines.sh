@@ -77,6 +77,7 @@ n_ls=$(( iterations / 5 > 2 ? iterations / 5 : 2 ))
 
 note "native, inside the guest"
 record native-cat-meminfo "$(gssh /root/guest_ops cat /proc/meminfo "$iterations")"
+record native-catgap-meminfo "$(gssh /root/guest_ops catgap /proc/meminfo 10 1000)"
 record native-cat-status "$(gssh /root/guest_ops cat /proc/1/status "$iterations")"
 record native-cat-sysfs "$(gssh /root/guest_ops cat $sysfs "$iterations")"
 record native-ls-proc "$(gssh /root/guest_ops ls /proc "$n_ls")"
@@ -86,10 +87,11 @@ note "guest CPU throughput unmonitored (${spin} s)"
 record spin-unmonitored-before "$(gssh /root/guest_ops spin "$spin")"
 
 note "ssh cat (reused connection, then new connections)"
-time_cmd() {  # LABEL N COMMAND...: wall time of each run, as guest_ops prints it
+time_cmd() {  # LABEL N COMMAND...: wall time of each run (after $GAP s of quiet), as guest_ops prints it
     local label=$1 n=$2; shift 2
     local times=() t0 t1
     for _ in $(seq "$n"); do
+        sleep "${GAP:-0}"
         t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N)
         times+=($(( (t1 - t0) / 1000 )))
     done
@@ -104,9 +106,12 @@ cm=(-o ControlMaster=auto -o ControlPath="$dir/ssh-%r@%h:%p" -o ControlPersist=1
 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 true
 time_cmd ssh-reused-cat-meminfo 20 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 cat /proc/meminfo
 time_cmd ssh-new-cat-meminfo 5 ssh "${ssh_opts[@]}" root@127.0.0.1 cat /proc/meminfo
+sleep 1
+GAP=1 time_cmd ssh-reused-catgap-meminfo 5 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 cat /proc/meminfo
 
 note "qemu-guest-agent guest-file-open/read/close"
 record qga-cat-meminfo "$(python3 "$SELF_DIR/qga_ops.py" "$QGA" /proc/meminfo 30)"
+record qga-catgap-meminfo "$(python3 "$SELF_DIR/qga_ops.py" "$QGA" /proc/meminfo 10 1000)"
 
 unmount() {
     local mnt=$1
@@ -144,19 +149,30 @@ for engine in trap mailbox; do
     record $engine-grep-kernel "$("$dir/guest_ops" grep "$vm/proc/sys/kernel" "$([ $engine = trap ] && echo 1 || echo 3)")"
     [ $engine = mailbox ] && record $engine-grep-sys "$("$dir/guest_ops" grep "$vm/proc/sys" 3)"
     record $engine-stats "$(cat "$vm/.cloudvmi/stats.json" 2>/dev/null || echo '{}')"
+    record $engine-catgap-meminfo "$("$dir/guest_ops" catgap "$vm/proc/meminfo" 10 1000)"
     if [ $engine = mailbox ]; then
-        note "guest CPU throughput (in-guest loop, ${spin} s each)"
-        record spin-idle-attached "$(gssh /root/guest_ops spin "$spin")"
-        "$dir/guest_ops" every "$vm/proc/meminfo" 1000 "$(( spin + 4 ))" >/dev/null &
+        shadow=$(sed -n 's/^shadow_pid: //p' "$vm/.cloudvmi/status")
+        # CPU time the shadow used in the guest (utime + stime, in clock ticks of 1/100 s).
+        shadow_ticks() { gssh "awk '{ print \$14 + \$15 }' /proc/$shadow/stat"; }
+        window() {  # LABEL: the in-guest loop's throughput, and the shadow's CPU share
+            local t0 t1 s0 s1 r
+            s0=$(shadow_ticks); t0=$(date +%s%N)
+            r=$(gssh /root/guest_ops spin "$spin")
+            s1=$(shadow_ticks); t1=$(date +%s%N)
+            record "$1" "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["shadow_cpu_percent"]=(int(sys.argv[3])-int(sys.argv[2]))/100/((int(sys.argv[5])-int(sys.argv[4]))/1e9)*100; print(json.dumps(d))' "$r" "$s0" "$s1" "$t0" "$t1")"
+        }
+        note "guest CPU throughput (in-guest loop, ${spin} s each) and the shadow's CPU time"
+        window spin-idle-attached
+        "$dir/guest_ops" every "$vm/proc/meminfo" 1000 "$(( spin + 8 ))" >/dev/null &
         reader=$!
         sleep 1
-        record spin-1-read-per-second "$(gssh /root/guest_ops spin "$spin")"
+        window spin-1-read-per-second
         wait $reader || true
-        ( end=$(( $(date +%s) + spin + 3 )); while [ "$(date +%s)" -lt $end ]; do
+        ( end=$(( $(date +%s) + spin + 6 )); while [ "$(date +%s)" -lt $end ]; do
               "$dir/guest_ops" grep "$vm/proc/sys" 1 >/dev/null || true; done ) &
         sweeper=$!
         sleep 1
-        record spin-during-sweep "$(gssh /root/guest_ops spin "$spin")"
+        window spin-during-sweep
         wait $sweeper || true
         record mailbox-stats-after "$(cat "$vm/.cloudvmi/stats.json" 2>/dev/null || echo '{}')"
     fi

@@ -34,6 +34,7 @@ def main():
     med = lambda label: r.get(label, {}).get("median_us")
     rows = [
         ("cat /proc/meminfo", "cat-meminfo"),
+        ("  the same after 1 s idle", "catgap-meminfo"),
         ("cat /proc/1/status", "cat-status"),
         ("cat sysfs file", "cat-sysfs"),
         ("ls -l /proc", "ls-proc"),
@@ -68,7 +69,10 @@ def main():
         for k in ("spin-unmonitored-before", "spin-idle-attached", "spin-1-read-per-second",
                   "spin-during-sweep", "spin-unmonitored-after"):
             if k in spins:
-                print(f"  {k[5:]:<24} {spins[k]:.4g}   {(1 - spins[k] / b) * 100:+.2f}% loss")
+                cpu = r[k].get("shadow_cpu_percent")
+                shadow = f"   shadow used {cpu:.2f}% of a vCPU" if cpu is not None else ""
+                print(f"  {k[5:]:<24} {spins[k]:.4g}   {(1 - spins[k] / b) * 100:+.2f}% loss"
+                      + shadow)
 
     for engine in ("mailbox", "trap"):
         a, z = r.get(engine + "-stats-attached", {}), r.get(engine + "-stats", {})

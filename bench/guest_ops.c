@@ -2,6 +2,7 @@
  * and, unchanged, on the host against /vmi: the same system calls on both sides.
  *
  *   guest_ops cat PATH N          N x (open, read to EOF, close); per-operation times
+ *   guest_ops catgap PATH N MS    the same with MS milliseconds of quiet before each
  *   guest_ops ls DIR N            N x (opendir, readdir, lstat of every entry)
  *   guest_ops grep DIR N          N x a recursive read of every readable regular file
  *   guest_ops spin SECONDS        CPU-bound loop: iterations per second
@@ -123,12 +124,14 @@ int main(int argc, char** argv) {
         return failed != 0;
     }
     int n = argc > 3 ? atoi(argv[3]) : 1;
+    long gap_ms = strcmp(op, "catgap") == 0 && argc > 4 ? atol(argv[4]) : 0;
     if (n < 1) n = 1;
     double* t = calloc(n, sizeof *t);
     long extra = 0;
     for (int i = 0; i < n; ++i) {
+        if (gap_ms > 0) usleep(gap_ms * 1000);
         double t0 = now_us();
-        if (strcmp(op, "cat") == 0) {
+        if (strcmp(op, "cat") == 0 || strcmp(op, "catgap") == 0) {
             extra = read_whole(argv[2]);
         } else if (strcmp(op, "ls") == 0) {
             extra = list_dir(argv[2]);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """qga_ops: the engine benchmark's qemu-guest-agent side.
 
-    qga_ops.py SOCKET PATH N
+    qga_ops.py SOCKET PATH N [GAP_MS]
 
 N x (guest-file-open, guest-file-read until EOF, guest-file-close) of PATH through the
 agent's virtio-serial socket, on one connection; prints the same JSON as guest_ops.
@@ -48,9 +48,11 @@ class Agent:
 
 def main():
     sock, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    gap = int(sys.argv[4]) / 1000 if len(sys.argv) > 4 else 0
     agent = Agent(sock)
     times, size = [], 0
     for _ in range(n):
+        time.sleep(gap)
         t0 = time.monotonic()
         handle = agent.call("guest-file-open", {"path": path, "mode": "r"})
         size = 0
@@ -62,7 +64,7 @@ def main():
         agent.call("guest-file-close", {"handle": handle})
         times.append((time.monotonic() - t0) * 1e6)
     times.sort()
-    print(json.dumps({"op": "qga-cat", "n": n, "median_us": round(times[n // 2], 1),
+    print(json.dumps({"op": "qga-cat" if not gap else "qga-catgap", "n": n, "median_us": round(times[n // 2], 1),
                       "p90_us": round(times[min(n - 1, n * 9 // 10)], 1),
                       "min_us": round(times[0], 1),
                       "mean_us": round(sum(times) / n, 1), "extra": size}))

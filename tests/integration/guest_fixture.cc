@@ -415,10 +415,15 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log
 CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job, int max_delay_ms,
                                            std::mt19937& rng, int& killed_after_ms,
                                            int attach_timeout_ms) {
-    std::vector<std::string> argv = {cloudvmi_binary(), "guest",       "--gdb",
-                                     guest.gdb(),       "--state-dir", guest.state_dir()};
+    std::string engine = env_or("CLOUDVMI_TEST_ENGINE", "mailbox");
+    std::vector<std::string> argv = {cloudvmi_binary(), "guest", "--gdb",       guest.gdb(),
+                                     "--engine",        engine,  "--state-dir", guest.state_dir()};
     if (long_job) {
-        argv.insert(argv.end(), {"cat", "/proc/kallsyms"});
+        // Several seconds of batches on either engine (the mailbox one reads a few MiB a
+        // second, the trap one far less).
+        argv.push_back("cat");
+        for (int i = 0; i < (engine == "trap" ? 1 : 8); ++i)
+            argv.push_back("/proc/kallsyms");
     } else {
         argv.push_back("info");
     }
@@ -429,8 +434,8 @@ CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job
     ::kill(-pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
     // The next session must get the VM, whatever state the dead one left it in.
-    return run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--state-dir",
-                        guest.state_dir(), "cat", "/proc/uptime"},
+    return run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--engine", engine,
+                        "--state-dir", guest.state_dir(), "cat", "/proc/uptime"},
                        attach_timeout_ms);
 }
 
