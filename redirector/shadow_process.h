@@ -49,7 +49,7 @@ struct ShadowOptions {
     uint64_t sleep_min_ns = 1'000'000;
     // The longest sleep of an idle shadow: the wait of a request to an idle VM (half of it
     // on average) against the wake-ups an idle guest pays for (1 s / this).
-    uint64_t sleep_max_ns = 20'000'000;
+    uint64_t sleep_max_ns = 40'000'000;
     // How long a shadow survives without the host renewing its lease, counted in park-loop
     // iterations at the longest sleep.
     Millis lease{600000};
