@@ -140,30 +140,30 @@ Error transfer_error(pid_t pid, ssize_t n, const char* what) {
 
 }  // namespace
 
-ErrorOr<void> GuestRam::read(uint64_t pa, std::span<uint8_t> out) {
-    TRY(check_range(pa, out.size()));
+ErrorOr<void> GuestRam::transfer(uint64_t pa, size_t size, bool writing, uint8_t* in,
+                                 const uint8_t* out) {
+    TRY(check_range(pa, size));
     size_t done = 0;
-    while (done < out.size()) {
-        auto n = ::pread(mem_.get(), out.data() + done, out.size() - done,
-                         static_cast<off_t>(host_base_ + pa + done));
+    while (done < size) {
+        auto at = static_cast<off_t>(host_base_ + pa + done);
+        auto n = writing ? ::pwrite(mem_.get(), out + done, size - done, at)
+                         : ::pread(mem_.get(), in + done, size - done, at);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return std::unexpected(transfer_error(pid_, n, "reading guest RAM"));
+        if (n <= 0) {
+            return std::unexpected(
+                transfer_error(pid_, n, writing ? "writing guest RAM" : "reading guest RAM"));
+        }
         done += static_cast<size_t>(n);
     }
     return {};
 }
 
+ErrorOr<void> GuestRam::read(uint64_t pa, std::span<uint8_t> out) {
+    return transfer(pa, out.size(), false, out.data(), nullptr);
+}
+
 ErrorOr<void> GuestRam::write(uint64_t pa, std::span<const uint8_t> data) {
-    TRY(check_range(pa, data.size()));
-    size_t done = 0;
-    while (done < data.size()) {
-        auto n = ::pwrite(mem_.get(), data.data() + done, data.size() - done,
-                          static_cast<off_t>(host_base_ + pa + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return std::unexpected(transfer_error(pid_, n, "writing guest RAM"));
-        done += static_cast<size_t>(n);
-    }
-    return {};
+    return transfer(pa, data.size(), true, nullptr, data.data());
 }
 
 }  // namespace cloudvmi

@@ -67,6 +67,8 @@ class GuestRam : public PhysicalMemory {
     GuestRam(pid_t pid, UniqueFd mem, uint64_t host_base, uint64_t limit)
         : pid_(pid), mem_(std::move(mem)), host_base_(host_base), limit_(limit) {}
     ErrorOr<void> check_range(uint64_t pa, size_t len) const;
+    // pread into `in`, or pwrite from `out`, until done.
+    ErrorOr<void> transfer(uint64_t pa, size_t size, bool writing, uint8_t* in, const uint8_t* out);
 
     pid_t pid_;
     UniqueFd mem_;  // /proc/<pid>/mem, read-write

@@ -108,26 +108,29 @@ ErrorOr<void> MailboxEngine::verify_shadow() {
     return {};
 }
 
-ErrorOr<void> MailboxEngine::read_region(uint64_t va, std::span<uint8_t> out) {
+ErrorOr<void> MailboxEngine::for_each_page(
+    uint64_t va, size_t size,
+    const std::function<ErrorOr<void>(uint64_t pa, size_t from, size_t n)>& fn) {
     size_t done = 0;
-    while (done < out.size()) {
+    while (done < size) {
         uint64_t at = va + done;
-        size_t n = std::min<size_t>(out.size() - done, kPage - (at & (kPage - 1)));
-        TRY(ram_.read(TRY(physical(at)), out.subspan(done, n)));
+        size_t n = std::min<size_t>(size - done, kPage - (at & (kPage - 1)));
+        TRY(fn(TRY(physical(at)), done, n));
         done += n;
     }
     return {};
 }
 
+ErrorOr<void> MailboxEngine::read_region(uint64_t va, std::span<uint8_t> out) {
+    return for_each_page(va, out.size(), [&](uint64_t pa, size_t from, size_t n) {
+        return ram_.read(pa, out.subspan(from, n));
+    });
+}
+
 ErrorOr<void> MailboxEngine::write_region(uint64_t va, std::span<const uint8_t> data) {
-    size_t done = 0;
-    while (done < data.size()) {
-        uint64_t at = va + done;
-        size_t n = std::min<size_t>(data.size() - done, kPage - (at & (kPage - 1)));
-        TRY(ram_.write(TRY(physical(at)), data.subspan(done, n)));
-        done += n;
-    }
-    return {};
+    return for_each_page(va, data.size(), [&](uint64_t pa, size_t from, size_t n) {
+        return ram_.write(pa, data.subspan(from, n));
+    });
 }
 
 ErrorOr<void> MailboxEngine::write_word(uint64_t offset, uint64_t value) {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -95,6 +96,10 @@ class MailboxEngine {
     ErrorOr<void> verify_shadow();
     ErrorOr<ControlWords> read_control();
     ErrorOr<void> write_region(uint64_t va, std::span<const uint8_t> data);
+    // Calls `fn` for each page-sized piece of [va, va+size) with its physical address.
+    ErrorOr<void> for_each_page(
+        uint64_t va, size_t size,
+        const std::function<ErrorOr<void>(uint64_t pa, size_t from, size_t n)>& fn);
     ErrorOr<void> read_region(uint64_t va, std::span<uint8_t> out);
     ErrorOr<void> write_word(uint64_t offset, uint64_t value);
     // Waits until `done` says the batch `seq` is finished; withdraws it when not taken.
