@@ -327,14 +327,13 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
         return out;
     }
     const Error& e = out.error();
+    bool nothing_ran = !mailbox_->posted();
     switch (e.code()) {
         case EBADMSG:
             update_status([](SessionStatus& st) { ++st.distrusted; });
             discard_shadow_locked(e.describe().c_str());
-            // Found before anything was posted, except a batch run by the wrong process.
-            if (e.describe().find("ran in pid") == std::string::npos) {
-                return make_error(ESRCH, "the shadow failed a check: " + e.describe());
-            }
+            // ESRCH: run() makes a new shadow and runs the batch there.
+            if (nothing_ran) return make_error(ESRCH, "the shadow failed a check: " + e.describe());
             return std::unexpected(e);
         case EAGAIN:
             return std::unexpected(not_taken_locked(e));
@@ -342,8 +341,9 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
             discard_shadow_locked("stuck in a syscall");
             return std::unexpected(e);
         case EFAULT: {
-            // A page beyond the RAM reachable from the host; found before anything was
-            // posted. This shadow is served through the stub from now on.
+            if (!nothing_ran) return std::unexpected(e);
+            // A page beyond the RAM reachable from the host: this shadow is served through
+            // the stub from now on.
             LOG_WARN("%s: %s; using the trap engine for this shadow", options_.gdb_endpoint.c_str(),
                      e.describe().c_str());
             mailbox_.reset();

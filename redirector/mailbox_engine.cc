@@ -239,6 +239,7 @@ ErrorOr<void> MailboxEngine::wait_done(uint64_t seq, Deadline deadline) {
 
 ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline deadline) {
     TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_REGION_SIZE - SHADOW_DATA_OFFSET));
+    posted_ = false;
     auto started = Clock::now();
     TRY(verify_shadow());
     auto ctrl = TRY(read_control());
@@ -252,11 +253,19 @@ ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline
         ctrl = TRY(read_control());
     }
     uint64_t seq = ctrl.done + 1;
+    // Every page the batch touches is translated and found within reach now (a read of
+    // nothing), so that nothing can fail for want of a page once the batch may have run,
+    // and nothing is written if one is missing.
+    auto reachable = [this](uint64_t pa, size_t, size_t) { return ram_.read(pa, {}); };
+    TRY(for_each_page(target_.region + SHADOW_OPS_OFFSET,
+                      BATCH_HEADER_SIZE + batch.ops().size() * OP_SIZE, reachable));
+    TRY(for_each_page(target_.region + SHADOW_DATA_OFFSET, batch.data_bytes(), reachable));
     auto enc = TRY(post_batch(batch, target_.region, [&](uint64_t va, std::span<const uint8_t> d) {
         return write_region(va, d);
     }));
     TRY(write_word(CTRL_LEASE, target_.lease_iterations));
     if (tsc_per_us_ > 0) TRY(write_word(CTRL_SPIN_TICKS, spin_for_next()));
+    posted_ = true;                      // from here on the batch may run, whatever fails
     TRY(write_word(CTRL_REQ_SEQ, seq));  // last: publishes the batch
     auto posted = Clock::now();
     TRY(wait_done(seq, deadline.min(Deadline::after(options_.batch_timeout))));

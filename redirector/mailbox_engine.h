@@ -72,6 +72,9 @@ class MailboxEngine {
     // trusted), EAGAIN (not taken in time, withdrawn: nothing ran), ETIMEDOUT (taken, not
     // finished: the shadow is stuck in the guest), EFAULT (a page out of reach).
     ErrorOr<BatchOutcome> execute(const SyscallBatch& batch, Deadline deadline);
+    // Whether the last execute() got as far as publishing its batch: after a failure, false
+    // means nothing of it ran.
+    bool posted() const { return posted_; }
     // Renews the shadow's lease without a batch (an idle session does so now and then).
     ErrorOr<void> renew_lease();
     // Makes the shadow exit at its next sleep (best effort): for a shadow given up.
@@ -115,6 +118,7 @@ class MailboxEngine {
     Millis take_timeout_;
     double tsc_per_us_ = 0;
     Clock::time_point last_done_{};
+    bool posted_ = false;
     std::map<uint64_t, Translation> pages_;  // by page-aligned virtual address
     mutable std::mutex stats_mutex_;         // guards stats_ and round_trips_ only
     MailboxStats stats_;

@@ -240,3 +240,25 @@ TEST_CASE("mailbox: a batch not taken in time is withdrawn and never runs", "[ma
     CHECK(g.ram.get(g.ctrl(CTRL_SKIPPED_SEQ)) == 3);
     CHECK(engine.stats().withdrawn == 1);
 }
+
+TEST_CASE("mailbox: a buffer page out of reach fails before anything is posted", "[mailbox]") {
+    Guest g;
+    MailboxEngine engine(g.ram, g.target(), fast_options());
+    REQUIRE(engine.start());
+    SyscallBatch b;
+    auto out_buf = b.output(3 * 4096);  // data pages 0..2
+    b.add(x86abi::kGetpid, {SyscallBatch::buf(out_buf)});
+    {
+        std::lock_guard lock(g.ram.mutex);
+        uint64_t page = (SHADOW_DATA_OFFSET / 4096) + 2;
+        g.ram.put(g.pte_address(page), (64ULL << 20) | kP | kW | kU);  // beyond the fake RAM
+    }
+    uint64_t req = g.ram.get(g.ctrl(CTRL_REQ_SEQ));
+    int writes = g.ram.writes;
+    auto out = engine.execute(b, Deadline::after(Millis(2000)));
+    REQUIRE_FALSE(out);
+    CHECK(out.error().code() == EFAULT);
+    CHECK_FALSE(engine.posted());
+    CHECK(g.ram.writes == writes);
+    CHECK(g.ram.get(g.ctrl(CTRL_REQ_SEQ)) == req);
+}
