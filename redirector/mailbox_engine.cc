@@ -19,6 +19,8 @@ namespace cloudvmi {
 namespace {
 
 constexpr uint64_t kPage = 4096;
+// The CPU sets these in a page-table entry as the page is used: not a move.
+constexpr uint64_t kAccessedDirty = (1u << 5) | (1u << 6);
 constexpr size_t kRoundTripWindow = 1024;
 
 uint64_t word_at(std::span<const uint8_t> bytes, size_t offset) {
@@ -71,7 +73,7 @@ ErrorOr<void> MailboxEngine::revalidate_mappings() {
         TRY(ram_.read(first, entries));
         for (; it != end;) {
             uint64_t now = word_at(entries, it->second.entry_address - first);
-            if (now == it->second.entry) {
+            if (((now ^ it->second.entry) & ~kAccessedDirty) == 0) {
                 ++it;
                 continue;
             }

@@ -177,6 +177,13 @@ TEST_CASE("mailbox: a page that moved is walked again", "[mailbox]") {
     CHECK(out->results[0] == kShadowPid);
     CHECK(engine.stats().remaps == 1);
     CHECK(g.ram.get(0x600000 + CTRL_DONE_SEQ) == 4);
+    {
+        // The CPU marking the page accessed and dirty is no move.
+        std::lock_guard lock(g.ram.mutex);
+        g.ram.put(g.pte_address(1), g.ram.get(g.pte_address(1)) | 0x60);
+    }
+    REQUIRE(engine.execute(two_ops(), Deadline::after(Millis(2000))));
+    CHECK(engine.stats().remaps == 1);
 }
 
 TEST_CASE("mailbox: modified code or a foreign control block is refused before any write",
