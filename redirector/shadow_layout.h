@@ -34,8 +34,8 @@
 #define CTRL_WAIT_STATUS 0x50 /* wait4 status of S1, for the hijacked parent */
 #define CTRL_HEARTBEAT 0x58   /* incremented on every loop iteration */
 #define CTRL_GENERATION 0x60  /* host: a random number per shadow, checked before each use */
-#define CTRL_SPIN_TICKS 0x68 /* host: after a batch, poll without sleeping this many TSC ticks */
-#define CTRL_SPIN_UNTIL 0x70 /* shadow: the TSC value its polling without sleep lasts to */
+#define CTRL_SPIN_TICKS 0x68  /* host: after a batch, poll without sleeping this many TSC ticks */
+#define CTRL_SPIN_UNTIL 0x70  /* shadow: the TSC value its polling without sleep lasts to */
 #define CTRL_TAKEN_SEQ 0x78   /* shadow: REQ_SEQ of the batch it started */
 #define CTRL_BATCH_PID 0x80   /* shadow: getpid() of the process that ran the last batch */
 #define CTRL_CANCEL_SEQ 0x88  /* host: withdraws the batch of this number if not yet taken */

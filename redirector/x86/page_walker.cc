@@ -34,7 +34,7 @@ ErrorOr<Translation> translate_virtual(const PhysicalReader& read, uint64_t cr3,
             uint64_t size = uint64_t{1} << shift;
             uint64_t base = entry & kAddressMask & ~(size - 1);
             return Translation{base | (va & (size - 1)), size, writable, user,
-                               table + index * 8, entry};
+                               table + index * 8,        entry};
         }
         table = entry & kAddressMask;
     }
