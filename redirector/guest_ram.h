@@ -30,6 +30,11 @@ class PhysicalMemory {
     virtual ~PhysicalMemory() = default;
     virtual ErrorOr<void> read(uint64_t pa, std::span<uint8_t> out) = 0;
     virtual ErrorOr<void> write(uint64_t pa, std::span<const uint8_t> data) = 0;
+    // Whether [pa, pa+size) can be read and written (by default: by reading it).
+    virtual ErrorOr<void> check_reachable(uint64_t pa, size_t size) {
+        std::vector<uint8_t> scratch(size);
+        return read(pa, scratch);
+    }
 };
 
 // A writable private or shared mapping of QEMU's that may hold guest RAM.
@@ -58,6 +63,9 @@ class GuestRam : public PhysicalMemory {
 
     ErrorOr<void> read(uint64_t pa, std::span<uint8_t> out) override;
     ErrorOr<void> write(uint64_t pa, std::span<const uint8_t> data) override;
+    ErrorOr<void> check_reachable(uint64_t pa, size_t size) override {
+        return check_range(pa, size);
+    }
 
     pid_t qemu_pid() const { return pid_; }
     uint64_t host_address() const { return host_base_; }

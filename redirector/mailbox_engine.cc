@@ -255,10 +255,10 @@ ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline
         ctrl = TRY(read_control());
     }
     uint64_t seq = ctrl.done + 1;
-    // Every page the batch touches is translated and found within reach now (a read of
-    // nothing), so that nothing can fail for want of a page once the batch may have run,
-    // and nothing is written if one is missing.
-    auto reachable = [this](uint64_t pa, size_t, size_t) { return ram_.read(pa, {}); };
+    // Every page the batch touches is translated and found within reach now, so that
+    // nothing can fail for want of a page once the batch may have run, and nothing is
+    // written if one is missing.
+    auto reachable = [this](uint64_t pa, size_t, size_t n) { return ram_.check_reachable(pa, n); };
     TRY(for_each_page(target_.region + SHADOW_OPS_OFFSET,
                       BATCH_HEADER_SIZE + batch.ops().size() * OP_SIZE, reachable));
     TRY(for_each_page(target_.region + SHADOW_DATA_OFFSET, batch.data_bytes(), reachable));
