@@ -94,6 +94,11 @@ void GuestSession::update_status(const std::function<void(SessionStatus&)>& chan
     change(status_);
 }
 
+bool GuestSession::paused_by_others() const {
+    std::lock_guard lock(status_mutex_);
+    return status_.paused_by_others;
+}
+
 SessionState GuestSession::state() const {
     std::lock_guard lock(status_mutex_);
     return status_.state;
@@ -300,7 +305,7 @@ Error GuestSession::not_taken_locked(const Error& e) {
         LOG_WARN("%s: the VM was paused by someone else; it stays paused",
                  options_.gdb_endpoint.c_str());
     }
-    if (status().paused_by_others) {
+    if (paused_by_others()) {
         return Error(EAGAIN, "the VM is paused (not by cloudvmi); it is left so");
     }
     // Running, yet the shadow did not take the batch: it is gone or stuck.
@@ -314,13 +319,12 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
     Millis paused_wait = std::min(options_.mailbox.take_timeout,
                                   std::chrono::duration_cast<Millis>(
                                       std::chrono::nanoseconds(3 * options_.shadow.sleep_max_ns)));
-    mailbox_->set_take_timeout(status().paused_by_others ? paused_wait
-                                                         : options_.mailbox.take_timeout);
+    mailbox_->set_take_timeout(paused_by_others() ? paused_wait : options_.mailbox.take_timeout);
     auto out = mailbox_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
     update_status([&](SessionStatus& st) { st.mailbox = mailbox_->stats(); });
     if (out) {
         lease_renewed_ = Clock::now();
-        if (status().paused_by_others) {
+        if (paused_by_others()) {
             guest_->resumed_by_others();
             update_status([](SessionStatus& st) { st.paused_by_others = false; });
         }
@@ -447,7 +451,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             continue;
         }
         update_status([](SessionStatus& st) { ++st.failures; });
-        if (!shadow_ || status().paused_by_others) {
+        if (!shadow_ || paused_by_others()) {
             // Discarded (replaced on the next request), or a VM its owner paused: left so.
         } else if (is_transport_error(e)) {
             fail_locked(e);
@@ -509,7 +513,7 @@ ErrorOr<void> GuestSession::detach() {
 ErrorOr<void> GuestSession::detach_locked() {
     park_at_.reset();
     std::optional<Error> first;
-    bool leave_paused = status().paused_by_others;
+    bool leave_paused = paused_by_others();
     if (leave_paused && shadow_) {
         // Ending the shadow through the stub would resume the VM: its lease ends it instead.
         discard_shadow_locked("the VM is paused by someone else");

@@ -129,6 +129,8 @@ class GuestSession {
     Error not_taken_locked(const Error& e);
     void discard_shadow_locked(const char* why);
     void renew_lease_if_due_locked();
+    // status_.paused_by_others without copying the whole status (asked on every batch).
+    bool paused_by_others() const;
 
     SessionOptions options_;
     mutable std::mutex mutex_;  // guards everything below; never held across sessions

@@ -95,7 +95,7 @@ ErrorOr<MailboxEngine::ControlWords> MailboxEngine::read_control() {
                         word_at(raw, CTRL_BATCH_TSC)};
 }
 
-ErrorOr<void> MailboxEngine::verify_shadow() {
+ErrorOr<MailboxEngine::ControlWords> MailboxEngine::verify_shadow() {
     TRY(revalidate_mappings());
     auto ctrl = TRY(read_control());
     if (ctrl.magic != SHADOW_MAGIC || ctrl.generation != target_.generation) {
@@ -107,7 +107,7 @@ ErrorOr<void> MailboxEngine::verify_shadow() {
     if (!std::equal(seen.begin(), seen.end(), code.begin())) {
         return make_error(EBADMSG, "the shadow's code was modified");
     }
-    return {};
+    return ctrl;
 }
 
 ErrorOr<void> MailboxEngine::for_each_page(
@@ -141,8 +141,7 @@ ErrorOr<void> MailboxEngine::write_word(uint64_t offset, uint64_t value) {
 }
 
 ErrorOr<void> MailboxEngine::start() {
-    TRY(verify_shadow());
-    TRY(renew_lease());
+    TRY(renew_lease());  // checks the shadow first
     return calibrate_spin();
 }
 
@@ -220,10 +219,10 @@ ErrorOr<void> MailboxEngine::wait_done(uint64_t seq, Deadline deadline) {
             return {};
         }
         taken = taken || ctrl.taken == seq;
-        if (!taken && !withdrawing && take_deadline.expired()) {
+        if (!taken && take_deadline.expired()) {
             TRY(withdraw(seq));
             withdrawing = true;
-            taken = true;
+            taken = true;  // it ran or will run (skipping itself if it saw the withdrawal)
         }
         if (deadline.expired()) {
             return make_error(ETIMEDOUT,
@@ -243,8 +242,7 @@ ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline
     TRY(batch.validate(SHADOW_MAX_OPS, SHADOW_REGION_SIZE - SHADOW_DATA_OFFSET));
     posted_ = false;
     auto started = Clock::now();
-    TRY(verify_shadow());
-    auto ctrl = TRY(read_control());
+    auto ctrl = TRY(verify_shadow());
     auto drain_deadline = Deadline::after(take_timeout_);
     while (ctrl.req != ctrl.done) {
         // A withdrawn batch the shadow has not skipped yet: has the guest run since?

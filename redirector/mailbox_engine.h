@@ -96,7 +96,8 @@ class MailboxEngine {
     // Reads every cached leaf entry again (those in one page-table page in one read);
     // forgets what moved, to be walked again.
     ErrorOr<void> revalidate_mappings();
-    ErrorOr<void> verify_shadow();
+    // The checks made before every use; returns the control words it read.
+    ErrorOr<ControlWords> verify_shadow();
     ErrorOr<ControlWords> read_control();
     ErrorOr<void> write_region(uint64_t va, std::span<const uint8_t> data);
     // Calls `fn` for each page-sized piece of [va, va+size) with its physical address.
