@@ -354,13 +354,17 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
     std::mt19937 rng(0xdeb1);
     const int kRounds = 8;
     for (int round = 0; round < kRounds; ++round) {
-        bool long_job = round % 2 == 1;
-        int wait_ms = 0;
-        auto r = kill_mid_session_then_attach(guest, long_job, long_job ? 5000 : 2500, rng, wait_ms,
-                                              90000);
-        INFO("round " << round << ": killed after " << wait_ms << " ms");
-        INFO(r.err);
-        REQUIRE(r.status == 0);
+        KillRound plan;
+        plan.long_job = round % 2 == 1;
+        plan.after_guest_modified = round % 4 >= 2;
+        plan.max_delay_ms = plan.after_guest_modified ? (plan.long_job ? 1500 : 150)
+                                                      : (plan.long_job ? 5000 : 2500);
+        plan.attach_timeout_ms = 90000;
+        auto killed = kill_mid_session_then_attach(guest, plan, rng);
+        INFO("round " << round << ": killed after " << killed.killed_after_ms << " ms"
+                      << (plan.after_guest_modified ? " from the first modification" : ""));
+        INFO(killed.next_attach.err);
+        REQUIRE(killed.next_attach.status == 0);
     }
     std::string report = read_whole_file(guest.state_dir() + "/guardian.log");
     INFO("guardian log:\n" << report);

@@ -25,6 +25,7 @@
 #include "common/deadline.h"
 #include "common/strings.h"
 #include "common/unique_fd.h"
+#include "redirector/recovery_log.h"
 
 namespace cloudvmi::test {
 
@@ -412,13 +413,27 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log
     return pid;
 }
 
-CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job, int max_delay_ms,
-                                           std::mt19937& rng, int& killed_after_ms,
-                                           int attach_timeout_ms) {
+bool recovery_log_dirty(const std::string& state_dir) {
+    DIR* d = ::opendir(state_dir.c_str());
+    if (d == nullptr) return false;
+    bool dirty = false;
+    while (dirent* e = ::readdir(d)) {
+        std::string name = e->d_name;
+        if (name.size() < 4 || name.substr(name.size() - 4) != ".log") continue;
+        // Other logs (the guardians' report) do not parse as a recovery record.
+        auto record = RecoveryLog::read_file(state_dir + "/" + name);
+        if (record && !record->clean) dirty = true;
+    }
+    ::closedir(d);
+    return dirty;
+}
+
+KillOutcome kill_mid_session_then_attach(const TestGuest& guest, const KillRound& round,
+                                         std::mt19937& rng) {
     std::string engine = env_or("CLOUDVMI_TEST_ENGINE", "mailbox");
     std::vector<std::string> argv = {cloudvmi_binary(), "guest", "--gdb",       guest.gdb(),
                                      "--engine",        engine,  "--state-dir", guest.state_dir()};
-    if (long_job) {
+    if (round.long_job) {
         // Several seconds of batches on either engine (the mailbox one reads a few MiB a
         // second, the trap one far less).
         argv.push_back("cat");
@@ -427,16 +442,26 @@ CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job
     } else {
         argv.push_back("info");
     }
+    KillOutcome outcome;
     pid_t pid = spawn_process(argv, "/dev/null", true);
-    std::uniform_int_distribution<int> delay_ms(0, max_delay_ms);
-    killed_after_ms = delay_ms(rng);
-    std::this_thread::sleep_for(std::chrono::milliseconds(killed_after_ms));
+    if (round.after_guest_modified) {
+        auto deadline = Deadline::after_ms(round.attach_timeout_ms);
+        while (!recovery_log_dirty(guest.state_dir()) && !deadline.expired() &&
+               ::waitpid(pid, nullptr, WNOHANG) == 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    std::uniform_int_distribution<int> delay_ms(0, round.max_delay_ms);
+    outcome.killed_after_ms = delay_ms(rng);
+    std::this_thread::sleep_for(std::chrono::milliseconds(outcome.killed_after_ms));
     ::kill(-pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
+    outcome.left_guest_modified = recovery_log_dirty(guest.state_dir());
     // The next session must get the VM, whatever state the dead one left it in.
-    return run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--engine", engine,
-                        "--state-dir", guest.state_dir(), "cat", "/proc/uptime"},
-                       attach_timeout_ms);
+    outcome.next_attach =
+        run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--engine", engine,
+                     "--state-dir", guest.state_dir(), "cat", "/proc/uptime"},
+                    round.attach_timeout_ms);
+    return outcome;
 }
 
 std::string read_whole_file(const std::string& path) {

@@ -110,11 +110,28 @@ CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms =
 pid_t spawn_process(const std::vector<std::string>& argv, const std::string& log = "/dev/null",
                     bool own_group = false);
 // One round of the SIGKILL tests: a `cloudvmi guest` job (`info`, or with `long_job` a
-// `cat /proc/kallsyms`) is SIGKILLed after a random delay of up to `max_delay_ms` (stored
-// in `killed_after_ms`), then a new session runs `cat /proc/uptime`: its result.
-CommandResult kill_mid_session_then_attach(const TestGuest& guest, bool long_job, int max_delay_ms,
-                                           std::mt19937& rng, int& killed_after_ms,
-                                           int attach_timeout_ms);
+// `cat` of kallsyms several times) is SIGKILLed after a random delay of up to
+// `max_delay_ms`, counted from its start or, with `after_guest_modified`, from the moment
+// its recovery log first says the guest holds something of ours (so that the kill lands
+// where there is something to repair, whatever the speed of the engine); then a new
+// session runs `cat /proc/uptime`.
+struct KillRound {
+    bool long_job = false;
+    bool after_guest_modified = false;
+    int max_delay_ms = 0;
+    int attach_timeout_ms = 60000;
+};
+struct KillOutcome {
+    int killed_after_ms = 0;  // from the start, or from the first modification
+    // The recovery log was dirty once the job was dead: a guardian, or the next attach,
+    // owes the guest a repair (false also when a guardian was quicker than our look).
+    bool left_guest_modified = false;
+    CommandResult next_attach;
+};
+KillOutcome kill_mid_session_then_attach(const TestGuest& guest, const KillRound& round,
+                                         std::mt19937& rng);
+// Whether a session recovery log in `state_dir` says the guest holds something of ours.
+bool recovery_log_dirty(const std::string& state_dir);
 // Host processes (ours excluded) whose command line, arguments joined by spaces,
 // contains `needle`.
 std::vector<pid_t> processes_with(const std::string& needle);
