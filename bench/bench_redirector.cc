@@ -17,8 +17,8 @@
 #include "common/deadline.h"
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

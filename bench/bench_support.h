@@ -15,9 +15,9 @@
 
 #include "common/error.h"
 #include "common/stats.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
+#include "redirector/shadow/syscall_batch.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi::bench {

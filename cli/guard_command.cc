@@ -1,8 +1,8 @@
-// `cloudvmi guard`: internal, started by every session (see redirector/guardian.h).
+// `cloudvmi guard`: internal, started by every session (see redirector/recovery/guardian.h).
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "redirector/guardian.h"
+#include "redirector/recovery/guardian.h"
 
 namespace cloudvmi::cli {
 

@@ -14,8 +14,8 @@
 #include "cli/commands.h"
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 
 namespace cloudvmi::cli {
 

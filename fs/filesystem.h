@@ -12,7 +12,7 @@
 #include "fs/inode_table.h"
 #include "fs/node.h"
 #include "fs/vm.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
 

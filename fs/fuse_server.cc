@@ -26,7 +26,7 @@
 #include "common/paths.h"
 #include "common/strings.h"
 #include "fs/filesystem.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
 

@@ -9,8 +9,8 @@
 
 #include "fs/config.h"
 #include "fs/vm_executor.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
 

@@ -1,12 +1,12 @@
 // Fuzzes the parser of the linux_dirent64 records a guest's getdents64 returns
-// (redirector/guest_file_ops.h parse_dirents), and the name check every guest file name
+// (redirector/session/guest_file_ops.h parse_dirents), and the name check every guest file name
 // goes through before it becomes a path component under /vmi (is_safe_name).
 //
 // Input: the buffer as the guest filled it.
 #include <string>
 
 #include "fuzz/fuzz_check.h"
-#include "redirector/guest_file_ops.h"
+#include "redirector/session/guest_file_ops.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

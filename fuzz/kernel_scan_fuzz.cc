@@ -1,11 +1,11 @@
 // Fuzzes the scanners kernel discovery runs over guest kernel memory
-// (redirector/kernel_discovery.h): the IDT parser and the searches for the syscall entry,
+// (redirector/inject/kernel_discovery.h): the IDT parser and the searches for the syscall entry,
 // its return paths and the slow path's iretq. Only their public functions are called.
 //
 // Input: guest bytes, given to every scanner (as an IDT, as code at the entry, as the
 // slow path).
 #include "fuzz/fuzz_check.h"
-#include "redirector/kernel_discovery.h"
+#include "redirector/inject/kernel_discovery.h"
 
 using namespace cloudvmi;
 

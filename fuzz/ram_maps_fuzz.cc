@@ -1,10 +1,10 @@
 // Fuzzes the reading of QEMU's /proc/PID/maps for guest-RAM candidates,
-// redirector/guest_ram.h (QEMU is trusted less than the kernel: its mappings are named by
+// redirector/guest/guest_ram.h (QEMU is trusted less than the kernel: its mappings are named by
 // the guest's configuration, memory-backend-file paths included).
 //
 // Input: the text of a maps file.
 #include "fuzz/fuzz_check.h"
-#include "redirector/guest_ram.h"
+#include "redirector/guest/guest_ram.h"
 
 using namespace cloudvmi;
 

@@ -1,4 +1,4 @@
-// Fuzzes the recovery log reader (redirector/recovery_log.h RecoveryLog::parse, what
+// Fuzzes the recovery log reader (redirector/journal/recovery_log.h RecoveryLog::parse, what
 // read_file does with a log file's bytes): the guardian and the next attach trust what it
 // returns, so whatever a corrupt or forged file holds must come out bounded.
 //
@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "fuzz/fuzz_check.h"
-#include "redirector/recovery_log.h"
+#include "redirector/journal/recovery_log.h"
 
 using namespace cloudvmi;
 

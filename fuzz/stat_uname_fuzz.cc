@@ -1,12 +1,12 @@
 // Fuzzes the parsers of the fixed-layout structures a guest fills in: struct stat
-// (newfstatat) and struct new_utsname (uname), redirector/guest_file_ops.h. (No statx
+// (newfstatat) and struct new_utsname (uname), redirector/session/guest_file_ops.h. (No statx
 // parser exists: the file operations use newfstatat.)
 //
 // Input: the buffer as the guest filled it; it may be shorter or longer than the struct.
 #include <cstring>
 
 #include "fuzz/fuzz_check.h"
-#include "redirector/guest_file_ops.h"
+#include "redirector/session/guest_file_ops.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

@@ -1,16 +1,16 @@
 // Fuzzes how the results of a syscall batch are read back from the shadow's op records
-// (redirector/syscall_batch.h decode_results, output_length, BatchOutcome) and what the
+// (redirector/shadow/syscall_batch.h decode_results, output_length, BatchOutcome) and what the
 // file operations then parse out of the buffers the guest filled: the host trusts none of
 // the results nor the lengths the guest reports.
 //
-// Input: one byte choosing a batch like those redirector/guest_file_ops.cc builds, then the
+// Input: one byte choosing a batch like those redirector/session/guest_file_ops.cc builds, then the
 // op records as read from the guest, then the guest's data area.
 #include <vector>
 
 #include "fuzz/fuzz_check.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/syscall_batch.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

@@ -15,8 +15,8 @@
 
 #include "common/deadline.h"
 #include "common/strings.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 #include "tests/integration/guest_fixture.h"
 
 using namespace cloudvmi;

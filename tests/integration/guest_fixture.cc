@@ -25,7 +25,7 @@
 #include "common/deadline.h"
 #include "common/strings.h"
 #include "common/unique_fd.h"
-#include "redirector/recovery_log.h"
+#include "redirector/journal/recovery_log.h"
 
 namespace cloudvmi::test {
 

@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 
 namespace cloudvmi::test {
 

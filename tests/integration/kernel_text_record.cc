@@ -17,8 +17,8 @@
 #include <fstream>
 
 #include "common/strings.h"
-#include "redirector/gdbstub_access.h"
-#include "redirector/kernel_discovery.h"
+#include "redirector/guest/gdbstub_access.h"
+#include "redirector/inject/kernel_discovery.h"
 #include "tests/integration/guest_fixture.h"
 
 using namespace cloudvmi;

@@ -9,10 +9,10 @@
 #include <thread>
 
 #include "common/strings.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_ram.h"
-#include "redirector/guest_session.h"
-#include "redirector/shadow_process.h"
+#include "redirector/guest/guest_ram.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
+#include "redirector/shadow/shadow_process.h"
 #include "tests/integration/guest_fixture.h"
 
 using namespace cloudvmi;

@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "common/strings.h"
-#include "redirector/guest_file_ops.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_file_ops.h"
+#include "redirector/session/guest_session.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/integration/guest_fixture.h"
 

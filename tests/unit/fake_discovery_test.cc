@@ -2,8 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include "fake_guest.h"
-#include "redirector/kernel_discovery.h"
-#include "redirector/syscall_injector.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/inject/syscall_injector.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

@@ -7,8 +7,8 @@
 #include <sstream>
 
 #include "common/strings.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/shadow_process.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/shadow_process.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/test_helpers.h"
 
@@ -1370,7 +1370,7 @@ std::optional<uint64_t> FakeGuest::shadow_base(const Process& p, uint64_t rip) c
 }
 
 // The shadow payload, label by label, with the registers and memory accesses of
-// redirector/shadow_payload.S.
+// redirector/shadow/shadow_payload.S.
 void FakeGuest::payload_step(Thread& t, uint64_t base, uint64_t off) {
     const auto& m = payload();
     Process& p = proc_of(t);

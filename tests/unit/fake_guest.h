@@ -19,7 +19,7 @@
 //    `syscall` instructions (0f 05), check on every return that the kernel (and the host)
 //    preserved their registers and returned the right value, and run a signal handler that
 //    returns through rt_sigreturn. A `syscall` instruction executes wherever the thread
-//    stands on one in executable memory. The shadow payload (redirector/shadow_payload.S)
+//    stands on one in executable memory. The shadow payload (redirector/shadow/shadow_payload.S)
 //    is recognised by its bytes on an executable page and interpreted label by label, with
 //    the same register usage and memory accesses as the real code, in whichever process
 //    runs it (the shadow, its helper, or the borrowed process running a batch).
@@ -55,8 +55,8 @@
 #include <string>
 #include <vector>
 
-#include "redirector/guest_access.h"
-#include "redirector/kernel_discovery.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/inject/kernel_discovery.h"
 
 namespace cloudvmi::fake {
 

@@ -4,9 +4,9 @@
 #include <cstring>
 
 #include "fake_guest.h"
-#include "redirector/kernel_discovery.h"
-#include "redirector/recovery_log.h"
-#include "redirector/syscall_injector.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/inject/syscall_injector.h"
+#include "redirector/journal/recovery_log.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/fake_test_helpers.h"
 

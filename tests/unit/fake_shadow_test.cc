@@ -7,10 +7,10 @@
 
 #include "common/log.h"
 #include "fake_guest.h"
-#include "redirector/recovery_log.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/shadow_process.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/shadow_process.h"
+#include "redirector/shadow/syscall_batch.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/fake_test_helpers.h"
 

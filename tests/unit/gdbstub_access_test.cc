@@ -1,5 +1,5 @@
-// redirector/gdbstub_access.h: decoding and encoding QEMU's 'g' register file.
-#include "redirector/gdbstub_access.h"
+// redirector/guest/gdbstub_access.h: decoding and encoding QEMU's 'g' register file.
+#include "redirector/guest/gdbstub_access.h"
 
 #include <catch2/catch.hpp>
 

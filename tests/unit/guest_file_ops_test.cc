@@ -1,6 +1,6 @@
-// redirector/guest_file_ops.h: parsing of the structures the guest kernel writes
+// redirector/session/guest_file_ops.h: parsing of the structures the guest kernel writes
 // (linux_dirent64, struct stat, struct new_utsname), all of them untrusted.
-#include "redirector/guest_file_ops.h"
+#include "redirector/session/guest_file_ops.h"
 
 #include <catch2/catch.hpp>
 #include <cstddef>

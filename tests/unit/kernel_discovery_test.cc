@@ -1,8 +1,8 @@
-// redirector/kernel_discovery.h: the byte scanners on the entry text recorded from real
+// redirector/inject/kernel_discovery.h: the byte scanners on the entry text recorded from real
 // Debian kernels (5.10, 6.1, 6.12, 7.2, each with and without page-table isolation; see
 // tests/integration/kernel_text_record.cc), synthetic edge cases, the whole discovery
 // against an in-memory guest built from the same recordings, and its failure reports.
-#include "redirector/kernel_discovery.h"
+#include "redirector/inject/kernel_discovery.h"
 
 #include <algorithm>
 #include <catch2/catch.hpp>

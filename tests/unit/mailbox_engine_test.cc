@@ -1,7 +1,7 @@
 // The mailbox engine against guest RAM in a vector and a thread playing the shadow's loop
 // (shadow_payload.S's park loop and run_posted, op by op): page tables walked and
 // re-walked when a page moves, tampering detected before anything is written, withdrawal.
-#include "redirector/mailbox_engine.h"
+#include "redirector/engines/mailbox_engine.h"
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -9,8 +9,8 @@
 #include <mutex>
 #include <thread>
 
-#include "redirector/shadow_layout.h"
-#include "redirector/shadow_process.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/shadow_process.h"
 #include "redirector/x86/guest_abi.h"
 
 using namespace cloudvmi;

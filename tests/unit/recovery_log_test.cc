@@ -1,6 +1,6 @@
-// redirector/recovery_log.h: the record's breakpoint bookkeeping and the file-backed log
+// redirector/journal/recovery_log.h: the record's breakpoint bookkeeping and the file-backed log
 // that survives its writer.
-#include "redirector/recovery_log.h"
+#include "redirector/journal/recovery_log.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/random.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace cloudvmi;

@@ -1,12 +1,12 @@
-// redirector/shadow_process.h ShadowCode: the guest payload assembled from
-// redirector/shadow_payload.S into this binary, checked byte by byte where the host relies
+// redirector/shadow/shadow_process.h ShadowCode: the guest payload assembled from
+// redirector/shadow/shadow_payload.S into this binary, checked byte by byte where the host relies
 // on it.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 
-#include "redirector/shadow_layout.h"
-#include "redirector/shadow_process.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/shadow_process.h"
 
 using namespace cloudvmi;
 

@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "common/deadline.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_session.h"
 #include "tests/unit/temp_dir.h"
 
 using namespace cloudvmi;

@@ -1,10 +1,10 @@
-// redirector/syscall_batch.h: buffer layout, validation, the binary op records the shadow
-// executes (checked against redirector/shadow_layout.h), and reading results back.
-#include "redirector/syscall_batch.h"
+// redirector/shadow/syscall_batch.h: buffer layout, validation, the binary op records the shadow
+// executes (checked against redirector/shadow/shadow_layout.h), and reading results back.
+#include "redirector/shadow/syscall_batch.h"
 
 #include <catch2/catch.hpp>
 
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/test_helpers.h"
 

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "redirector/gdb/gdb_client.h"
-#include "redirector/guest_access.h"
+#include "redirector/guest/guest_access.h"
 
 namespace cloudvmi {
 

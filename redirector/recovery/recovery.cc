@@ -1,9 +1,9 @@
-#include "redirector/recovery.h"
+#include "redirector/recovery/recovery.h"
 
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/syscall_injector.h"
+#include "redirector/inject/syscall_injector.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_session.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {

@@ -1,4 +1,4 @@
-#include "redirector/guest_ram.h"
+#include "redirector/guest/guest_ram.h"
 
 #include <fcntl.h>
 
@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "common/log.h"
+#include "common/random.h"
 #include "common/strings.h"
-#include "redirector/recovery_log.h"
 
 namespace cloudvmi {
 

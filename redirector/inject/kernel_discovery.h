@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "redirector/guest_access.h"
+#include "redirector/guest/guest_access.h"
 
 namespace cloudvmi {
 

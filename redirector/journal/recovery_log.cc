@@ -1,4 +1,4 @@
-#include "redirector/recovery_log.h"
+#include "redirector/journal/recovery_log.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -7,7 +7,6 @@
 
 #include <cstring>
 #include <optional>
-#include <random>
 #include <type_traits>
 #include <vector>
 
@@ -28,11 +27,6 @@ struct LogFile {
 constexpr uint64_t kFileMagic = 0x676f6c6976636c63ULL;  // "clcvilog"
 
 }  // namespace
-
-uint64_t random_u64() {
-    std::random_device rd;
-    return (uint64_t{rd()} << 32) ^ rd();
-}
 
 bool RecoveryRecord::has_breakpoint(uint64_t addr) const {
     for (uint32_t i = 0; i < breakpoint_count && i < kMaxBreakpoints; ++i) {

@@ -1,13 +1,14 @@
-#include "redirector/shadow_process.h"
+#include "redirector/shadow/shadow_process.h"
 
 #include <algorithm>
 #include <cstring>
 #include <functional>
 
 #include "common/log.h"
+#include "common/random.h"
 #include "common/strings.h"
-#include "redirector/batch_transfer.h"
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/batch_transfer.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 #include "redirector/x86/page_walker.h"
 

@@ -1,10 +1,10 @@
-#include "redirector/guest_file_ops.h"
+#include "redirector/session/guest_file_ops.h"
 
 #include <cstring>
 
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {

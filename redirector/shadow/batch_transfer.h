@@ -7,7 +7,7 @@
 #include <span>
 
 #include "common/error.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/shadow/syscall_batch.h"
 
 namespace cloudvmi {
 

@@ -1,6 +1,6 @@
-#include "redirector/batch_transfer.h"
+#include "redirector/shadow/batch_transfer.h"
 
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/shadow_layout.h"
 
 namespace cloudvmi {
 

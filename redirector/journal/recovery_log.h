@@ -113,7 +113,4 @@ class RecoveryLog {
     int fd_ = -1;
 };
 
-// Makes an exact 64-bit id for correlating records with sessions.
-uint64_t random_u64();
-
 }  // namespace cloudvmi

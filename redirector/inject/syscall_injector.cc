@@ -1,4 +1,4 @@
-#include "redirector/syscall_injector.h"
+#include "redirector/inject/syscall_injector.h"
 
 #include <cstring>
 

@@ -1,4 +1,4 @@
-#include "redirector/breakpoint_set.h"
+#include "redirector/inject/breakpoint_set.h"
 
 namespace cloudvmi {
 

@@ -6,8 +6,8 @@
 
 #include "common/deadline.h"
 #include "common/error.h"
-#include "redirector/guest_access.h"
-#include "redirector/recovery_log.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/journal/recovery_log.h"
 
 namespace cloudvmi {
 

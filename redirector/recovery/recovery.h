@@ -6,9 +6,9 @@
 #pragma once
 
 #include "common/error.h"
-#include "redirector/guest_access.h"
-#include "redirector/recovery_log.h"
-#include "redirector/shadow_process.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/shadow/shadow_process.h"
 
 namespace cloudvmi {
 

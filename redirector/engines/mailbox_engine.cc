@@ -1,4 +1,4 @@
-#include "redirector/mailbox_engine.h"
+#include "redirector/engines/mailbox_engine.h"
 
 #include <sched.h>
 
@@ -9,9 +9,9 @@
 
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/batch_transfer.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/shadow_process.h"
+#include "redirector/shadow/batch_transfer.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/shadow_process.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {

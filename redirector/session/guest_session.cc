@@ -1,4 +1,4 @@
-#include "redirector/guest_session.h"
+#include "redirector/session/guest_session.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -10,10 +10,11 @@
 
 #include "common/log.h"
 #include "common/paths.h"
+#include "common/random.h"
 #include "common/strings.h"
-#include "redirector/gdbstub_access.h"
-#include "redirector/recovery.h"
-#include "redirector/shadow_layout.h"
+#include "redirector/guest/gdbstub_access.h"
+#include "redirector/recovery/recovery.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 #include "redirector/x86/page_walker.h"
 

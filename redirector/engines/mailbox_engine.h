@@ -23,8 +23,8 @@
 
 #include "common/deadline.h"
 #include "common/error.h"
-#include "redirector/guest_ram.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/guest/guest_ram.h"
+#include "redirector/shadow/syscall_batch.h"
 #include "redirector/x86/page_walker.h"
 
 namespace cloudvmi {

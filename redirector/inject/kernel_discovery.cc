@@ -1,4 +1,4 @@
-#include "redirector/kernel_discovery.h"
+#include "redirector/inject/kernel_discovery.h"
 
 #include <algorithm>
 #include <cstring>

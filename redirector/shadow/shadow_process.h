@@ -29,13 +29,13 @@
 
 #include "common/deadline.h"
 #include "common/error.h"
-#include "redirector/breakpoint_set.h"
-#include "redirector/guest_access.h"
-#include "redirector/kernel_discovery.h"
-#include "redirector/recovery_log.h"
-#include "redirector/shadow_layout.h"
-#include "redirector/syscall_batch.h"
-#include "redirector/syscall_injector.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/inject/breakpoint_set.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/inject/syscall_injector.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/shadow/shadow_layout.h"
+#include "redirector/shadow/syscall_batch.h"
 
 namespace cloudvmi {
 

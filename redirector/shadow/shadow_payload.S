@@ -17,7 +17,7 @@
  *  batch_done    the trap path's breakpoint for "batch complete".
  *  exit          exit_group(0).
  */
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/shadow_layout.h"
 
         .intel_syntax noprefix
         .section .rodata.cloudvmi_shadow, "a", @progbits

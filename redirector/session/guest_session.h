@@ -21,15 +21,15 @@
 #include "common/deadline.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "redirector/engines/mailbox_engine.h"
 #include "redirector/gdb/gdb_client.h"
-#include "redirector/guardian.h"
-#include "redirector/guest_access.h"
-#include "redirector/guest_ram.h"
-#include "redirector/kernel_discovery.h"
-#include "redirector/mailbox_engine.h"
-#include "redirector/recovery_log.h"
-#include "redirector/shadow_process.h"
-#include "redirector/syscall_batch.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/guest/guest_ram.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/recovery/guardian.h"
+#include "redirector/shadow/shadow_process.h"
+#include "redirector/shadow/syscall_batch.h"
 
 namespace cloudvmi {
 

@@ -1,9 +1,9 @@
-#include "redirector/syscall_batch.h"
+#include "redirector/shadow/syscall_batch.h"
 
 #include <cstring>
 
 #include "common/strings.h"
-#include "redirector/shadow_layout.h"
+#include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
 
 namespace cloudvmi {

@@ -1,4 +1,4 @@
-#include "redirector/guardian.h"
+#include "redirector/recovery/guardian.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -18,9 +18,9 @@
 #include "common/deadline.h"
 #include "common/log.h"
 #include "common/strings.h"
-#include "redirector/gdbstub_access.h"
-#include "redirector/recovery.h"
-#include "redirector/recovery_log.h"
+#include "redirector/guest/gdbstub_access.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/recovery/recovery.h"
 
 namespace cloudvmi {
 

@@ -1,4 +1,4 @@
-#include "redirector/gdbstub_access.h"
+#include "redirector/guest/gdbstub_access.h"
 
 #include <cstring>
 

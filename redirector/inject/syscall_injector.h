@@ -30,10 +30,10 @@
 
 #include "common/deadline.h"
 #include "common/error.h"
-#include "redirector/breakpoint_set.h"
-#include "redirector/guest_access.h"
-#include "redirector/kernel_discovery.h"
-#include "redirector/recovery_log.h"
+#include "redirector/guest/guest_access.h"
+#include "redirector/inject/breakpoint_set.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/journal/recovery_log.h"
 
 namespace cloudvmi {
 
