@@ -180,6 +180,8 @@ uint64_t MailboxEngine::spin_for_next() const {
 }
 
 ErrorOr<void> MailboxEngine::renew_lease() {
+    // Due again later even when this fails: the caller reports it, not in a tight loop.
+    lease_renewed_ = Clock::now();
     TRY(verify_shadow());
     return write_word(CTRL_LEASE, target_.lease_iterations);
 }
@@ -264,6 +266,7 @@ ErrorOr<BatchOutcome> MailboxEngine::execute(const SyscallBatch& batch, Deadline
         return write_region(va, d);
     }));
     TRY(write_word(CTRL_LEASE, target_.lease_iterations));
+    lease_renewed_ = Clock::now();
     if (tsc_per_us_ > 0) TRY(write_word(CTRL_SPIN_TICKS, spin_for_next()));
     posted_ = true;                      // from here on the batch may run, whatever fails
     TRY(write_word(CTRL_REQ_SEQ, seq));  // last: publishes the batch

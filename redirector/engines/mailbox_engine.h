@@ -23,6 +23,7 @@
 
 #include "common/deadline.h"
 #include "common/error.h"
+#include "redirector/engines/batch_engine.h"
 #include "redirector/guest/guest_ram.h"
 #include "redirector/shadow/syscall_batch.h"
 #include "redirector/x86/page_walker.h"
@@ -52,6 +53,8 @@ struct MailboxOptions {
     Micros shadow_spin_max{20000};
     Micros host_spin{200};        // the host polls without sleeping this long
     Micros host_sleep_max{1000};  // then sleeps, doubling up to this
+    // An idle session renews the shadow's lease this often (every batch renews it too).
+    Millis lease_renewal{150000};
 };
 
 struct MailboxStats {
@@ -62,20 +65,30 @@ struct MailboxStats {
     double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;  // recent round trips
 };
 
-class MailboxEngine {
+class MailboxEngine final : public BatchEngine {
   public:
     MailboxEngine(PhysicalMemory& ram, MailboxTarget target, MailboxOptions options);
+
+    const char* name() const override { return "mailbox"; }
 
     // Checks the shadow (as before every batch) and tells it to spin between batches.
     ErrorOr<void> start();
     // Posts a batch and waits for its outcome. Errors: EBADMSG (the shadow cannot be
     // trusted), EAGAIN (not taken in time, withdrawn: nothing ran), ETIMEDOUT (taken, not
     // finished: the shadow is stuck in the guest), EFAULT (a page out of reach).
-    ErrorOr<BatchOutcome> execute(const SyscallBatch& batch, Deadline deadline);
+    ErrorOr<BatchOutcome> execute(const SyscallBatch& batch, Deadline deadline) override;
     // Whether the last execute() got as far as publishing its batch: after a failure, false
     // means nothing of it ran.
-    bool posted() const { return posted_; }
-    // Renews the shadow's lease without a batch (an idle session does so now and then).
+    bool posted() const override { return posted_; }
+    // The lease renewal of an idle session.
+    std::optional<Clock::time_point> idle_due() const override {
+        return lease_renewed_ + options_.lease_renewal;
+    }
+    ErrorOr<void> idle_work() override { return renew_lease(); }
+    // Makes the shadow exit at its next sleep (best effort).
+    void abandon() override { poison_lease(); }
+
+    // Renews the shadow's lease without a batch.
     ErrorOr<void> renew_lease();
     // Makes the shadow exit at its next sleep (best effort): for a shadow given up.
     void poison_lease();
@@ -119,6 +132,7 @@ class MailboxEngine {
     Millis take_timeout_;
     double tsc_per_us_ = 0;
     Clock::time_point last_done_{};
+    Clock::time_point lease_renewed_ = Clock::now();
     bool posted_ = false;
     std::map<uint64_t, Translation> pages_;  // by page-aligned virtual address
     mutable std::mutex stats_mutex_;         // guards stats_ and round_trips_ only

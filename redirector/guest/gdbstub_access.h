@@ -40,6 +40,7 @@ class GdbstubAccess final : public GuestAccess {
     RunControlCounters counters() const override { return counters_; }
 
     gdb::GdbClient& client() { return *client_; }
+    void abandon() override { client_->abandon(); }
 
     // Decodes a raw 'g' register file with the stub's layout (exposed for tests).
     static ErrorOr<VcpuState> decode(const gdb::RegisterLayout& layout,

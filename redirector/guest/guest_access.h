@@ -97,6 +97,9 @@ class GuestAccess {
 
     // Removes every breakpoint, lets the guest run and ends the session.
     virtual ErrorOr<void> detach() = 0;
+    // Ends the session without a word to the VM: it stays exactly as it is (paused by its
+    // owner, or holding breakpoints that the guardian will remove).
+    virtual void abandon() {}
 
     virtual RunControlCounters counters() const = 0;
 };

@@ -12,6 +12,7 @@
 #include "common/paths.h"
 #include "common/random.h"
 #include "common/strings.h"
+#include "redirector/engines/trap_engine.h"
 #include "redirector/guest/gdbstub_access.h"
 #include "redirector/recovery/recovery.h"
 #include "redirector/shadow/shadow_layout.h"
@@ -68,7 +69,7 @@ GuestSession::GuestSession(SessionOptions options) : options_(std::move(options)
     std::string name = state_name(options_.gdb_endpoint);
     log_path_ = options_.state_dir + "/" + name + ".log";
     lock_path_ = options_.state_dir + "/" + name + ".lock";
-    parker_ = std::thread([this] { parker_main(); });
+    idle_worker_ = std::thread([this] { idle_worker_main(); });
 }
 
 GuestSession::~GuestSession() {
@@ -76,8 +77,8 @@ GuestSession::~GuestSession() {
         std::lock_guard lock(mutex_);
         stopping_ = true;
     }
-    park_cv_.notify_all();
-    parker_.join();
+    idle_cv_.notify_all();
+    idle_worker_.join();
     std::lock_guard lock(mutex_);
     if (auto r = detach_locked(); !r) {
         LOG_WARN("detaching from %s: %s", options_.gdb_endpoint.c_str(),
@@ -109,6 +110,11 @@ ErrorOr<void> GuestSession::attach() {
     std::lock_guard lock(mutex_);
     if (state() == SessionState::kAttached) return {};
     return attach_locked();
+}
+
+ErrorOr<std::unique_ptr<GuestAccess>> GuestSession::connect_locked(const gdb::Endpoint& endpoint) {
+    if (options_.connect) return options_.connect(endpoint);
+    return TRY(GdbstubAccess::attach(endpoint, options_.client));
 }
 
 ErrorOr<void> GuestSession::attach_locked() {
@@ -144,7 +150,7 @@ ErrorOr<void> GuestSession::attach_locked() {
 
     auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
     if (!endpoint) return fail(endpoint.error());
-    auto access = GdbstubAccess::attach(*endpoint, options_.client);
+    auto access = connect_locked(*endpoint);
     if (!access) return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
     guest_ = std::move(*access);
 
@@ -210,7 +216,7 @@ ErrorOr<void> GuestSession::attach_locked() {
         st.state = SessionState::kAttached;
         st.error.clear();
     });
-    schedule_park_locked();
+    wake_idle_work_locked();
     return {};
 }
 
@@ -243,42 +249,19 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
         ++st.shadows_created;
     });
     shadow_ = std::move(shadow);
-    start_mailbox_locked();
+    start_engine_locked();
     return {};
 }
 
-void GuestSession::start_mailbox_locked() {
-    mailbox_.reset();
+void GuestSession::start_engine_locked() {
+    engine_.reset();
+    mailbox_ = nullptr;
     std::string engine = "trap";
     if (options_.engine == EngineKind::kMailbox) {
-        auto started = [&]() -> ErrorOr<void> {
-            auto pid = guest_->hypervisor_pid();
-            if (!pid) return make_error(ENOTSUP, "the VM's QEMU is not a local process");
-            auto vcpus = TRY(guest_->vcpus());
-            if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
-            bool la57 = (TRY(guest_->snapshot(vcpus[0])).state.sregs.cr4 & (1u << 12)) != 0;
-            PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
-                return guest_->read_physical(pa, out);
-            };
-            if (!ram_ || ram_->qemu_pid() != *pid) {
-                PhysicalWriter write = [this](uint64_t pa, std::span<const uint8_t> data) {
-                    return guest_->write_physical(pa, data);
-                };
-                uint64_t probe = shadow_->region() + SHADOW_CTRL_OFFSET + CTRL_SCRATCH;
-                auto t = TRY(translate_virtual(read, shadow_->cr3(), probe, la57));
-                ram_ = TRY(GuestRam::locate(*pid, t.physical, read, write));
-            }
-            MailboxTarget target{shadow_->pid(),        shadow_->region(),
-                                 shadow_->cr3(),        la57,
-                                 shadow_->generation(), shadow_->lease_iterations()};
-            auto engine = std::make_unique<MailboxEngine>(*ram_, target, options_.mailbox);
-            TRY(shadow_->park());  // from here on the guest runs
-            TRY(engine->start());
-            mailbox_ = std::move(engine);
-            lease_renewed_ = Clock::now();
-            return {};
-        }();
+        auto started = start_mailbox_locked();
         if (started) {
+            mailbox_ = started->get();
+            engine_ = std::move(*started);
             engine = "mailbox";
         } else {
             LOG_WARN("%s: the mailbox engine is not available (%s); using the trap engine",
@@ -286,15 +269,57 @@ void GuestSession::start_mailbox_locked() {
             engine = "trap (mailbox: " + started.error().describe() + ")";
         }
     }
+    if (!engine_) use_trap_engine_locked();
     update_status([&](SessionStatus& st) { st.engine = engine; });
+}
+
+void GuestSession::use_trap_engine_locked() {
+    mailbox_ = nullptr;
+    engine_ = std::make_unique<TrapEngine>(*shadow_, options_.linger, [this] {
+        // The closes waiting for the next batch go with the last one before parking.
+        std::optional<SyscallBatch> closes;
+        for (const auto& op : take_deferred_closes(SHADOW_MAX_OPS)) {
+            if (!closes) closes.emplace();
+            closes->add(op.nr, {op.args[0]});
+        }
+        return closes;
+    });
+}
+
+ErrorOr<std::unique_ptr<MailboxEngine>> GuestSession::start_mailbox_locked() {
+    auto pid = guest_->hypervisor_pid();
+    if (!pid) return make_error(ENOTSUP, "the VM's QEMU is not a local process");
+    auto vcpus = TRY(guest_->vcpus());
+    if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
+    bool la57 = (TRY(guest_->snapshot(vcpus[0])).state.sregs.cr4 & (1u << 12)) != 0;
+    PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
+        return guest_->read_physical(pa, out);
+    };
+    if (!ram_ || ram_->qemu_pid() != *pid) {
+        PhysicalWriter write = [this](uint64_t pa, std::span<const uint8_t> data) {
+            return guest_->write_physical(pa, data);
+        };
+        uint64_t probe = shadow_->region() + SHADOW_CTRL_OFFSET + CTRL_SCRATCH;
+        auto t = TRY(translate_virtual(read, shadow_->cr3(), probe, la57));
+        ram_ = TRY(GuestRam::locate(*pid, t.physical, read, write));
+    }
+    MailboxTarget target{shadow_->pid(), shadow_->region(),     shadow_->cr3(),
+                         la57,           shadow_->generation(), shadow_->lease_iterations()};
+    MailboxOptions mailbox_options = options_.mailbox;
+    mailbox_options.lease_renewal = options_.shadow.lease / 4;
+    auto engine = std::make_unique<MailboxEngine>(*ram_, target, mailbox_options);
+    TRY(shadow_->park());  // from here on the guest runs
+    TRY(engine->start());
+    return engine;
 }
 
 void GuestSession::discard_shadow_locked(const char* why) {
     LOG_WARN("%s: discarding shadow %lld: %s", options_.gdb_endpoint.c_str(),
              static_cast<long long>(shadow_ ? shadow_->pid() : 0), why);
-    if (mailbox_) mailbox_->poison_lease();
+    if (engine_) engine_->abandon();
     if (shadow_) shadow_->give_up_to_lease();
-    mailbox_.reset();
+    engine_.reset();
+    mailbox_ = nullptr;
     shadow_.reset();
     deferred_closes_.clear();
 }
@@ -314,17 +339,20 @@ Error GuestSession::not_taken_locked(const Error& e) {
     return Error(EAGAIN, e.describe() + ": the shadow did not answer; it will be replaced");
 }
 
-ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& batch) {
-    // Paused by its owner: a shadow that still sleeps would take a batch within its longest
-    // sleep once the VM runs again; no need to wait the full take timeout for a "no".
-    Millis paused_wait = std::min(options_.mailbox.take_timeout,
-                                  std::chrono::duration_cast<Millis>(
-                                      std::chrono::nanoseconds(3 * options_.shadow.sleep_max_ns)));
-    mailbox_->set_take_timeout(paused_by_others() ? paused_wait : options_.mailbox.take_timeout);
-    auto out = mailbox_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
-    update_status([&](SessionStatus& st) { st.mailbox = mailbox_->stats(); });
+ErrorOr<BatchOutcome> GuestSession::run_in_engine_locked(const SyscallBatch& batch) {
+    if (mailbox_) {
+        // Paused by its owner: a shadow that still sleeps would take a batch within its
+        // longest sleep once the VM runs again; no need to wait the full take timeout.
+        Millis paused_wait = std::min(options_.mailbox.take_timeout,
+                                      std::chrono::duration_cast<Millis>(std::chrono::nanoseconds(
+                                          3 * options_.shadow.sleep_max_ns)));
+        mailbox_->set_take_timeout(paused_by_others() ? paused_wait
+                                                      : options_.mailbox.take_timeout);
+    }
+    auto out = engine_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
+    if (mailbox_) update_status([&](SessionStatus& st) { st.mailbox = mailbox_->stats(); });
+    wake_idle_work_locked();
     if (out) {
-        lease_renewed_ = Clock::now();
         if (paused_by_others()) {
             guest_->resumed_by_others();
             update_status([](SessionStatus& st) { st.paused_by_others = false; });
@@ -332,7 +360,7 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
         return out;
     }
     const Error& e = out.error();
-    bool nothing_ran = !mailbox_->posted();
+    bool nothing_ran = !engine_->posted();
     switch (e.code()) {
         case EBADMSG:
             update_status([](SessionStatus& st) { ++st.distrusted; });
@@ -346,28 +374,19 @@ ErrorOr<BatchOutcome> GuestSession::run_in_mailbox_locked(const SyscallBatch& ba
             discard_shadow_locked("stuck in a syscall");
             return std::unexpected(e);
         case EFAULT: {
-            if (!nothing_ran) return std::unexpected(e);
+            if (!nothing_ran || !mailbox_) return std::unexpected(e);
             // A page beyond the RAM reachable from the host: this shadow is served through
             // the stub from now on.
             LOG_WARN("%s: %s; using the trap engine for this shadow", options_.gdb_endpoint.c_str(),
                      e.describe().c_str());
-            mailbox_.reset();
+            use_trap_engine_locked();
             update_status(
                 [&](SessionStatus& st) { st.engine = "trap (mailbox: " + e.describe() + ")"; });
-            return shadow_->execute(batch);
+            return engine_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
         }
         default:
             // QEMU gone (ENOTCONN) fails the session in run(), like a broken stub link.
             return std::unexpected(e);
-    }
-}
-
-void GuestSession::renew_lease_if_due_locked() {
-    if (!mailbox_) return;
-    if (Clock::now() - lease_renewed_ < options_.shadow.lease / 4) return;
-    lease_renewed_ = Clock::now();
-    if (auto r = mailbox_->renew_lease(); !r) {
-        LOG_WARN("renewing the shadow's lease: %s", r.error().describe().c_str());
     }
 }
 
@@ -391,18 +410,6 @@ std::vector<SyscallBatch::Op> GuestSession::take_deferred_closes(size_t room) {
         deferred_closes_.pop_back();
     }
     return ops;
-}
-
-void GuestSession::flush_deferred_closes_locked() {
-    if (deferred_closes_.empty() || !shadow_ || shadow_->state() != ShadowProcess::State::kHeld) {
-        return;
-    }
-    SyscallBatch b;
-    for (const auto& op : take_deferred_closes(SHADOW_MAX_OPS))
-        b.add(op.nr, {op.args[0]});
-    if (auto r = shadow_->execute(b); !r) {
-        LOG_DEBUG("deferred closes: %s", r.error().describe().c_str());
-    }
 }
 
 ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
@@ -430,12 +437,11 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             with_closes->prepend(closes);
         }
         const SyscallBatch& batch = with_closes ? *with_closes : caller_batch;
-        auto out = mailbox_ ? run_in_mailbox_locked(batch) : shadow_->execute(batch);
+        auto out = run_in_engine_locked(batch);
         if (out) {
             out->results.erase(out->results.begin(),
                                out->results.begin() + static_cast<ptrdiff_t>(closes.size()));
             out->shadow = current_shadow();
-            schedule_park_locked();
             update_status([&](SessionStatus& st) { st.vm_cost = guest_->counters(); });
             return out;
         }
@@ -452,56 +458,42 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             continue;
         }
         update_status([](SessionStatus& st) { ++st.failures; });
-        if (!shadow_ || paused_by_others()) {
-            // Discarded (replaced on the next request), or a VM its owner paused: left so.
+        if (paused_by_others()) {
+            // A VM its owner paused: left so.
         } else if (is_transport_error(e)) {
             fail_locked(e);
         } else if (guest_ && guest_->running() == false &&
-                   shadow_->state() != ShadowProcess::State::kHeld) {
+                   (!shadow_ || shadow_->state() != ShadowProcess::State::kHeld)) {
             // Whatever happened to the shadow, the guest runs between requests.
             if (auto r = guest_->resume(); !r) fail_locked(r.error());
-        } else {
-            schedule_park_locked();
         }
         return std::unexpected(e);
     }
 }
 
-void GuestSession::schedule_park_locked() {
-    if (!shadow_ || shadow_->state() != ShadowProcess::State::kHeld) return;
-    if (options_.linger.count() <= 0) {
-        flush_deferred_closes_locked();
-        if (auto r = shadow_->park(); !r) fail_locked(r.error());
-        return;
-    }
-    park_at_ = Clock::now() + options_.linger;
-    park_cv_.notify_all();
+void GuestSession::wake_idle_work_locked() {
+    idle_cv_.notify_all();
 }
 
-void GuestSession::parker_main() {
+// The engine's idle work (parking a trap shadow after its linger, renewing a mailbox
+// shadow's lease) runs here, under the session mutex like any guest access.
+void GuestSession::idle_worker_main() {
     std::unique_lock lock(mutex_);
     while (!stopping_) {
-        renew_lease_if_due_locked();
-        if (!park_at_) {
-            if (mailbox_) {
-                park_cv_.wait_until(lock, lease_renewed_ + options_.shadow.lease / 4);
-            } else {
-                park_cv_.wait(lock);
-            }
+        auto due = engine_ ? engine_->idle_due() : std::nullopt;
+        if (!due) {
+            idle_cv_.wait(lock);
             continue;
         }
-        auto at = *park_at_;
-        if (Clock::now() < at) {
-            park_cv_.wait_until(lock, at);
+        if (Clock::now() < *due) {
+            idle_cv_.wait_until(lock, *due);
             continue;
         }
-        park_at_.reset();
-        if (shadow_ && shadow_->state() == ShadowProcess::State::kHeld) {
-            flush_deferred_closes_locked();
-            if (auto r = shadow_->park(); !r) {
-                LOG_WARN("parking the shadow: %s", r.error().describe().c_str());
-                fail_locked(r.error());
-            }
+        if (auto r = engine_->idle_work(); !r) {
+            LOG_WARN("%s: %s engine, between batches: %s", options_.gdb_endpoint.c_str(),
+                     engine_->name(), r.error().describe().c_str());
+            // A trap shadow that could not be parked leaves the VM stopped: give it up.
+            if (!mailbox_) fail_locked(r.error());
         }
     }
 }
@@ -512,21 +504,21 @@ ErrorOr<void> GuestSession::detach() {
 }
 
 ErrorOr<void> GuestSession::detach_locked() {
-    park_at_.reset();
     std::optional<Error> first;
     bool leave_paused = paused_by_others();
     if (leave_paused && shadow_) {
         // Ending the shadow through the stub would resume the VM: its lease ends it instead.
         discard_shadow_locked("the VM is paused by someone else");
     }
-    mailbox_.reset();
+    engine_.reset();
+    mailbox_ = nullptr;
     if (shadow_) {
         if (auto r = shadow_->terminate(); !r) first = r.error();
         shadow_.reset();
     }
     if (guest_ && leave_paused) {
         // A detach command would resume the VM: only close the connection.
-        if (auto* g = dynamic_cast<GdbstubAccess*>(guest_.get())) g->client().abandon();
+        guest_->abandon();
         guest_.reset();
     }
     if (guest_) {
@@ -566,14 +558,14 @@ void GuestSession::fail_locked(const Error& error) {
         st.shadow_pid = 0;
         st.shadow_region = 0;
     });
-    park_at_.reset();
-    mailbox_.reset();
+    engine_.reset();
+    mailbox_ = nullptr;
     if (shadow_) shadow_.reset();
     if (guest_) {
         if (log_ && log_->current().nothing_to_undo()) {
             (void)guest_->detach();
-        } else if (auto* g = dynamic_cast<GdbstubAccess*>(guest_.get())) {
-            g->client().abandon();
+        } else {
+            guest_->abandon();
         }
         guest_.reset();
     }

@@ -21,6 +21,7 @@
 #include "common/deadline.h"
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "redirector/engines/batch_engine.h"
 #include "redirector/engines/mailbox_engine.h"
 #include "redirector/gdb/gdb_client.h"
 #include "redirector/guest/guest_access.h"
@@ -40,14 +41,20 @@ enum class EngineKind {
 };
 const char* to_string(EngineKind e);
 
+// Opens the link to the VM behind an endpoint; the gdbstub by default, a fake in tests.
+using GuestConnector =
+    std::function<ErrorOr<std::unique_ptr<GuestAccess>>(const gdb::Endpoint& endpoint)>;
+
 struct SessionOptions {
     std::string gdb_endpoint;  // "unix:/path" or "tcp:host:port"
+    GuestConnector connect;    // empty: GdbstubAccess::attach with `client`
     gdb::ClientOptions client;
     ShadowOptions shadow;
     EngineKind engine = EngineKind::kMailbox;
     MailboxOptions mailbox;
-    // After a batch the shadow stays caught (guest paused) this long, so that the next
-    // request of a burst (lookup, open, read, release of one `cat`) needs no new catch.
+    // Trap engine: after a batch the shadow stays caught (guest paused) this long, so that
+    // the next request of a burst (lookup, open, read, release of one `cat`) needs no new
+    // catch.
     Millis linger{3};
     Millis attach_timeout{10000};  // waiting for the session lock (another owner)
     std::string state_dir;         // recovery logs and locks; "" = default_state_dir()
@@ -110,34 +117,37 @@ class GuestSession {
 
   private:
     ErrorOr<void> attach_locked();
+    ErrorOr<std::unique_ptr<GuestAccess>> connect_locked(const gdb::Endpoint& endpoint);
     ErrorOr<void> ensure_shadow_locked();
     ErrorOr<void> detach_locked();
     // Gives up the guest: the guardian (or the next attach) restores what the log names.
     void fail_locked(const Error& error);
     void release_lock_and_guardian_locked();
-    void parker_main();
-    void schedule_park_locked();
+    // The background thread that runs the engine's idle work when due.
+    void idle_worker_main();
+    void wake_idle_work_locked();
     void update_status(const std::function<void(SessionStatus&)>& change);
     // Up to `room` deferred closes, as close ops.
     std::vector<SyscallBatch::Op> take_deferred_closes(size_t room);
-    void flush_deferred_closes_locked();
     uint64_t current_shadow() const;  // the count of shadows created: the newest one's number
-    // With a new shadow held: switches it to the mailbox engine if wanted and possible.
-    void start_mailbox_locked();
-    ErrorOr<BatchOutcome> run_in_mailbox_locked(const SyscallBatch& batch);
+    // With a new shadow held: serves it with the mailbox engine if wanted and possible,
+    // else with the trap engine.
+    void start_engine_locked();
+    ErrorOr<std::unique_ptr<MailboxEngine>> start_mailbox_locked();
+    void use_trap_engine_locked();
+    // Runs a batch through the engine and decides what its failures mean for the shadow.
+    ErrorOr<BatchOutcome> run_in_engine_locked(const SyscallBatch& batch);
     // A mailbox batch was not taken: tells a VM paused by others from a lost shadow.
     Error not_taken_locked(const Error& e);
     void discard_shadow_locked(const char* why);
-    void renew_lease_if_due_locked();
     // status_.paused_by_others without copying the whole status (asked on every batch).
     bool paused_by_others() const;
 
     SessionOptions options_;
-    mutable std::mutex mutex_;  // guards everything below; never held across sessions
-    std::condition_variable park_cv_;
-    std::thread parker_;
+    mutable std::mutex mutex_;         // guards everything below; never held across sessions
+    std::condition_variable idle_cv_;  // wakes the idle worker: the engine's due time changed
+    std::thread idle_worker_;
     bool stopping_ = false;
-    std::optional<Clock::time_point> park_at_;
 
     mutable std::mutex status_mutex_;  // guards status_ only; taken after mutex_, never before
     SessionStatus status_;
@@ -149,10 +159,10 @@ class GuestSession {
     std::optional<GuardianHandle> guardian_;
     std::unique_ptr<GuestAccess> guest_;
     std::unique_ptr<ShadowProcess> shadow_;
-    std::unique_ptr<GuestRam> ram_;           // found once per attach
-    std::unique_ptr<MailboxEngine> mailbox_;  // set while the current shadow is served by it
-    Clock::time_point lease_renewed_{};
-    std::vector<int> deferred_closes_;  // fds of the current shadow, closed with the next batch
+    std::unique_ptr<GuestRam> ram_;        // found once per attach
+    std::unique_ptr<BatchEngine> engine_;  // serves the current shadow
+    MailboxEngine* mailbox_ = nullptr;     // engine_, when it is the mailbox one (its stats)
+    std::vector<int> deferred_closes_;     // fds of the current shadow, closed with the next batch
 };
 
 }  // namespace cloudvmi

@@ -2449,7 +2449,8 @@ ErrorOr<void> FakeGuest::remove_breakpoint(uint64_t va) {
 
 ErrorOr<void> FakeGuest::detach() {
     TRY(usable());
-    if (running_) return make_error(EBUSY, "internal: detach sent while the fake VM runs");
+    // As GdbClient::detach does: a running VM is interrupted first.
+    if (running_) TRY(interrupt(Deadline::after_ms(1000)));
     breakpoints_.clear();
     running_ = true;
     detached_ = true;

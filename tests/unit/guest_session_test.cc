@@ -1,0 +1,127 @@
+// GuestSession on the fake guest, its link injected: attach, batches through the engine it
+// chose, a lost shadow replaced, a broken link handed to the recovery log, a clean detach.
+#include "redirector/session/guest_session.h"
+
+#include <catch2/catch.hpp>
+#include <climits>
+
+#include "common/log.h"
+#include "fake_guest.h"
+#include "redirector/journal/recovery_log.h"
+#include "redirector/x86/guest_abi.h"
+#include "tests/unit/fake_test_helpers.h"
+#include "tests/unit/temp_dir.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::fake;
+
+namespace {
+
+struct SessionOnFake {
+    explicit SessionOnFake(long link_budget = LONG_MAX) : link(guest, link_budget) {
+        options.gdb_endpoint = "unix:" + dir.path() + "/vm.gdb";
+        options.state_dir = dir.path();
+        // With no linger the trap engine parks inside each batch: no background work
+        // touches the fake while the test looks at it between batches.
+        options.linger = Millis(0);
+        options.connect = [this](const gdb::Endpoint&) -> ErrorOr<std::unique_ptr<GuestAccess>> {
+            ++connects;
+            return std::make_unique<FailingGuest>(link, LONG_MAX);  // forwards
+        };
+    }
+
+    int64_t getpid_in_shadow(GuestSession& s) {
+        SyscallBatch b;
+        b.add(x86abi::kGetpid, {});
+        auto out = s.run(b);
+        INFO((out ? "" : out.error().describe()));
+        REQUIRE(out);
+        REQUIRE(out->results.size() == 1);
+        return static_cast<int64_t>(out->results[0]);
+    }
+
+    test::TempDir dir{"cloudvmi-session"};
+    FakeGuest guest{FakeOptions{.sleeper_delay_ms = 50}};
+    FailingGuest link;  // the session's view of the guest, which a test can break
+    SessionOptions options;
+    int connects = 0;
+};
+
+}  // namespace
+
+TEST_CASE("session on the fake guest: the trap engine when QEMU's RAM is out of reach",
+          "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    {
+        GuestSession s(f.options);
+        REQUIRE(s.attach());
+        auto st = s.status();
+        CHECK(st.state == SessionState::kAttached);
+        // The fake has no QEMU process: the mailbox engine is refused and says why.
+        CHECK(st.engine.rfind("trap (mailbox: ", 0) == 0);
+        CHECK(st.engine.find("not a local process") != std::string::npos);
+
+        int64_t first = f.getpid_in_shadow(s);
+        CHECK(first == s.status().shadow_pid);
+        CHECK(f.getpid_in_shadow(s) == first);
+        st = s.status();
+        CHECK(st.batches == 2);
+        CHECK(st.shadows_created == 1);
+        CHECK(st.vm_cost.stops > st.bootstrap_cost.stops);  // a trap batch stops the VM
+        CHECK(f.guest.running());                           // parked between batches
+        auto detached = s.detach();
+        INFO((detached ? "" : detached.error().describe()));
+        REQUIRE(detached);
+    }
+    CHECK(f.connects == 1);
+    CHECK(f.guest.running());
+    CHECK(f.guest.armed_breakpoints().empty());
+    f.guest.advance(200);  // the shadow, told to exit, does so when it next runs
+    CHECK(f.guest.shadow_like_processes().empty());
+    INFO(f.guest.anomalies_text());
+    CHECK(f.guest.anomalies().empty());
+}
+
+TEST_CASE("session on the fake guest: a shadow killed inside the guest is replaced", "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    f.options.shadow.acquire_timeout = Millis(300);
+    GuestSession s(f.options);
+    int64_t first = f.getpid_in_shadow(s);
+    REQUIRE(f.guest.kill_process(first));
+    int64_t second = f.getpid_in_shadow(s);
+    CHECK(second != first);
+    CHECK(s.status().shadows_created == 2);
+    CHECK(s.status().shadow_pid == second);
+    auto detached = s.detach();
+    INFO((detached ? "" : detached.error().describe()));
+    REQUIRE(detached);
+    f.guest.advance(200);  // the shadow, told to exit, does so when it next runs
+    CHECK(f.guest.shadow_like_processes().empty());
+    CHECK(f.guest.anomalies().empty());
+}
+
+TEST_CASE("session on the fake guest: a broken link fails the session and keeps the log dirty",
+          "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    GuestSession s(f.options);
+    int64_t shadow = f.getpid_in_shadow(s);
+    CHECK(shadow > 0);
+    f.link.die_after(0);
+    SyscallBatch b;
+    b.add(x86abi::kGetpid, {});
+    auto out = s.run(b);
+    REQUIRE_FALSE(out);
+    CHECK(is_transport_error(out.error()));
+    CHECK(s.state() == SessionState::kError);
+    // What the dead link left in the guest (a shadow) is named in the log for the guardian.
+    bool dirty = false;
+    for (const auto& e : std::filesystem::directory_iterator(f.dir.path())) {
+        if (e.path().extension() != ".log") continue;
+        auto rec = RecoveryLog::read_file(e.path());
+        if (rec && !rec->clean) dirty = rec->shadow_pid == shadow;
+    }
+    CHECK(dirty);
+}
