@@ -1,6 +1,8 @@
 // Subcommands of the cloudvmi program.
 #pragma once
 
+#include "fs/fuse_server.h"
+
 namespace cloudvmi::cli {
 
 // Exit codes shared by every subcommand (documented in cloudvmi(1)).
@@ -13,6 +15,8 @@ enum ExitCode {
 
 int guest_main(int argc, char** argv);
 int guard_main(int argc, char** argv);
+// The mount (`cloudvmi [OPTIONS] MOUNTPOINT`): argv[0] is the program.
+int mount_main(int argc, char** argv, const fs::MountSettings& settings);
 
 // Path of the running cloudvmi binary (for the guardian).
 const char* self_executable();

@@ -31,5 +31,5 @@ int main(int argc, char** argv) {
     cloudvmi::fs::MountSettings settings;
     settings.version = CLOUDVMI_VERSION;
     if (const char* self = cloudvmi::cli::self_executable()) settings.guardian_program = self;
-    return cloudvmi::fs::mount_main(argc, argv, settings);
+    return cloudvmi::cli::mount_main(argc, argv, settings);
 }

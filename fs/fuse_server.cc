@@ -488,84 +488,25 @@ fuse_lowlevel_ops make_ops() {
     return ops;
 }
 
-// --- command line ---
-
-struct MountArgs {
-    char* config = nullptr;
-    char* log_level = nullptr;
-    char* state_dir = nullptr;
-    long request_timeout_ms = 0;
-    std::vector<std::string> positional;
-};
-
-#define CLOUDVMI_OPT(t, p) \
-    { t, offsetof(MountArgs, p), 1 }
-const fuse_opt kMountOpts[] = {
-    CLOUDVMI_OPT("config=%s", config),
-    CLOUDVMI_OPT("--config=%s", config),
-    CLOUDVMI_OPT("--log-level=%s", log_level),
-    CLOUDVMI_OPT("log_level=%s", log_level),
-    CLOUDVMI_OPT("--state-dir=%s", state_dir),
-    CLOUDVMI_OPT("state_dir=%s", state_dir),
-    FUSE_OPT_END,
-};
-
-// fuse_opt knows "--opt=value" only; "--opt value" is joined into that form first.
-std::vector<std::string> join_long_options(int argc, char** argv) {
-    std::vector<std::string> out;
-    for (int i = 0; i < argc; ++i) {
-        std::string a = argv[i];
-        bool takes_value = a == "--config" || a == "--log-level" || a == "--state-dir";
-        if (takes_value && i + 1 < argc) {
-            out.push_back(a + "=" + argv[++i]);
-        } else {
-            out.push_back(a);
-        }
-    }
-    return out;
-}
-
-int collect_positional(void* data, const char* arg, int key, fuse_args*) {
-    if (key == FUSE_OPT_KEY_NONOPT) {
-        static_cast<MountArgs*>(data)->positional.push_back(arg);
-        return 0;  // ours: the mountpoint is handed to libfuse separately
-    }
-    return 1;
-}
-
-const char kMountUsage[] =
-    "Usage: cloudvmi [OPTIONS] MOUNTPOINT\n"
-    "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]   (see cloudvmi guest --help)\n"
-    "\n"
-    "Mounts the live state of the configured VMs at MOUNTPOINT (usually /vmi):\n"
-    "  MOUNTPOINT/<node>/<vm>/{proc,sys,root,.cloudvmi}\n"
-    "\n"
-    "Options:\n"
-    "  --config=FILE, -o config=FILE   configuration (default /etc/cloudvmi/cloudvmi.yaml)\n"
-    "  --state-dir=DIR, -o state_dir=DIR\n"
-    "                                  recovery logs, locks, the background log (default "
-    "/run/cloudvmi)\n"
-    "  --log-level=LEVEL, -o log_level=LEVEL\n"
-    "                                  error, warn, info, debug or trace (default warn)\n"
-    "  -h, --help                      this text\n"
-    "  -V, --version                   version\n"
-    "\n"
-    "FUSE options:\n";
-
 }  // namespace
 
-int mount_main(int argc, char** argv, const MountSettings& settings) {
-    std::vector<std::string> joined = join_long_options(argc, argv);
-    std::vector<char*> joined_argv;
-    for (auto& a : joined)
-        joined_argv.push_back(a.data());
-    joined_argv.push_back(nullptr);
-    fuse_args args = FUSE_ARGS_INIT(static_cast<int>(joined.size()), joined_argv.data());
-    MountArgs margs;
-    if (fuse_opt_parse(&args, &margs, kMountOpts, collect_positional) != 0) {
-        std::fprintf(stderr, "cloudvmi: bad options (see --help)\n");
-        return 2;
-    }
+void print_fuse_help() {
+    fuse_cmdline_help();
+    fuse_lowlevel_help();
+}
+
+void print_fuse_version() {
+    fuse_lowlevel_version();
+}
+
+int serve_mount(const Config& config, const MountSettings& settings,
+                const std::vector<std::string>& fuse_command_line) {
+    std::vector<std::string> arg_copies = fuse_command_line;
+    std::vector<char*> argv;
+    for (auto& a : arg_copies)
+        argv.push_back(a.data());
+    argv.push_back(nullptr);
+    fuse_args args = FUSE_ARGS_INIT(static_cast<int>(arg_copies.size()), argv.data());
     fuse_cmdline_opts opts{};
     if (fuse_parse_cmdline(&args, &opts) != 0) {
         fuse_opt_free_args(&args);
@@ -573,48 +514,15 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
     }
     auto cleanup = [&]() {
         free(opts.mountpoint);
-        free(margs.config);  // strings fuse_opt allocated
-        free(margs.log_level);
-        free(margs.state_dir);
         fuse_opt_free_args(&args);
     };
-    if (opts.show_help) {
-        std::fputs(kMountUsage, stdout);
-        fuse_cmdline_help();
-        fuse_lowlevel_help();
-        cleanup();
-        return 0;
-    }
-    if (opts.show_version) {
-        std::printf("cloudvmi %s\n", settings.version.c_str());
-        std::fflush(stdout);  // libfuse's lines come partly from a child process
-        fuse_lowlevel_version();
-        cleanup();
-        return 0;
-    }
-    if (margs.log_level && !log::set_level_by_name(margs.log_level)) {
-        std::fprintf(stderr, "cloudvmi: bad --log-level '%s'\n", margs.log_level);
-        cleanup();
-        return 2;
-    }
-    if (opts.debug && log::level() < log::Level::kDebug) log::set_level(log::Level::kDebug);
-    // `cloudvmi MOUNTPOINT`, or `cloudvmi SOURCE MOUNTPOINT` as mount.fuse3 calls it.
-    if (margs.positional.empty() || margs.positional.size() > 2) {
+    if (opts.mountpoint == nullptr) {
         std::fprintf(stderr, "cloudvmi: expected a mount point (see --help)\n");
         cleanup();
         return 2;
     }
-    std::string mountpoint = margs.positional.back();
-    std::string config_path = margs.config ? margs.config : kDefaultConfigPath;
-    auto config = Config::load_file(config_path);
-    if (!config) {
-        std::fprintf(stderr, "cloudvmi: %s\n", config.error().describe().c_str());
-        cleanup();
-        return 2;
-    }
-    if (margs.state_dir) config->state_dir = margs.state_dir;
-    if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();
-    if (config->vms.empty()) LOG_WARN("%s configures no VM", config_path.c_str());
+    std::string mountpoint = opts.mountpoint;
+    if (opts.debug && log::level() < log::Level::kDebug) log::set_level(log::Level::kDebug);
 
     fuse_lowlevel_ops ops = make_ops();
     Holder holder;
@@ -629,18 +537,18 @@ int mount_main(int argc, char** argv, const MountSettings& settings) {
         if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
             // In the background stderr becomes /dev/null: the log goes to the state directory.
             if (!opts.foreground) {
-                std::string log_path = config->state_dir + "/cloudvmi.log";
-                if (auto made = make_dirs(config->state_dir);
+                std::string log_path = config.state_dir + "/cloudvmi.log";
+                if (auto made = make_dirs(config.state_dir);
                     !made || !log::set_output_file(log_path)) {
                     std::fprintf(stderr, "cloudvmi: cannot write the log %s; logging to nowhere\n",
                                  log_path.c_str());
                 }
             }
             if (fuse_daemonize(opts.foreground) == 0) {
-                LOG_INFO("mounted %s (%zu VMs on node %s)", mountpoint.c_str(), config->vms.size(),
-                         config->node.c_str());
+                LOG_INFO("mounted %s (%zu VMs on node %s)", mountpoint.c_str(), config.vms.size(),
+                         config.node.c_str());
                 fs = std::make_unique<Filesystem>(
-                    *config, Filesystem::session_options(*config, settings.guardian_program));
+                    config, Filesystem::session_options(config, settings.guardian_program));
                 holder.fs = fs.get();
                 std::atomic<bool> stop{false};
                 std::thread reaper([&] {

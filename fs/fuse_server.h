@@ -1,7 +1,10 @@
-// `cloudvmi [OPTIONS] MOUNTPOINT`: mounts /vmi (see fuse_server.cc).
+// The /vmi mount's FUSE side; the command line is cli/mount_command.cc's.
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include "fs/config.h"
 
 namespace cloudvmi::fs {
 
@@ -10,7 +13,12 @@ struct MountSettings {
     std::string guardian_program;  // the cloudvmi binary, for each session's guardian
 };
 
-// Runs the mount until it is unmounted or signalled; returns the process exit status.
-int mount_main(int argc, char** argv, const MountSettings& settings);
+// Mounts `config`'s tree with FUSE's command line (argv[0], FUSE options, the mount
+// point) and serves it until unmounted or signalled; the process exit status.
+int serve_mount(const Config& config, const MountSettings& settings,
+                const std::vector<std::string>& fuse_command_line);
+// FUSE's own option help and version lines, for `--help` and `--version`.
+void print_fuse_help();
+void print_fuse_version();
 
 }  // namespace cloudvmi::fs
