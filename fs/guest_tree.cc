@@ -110,18 +110,17 @@ class GuestFileHandle final : public FileHandle {
 
     // The head answers when it holds the whole file or the whole range asked for. It never
     // changes after the open, so any thread may read it.
-    std::optional<std::vector<uint8_t>> read_cached(size_t size, off_t offset) const override {
+    std::optional<std::span<const uint8_t>> read_cached(size_t size, off_t offset) const override {
         size = std::min(size, GuestFileOps::kMaxTransfer);
         size_t off = static_cast<size_t>(offset);
         if (!head_is_all_ && off + size > head_.size()) return std::nullopt;
-        if (off >= head_.size()) return std::vector<uint8_t>{};
-        size_t n = std::min(size, head_.size() - off);
-        return std::vector<uint8_t>(head_.begin() + static_cast<ptrdiff_t>(off),
-                                    head_.begin() + static_cast<ptrdiff_t>(off + n));
+        if (off >= head_.size()) return std::span<const uint8_t>{};
+        return std::span<const uint8_t>(head_).subspan(off, std::min(size, head_.size() - off));
     }
 
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
-        if (auto cached = read_cached(size, offset)) return std::move(*cached);
+        if (auto cached = read_cached(size, offset))
+            return std::vector<uint8_t>(cached->begin(), cached->end());
         TRY(revalidate());
         size = std::min(size, GuestFileOps::kMaxTransfer);
         return from_vm(vm_.files().pread(fd_, size, static_cast<uint64_t>(offset)));

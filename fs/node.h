@@ -32,8 +32,9 @@ class FileHandle {
     virtual ~FileHandle() = default;
     virtual ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) = 0;
     // What read() would return, when that needs no guest access (nullopt otherwise): such
-    // reads are answered on the FUSE thread, without a hop through the VM's queue.
-    virtual std::optional<std::vector<uint8_t>> read_cached(size_t, off_t) const {
+    // reads are answered on the FUSE thread, without a hop through the VM's queue, from
+    // bytes the handle holds unchanged until it is released (no copy).
+    virtual std::optional<std::span<const uint8_t>> read_cached(size_t, off_t) const {
         return std::nullopt;
     }
     virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t) {

@@ -142,7 +142,7 @@ ErrorOr<GuestFileOps::OpenedFile> GuestFileOps::open_and_read(const std::string&
     // A file that cannot be read at an offset (a pipe-like proc file) is still open: the
     // caller reads it sequentially.
     if (!out.failed(read1)) {
-        f.head = out.bytes(first);
+        f.head = out.take(first);
         if (!out.failed(read2)) {
             const auto& more = out.bytes(second);
             f.head.insert(f.head.end(), more.begin(), more.end());
@@ -173,7 +173,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::pread(GuestFd fd, size_t size, uint6
     b.filled_by(data, op, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
-    return out.bytes(data);
+    return out.take(data);
 }
 
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read(GuestFd fd, size_t size) {
@@ -184,7 +184,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read(GuestFd fd, size_t size) {
     b.filled_by(data, op, B::Fill::kResultBytes);
     auto out = TRY(session_.run(b, fd.shadow));
     if (out.failed(op)) return std::unexpected(guest_failure(out, op, "read"));
-    return out.bytes(data);
+    return out.take(data);
 }
 
 ErrorOr<size_t> GuestFileOps::pwrite(GuestFd fd, const std::vector<uint8_t>& data,

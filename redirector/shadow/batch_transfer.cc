@@ -44,6 +44,13 @@ ErrorOr<BatchOutcome> collect_outcome(const SyscallBatch& batch, const EncodedBa
             end = bufs[j].offset + l;
             ++j;
         }
+        if (j == i + 1) {
+            // One buffer alone: read straight into it.
+            out.buffers[i].resize(end - begin);
+            TRY(read(data_area + begin, out.buffers[i]));
+            i = j;
+            continue;
+        }
         std::vector<uint8_t> span(end - begin);
         TRY(read(data_area + begin, span));
         for (size_t k = i; k < j; ++k) {

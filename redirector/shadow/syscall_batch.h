@@ -99,6 +99,8 @@ struct BatchOutcome {
         return failed(op) ? static_cast<int>(-result(op)) : 0;
     }
     const std::vector<uint8_t>& bytes(SyscallBatch::BufferId b) const { return buffers.at(b); }
+    // The buffer itself, moved out (the data path copies nothing it need not).
+    std::vector<uint8_t> take(SyscallBatch::BufferId b) { return std::move(buffers.at(b)); }
 };
 
 // The shadow's binary encoding of a batch, for a region mapped at `region_base`.
