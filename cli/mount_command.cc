@@ -1,9 +1,13 @@
 // `cloudvmi [OPTIONS] MOUNTPOINT`: loads the configuration and hands the mount to fs/.
+#include <grp.h>
+
 #include <cstdio>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/mount_options.h"
 #include "common/log.h"
+#include "common/strings.h"
 #include "fs/config.h"
 #include "fs/fuse_server.h"
 #include "redirector/session/guest_session.h"
@@ -30,6 +34,18 @@ const char kMountUsage[] =
     "  -V, --version                   version\n"
     "\n"
     "FUSE options:\n";
+
+// A group name, or a number, as the host knows it.
+ErrorOr<gid_t> resolve_group(const std::string& name) {
+    if (auto n = parse_u64(name); n && *n < 0xffffffffu) return static_cast<gid_t>(*n);
+    std::vector<char> buf(16384);
+    group g{};
+    group* found = nullptr;
+    int rc = ::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found);
+    if (rc != 0) return make_error(rc, "looking up group " + name);
+    if (found == nullptr) return make_error(ENOENT, "no group named " + name + " on this host");
+    return found->gr_gid;
+}
 
 }  // namespace
 
@@ -61,6 +77,15 @@ int mount_main(int argc, char** argv, const fs::MountSettings& settings) {
     if (!config) {
         std::fprintf(stderr, "cloudvmi: %s\n", config.error().describe().c_str());
         return kExitUsage;
+    }
+    if (!config->operators_group.empty()) {
+        auto gid = resolve_group(config->operators_group);
+        if (!gid) {
+            std::fprintf(stderr, "cloudvmi: %s: operators_group: %s\n", config_path.c_str(),
+                         gid.error().message().c_str());
+            return kExitUsage;
+        }
+        config->operators_gid = *gid;
     }
     if (opts.state_dir) config->state_dir = *opts.state_dir;
     if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();

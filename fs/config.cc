@@ -93,10 +93,10 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     Config c;
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
-    auto top = TRY(entries(
-        origin, root,
-        {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "engine", "cache", "vms"},
-        "the configuration"));
+    auto top = TRY(entries(origin, root,
+                           {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms",
+                            "engine", "operators_group", "cache", "vms"},
+                           "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
         if (!is_valid_entry_name(c.node)) {
@@ -125,6 +125,14 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
         c.engine = TRY(scalar<std::string>(origin, it->second, "engine"));
         if (c.engine != "mailbox" && c.engine != "trap") {
             return bad(origin, it->second.located(), "engine must be mailbox or trap");
+        }
+    }
+    if (auto it = top.find("operators_group"); it != top.end()) {
+        c.operators_group = TRY(scalar<std::string>(origin, it->second, "operators_group"));
+        if (c.operators_group.empty() ||
+            c.operators_group.find_first_of(" :/\n") != std::string::npos) {
+            return bad(origin, it->second.located(),
+                       "operators_group must be a group name or number");
         }
     }
     if (auto it = top.find("cache"); it != top.end()) {

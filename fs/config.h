@@ -5,6 +5,7 @@
 //   request_timeout_ms: 5000     # bound for one request to a VM once attached
 //   attach_timeout_ms: 20000     # bound for attaching (finding a thread, starting the shadow)
 //   engine: mailbox              # or trap: how batches reach the shadow (see cloudvmi(1))
+//   operators_group: vmiops      # may read the guests besides root (default: root only)
 //   cache:                       # kernel attribute/entry cache lifetimes, seconds
 //     proc_attr: 0.5
 //     proc_entry: 1
@@ -18,6 +19,9 @@
 // Errors name the file, the line and what is wrong; nothing is half-loaded.
 #pragma once
 
+#include <sys/types.h>
+
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +48,9 @@ struct Config {
     long request_timeout_ms = 5000;
     long attach_timeout_ms = 20000;
     std::string engine = "mailbox";
+    std::string operators_group;  // a group name or number; "" = host root only
+    // operators_group resolved by the mount command (the parser does not look at the host).
+    std::optional<gid_t> operators_gid;
     CacheConfig cache;
     std::vector<VmConfig> vms;
 

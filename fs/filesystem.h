@@ -26,6 +26,7 @@ class Filesystem {
 
     InodeTable& inodes() { return *inodes_; }
     const Config& config() const { return config_; }
+    AccessRule access_rule() const { return AccessRule{config_.operators_gid}; }
     const std::vector<std::unique_ptr<Vm>>& vms() const { return vms_; }
     Vm* find_vm(const std::string& name) const;
 

@@ -26,6 +26,7 @@
 #include "common/paths.h"
 #include "common/strings.h"
 #include "fs/filesystem.h"
+#include "fs/fuse_errno.h"
 #include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
@@ -43,10 +44,6 @@ struct Holder {
 
 Filesystem& fs_of(fuse_req_t req) {
     return *static_cast<Holder*>(fuse_req_userdata(req))->fs;
-}
-
-int to_errno(const Error& e) {
-    return e.code() > 0 ? e.code() : EIO;
 }
 
 // An open directory: entries are fetched once, at the first read at offset 0.
@@ -84,7 +81,7 @@ const Answer kAnswerNow = [](const std::function<void()>& send) {
 };
 
 std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Error& e) {
-    answer([&] { fuse_reply_err(req, to_errno(e)); });
+    answer([&] { fuse_reply_err(req, fuse_errno(e)); });
     return e;
 }
 
@@ -118,9 +115,32 @@ void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop =
     }
 }
 
+// The caller's credentials; the supplementary groups only when they can matter.
+Caller caller_of(fuse_req_t req, const AccessRule& rule) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    Caller c{ctx->uid, ctx->gid, {}};
+    if (c.uid != 0 && rule.operators && c.gid != *rule.operators) {
+        gid_t groups[256];
+        int n = fuse_req_getgroups(req, 256, groups);
+        if (n > 0) c.groups.assign(groups, groups + std::min(n, 256));
+    }
+    return c;
+}
+
+// The node behind `ino` if the caller may use it (fs/access.h); otherwise replies with
+// ESTALE or EACCES and returns null. Every request on a node starts here.
 std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino) {
-    auto node = fs_of(req).inodes().get(ino);
-    if (!node) fuse_reply_err(req, ESTALE);
+    Filesystem& fs = fs_of(req);
+    auto node = fs.inodes().get(ino);
+    if (!node) {
+        fuse_reply_err(req, ESTALE);
+        return nullptr;
+    }
+    AccessRule rule = fs.access_rule();
+    if (!may_access(rule, caller_of(req, rule), node->exposure())) {
+        fuse_reply_err(req, EACCES);
+        return nullptr;
+    }
     return node;
 }
 
@@ -502,6 +522,8 @@ void print_fuse_version() {
 int serve_mount(const Config& config, const MountSettings& settings,
                 const std::vector<std::string>& fuse_command_line) {
     std::vector<std::string> arg_copies = fuse_command_line;
+    // Whatever the caller asked: a guest's setuid files and device nodes mean nothing here.
+    arg_copies.insert(arg_copies.begin() + (arg_copies.empty() ? 0 : 1), {"-o", "nosuid,nodev"});
     std::vector<char*> argv;
     for (auto& a : arg_copies)
         argv.push_back(a.data());

@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "common/strings.h"
+#include "fs/contained_link.h"
 #include "fs/filesystem.h"
 
 namespace cloudvmi::fs {
@@ -218,7 +219,10 @@ class GuestNode final : public Node {
             std::make_unique<GuestFileHandle>(vm_, path_, std::move(opened)));
     }
 
-    ErrorOr<std::string> readlink() override { return from_vm(vm_.files().readlink(path_)); }
+    ErrorOr<std::string> readlink() override {
+        auto target = TRY(from_vm(vm_.files().readlink(path_)));
+        return contain_link_target(tree_path(tree_), path_, target);
+    }
 
     ErrorOr<NodeAttr> setattr(const AttrChange& change) override {
         // `echo v > file` truncates first. proc and sys files cannot be truncated and their

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "fs/access.h"
 
 namespace cloudvmi::fs {
 
@@ -69,6 +70,8 @@ class Node : public std::enable_shared_from_this<Node> {
 
     // The VM whose queue runs this node's operations; nullptr for nodes answered locally.
     virtual Vm* vm() const { return nullptr; }
+    // What the node shows, for the access check (fs/access.h).
+    virtual Exposure exposure() const { return Exposure::kGuestData; }
     // getattr without the guest (synthetic attributes), even if the node has a VM.
     virtual bool local_getattr() const { return vm() == nullptr; }
     // Identity for the inode table: the same key is the same inode while it is known.

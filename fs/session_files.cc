@@ -64,10 +64,7 @@ std::string status_text(Vm& vm) {
         out += strformat("shadow_pid: %lld\n", static_cast<long long>(st.shadow_pid));
     if (st.guardian_pid > 0)
         out += strformat("guardian_pid: %d\n", static_cast<int>(st.guardian_pid));
-    if (st.kernel.syscall_entry != 0) {
-        out += "syscall_entry: " + hex_u64(st.kernel.syscall_entry) + "\n";
-        out += strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
-    }
+    if (st.kernel.syscall_entry != 0) out += strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
     if (st.state == SessionState::kAttaching && !st.progress.empty()) {
         out += "progress: " + st.progress + "\n";
     }
@@ -143,7 +140,16 @@ ErrorOr<std::string> kernel_text(Vm& vm) {
                      u->version.c_str(), u->machine.c_str());
 }
 
-enum class Kind { kStatus, kKernel, kStats, kStatsJson };
+// The guest kernel's entry points: they reveal its KASLR base, so only host root reads them.
+std::string kernel_entry_text(Vm& vm) {
+    auto st = vm.session().status();
+    if (st.kernel.syscall_entry == 0) return "";
+    return "syscall_entry: " + hex_u64(st.kernel.syscall_entry) + "\n" +
+           "sysret: " + hex_u64(st.kernel.sysret) + "\n" +
+           strformat("pti: %s\n", st.kernel.pti ? "on" : "off");
+}
+
+enum class Kind { kStatus, kKernel, kKernelEntry, kStats, kStatsJson };
 
 struct FileSpec {
     const char* name;
@@ -152,6 +158,7 @@ struct FileSpec {
 const FileSpec kFiles[] = {
     {"status", Kind::kStatus},
     {"kernel", Kind::kKernel},
+    {"kernel-entry", Kind::kKernelEntry},
     {"stats", Kind::kStats},
     {"stats.json", Kind::kStatsJson},
 };
@@ -162,8 +169,14 @@ class SessionFile final : public Node {
     // Only the kernel file needs the guest.
     Vm* vm() const override { return spec_.kind == Kind::kKernel ? &vm_ : nullptr; }
     bool local_getattr() const override { return true; }
+    Exposure exposure() const override {
+        return spec_.kind == Kind::kKernelEntry ? Exposure::kKernelAddresses : Exposure::kGuestData;
+    }
     std::string key() const override { return "s:" + vm_.name() + ":" + spec_.name; }
-    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFREG | 0444), 0}; }
+    ErrorOr<NodeAttr> getattr() override {
+        mode_t mode = exposure() == Exposure::kKernelAddresses ? 0400 : 0444;
+        return NodeAttr{synthetic_stat(S_IFREG | mode), 0};
+    }
     ErrorOr<std::unique_ptr<FileHandle>> open(int flags) override {
         if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
         std::string content;
@@ -173,6 +186,9 @@ class SessionFile final : public Node {
                 break;
             case Kind::kKernel:
                 content = TRY(kernel_text(vm_));
+                break;
+            case Kind::kKernelEntry:
+                content = kernel_entry_text(vm_);
                 break;
             case Kind::kStats:
                 content = stats_text(vm_, false);

@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <climits>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -27,6 +29,8 @@ using namespace cloudvmi::test;
 namespace {
 
 const char kNode[] = "testnode";
+// The operators group of the test mount: a number, so no group need exist on the host.
+const char kOperatorsGid[] = "4242";
 
 // Reads a file through the mount with plain syscalls; returns errno on failure.
 int read_through_mount(const std::string& path, std::string* out) {
@@ -100,17 +104,22 @@ class MountedVmi {
         INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
         REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
         dir_ = make_temp_dir("cloudvmi-fuse");
+        // Other host users reach the mount point, so that the mount's own check is what
+        // keeps them out (the access test).
+        REQUIRE(::chmod(dir_.c_str(), 0755) == 0);
         mountpoint_ = dir_ + "/vmi";
         state_dir_ = dir_ + "/state";
         REQUIRE(::mkdir(mountpoint_.c_str(), 0755) == 0);
         std::ofstream(dir_ + "/cloudvmi.yaml") << "node: " << kNode << "\n"
                                                << "state_dir: " << state_dir_ << "\n"
                                                << "request_timeout_ms: 4000\n"
+                                               << "operators_group: " << kOperatorsGid << "\n"
                                                << "vms:\n"
                                                << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
                                                << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n";
-        pid_ = spawn_process({cloudvmi_binary(), "-f", "--log-level=info", "--config",
-                              dir_ + "/cloudvmi.yaml", mountpoint_},
+        // allow_other, as the man page's fstab line: the daemon itself must keep others out.
+        pid_ = spawn_process({cloudvmi_binary(), "-f", "--log-level=info", "-o", "allow_other",
+                              "--config", dir_ + "/cloudvmi.yaml", mountpoint_},
                              dir_ + "/mount.log");
         auto deadline = Deadline::after_ms(10000);
         while (!is_mounted(mountpoint_) && !deadline.expired()) {
@@ -243,7 +252,8 @@ TEST_CASE("ls, cat, grep, find, stat and readlink work on two guests at once", "
         CHECK(S_ISLNK(st.st_mode));
         char target[256] = {};
         REQUIRE(::readlink((base + "/proc/1/exe").c_str(), target, sizeof target - 1) > 0);
-        CHECK(std::string(target) == "/bin/busybox");
+        // The guest says /bin/busybox; shown inside the VM (see the containment test).
+        CHECK(std::string(target) == "../../root/bin/busybox");
 
         auto tools =
             sh("tail -n 2 '" + base + "/proc/meminfo' && md5sum '" + base + "/proc/version' '" +
@@ -305,6 +315,111 @@ TEST_CASE("errors are the guest's own, and writes are refused until a policy all
     CHECK(host == "guest-a\n");
     CHECK(read_through_mount(base + "/root/tmp/new-file", nullptr) == ENOENT);
     REQUIRE(read_through_mount(base + "/root/etc/cloudvmi-known", &known) == 0);
+}
+
+// The canonical path of `path` (symbolic links followed by the host kernel), "" if none.
+std::string resolved(const std::string& path) {
+    char buf[PATH_MAX];
+    return ::realpath(path.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+std::string link_target(const std::string& path) {
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink(path.c_str(), buf, sizeof buf);
+    return n < 0 ? std::string("<") + std::strerror(errno) + ">" : std::string(buf, n);
+}
+
+TEST_CASE("no path leaves its VM: guest links and proc's magic links resolve inside it", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string base = m.vm("vm-a");
+    std::string root = resolved(base + "/root");
+    REQUIRE_FALSE(root.empty());
+    std::string guest_hostname;
+    REQUIRE(read_through_mount(base + "/root/etc/hostname", &guest_hostname) == 0);
+    CHECK(guest_hostname == "guest-a\n");
+
+    // Planted by the guest: an absolute link and one that climbs far above /.
+    for (const char* link : {"/root/srv/absolute-link", "/root/srv/climbing-link"}) {
+        INFO(link << " -> " << link_target(base + link));
+        CHECK(link_target(base + link) == "../etc/hostname");
+        CHECK(resolved(base + link) == root + "/etc/hostname");
+        std::string through;
+        CHECK(read_through_mount(base + link, &through) == 0);
+        CHECK(through == guest_hostname);  // the guest's file, not the host's
+    }
+    // proc's magic links: the guest's /, its init's binary.
+    CHECK(link_target(base + "/proc/1/root") == "../../root");
+    CHECK(resolved(base + "/proc/1/root") == root);
+    auto listed = names_in(base + "/proc/1/root");
+    auto root_names = names_in(base + "/root");
+    std::sort(listed.begin(), listed.end());
+    std::sort(root_names.begin(), root_names.end());
+    CHECK(listed == root_names);
+    CHECK(listed != names_in("/"));
+    CHECK(starts_with(resolved(base + "/proc/1/exe"), root + "/"));
+    // Every link of the guest's /bin (busybox's: absolute) stays in the VM.
+    int links = 0;
+    for (const auto& name : names_in(base + "/root/bin")) {
+        struct stat st {};
+        if (::lstat((base + "/root/bin/" + name).c_str(), &st) != 0 || !S_ISLNK(st.st_mode))
+            continue;
+        ++links;
+        INFO(name << " -> " << link_target(base + "/root/bin/" + name));
+        CHECK(starts_with(resolved(base + "/root/bin/" + name), root + "/"));
+    }
+    CHECK(links > 10);
+    // And the mount never honours a guest's setuid bit or device node.
+    std::string mounts = read_whole_file("/proc/self/mounts");
+    auto line_at = mounts.find(" " + m.mountpoint() + " fuse");
+    REQUIRE(line_at != std::string::npos);
+    std::string line = mounts.substr(line_at, mounts.find('\n', line_at) - line_at);
+    INFO(line);
+    CHECK(line.find("nosuid") != std::string::npos);
+    CHECK(line.find("nodev") != std::string::npos);
+}
+
+TEST_CASE("only host root and the operators group use the mount, even under allow_other",
+          "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string base = m.vm("vm-a");
+    auto as = [&](const std::string& creds, const std::string& cmd) {
+        return sh("setpriv " + creds + " -- " + cmd + " 2>&1");
+    };
+    const std::string nobody = "--reuid=65534 --regid=65534 --clear-groups";
+    const std::string op_primary =
+        std::string("--reuid=65534 --regid=") + kOperatorsGid + " --clear-groups";
+    const std::string op_supplementary =
+        std::string("--reuid=65534 --regid=65534 --groups=") + kOperatorsGid;
+    // The mount point itself is reachable: what is refused below is refused by the mount.
+    auto reach = as(nobody, "stat -c %F '" + m.mountpoint() + "/..'");
+    INFO(reach.out);
+    REQUIRE(reach.status == 0);
+    for (const char* what : {"/proc/version", "/root/etc/shadow", "/proc/1/environ"}) {
+        auto r = as(nobody, "cat '" + base + what + "'");
+        INFO(what << ": " << r.out);
+        CHECK(r.status != 0);
+        CHECK(r.out.find("Permission denied") != std::string::npos);
+    }
+    auto listing = as(nobody, "ls '" + m.mountpoint() + "/" + kNode + "'");
+    INFO(listing.out);
+    CHECK(listing.status != 0);
+    CHECK(listing.out.find("Permission denied") != std::string::npos);
+
+    for (const auto& creds : {op_primary, op_supplementary}) {
+        INFO(creds);
+        auto r = as(creds, "cat '" + base + "/proc/version'");
+        CHECK(r.status == 0);
+        CHECK(r.out.find("Linux version") != std::string::npos);
+        auto entry = as(creds, "cat '" + base + "/.cloudvmi/kernel-entry'");
+        CHECK(entry.status != 0);
+        CHECK(entry.out.find("Permission denied") != std::string::npos);
+    }
+    std::string entry;
+    CHECK(read_through_mount(base + "/.cloudvmi/kernel-entry", &entry) == 0);
+    CHECK(entry.find("syscall_entry: 0x") != std::string::npos);
+    std::string status;
+    CHECK(read_through_mount(base + "/.cloudvmi/status", &status) == 0);
+    CHECK(status.find("syscall_entry") == std::string::npos);
 }
 
 TEST_CASE("a cron-style script reports every VM into one file", "[fuse]") {

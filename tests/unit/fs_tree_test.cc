@@ -209,7 +209,8 @@ void check_dir_attr(Node& n, mode_t perm = 0555) {
 }
 
 const std::vector<std::string> kVmChildren = {"proc", "sys", "root", ".cloudvmi"};
-const std::vector<std::string> kSessionFiles = {"status", "kernel", "stats", "stats.json"};
+const std::vector<std::string> kSessionFiles = {"status", "kernel", "kernel-entry", "stats",
+                                                 "stats.json"};
 
 }  // namespace
 
@@ -385,7 +386,10 @@ TEST_CASE("Filesystem: .cloudvmi lists the session files", "[fs]") {
         CHECK(f->local_getattr());
         auto a = ok(f->getattr());
         CHECK(S_ISREG(a.st.st_mode));
-        CHECK((a.st.st_mode & 07777) == 0444);
+        // Kernel addresses (KASLR) are host root's only, and shown so.
+        bool addresses = name == "kernel-entry";
+        CHECK((a.st.st_mode & 07777) == (addresses ? 0400 : 0444));
+        CHECK((f->exposure() == Exposure::kKernelAddresses) == addresses);
         CHECK(err_of(f->lookup("x")) == ENOTDIR);
         CHECK(err_of(f->readdir(false)) == ENOTDIR);
         CHECK(err_of(f->readlink()) == EINVAL);
@@ -504,7 +508,7 @@ TEST_CASE("Filesystem: the keys of different nodes are distinct and stable", "[f
         INFO(n->key());
         CHECK(keys.insert(n->key()).second);
     }
-    CHECK(keys.size() == 2 + 2 * (1 + 4 + 4));
+    CHECK(keys.size() == 2 + 2 * (1 + 4 + kSessionFiles.size()));
     // The same path gives the same key (the inode table relies on it).
     CHECK(walk(t, {"n1", "vm-a", "proc"})->key() == walk(t, {"n1", "vm-a", "proc"})->key());
     CHECK(walk(t, {"n1", "vm-b", ".cloudvmi", "stats"})->key() ==
