@@ -210,7 +210,7 @@ void check_dir_attr(Node& n, mode_t perm = 0555) {
 
 const std::vector<std::string> kVmChildren = {"proc", "sys", "root", ".cloudvmi"};
 const std::vector<std::string> kSessionFiles = {"status", "kernel", "kernel-entry", "stats",
-                                                 "stats.json"};
+                                                "stats.json"};
 
 }  // namespace
 
