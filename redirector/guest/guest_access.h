@@ -1,9 +1,12 @@
 // The narrow interface between the redirector and whatever drives the VM.
 //
 // Like Cloud Hypervisor's Debuggable trait, it is the only thing the injection engine
-// knows about the hypervisor: run control, vCPU registers (in linux/kvm.h's vocabulary),
-// guest memory and execution breakpoints. GdbstubAccess implements it over QEMU's
-// gdbstub; tests implement it with an in-memory fake.
+// knows about the hypervisor, in two halves: GuestRunControl (run control, vCPU registers
+// in linux/kvm.h's vocabulary, memory through a vCPU's page tables, execution breakpoints)
+// and GuestPhysicalAccess (guest-physical memory through the same link). GuestAccess is
+// both; GdbstubAccess implements it over QEMU's gdbstub, tests with an in-memory fake.
+// Code that needs only one half takes only that one (GuestRam's proof of the RAM mapping
+// needs physical access, never run control).
 #pragma once
 
 #include <linux/kvm.h>
@@ -50,9 +53,17 @@ struct RunControlCounters {
     uint64_t breakpoint_changes = 0;  // insertions and removals
 };
 
-class GuestAccess {
+// Guest-physical memory through the debug link (the VM stopped, or the link refuses).
+class GuestPhysicalAccess {
   public:
-    virtual ~GuestAccess() = default;
+    virtual ~GuestPhysicalAccess() = default;
+    virtual ErrorOr<void> read_physical(uint64_t pa, std::span<uint8_t> out) = 0;
+    virtual ErrorOr<void> write_physical(uint64_t pa, std::span<const uint8_t> data) = 0;
+};
+
+class GuestRunControl {
+  public:
+    virtual ~GuestRunControl() = default;
 
     // A short description for messages ("unix:/run/vm1.gdb").
     virtual std::string describe() const = 0;
@@ -87,8 +98,6 @@ class GuestAccess {
     virtual ErrorOr<void> read_virtual(VcpuId vcpu, uint64_t va, std::span<uint8_t> out) = 0;
     virtual ErrorOr<void> write_virtual(VcpuId vcpu, uint64_t va,
                                         std::span<const uint8_t> data) = 0;
-    virtual ErrorOr<void> read_physical(uint64_t pa, std::span<uint8_t> out) = 0;
-    virtual ErrorOr<void> write_physical(uint64_t pa, std::span<const uint8_t> data) = 0;
 
     // --- execution breakpoints on a guest-virtual address, on every vCPU ---
     // A vCPU resumed on an armed breakpoint stops again at once: step over it first.
@@ -103,5 +112,7 @@ class GuestAccess {
 
     virtual RunControlCounters counters() const = 0;
 };
+
+class GuestAccess : public GuestRunControl, public GuestPhysicalAccess {};
 
 }  // namespace cloudvmi

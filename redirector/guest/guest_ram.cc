@@ -68,8 +68,7 @@ std::vector<RamCandidate> ram_candidates(std::string_view maps_text, uint64_t mi
 }
 
 ErrorOr<std::unique_ptr<GuestRam>> GuestRam::locate(pid_t qemu_pid, uint64_t probe_pa,
-                                                    const PhysicalReader& read_stopped,
-                                                    const PhysicalWriter& write_stopped) {
+                                                    GuestPhysicalAccess& stub) {
     std::string proc = strformat("/proc/%d", static_cast<int>(qemu_pid));
     auto maps = TRY(read_text_file(proc + "/maps"));
     auto candidates = ram_candidates(maps, kMinRamSize);
@@ -78,12 +77,12 @@ ErrorOr<std::unique_ptr<GuestRam>> GuestRam::locate(pid_t qemu_pid, uint64_t pro
     if (!mem.valid()) return make_error(errno, "opening " + proc + "/mem");
 
     std::array<uint8_t, 16> original{}, cookie{};
-    TRY(read_stopped(probe_pa, original));
+    TRY(stub.read_physical(probe_pa, original));
     for (size_t i = 0; i < cookie.size(); i += 8) {
         uint64_t r = random_u64();
         std::memcpy(cookie.data() + i, &r, 8);
     }
-    TRY(write_stopped(probe_pa, cookie));
+    TRY(stub.write_physical(probe_pa, cookie));
     std::vector<const RamCandidate*> matches;
     for (const auto& c : candidates) {
         if (probe_pa + cookie.size() > c.size) continue;
@@ -92,7 +91,7 @@ ErrorOr<std::unique_ptr<GuestRam>> GuestRam::locate(pid_t qemu_pid, uint64_t pro
             ::pread(mem.get(), seen.data(), seen.size(), static_cast<off_t>(c.start + probe_pa));
         if (n == static_cast<ssize_t>(seen.size()) && seen == cookie) matches.push_back(&c);
     }
-    auto restored = write_stopped(probe_pa, original);
+    auto restored = stub.write_physical(probe_pa, original);
     if (!restored) return std::unexpected(restored.error().with_context("putting back the probe"));
     if (matches.size() != 1) {
         return make_error(ENOENT, strformat("guest RAM not identified in QEMU's memory (%zu of "

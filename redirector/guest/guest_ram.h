@@ -18,11 +18,10 @@
 
 #include "common/error.h"
 #include "common/unique_fd.h"
+#include "redirector/guest/guest_access.h"
 #include "redirector/x86/page_walker.h"
 
 namespace cloudvmi {
-
-using PhysicalWriter = std::function<ErrorOr<void>(uint64_t pa, std::span<const uint8_t> data)>;
 
 // Guest-physical reads and writes, whatever reaches them.
 class PhysicalMemory {
@@ -54,12 +53,11 @@ constexpr uint64_t kLinearRamLimit = 0x80000000ULL;
 
 class GuestRam : public PhysicalMemory {
   public:
-    // Finds QEMU's RAM mapping in process `qemu_pid`. The accessors reach guest-physical
-    // memory by other means (the stub, VM stopped); the cookie goes to `probe_pa`, which
-    // must lie in a page the caller owns, and its bytes are put back afterwards.
+    // Finds QEMU's RAM mapping in process `qemu_pid`. `stub` reaches guest-physical memory
+    // by other means (the gdbstub, VM stopped); the cookie goes to `probe_pa`, which must
+    // lie in a page the caller owns, and its bytes are put back afterwards.
     static ErrorOr<std::unique_ptr<GuestRam>> locate(pid_t qemu_pid, uint64_t probe_pa,
-                                                     const PhysicalReader& read_stopped,
-                                                     const PhysicalWriter& write_stopped);
+                                                     GuestPhysicalAccess& stub);
 
     ErrorOr<void> read(uint64_t pa, std::span<uint8_t> out) override;
     ErrorOr<void> write(uint64_t pa, std::span<const uint8_t> data) override;

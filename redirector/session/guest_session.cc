@@ -296,12 +296,9 @@ ErrorOr<std::unique_ptr<MailboxEngine>> GuestSession::start_mailbox_locked() {
         return guest_->read_physical(pa, out);
     };
     if (!ram_ || ram_->qemu_pid() != *pid) {
-        PhysicalWriter write = [this](uint64_t pa, std::span<const uint8_t> data) {
-            return guest_->write_physical(pa, data);
-        };
         uint64_t probe = shadow_->region() + SHADOW_CTRL_OFFSET + CTRL_SCRATCH;
         auto t = TRY(translate_virtual(read, shadow_->cr3(), probe, la57));
-        ram_ = TRY(GuestRam::locate(*pid, t.physical, read, write));
+        ram_ = TRY(GuestRam::locate(*pid, t.physical, *guest_));
     }
     MailboxTarget target{shadow_->pid(), shadow_->region(),     shadow_->cr3(),
                          la57,           shadow_->generation(), shadow_->lease_iterations()};
