@@ -1,5 +1,6 @@
 #include "common/log.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -8,6 +9,8 @@
 #include <cstdlib>
 #include <ctime>
 #include <mutex>
+
+#include "common/paths.h"
 
 namespace cloudvmi::log {
 
@@ -96,7 +99,11 @@ bool set_output_file(const std::string& path) {
     if (g_output != nullptr) std::fclose(g_output);
     g_output = nullptr;
     if (path.empty()) return true;
-    g_output = std::fopen(path.c_str(), "ae");
+    // Logs live in the private state directory: never written through a link.
+    auto fd = open_private_file(path, O_WRONLY | O_APPEND | O_CREAT);
+    if (!fd) return false;
+    g_output = ::fdopen(fd->get(), "a");
+    if (g_output != nullptr) (void)fd->release();
     return g_output != nullptr;
 }
 

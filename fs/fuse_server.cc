@@ -55,15 +55,41 @@ struct DirHandle {
 };
 
 struct OpenFile {
+    OpenFile(std::shared_ptr<Node> n, std::unique_ptr<FileHandle> h)
+        : node(std::move(n)), handle(std::move(h)) {}
+    OpenFile(const OpenFile&) = delete;
+    OpenFile& operator=(const OpenFile&) = delete;
+    // Whoever drops the last reference releases the handle (its guest fd is closed with the
+    // VM's next batch): a RELEASE that never ran leaks nothing.
+    ~OpenFile() { handle->release(); }
+
     std::shared_ptr<Node> node;
     std::unique_ptr<FileHandle> handle;
 };
 
-OpenFile* open_file(fuse_file_info* fi) {
-    return reinterpret_cast<OpenFile*>(fi->fh);
+// fi->fh holds a box with the kernel's reference to an open handle, dropped at RELEASE.
+// Every request working on the handle holds a reference of its own, so a release (run,
+// or dropped from a queue) never frees what a request interrupted earlier still uses.
+template <class T>
+uint64_t boxed(std::shared_ptr<T> handle) {
+    return reinterpret_cast<uint64_t>(new std::shared_ptr<T>(std::move(handle)));
 }
-DirHandle* dir_handle(fuse_file_info* fi) {
-    return reinterpret_cast<DirHandle*>(fi->fh);
+template <class T>
+std::shared_ptr<T> in_box(const fuse_file_info* fi) {
+    return *reinterpret_cast<std::shared_ptr<T>*>(fi->fh);
+}
+template <class T>
+std::shared_ptr<T> unboxed(const fuse_file_info* fi) {
+    auto* box = reinterpret_cast<std::shared_ptr<T>*>(fi->fh);
+    std::shared_ptr<T> handle = std::move(*box);
+    delete box;
+    return handle;
+}
+std::shared_ptr<OpenFile> open_file(const fuse_file_info* fi) {
+    return in_box<OpenFile>(fi);
+}
+std::shared_ptr<DirHandle> dir_handle(const fuse_file_info* fi) {
+    return in_box<DirHandle>(fi);
 }
 
 // Sends a reply unless the request was answered already (see Job::answer); returns
@@ -247,18 +273,18 @@ void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
 void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    auto* dh = new DirHandle;
+    auto dh = std::make_shared<DirHandle>();
     dh->node = node;
-    fi->fh = reinterpret_cast<uint64_t>(dh);
+    fi->fh = boxed(std::move(dh));
     fi->cache_readdir = 0;
-    if (fuse_reply_open(req, fi) != 0) delete dir_handle(fi);
+    if (fuse_reply_open(req, fi) != 0) (void)unboxed<DirHandle>(fi);
 }
 
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                 bool plus) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    DirHandle* dh = dir_handle(fi);
+    std::shared_ptr<DirHandle> dh = dir_handle(fi);
     bool need_fetch;
     {
         std::lock_guard lock(dh->mutex);
@@ -338,16 +364,9 @@ void ll_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
 }
 
 void ll_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-    DirHandle* dh = dir_handle(fi);
-    // Behind any readdir of the same VM still running (one answered early on an interrupt).
-    dispatch(
-        req, dh->node->vm(),
-        [req, dh](const Answer& answer) -> std::optional<Error> {
-            delete dh;
-            answer([&] { fuse_reply_err(req, 0); });
-            return std::nullopt;
-        },
-        [dh]() { delete dh; });
+    // The entries go with the last request that used them.
+    (void)unboxed<DirHandle>(fi);
+    fuse_reply_err(req, 0);
 }
 
 void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -359,23 +378,20 @@ void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         [req, node, flags, fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
             auto handle = node->open(flags);
             if (!handle) return reply_error(answer, req, handle.error());
-            auto* of = new OpenFile{node, std::move(*handle)};
-            fi_copy.fh = reinterpret_cast<uint64_t>(of);
+            auto of = std::make_shared<OpenFile>(node, std::move(*handle));
             fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
             fi_copy.keep_cache = 0;
+            fi_copy.fh = boxed(std::move(of));
             bool delivered = false;
             answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
-            if (!delivered) {
-                // The caller is gone (interrupted): nobody will release this handle.
-                of->handle->release();
-                delete of;
-            }
+            // The caller is gone (interrupted): nobody will release this handle.
+            if (!delivered) (void)unboxed<OpenFile>(&fi_copy);
             return std::nullopt;
         });
 }
 
 void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-    OpenFile* of = open_file(fi);
+    std::shared_ptr<OpenFile> of = open_file(fi);
     if (auto cached = of->handle->read_cached(size, off)) {
         fuse_reply_buf(req, reinterpret_cast<const char*>(cached->data()), cached->size());
         return;
@@ -393,7 +409,7 @@ void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
 
 void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
               fuse_file_info* fi) {
-    OpenFile* of = open_file(fi);
+    std::shared_ptr<OpenFile> of = open_file(fi);
     std::vector<uint8_t> data(buf, buf + size);
     dispatch(req, of->node->vm(),
              [req, of, data = std::move(data), off](const Answer& answer) -> std::optional<Error> {
@@ -409,18 +425,10 @@ void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
 }
 
 void ll_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-    OpenFile* of = open_file(fi);
-    // Released on the VM's queue (the guest fd is closed there); if the queue cannot take
-    // it, the handle is freed without touching the guest.
-    dispatch(
-        req, of->node->vm(),
-        [req, of](const Answer& answer) -> std::optional<Error> {
-            of->handle->release();
-            delete of;
-            answer([&] { fuse_reply_err(req, 0); });
-            return std::nullopt;
-        },
-        [of]() { delete of; });
+    // The kernel's reference goes now; the handle is released (its guest fd closed with the
+    // VM's next batch) by the last request still using it, or here.
+    (void)unboxed<OpenFile>(fi);
+    fuse_reply_err(req, 0);
 }
 
 void ll_statfs(fuse_req_t req, fuse_ino_t) {
@@ -560,7 +568,7 @@ int serve_mount(const Config& config, const MountSettings& settings,
             // In the background stderr becomes /dev/null: the log goes to the state directory.
             if (!opts.foreground) {
                 std::string log_path = config.state_dir + "/cloudvmi.log";
-                if (auto made = make_dirs(config.state_dir);
+                if (auto made = ensure_private_dir(config.state_dir);
                     !made || !log::set_output_file(log_path)) {
                     std::fprintf(stderr, "cloudvmi: cannot write the log %s; logging to nowhere\n",
                                  log_path.c_str());

@@ -109,6 +109,7 @@ std::string stats_text(Vm& vm, bool json) {
         {"mailbox_remaps", std::to_string(st.mailbox.remaps), true},
         {"mailbox_withdrawn", std::to_string(st.mailbox.withdrawn), true},
         {"shadows_distrusted", std::to_string(st.distrusted), true},
+        {"stuck_shadows_ended", std::to_string(st.stuck_shadows_ended), true},
         {"paused_by_others", st.paused_by_others ? "1" : "0", true},
         {"engine", st.engine.empty() ? "none" : st.engine, false},
         {"state", to_string(st.state), false},

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/paths.h"
 #include "common/unique_fd.h"
 
 namespace cloudvmi {
@@ -67,8 +68,7 @@ ErrorOr<std::unique_ptr<RecoveryLog>> RecoveryLog::open_file(const std::string& 
     if (keep) {
         if (auto r = read_file(path)) previous = *r;
     }
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!fd.valid()) return errno_error("opening recovery log " + path);
+    UniqueFd fd = TRY(open_private_file(path, O_RDWR | O_CREAT));
     if (::ftruncate(fd.get(), sizeof(LogFile)) < 0) return errno_error("sizing " + path);
     void* map = ::mmap(nullptr, sizeof(LogFile), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
     if (map == MAP_FAILED) return errno_error("mapping " + path);
@@ -96,8 +96,9 @@ void RecoveryLog::commit() {
 }
 
 ErrorOr<RecoveryRecord> RecoveryLog::read_file(const std::string& path) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) return errno_error("opening recovery log " + path);
+    // A record read from a file someone else could have written would be obeyed: it names
+    // registers and addresses to restore.
+    UniqueFd fd = TRY(open_private_file(path, O_RDONLY));
     std::vector<uint8_t> bytes(sizeof(LogFile));
     ssize_t n = ::pread(fd.get(), bytes.data(), bytes.size(), 0);
     bytes.resize(n > 0 ? static_cast<size_t>(n) : 0);

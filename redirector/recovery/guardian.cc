@@ -17,6 +17,7 @@
 
 #include "common/deadline.h"
 #include "common/log.h"
+#include "common/paths.h"
 #include "common/strings.h"
 #include "redirector/guest/gdbstub_access.h"
 #include "redirector/journal/recovery_log.h"
@@ -137,8 +138,11 @@ namespace {
 void report(const GuardianArgs& args, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 void report(const GuardianArgs& args, const char* fmt, ...) {
     if (args.report_path.empty()) return;
-    FILE* f = std::fopen(args.report_path.c_str(), "a");
+    auto fd = open_private_file(args.report_path, O_WRONLY | O_APPEND | O_CREAT);
+    if (!fd) return;
+    FILE* f = ::fdopen(fd->get(), "a");
     if (f == nullptr) return;
+    (void)fd->release();
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -176,11 +180,13 @@ int run_guardian(const GuardianArgs& args) {
     ::close(args.parent_fd);
 
     // The parent held the session lock; once it is ours nobody else touches the VM.
-    UniqueFd lock(::open(args.lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!lock.valid()) {
-        report(args, "cannot open lock %s: %s", args.lock_path.c_str(), std::strerror(errno));
+    auto opened = open_private_file(args.lock_path, O_RDWR | O_CREAT);
+    if (!opened) {
+        report(args, "cannot open lock %s: %s", args.lock_path.c_str(),
+               opened.error().describe().c_str());
         return 1;
     }
+    UniqueFd lock = std::move(*opened);
     while (::flock(lock.get(), LOCK_EX | LOCK_NB) < 0) {
         auto rec = RecoveryLog::read_file(args.log_path);
         if (!rec || rec->session_id != args.session_id) return 0;  // someone took over

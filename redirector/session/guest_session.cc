@@ -123,11 +123,12 @@ ErrorOr<void> GuestSession::attach_locked() {
         fail_locked(e);
         return std::unexpected(e);
     };
-    if (auto r = make_dirs(options_.state_dir); !r) return fail(r.error());
+    if (auto r = ensure_private_dir(options_.state_dir); !r) return fail(r.error());
 
     // One owner per VM: a concurrent cloudvmi, or the guardian of a dead one, holds this.
-    lock_fd_.reset(::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-    if (!lock_fd_.valid()) return fail(Error(errno, "opening " + lock_path_));
+    auto lock = open_private_file(lock_path_, O_RDWR | O_CREAT);
+    if (!lock) return fail(lock.error());
+    lock_fd_ = std::move(*lock);
     auto deadline = Deadline::after(options_.attach_timeout);
     while (::flock(lock_fd_.get(), LOCK_EX | LOCK_NB) < 0) {
         if (errno != EWOULDBLOCK) return fail(Error(errno, "locking " + lock_path_));
@@ -227,7 +228,10 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     }
     shadow_.reset();
     if (guest_->running()) TRY(guest_->interrupt(Deadline::after(options_.client.request_timeout)));
-    deferred_closes_.clear();  // they belonged to the previous shadow
+    {
+        std::lock_guard closes(closes_mutex_);
+        deferred_closes_.clear();  // they belonged to the previous shadow
+    }
     ShadowOptions shadow_options = options_.shadow;
     shadow_options.on_progress = [this](const std::string& step) {
         update_status([&](SessionStatus& st) { st.progress = step; });
@@ -318,6 +322,7 @@ void GuestSession::discard_shadow_locked(const char* why) {
     engine_.reset();
     mailbox_ = nullptr;
     shadow_.reset();
+    std::lock_guard closes(closes_mutex_);
     deferred_closes_.clear();
 }
 
@@ -368,6 +373,10 @@ ErrorOr<BatchOutcome> GuestSession::run_in_engine_locked(const SyscallBatch& bat
         case EAGAIN:
             return std::unexpected(not_taken_locked(e));
         case ETIMEDOUT:
+            // Blocked in the guest (a read nobody answers), it would never see its lease
+            // end: the next shadow ends it.
+            if (shadow_ && stuck_shadows_.size() < kMaxStuckShadows)
+                stuck_shadows_.push_back(shadow_->pid());
             discard_shadow_locked("stuck in a syscall");
             return std::unexpected(e);
         case EFAULT: {
@@ -387,9 +396,42 @@ ErrorOr<BatchOutcome> GuestSession::run_in_engine_locked(const SyscallBatch& bat
     }
 }
 
+// A shadow is ended only while /proc/PID/comm still names it: the pid may have been reused.
+void GuestSession::end_stuck_shadows_locked() {
+    using B = SyscallBatch;
+    while (!stuck_shadows_.empty() && engine_) {
+        int64_t pid = stuck_shadows_.back();
+        stuck_shadows_.pop_back();
+        SyscallBatch check;
+        auto path = check.input_string(strformat("/proc/%lld/comm", static_cast<long long>(pid)));
+        auto open = check.add(x86abi::kOpenat,
+                              {B::imm_signed(x86abi::kAtFdcwd), B::buf(path),
+                               B::imm(x86abi::kORdonly | x86abi::kOCloexec)},
+                              true);
+        auto comm = check.output(64);
+        auto read = check.add(x86abi::kRead, {B::result_of(open), B::buf(comm), B::imm(64)});
+        check.filled_by(comm, read, B::Fill::kResultBytes);
+        check.add(x86abi::kClose, {B::result_of(open)});
+        auto out = run_in_engine_locked(check);
+        if (!out || out->failed(open) || out->failed(read)) continue;  // gone already
+        const auto& name = out->bytes(comm);
+        if (std::string(name.begin(), name.end()) != "cloudvmi-shadow\n") continue;
+        SyscallBatch kill;
+        auto killed = kill.add(x86abi::kKill, {B::imm(static_cast<uint64_t>(pid)), B::imm(9)});
+        auto done = run_in_engine_locked(kill);
+        bool ok = done && !done->failed(killed);
+        LOG_WARN("%s: shadow %lld, left blocked in a guest syscall: %s",
+                 options_.gdb_endpoint.c_str(), static_cast<long long>(pid),
+                 ok ? "ended" : "could not be ended");
+        if (ok) update_status([](SessionStatus& st) { ++st.stuck_shadows_ended; });
+    }
+}
+
+// Never waits for a batch in progress (it is called when a FUSE handle is released).
 void GuestSession::defer_close(int fd, uint64_t shadow) {
-    std::lock_guard lock(mutex_);
-    if (shadow_ && shadow == current_shadow()) deferred_closes_.push_back(fd);
+    if (shadow != current_shadow()) return;
+    std::lock_guard closes(closes_mutex_);
+    deferred_closes_.push_back(DeferredClose{fd, shadow});
 }
 
 uint64_t GuestSession::current_shadow() const {
@@ -398,13 +440,18 @@ uint64_t GuestSession::current_shadow() const {
 }
 
 std::vector<SyscallBatch::Op> GuestSession::take_deferred_closes(size_t room) {
+    uint64_t shadow = current_shadow();
     std::vector<SyscallBatch::Op> ops;
+    std::lock_guard closes(closes_mutex_);
     while (!deferred_closes_.empty() && ops.size() < room) {
+        DeferredClose c = deferred_closes_.back();
+        deferred_closes_.pop_back();
+        // An fd of a shadow replaced meanwhile is another process's number: dropped.
+        if (c.shadow != shadow) continue;
         SyscallBatch::Op op;
         op.nr = x86abi::kClose;
-        op.args[0] = SyscallBatch::imm(static_cast<uint64_t>(deferred_closes_.back()));
+        op.args[0] = SyscallBatch::imm(static_cast<uint64_t>(c.fd));
         ops.push_back(op);
-        deferred_closes_.pop_back();
     }
     return ops;
 }
@@ -421,6 +468,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
+        if (!stuck_shadows_.empty()) end_stuck_shadows_locked();
         if (on_shadow && *on_shadow != current_shadow()) {
             return make_error(EBADF, "the guest fd belonged to a shadow that was replaced");
         }
@@ -444,8 +492,11 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
         }
         // The closes did not run: keep them for the next batch of this shadow.
         if (shadow_) {
+            uint64_t shadow = current_shadow();
+            std::lock_guard lock(closes_mutex_);
             for (const auto& op : closes)
-                deferred_closes_.push_back(static_cast<int>(op.args[0].value));
+                deferred_closes_.push_back(
+                    DeferredClose{static_cast<int>(op.args[0].value), shadow});
         }
         const Error& e = out.error();
         // A shadow that vanished before running anything (killed inside the guest) is

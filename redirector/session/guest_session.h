@@ -82,6 +82,7 @@ struct SessionStatus {
     std::string engine;                 // "mailbox", "trap", or "trap (mailbox: why not)"
     bool paused_by_others = false;      // the VM was stopped by someone else; left so
     uint64_t distrusted = 0;            // shadows discarded because they failed a check
+    uint64_t stuck_shadows_ended = 0;   // shadows left blocked in a guest syscall, then ended
     MailboxStats mailbox;
 };
 
@@ -140,6 +141,8 @@ class GuestSession {
     // A mailbox batch was not taken: tells a VM paused by others from a lost shadow.
     Error not_taken_locked(const Error& e);
     void discard_shadow_locked(const char* why);
+    // Ends, through the current shadow, the shadows left blocked in a guest syscall.
+    void end_stuck_shadows_locked();
     // status_.paused_by_others without copying the whole status (asked on every batch).
     bool paused_by_others() const;
 
@@ -162,7 +165,16 @@ class GuestSession {
     std::unique_ptr<GuestRam> ram_;        // found once per attach
     std::unique_ptr<BatchEngine> engine_;  // serves the current shadow
     MailboxEngine* mailbox_ = nullptr;     // engine_, when it is the mailbox one (its stats)
-    std::vector<int> deferred_closes_;     // fds of the current shadow, closed with the next batch
+    // Guest fds to close with the next batch, each with the shadow it belongs to.
+    struct DeferredClose {
+        int fd;
+        uint64_t shadow;
+    };
+    mutable std::mutex closes_mutex_;  // guards deferred_closes_ only; a leaf, after mutex_
+    std::vector<DeferredClose> deferred_closes_;
+    // Shadows given up while blocked in a guest syscall, to be ended by the next one.
+    static constexpr size_t kMaxStuckShadows = 16;
+    std::vector<int64_t> stuck_shadows_;
 };
 
 }  // namespace cloudvmi

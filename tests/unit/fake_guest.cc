@@ -1,6 +1,7 @@
 #include "fake_guest.h"
 
 #include <algorithm>
+#include <cinttypes>
 #include <cstring>
 #include <iterator>
 #include <map>
@@ -1983,6 +1984,25 @@ uint64_t FakeGuest::sys_openat(Process& p, const std::array<uint64_t, 6>& a) {
     if (!full) return err;
     auto it = fs_.find(*full);
     uint64_t acc = flags & kOAccmode;
+    if (it == fs_.end() && acc == kORdonly) {
+        // /proc/PID/comm, made when opened: a process's name as the kernel keeps it.
+        int64_t pid = 0;
+        char tail[8] = {};
+        if (std::sscanf(full->c_str(), "/proc/%" SCNd64 "/%7s", &pid, tail) == 2 &&
+            std::string(tail) == "comm") {
+            Process* q = process_ptr(pid);
+            if (q == nullptr || q->zombie) return neg(ENOENT);
+            auto n = std::make_shared<Node>();
+            n->content = q->comm.substr(0, 15) + "\n";
+            n->mode = 0644;
+            n->readonly = true;
+            int fd = 0;
+            while (p.fds.count(fd))
+                ++fd;
+            p.fds[fd] = OpenFile{*full, n, 0, flags};
+            return static_cast<uint64_t>(fd);
+        }
+    }
     if (it == fs_.end()) {
         if (!(flags & kOCreat)) return neg(ENOENT);
         auto slash = full->rfind('/');

@@ -2,6 +2,8 @@
 // chose, a lost shadow replaced, a broken link handed to the recovery log, a clean detach.
 #include "redirector/session/guest_session.h"
 
+#include <sys/stat.h>
+
 #include <catch2/catch.hpp>
 #include <climits>
 
@@ -124,4 +126,50 @@ TEST_CASE("session on the fake guest: a broken link fails the session and keeps 
         if (rec && !rec->clean) dirty = rec->shadow_pid == shadow;
     }
     CHECK(dirty);
+}
+
+TEST_CASE("session on the fake guest: a shadow stuck in a guest syscall is ended by the next",
+          "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    f.options.shadow.batch_timeout = Millis(300);
+    GuestSession s(f.options);
+    int64_t stuck = f.getpid_in_shadow(s);
+    // A read that never returns (a fifo nobody writes, a hung network file system).
+    SyscallBatch b;
+    auto path = b.input_string("/run/blocking");
+    auto open = b.add(
+        x86abi::kOpenat,
+        {SyscallBatch::imm_signed(x86abi::kAtFdcwd), SyscallBatch::buf(path), SyscallBatch::imm(0)},
+        true);
+    auto data = b.output(16);
+    b.add(x86abi::kRead,
+          {SyscallBatch::result_of(open), SyscallBatch::buf(data), SyscallBatch::imm(16)});
+    auto blocked = s.run(b);
+    REQUIRE_FALSE(blocked);
+    CHECK(blocked.error().code() == ETIMEDOUT);
+
+    // The next request gets a new shadow, which ends the stuck one (its comm still says it
+    // is a shadow: the pid was not reused).
+    int64_t next = f.getpid_in_shadow(s);
+    CHECK(next != stuck);
+    CHECK(s.status().stuck_shadows_ended == 1);
+    REQUIRE(s.detach());
+    f.guest.advance(200);
+    auto gone = f.guest.process(stuck);
+    CHECK((!gone || gone->zombie));
+    CHECK(f.guest.shadow_like_processes().empty());
+    CHECK(f.guest.anomalies().empty());
+}
+
+TEST_CASE("session on the fake guest: a state directory open to others is refused", "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    REQUIRE(::chmod(f.dir.path().c_str(), 0777) == 0);
+    GuestSession s(f.options);
+    auto attached = s.attach();
+    REQUIRE_FALSE(attached);
+    CHECK(attached.error().code() == EPERM);
+    CHECK(attached.error().message().find("chmod 700") != std::string::npos);
+    CHECK(f.connects == 0);  // refused before the VM is touched
 }
