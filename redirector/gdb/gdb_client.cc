@@ -8,6 +8,13 @@
 namespace cloudvmi::gdb {
 
 namespace {
+// Bounds on what a misbehaving stub can make us loop over.
+constexpr size_t kMaxTargetDescription = 1u << 20;  // bytes of one document
+constexpr size_t kMaxThreads = 4096;                // vCPUs
+constexpr int kMaxConsolePackets = 10000;           // between two stop replies
+}  // namespace
+
+namespace {
 
 // How long the handshake waits for the stub's answer to qSupported before concluding the
 // peer is not a GDB stub (the stop reply QEMU sends on connect comes first).
@@ -84,9 +91,17 @@ ErrorOr<void> GdbClient::handshake() {
                 return make_error(
                     EPROTO, "stub has no target description " + name + " (" + printable(r) + ")");
             }
+            // A stub whose 'm' answers never advance would be asked for ever.
+            if (r[0] == 'm' && r.size() == 1) {
+                return make_error(EPROTO, "stub's target description " + name +
+                                              " does not advance (empty 'm' answer)");
+            }
             doc.append(r, 1);
             offset += r.size() - 1;
-            if (r[0] == 'l' || doc.size() > (1u << 20)) break;
+            if (r[0] == 'l') break;
+            if (doc.size() > kMaxTargetDescription) {
+                return make_error(EPROTO, "stub's target description " + name + " is too long");
+            }
         }
         return doc;
     };
@@ -154,10 +169,11 @@ ErrorOr<std::vector<ThreadId>> GdbClient::threads() {
             if (!id) return make_error(EPROTO, "bad thread id in " + printable(r));
             out.push_back(*id);
         }
+        if (out.size() > kMaxThreads) return make_error(EPROTO, "implausible vCPU count");
         r = TRY(request_ok("qsThreadInfo", "qsThreadInfo"));
     }
     if (r != "l") return make_error(EPROTO, "bad thread list answer " + printable(r));
-    if (out.size() > 4096) return make_error(EPROTO, "implausible vCPU count");
+
     return out;
 }
 
@@ -267,9 +283,14 @@ ErrorOr<void> GdbClient::step(ThreadId thread) {
 
 ErrorOr<StopReply> GdbClient::wait_for_stop(Deadline deadline) {
     if (!running_) return make_error(EINVAL, "internal: waiting for a stop while stopped");
-    while (true) {
+    for (int console = 0;; ++console) {
         std::string p = TRY(conn_->receive_packet(deadline));
-        if (p.size() > 1 && p[0] == 'O' && p != "OK") continue;  // console output
+        if (p.size() > 1 && p[0] == 'O' && p != "OK") {  // console output
+            if (console > kMaxConsolePackets || deadline.expired()) {
+                return make_error(EPROTO, "gdbstub floods console output instead of a stop");
+            }
+            continue;
+        }
         auto stop = parse_stop_reply(p);
         if (!stop) {
             return make_error(EPROTO, "expected a stop reply, got " + printable(p));
@@ -292,10 +313,15 @@ ErrorOr<StopReply> GdbClient::interrupt(Deadline deadline) {
 
 ErrorOr<std::optional<StopReply>> GdbClient::poll_stop() {
     if (!running_) return make_error(EINVAL, "internal: polling for a stop while stopped");
-    while (true) {
+    for (int console = 0;; ++console) {
         auto p = TRY(conn_->try_receive_packet(Deadline::after(Millis(0))));
         if (!p) return std::optional<StopReply>{};
-        if (p->size() > 1 && (*p)[0] == 'O' && *p != "OK") continue;  // console output
+        if (p->size() > 1 && (*p)[0] == 'O' && *p != "OK") {  // console output
+            if (console > kMaxConsolePackets) {
+                return make_error(EPROTO, "gdbstub floods console output");
+            }
+            continue;
+        }
         auto stop = parse_stop_reply(*p);
         if (!stop) return make_error(EPROTO, "expected a stop reply, got " + printable(*p));
         note_stop(*stop);

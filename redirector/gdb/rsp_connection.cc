@@ -232,6 +232,9 @@ ErrorOr<void> RspConnection::send_packet(std::string_view payload, Deadline dead
 ErrorOr<std::optional<std::string>> RspConnection::next_packet(Deadline deadline,
                                                                bool timeout_is_error) {
     int resends = 0;
+    // Past the deadline only one more read is made (a poll with a deadline of now): a
+    // stream of acks or notifications cannot keep us here.
+    bool read_after_deadline = false;
     while (true) {
         while (!events_.empty()) {
             WireEvent e = std::move(events_.front());
@@ -275,6 +278,14 @@ ErrorOr<std::optional<std::string>> RspConnection::next_packet(Deadline deadline
         }
         // Reads at least once, even past the deadline: a poll for a packet already waiting
         // in the socket uses a deadline of now.
+        if (deadline.expired()) {
+            if (read_after_deadline) {
+                if (!timeout_is_error) return std::optional<std::string>();
+                return make_error(ETIMEDOUT, "gdbstub " + endpoint_.to_string() +
+                                                 " sent no answer in time, only other traffic");
+            }
+            read_after_deadline = true;
+        }
         auto got = TRY(read_some(deadline));
         if (events_.empty() && deadline.expired() && !timeout_is_error) {
             return std::optional<std::string>();

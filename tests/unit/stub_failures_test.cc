@@ -193,3 +193,69 @@ TEST_CASE("a packet already waiting is found by a poll with a deadline of now", 
     REQUIRE(none);
     CHECK_FALSE(none->has_value());
 }
+
+namespace {
+
+std::string rsp_packet(const std::string& payload) {
+    unsigned sum = 0;
+    for (unsigned char ch : payload)
+        sum += ch;
+    char tail[4];
+    std::snprintf(tail, sizeof tail, "#%02x", sum & 0xff);
+    return "$" + payload + tail;
+}
+
+// Answers each packet of the client with answer(payload) (acknowledged first); stops when
+// the client hangs up.
+void serve_packets(int c, const std::function<std::string(const std::string&)>& answer) {
+    std::string in;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(c, buf, sizeof buf)) > 0) {
+        in.append(buf, static_cast<size_t>(n));
+        size_t start, end;
+        while ((start = in.find('$')) != std::string::npos &&
+               (end = in.find('#', start)) != std::string::npos && end + 2 < in.size()) {
+            std::string payload = in.substr(start + 1, end - start - 1);
+            in.erase(0, end + 3);
+            std::string reply = "+" + rsp_packet(answer(payload));
+            if (::send(c, reply.data(), reply.size(), MSG_NOSIGNAL) < 0) return;
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a stub whose target description never advances is dropped", "[stub]") {
+    std::atomic<int> asked{0};
+    FakePeer peer([&](int c) {
+        serve_packets(c, [&](const std::string& p) -> std::string {
+            if (p.rfind("qSupported", 0) == 0) return "PacketSize=1000;qXfer:features:read+";
+            if (p.rfind("qXfer:features:read:", 0) == 0) {
+                ++asked;
+                return "m";  // no bytes, and never the last part
+            }
+            return "";
+        });
+    });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    CHECK(e.code() == EPROTO);
+    CHECK(e.describe().find("does not advance") != std::string::npos);
+    CHECK(asked == 1);
+    CHECK(ms < 2000);
+}
+
+TEST_CASE("a stub streaming acks instead of an answer times out", "[stub]") {
+    std::atomic<bool> stop{false};
+    FakePeer peer([&](int c) {
+        std::string acks(4096, '+');
+        while (!stop && ::send(c, acks.data(), acks.size(), MSG_NOSIGNAL) > 0) {
+        }
+    });
+    double ms = 0;
+    auto e = attach_error(fast_options(peer.endpoint(), peer.dir()), &ms);
+    stop = true;
+    CHECK(e.code() == ETIMEDOUT);
+    CHECK(ms < 2000);
+}
