@@ -60,6 +60,8 @@ Error vm_error(const Error& e) {
         case EACCES:
         case EINTR:
         case ENAMETOOLONG:
+        case E2BIG:  // a directory beyond the entry cap
+        case EFBIG:  // a file beyond the size cap
             return e;
         default:
             return Error(EIO, e.message());

@@ -209,6 +209,16 @@ ErrorOr<size_t> GuestFileOps::write(GuestFd fd, const std::vector<uint8_t>& data
     return std::min<size_t>(static_cast<size_t>(out.result(op)), n);
 }
 
+namespace {
+
+Error too_big(const std::string& path, size_t max_bytes) {
+    return Error(EFBIG, strformat("%s is larger than %zu bytes, the most read at once (read it "
+                                  "through an open file instead)",
+                                  path.c_str(), max_bytes));
+}
+
+}  // namespace
+
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
     // One batch for a proc or sys file (open, then two reads: the second sees EOF); bigger
     // files go on with reads of the same fd.
@@ -219,7 +229,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, s
         // start (the preads left the fd there), sequentially.
         std::optional<uint64_t> offset;
         if (!content.empty()) offset = content.size();
-        auto rest = read_rest(opened.fd, std::move(content), offset, max_bytes);
+        auto rest = read_rest(opened.fd, std::move(content), offset, max_bytes + 1);
         if (!rest) {
             close_soon(opened.fd);
             return std::unexpected(rest.error());
@@ -227,7 +237,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, s
         content = std::move(*rest);
     }
     close_soon(opened.fd);
-    if (content.size() > max_bytes) content.resize(max_bytes);
+    if (content.size() > max_bytes) return std::unexpected(too_big(path, max_bytes));
     return content;
 }
 
@@ -301,7 +311,8 @@ ErrorOr<std::string> GuestFileOps::readlink(const std::string& path) {
     return std::string(bytes.begin(), bytes.end());
 }
 
-ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& path) {
+ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& path,
+                                                           size_t max_entries) {
     TRY(check_path(path));
     SyscallBatch b;
     auto p = b.input_string(path);
@@ -327,6 +338,11 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
         if (result == 0) break;
         for (auto& e : parse_dirents(bytes))
             entries.push_back(std::move(e));
+        if (entries.size() > max_entries) {
+            err =
+                Error(E2BIG, strformat("%s has more than %zu entries", path.c_str(), max_entries));
+            break;
+        }
         SyscallBatch more;
         auto mbuf = more.output(kDirentBuffer);
         auto mop = more.add(kGetdents64, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(mbuf),
@@ -350,8 +366,8 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
 }
 
 ErrorOr<std::vector<GuestDirEntryWithStat>> GuestFileOps::list_dir_with_stats(
-    const std::string& path) {
-    auto entries = TRY(list_dir(path));
+    const std::string& path, size_t max_entries) {
+    auto entries = TRY(list_dir(path, max_entries));
     std::vector<GuestDirEntryWithStat> out;
     out.reserve(entries.size());
     std::string base = path.back() == '/' ? path : path + "/";

@@ -84,8 +84,11 @@ class GuestFileOps {
     ErrorOr<size_t> pwrite(GuestFd fd, const std::vector<uint8_t>& data, uint64_t offset);
     ErrorOr<size_t> write(GuestFd fd, const std::vector<uint8_t>& data);
 
-    // Reads a whole file (at most max_bytes); one batch for proc and sys files.
-    ErrorOr<std::vector<uint8_t>> read_file(const std::string& path, size_t max_bytes = 64 << 20);
+    // Reads a whole file; one batch for proc and sys files. A file of more than `max_bytes`
+    // is EFBIG, never cut short.
+    static constexpr size_t kMaxFileBytes = 64u << 20;
+    ErrorOr<std::vector<uint8_t>> read_file(const std::string& path,
+                                            size_t max_bytes = kMaxFileBytes);
     // open(O_WRONLY [|O_TRUNC]) + write + close in one batch; returns bytes written.
     ErrorOr<size_t> write_file(const std::string& path, const std::vector<uint8_t>& data,
                                bool truncate = false);
@@ -93,9 +96,13 @@ class GuestFileOps {
     ErrorOr<GuestStat> stat(const std::string& path, bool follow_symlinks = false);
     ErrorOr<GuestStat> fstat(GuestFd fd);
     ErrorOr<std::string> readlink(const std::string& path);
-    ErrorOr<std::vector<GuestDirEntry>> list_dir(const std::string& path);
+    // A directory of more than `max_entries` entries is E2BIG, never cut short.
+    static constexpr size_t kMaxDirEntries = 500000;
+    ErrorOr<std::vector<GuestDirEntry>> list_dir(const std::string& path,
+                                                 size_t max_entries = kMaxDirEntries);
     // getdents64 and then one newfstatat per entry, batched.
-    ErrorOr<std::vector<GuestDirEntryWithStat>> list_dir_with_stats(const std::string& path);
+    ErrorOr<std::vector<GuestDirEntryWithStat>> list_dir_with_stats(
+        const std::string& path, size_t max_entries = kMaxDirEntries);
     ErrorOr<GuestUname> uname();
     ErrorOr<void> kill(int64_t pid, int signal);
 

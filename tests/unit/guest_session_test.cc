@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "fake_guest.h"
 #include "redirector/journal/recovery_log.h"
+#include "redirector/session/guest_file_ops.h"
 #include "redirector/x86/guest_abi.h"
 #include "tests/unit/fake_test_helpers.h"
 #include "tests/unit/temp_dir.h"
@@ -172,4 +173,34 @@ TEST_CASE("session on the fake guest: a state directory open to others is refuse
     CHECK(attached.error().code() == EPERM);
     CHECK(attached.error().message().find("chmod 700") != std::string::npos);
     CHECK(f.connects == 0);  // refused before the VM is touched
+}
+
+TEST_CASE("file operations on the fake guest: too big is an error, never a cut", "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    GuestSession s(f.options);
+    GuestFileOps ops(s);
+    auto whole = ops.read_file("/proc/meminfo");
+    REQUIRE(whole);
+    REQUIRE(whole->size() > 100);
+    auto exact = ops.read_file("/proc/meminfo", whole->size());
+    REQUIRE(exact);
+    CHECK(*exact == *whole);
+    auto cut = ops.read_file("/proc/meminfo", whole->size() - 1);
+    REQUIRE_FALSE(cut);
+    CHECK(cut.error().code() == EFBIG);
+    CHECK(cut.error().message().find("/proc/meminfo is larger than") != std::string::npos);
+
+    auto all = ops.list_dir("/proc");
+    REQUIRE(all);
+    REQUIRE(all->size() > 3);
+    CHECK(ops.list_dir("/proc", all->size()));
+    auto many = ops.list_dir("/proc", all->size() - 1);
+    REQUIRE_FALSE(many);
+    CHECK(many.error().code() == E2BIG);
+    auto with_stats = ops.list_dir_with_stats("/proc", 2);
+    REQUIRE_FALSE(with_stats);
+    CHECK(with_stats.error().code() == E2BIG);
+    REQUIRE(s.detach());
+    CHECK(f.guest.anomalies().empty());
 }
