@@ -95,7 +95,7 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
     auto top = TRY(entries(origin, root,
                            {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms",
-                            "engine", "operators_group", "cache", "vms"},
+                            "engine", "operators_group", "allow_consuming_reads", "cache", "vms"},
                            "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
@@ -134,6 +134,9 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
             return bad(origin, it->second.located(),
                        "operators_group must be a group name or number");
         }
+    }
+    if (auto it = top.find("allow_consuming_reads"); it != top.end()) {
+        c.allow_consuming_reads = TRY(scalar<bool>(origin, it->second, "allow_consuming_reads"));
     }
     if (auto it = top.find("cache"); it != top.end()) {
         const Entry& cache = it->second;

@@ -6,6 +6,7 @@
 //   attach_timeout_ms: 20000     # bound for attaching (finding a thread, starting the shadow)
 //   engine: mailbox              # or trap: how batches reach the shadow (see cloudvmi(1))
 //   operators_group: vmiops      # may read the guests besides root (default: root only)
+//   allow_consuming_reads: false # /proc/kmsg, trace_pipe: reading them takes from the guest
 //   cache:                       # kernel attribute/entry cache lifetimes, seconds
 //     proc_attr: 0.5
 //     proc_entry: 1
@@ -51,6 +52,8 @@ struct Config {
     std::string operators_group;  // a group name or number; "" = host root only
     // operators_group resolved by the mount command (the parser does not look at the host).
     std::optional<gid_t> operators_gid;
+    // Reads that take data from the guest (/proc/kmsg, tracing pipes); refused by default.
+    bool allow_consuming_reads = false;
     CacheConfig cache;
     std::vector<VmConfig> vms;
 

@@ -8,6 +8,7 @@ Filesystem::Filesystem(Config config, SessionOptions base) : config_(std::move(c
     for (const auto& vm : config_.vms) {
         auto v = std::make_unique<Vm>(config_.node, vm, base);
         v->set_cache(config_.cache);
+        v->set_allow_consuming_reads(config_.allow_consuming_reads);
         vms_.push_back(std::move(v));
     }
     inodes_ = std::make_unique<InodeTable>(make_root_dir(*this));

@@ -107,6 +107,13 @@ const Answer kAnswerNow = [](const std::function<void()>& send) {
 };
 
 std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Error& e) {
+    // The guest's own answers (ENOENT...) are the caller's business; ours (a refusal, an
+    // unreachable VM) say why in the log, where the caller's errno cannot.
+    if (e.from_guest()) {
+        LOG_DEBUG("request answered %d: %s", fuse_errno(e), e.describe().c_str());
+    } else {
+        LOG_INFO("request refused (%s): %s", std::strerror(fuse_errno(e)), e.describe().c_str());
+    }
     answer([&] { fuse_reply_err(req, fuse_errno(e)); });
     return e;
 }

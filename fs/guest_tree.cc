@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "common/strings.h"
+#include "fs/consuming_reads.h"
 #include "fs/contained_link.h"
 #include "fs/filesystem.h"
 
@@ -214,6 +215,11 @@ class GuestNode final : public Node {
             // Writes go through the write policy; none is configured, so none is allowed,
             // and nothing reaches the guest.
             return make_error(EACCES, "writing " + path_ + " is not allowed by the policy");
+        }
+        if (consumes_on_read(path_) && !vm_.allow_consuming_reads()) {
+            return make_error(EACCES, "reading " + path_ +
+                                          " would take its data from the guest "
+                                          "(allow_consuming_reads: true allows it)");
         }
         auto opened = TRY(
             from_vm(vm_.files().open_and_read(path_, GuestFileOps::kOpenForReading, kReadAhead)));

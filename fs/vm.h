@@ -35,6 +35,8 @@ class Vm {
     VmExecutor& executor() { return executor_; }
     const CacheConfig& cache() const { return cache_; }
     void set_cache(const CacheConfig& c) { cache_ = c; }
+    bool allow_consuming_reads() const { return allow_consuming_reads_; }
+    void set_allow_consuming_reads(bool allow) { allow_consuming_reads_ = allow; }
 
     // Each finished request: its duration and outcome.
     void record(double ms, const Error* error);
@@ -47,6 +49,7 @@ class Vm {
     std::string node_;
     VmConfig config_;
     CacheConfig cache_;
+    bool allow_consuming_reads_ = false;
     std::unique_ptr<GuestSession> session_;
     GuestFileOps files_;
     VmExecutor executor_;

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "fs/access.h"
+#include "fs/consuming_reads.h"
 #include "fs/fuse_errno.h"
 
 using namespace cloudvmi::fs;
@@ -32,4 +33,13 @@ TEST_CASE("errno at the FUSE boundary: the guest's own, or EIO outside what FUSE
     CHECK(fuse_errno(Error(600, "a hostile guest's errno")) == EIO);
     CHECK(fuse_errno(Error(0, "x")) == EIO);
     CHECK(fuse_errno(Error(-5, "x")) == EIO);
+}
+
+TEST_CASE("consuming reads: the kernel log and the tracing pipes", "[fs]") {
+    CHECK(consumes_on_read("/proc/kmsg"));
+    CHECK(consumes_on_read("/sys/kernel/tracing/trace_pipe"));
+    CHECK(consumes_on_read("/sys/kernel/debug/tracing/per_cpu/cpu0/trace_pipe_raw"));
+    CHECK_FALSE(consumes_on_read("/proc/meminfo"));
+    CHECK_FALSE(consumes_on_read("/sys/kernel/tracing/trace"));
+    CHECK_FALSE(consumes_on_read("/proc/kmsg2"));
 }

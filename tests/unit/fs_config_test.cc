@@ -370,3 +370,20 @@ TEST_CASE("is_valid_entry_name", "[fs]") {
         CHECK_FALSE(is_valid_entry_name(bad));
     }
 }
+
+TEST_CASE("Config::parse: who may use the mount, and consuming reads", "[fs]") {
+    auto defaults = parse_ok(vm_yaml("a", "unix:/a.gdb"));
+    CHECK(defaults.operators_group.empty());
+    CHECK_FALSE(defaults.operators_gid);  // resolved by the mount command, not the parser
+    CHECK_FALSE(defaults.allow_consuming_reads);
+    auto set = parse_ok("operators_group: vmiops\nallow_consuming_reads: true\n" +
+                        vm_yaml("a", "unix:/a.gdb"));
+    CHECK(set.operators_group == "vmiops");
+    CHECK(set.allow_consuming_reads);
+    CHECK(parse_ok("operators_group: 4242\n" + vm_yaml("a", "unix:/a.gdb")).operators_group ==
+          "4242");
+    expect_error("operators_group: 'a b'\n" + vm_yaml("a", "unix:/a.gdb"), 1,
+                 "operators_group must be a group name or number");
+    expect_error("allow_consuming_reads: sometimes\n" + vm_yaml("a", "unix:/a.gdb"), 1,
+                 "wrong type");
+}
