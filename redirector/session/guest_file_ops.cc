@@ -220,6 +220,13 @@ Error too_big(const std::string& path, size_t max_bytes) {
 }  // namespace
 
 ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, size_t max_bytes) {
+    // One byte more than allowed tells a file that fits from one that does not.
+    auto content = TRY(read_head(path, max_bytes + 1));
+    if (content.size() > max_bytes) return std::unexpected(too_big(path, max_bytes));
+    return content;
+}
+
+ErrorOr<std::vector<uint8_t>> GuestFileOps::read_head(const std::string& path, size_t max_bytes) {
     // One batch for a proc or sys file (open, then two reads: the second sees EOF); bigger
     // files go on with reads of the same fd.
     auto opened = TRY(open_and_read(path, kOpenForReading, std::min<size_t>(64 * 1024, max_bytes)));
@@ -229,7 +236,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, s
         // start (the preads left the fd there), sequentially.
         std::optional<uint64_t> offset;
         if (!content.empty()) offset = content.size();
-        auto rest = read_rest(opened.fd, std::move(content), offset, max_bytes + 1);
+        auto rest = read_rest(opened.fd, std::move(content), offset, max_bytes);
         if (!rest) {
             close_soon(opened.fd);
             return std::unexpected(rest.error());
@@ -237,7 +244,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_file(const std::string& path, s
         content = std::move(*rest);
     }
     close_soon(opened.fd);
-    if (content.size() > max_bytes) return std::unexpected(too_big(path, max_bytes));
+    if (content.size() > max_bytes) content.resize(max_bytes);
     return content;
 }
 

@@ -89,6 +89,8 @@ class GuestFileOps {
     static constexpr size_t kMaxFileBytes = 64u << 20;
     ErrorOr<std::vector<uint8_t>> read_file(const std::string& path,
                                             size_t max_bytes = kMaxFileBytes);
+    // The first `max_bytes` bytes of a file (all of it if shorter): a prefix asked for.
+    ErrorOr<std::vector<uint8_t>> read_head(const std::string& path, size_t max_bytes);
     // open(O_WRONLY [|O_TRUNC]) + write + close in one batch; returns bytes written.
     ErrorOr<size_t> write_file(const std::string& path, const std::vector<uint8_t>& data,
                                bool truncate = false);

@@ -99,7 +99,7 @@ TEST_CASE("guest files are read through the shadow", "[guest]") {
     REQUIRE(cmdline);
     CHECK(text(*cmdline) == std::string("cloudvmi-shadow\0", 16));
     // A file larger than one batch's buffers (kallsyms is several MiB).
-    auto big = ops.read_file("/proc/kallsyms", 600 * 1024);
+    auto big = ops.read_head("/proc/kallsyms", 600 * 1024);
     REQUIRE(big);
     CHECK(big->size() == 600 * 1024);
     auto st = ops.stat("/etc/cloudvmi-secret");
