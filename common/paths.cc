@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 
 #include "common/strings.h"
 
@@ -22,32 +24,67 @@ ErrorOr<void> make_dirs(const std::string& dir) {
     return {};
 }
 
+namespace {
+
+// Every directory above `canonical` must be out of other users' reach: owned by root or
+// us, and not writable by others unless sticky (/tmp), else the checked directory could be
+// renamed away and replaced after the check.
+ErrorOr<void> check_ancestors(const std::string& canonical) {
+    std::string at = canonical;
+    while (true) {
+        size_t slash = at.rfind('/');
+        if (slash == std::string::npos) return {};
+        at = slash == 0 ? "/" : at.substr(0, slash);
+        struct stat st {};
+        if (::lstat(at.c_str(), &st) < 0) return errno_error("checking " + at);
+        bool trusted_owner = st.st_uid == 0 || st.st_uid == ::geteuid();
+        bool open_to_others = (st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0;
+        if (!trusted_owner || open_to_others) {
+            return make_error(
+                EPERM, strformat("%s, above the state directory %s, is open to "
+                                 "other users (uid %u, mode %04o); refusing it",
+                                 at.c_str(), canonical.c_str(), static_cast<unsigned>(st.st_uid),
+                                 static_cast<unsigned>(st.st_mode & 07777)));
+        }
+        if (at == "/") return {};
+    }
+}
+
+}  // namespace
+
 ErrorOr<void> ensure_private_dir(const std::string& dir) {
     TRY(make_dirs(dir));
+    // "dir/" would make lstat follow a link named dir.
+    std::string path = dir;
+    while (path.size() > 1 && path.back() == '/')
+        path.pop_back();
     struct stat st {};
-    if (::lstat(dir.c_str(), &st) < 0) return errno_error("checking " + dir);
+    if (::lstat(path.c_str(), &st) < 0) return errno_error("checking " + path);
     if (S_ISLNK(st.st_mode)) {
-        return make_error(EPERM, "state directory " + dir +
+        return make_error(EPERM, "state directory " + path +
                                      " is a symbolic link; refusing it (give the real path)");
     }
-    if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "state directory " + dir);
+    if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "state directory " + path);
     if (st.st_uid != ::geteuid()) {
         return make_error(EPERM, strformat("state directory %s belongs to uid %u, not to us "
                                            "(uid %u); refusing it",
-                                           dir.c_str(), static_cast<unsigned>(st.st_uid),
+                                           path.c_str(), static_cast<unsigned>(st.st_uid),
                                            static_cast<unsigned>(::geteuid())));
     }
     if ((st.st_mode & 077) != 0) {
-        return make_error(
-            EPERM, strformat("state directory %s is open to other users (mode "
-                             "%04o); refusing it (chmod 700 %s)",
-                             dir.c_str(), static_cast<unsigned>(st.st_mode & 07777), dir.c_str()));
+        return make_error(EPERM, strformat("state directory %s is open to other users (mode "
+                                           "%04o); refusing it (chmod 700 %s)",
+                                           path.c_str(), static_cast<unsigned>(st.st_mode & 07777),
+                                           path.c_str()));
     }
-    return {};
+    char canonical[PATH_MAX];
+    if (::realpath(path.c_str(), canonical) == nullptr) return errno_error("resolving " + path);
+    return check_ancestors(canonical);
 }
 
 ErrorOr<UniqueFd> open_private_file(const std::string& path, int flags) {
-    UniqueFd fd(::open(path.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, 0600));
+    // O_NONBLOCK: a fifo put there must not hang the open before it is refused below.
+    UniqueFd fd(::open(path.c_str(), flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600));
     if (!fd.valid()) {
         if (errno == ELOOP) {
             return make_error(EPERM, path + " is a symbolic link; refusing it (remove it)");

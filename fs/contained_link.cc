@@ -51,20 +51,24 @@ ErrorOr<std::string> contain_link_target(std::string_view tree_top, std::string_
     if (!starts_with(link_dir, top)) return make_error(EINVAL, "link above its tree");
     const size_t depth = link_dir.size() - top.size();  // of the link's directory in the tree
 
-    // The guest's resolution, lexically: ".." at / stays at /. Noted whether the host's walk
-    // of the same text would leave the tree's directory.
+    // The guest's resolution, lexically: ".." at / stays at /.
+    // A ".." after a name is not safe to keep: the host follows that name first, and if it
+    // is a link, the ".." climbs from wherever it led (`s -> ../..`, then `s/../../..`).
+    // Leading ".."s climb the link's own parent directories, which are real ones.
     bool relative = target.front() != '/';
     std::vector<std::string> at = relative ? link_dir : std::vector<std::string>{};
-    bool leaves_tree = !relative;
+    bool keep = relative;
+    bool named = false;
     for (auto& c : components(target)) {
         if (c != "..") {
+            named = true;
             at.push_back(std::move(c));
             continue;
         }
-        if (at.size() <= top.size()) leaves_tree = true;
+        if (named || at.size() <= top.size()) keep = false;  // after a name, or out of the tree
         if (!at.empty()) at.pop_back();
     }
-    if (!leaves_tree) return std::string(target);
+    if (keep) return std::string(target);
 
     std::string out;
     if (starts_with(at, top)) {

@@ -6,7 +6,9 @@
 // transform_symlinks does, absolute targets (and relative ones that climb above the tree
 // they are in) are rewritten relative to the link, into the VM's own tree: into the same
 // tree when the target is inside it, else into the VM's root/ (the guest's /). A relative
-// target that stays below its tree is kept as the guest wrote it.
+// target is kept as the guest wrote it only when it climbs (through the link's own parent
+// directories) no higher than its tree and has no ".." after a name; otherwise it is
+// rewritten from its lexical resolution, so that no chain of links can climb out.
 #pragma once
 
 #include <string>

@@ -190,11 +190,12 @@ fuse_entry_param remembered_entry(Filesystem& fs, const std::shared_ptr<Node>& n
     return e;
 }
 
-std::optional<Error> reply_entry(const Answer& answer, fuse_req_t req,
+// `fs` is taken before the work starts: a request answered early (interrupted) is freed by
+// libfuse, and `req` may then only be passed to answer().
+std::optional<Error> reply_entry(const Answer& answer, fuse_req_t req, Filesystem& fs,
                                  const std::shared_ptr<Node>& node) {
     auto attr = node->getattr();
     if (!attr) return reply_error(answer, req, attr.error());
-    Filesystem& fs = fs_of(req);
     fuse_entry_param e = remembered_entry(fs, node, *attr);
     bool delivered = false;
     answer([&] { delivered = fuse_reply_entry(req, &e) == 0; });
@@ -213,10 +214,11 @@ void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     auto node = node_or_reply(req, parent);
     if (!node) return;
     std::string n(name);
-    dispatch(req, node->vm(), [req, node, n](const Answer& answer) -> std::optional<Error> {
+    Filesystem* fs = &fs_of(req);
+    dispatch(req, node->vm(), [req, fs, node, n](const Answer& answer) -> std::optional<Error> {
         auto child = node->lookup(n);
         if (!child) return reply_error(answer, req, child.error());
-        return reply_entry(answer, req, *child);
+        return reply_entry(answer, req, *fs, *child);
     });
 }
 
@@ -297,8 +299,9 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         std::lock_guard lock(dh->mutex);
         need_fetch = !dh->loaded || off == 0;
     }
-    auto reply = [req, dh, size, off, plus](const Answer& answer) -> std::optional<Error> {
-        Filesystem& fs = fs_of(req);
+    Filesystem* mounted = &fs_of(req);  // not from `req` inside: see reply_entry
+    auto reply = [req, mounted, dh, size, off, plus](const Answer& answer) -> std::optional<Error> {
+        Filesystem& fs = *mounted;
         std::vector<uint64_t> remembered_all;
         std::vector<char> buf(size);
         size_t used = 0;
@@ -312,7 +315,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
                 fuse_entry_param p{};
                 uint64_t remembered = 0;
                 if (e.node) {
-                    auto attr = e.node->getattr();  // known from the listing: no guest call
+                    auto attr = e.node->known_attr();  // from the listing: no guest call
                     if (attr) {
                         p = remembered_entry(fs, e.node, *attr);
                         remembered = p.ino;

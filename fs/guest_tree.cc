@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 
+#include <mutex>
+
 #include "common/log.h"
 #include "common/strings.h"
 #include "fs/consuming_reads.h"
@@ -127,7 +129,15 @@ class GuestFileHandle final : public FileHandle {
             return std::vector<uint8_t>(cached->begin(), cached->end());
         TRY(revalidate());
         size = std::min(size, GuestFileOps::kMaxTransfer);
-        return from_vm(vm_.files().pread(fd_, size, static_cast<uint64_t>(offset)));
+        auto data = vm_.files().pread(fd_, size, static_cast<uint64_t>(offset));
+        if (!data && !data.error().from_guest() && data.error().code() == EBADF) {
+            // The shadow was discarded after revalidate() looked and replaced by the read
+            // itself: the fd belonged to the old one. Open again in the new one, once.
+            fd_ = GuestFd{};
+            TRY(revalidate());
+            data = vm_.files().pread(fd_, size, static_cast<uint64_t>(offset));
+        }
+        return from_vm(std::move(data));
     }
 
     void release() override {
@@ -169,11 +179,21 @@ class GuestNode final : public Node {
 
     ErrorOr<NodeAttr> getattr() override {
         double ttl = attr_ttl();
-        if (!attr_ || elapsed_ms(fetched_) > ttl * 1000) {
-            attr_ = TRY(from_vm(vm_.files().stat(path_)));
-            fetched_ = Clock::now();
+        {
+            std::lock_guard lock(attr_mutex_);
+            if (attr_ && elapsed_ms(fetched_) <= ttl * 1000) return NodeAttr{to_stat(*attr_), ttl};
         }
-        return NodeAttr{to_stat(*attr_), ttl};
+        auto fresh = TRY(from_vm(vm_.files().stat(path_)));  // no lock across a guest call
+        std::lock_guard lock(attr_mutex_);
+        attr_ = fresh;
+        fetched_ = Clock::now();
+        return NodeAttr{to_stat(fresh), ttl};
+    }
+
+    std::optional<NodeAttr> known_attr() override {
+        std::lock_guard lock(attr_mutex_);
+        if (!attr_) return std::nullopt;
+        return NodeAttr{to_stat(*attr_), attr_ttl()};
     }
 
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
@@ -249,6 +269,9 @@ class GuestNode final : public Node {
     Vm& vm_;
     GuestTree tree_;
     std::string path_;
+    // A node is shared (inode table, listings): the VM's worker refreshes these while the
+    // FUSE thread may read them for readdirplus. A leaf lock.
+    std::mutex attr_mutex_;
     std::optional<GuestStat> attr_;
     Clock::time_point fetched_;
 };

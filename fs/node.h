@@ -80,6 +80,13 @@ class Node : public std::enable_shared_from_this<Node> {
     virtual double entry_timeout() const { return 1.0; }
 
     virtual ErrorOr<NodeAttr> getattr() = 0;
+    // The attributes as known now, without asking a guest (nullopt if that would take a
+    // guest call): what readdirplus hands out on the FUSE thread.
+    virtual std::optional<NodeAttr> known_attr() {
+        if (!local_getattr()) return std::nullopt;
+        auto a = getattr();
+        return a ? std::optional<NodeAttr>(*a) : std::nullopt;
+    }
 
     // Directories.
     virtual ErrorOr<std::shared_ptr<Node>> lookup(const std::string&) {

@@ -222,10 +222,14 @@ ErrorOr<void> GuestSession::attach_locked() {
 }
 
 ErrorOr<void> GuestSession::ensure_shadow_locked() {
-    if (shadow_ && (shadow_->state() == ShadowProcess::State::kHeld ||
-                    shadow_->state() == ShadowProcess::State::kParked)) {
+    if (shadow_ && engine_ &&
+        (shadow_->state() == ShadowProcess::State::kHeld ||
+         shadow_->state() == ShadowProcess::State::kParked)) {
         return {};
     }
+    // The engine refers to the shadow: it goes first.
+    engine_.reset();
+    mailbox_ = nullptr;
     shadow_.reset();
     if (guest_->running()) TRY(guest_->interrupt(Deadline::after(options_.client.request_timeout)));
     {
@@ -351,6 +355,7 @@ ErrorOr<BatchOutcome> GuestSession::run_in_engine_locked(const SyscallBatch& bat
         mailbox_->set_take_timeout(paused_by_others() ? paused_wait
                                                       : options_.mailbox.take_timeout);
     }
+    if (!engine_) return make_error(ESRCH, "no shadow serves this VM at the moment");
     auto out = engine_->execute(batch, Deadline::after(options_.shadow.batch_timeout));
     if (mailbox_) update_status([&](SessionStatus& st) { st.mailbox = mailbox_->stats(); });
     wake_idle_work_locked();
@@ -402,6 +407,7 @@ void GuestSession::end_stuck_shadows_locked() {
     while (!stuck_shadows_.empty() && engine_) {
         int64_t pid = stuck_shadows_.back();
         stuck_shadows_.pop_back();
+        if (shadow_ && pid == shadow_->pid()) continue;  // the pid now names the live shadow
         SyscallBatch check;
         auto path = check.input_string(strformat("/proc/%lld/comm", static_cast<long long>(pid)));
         auto open = check.add(x86abi::kOpenat,
@@ -468,7 +474,14 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             if (is_transport_error(ready.error())) fail_locked(ready.error());
             return std::unexpected(ready.error());
         }
-        if (!stuck_shadows_.empty()) end_stuck_shadows_locked();
+        if (!stuck_shadows_.empty()) {
+            end_stuck_shadows_locked();
+            // Its checks may have cost the shadow (discarded on a doubt): get another.
+            if (!engine_) {
+                --attempt;
+                continue;
+            }
+        }
         if (on_shadow && *on_shadow != current_shadow()) {
             return make_error(EBADF, "the guest fd belonged to a shadow that was replaced");
         }

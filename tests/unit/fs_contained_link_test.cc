@@ -62,3 +62,13 @@ TEST_CASE("contained links: what cannot be kept inside is refused", "[fs]") {
     CHECK_FALSE(contain_link_target("/proc", "/sys/x", "/"));
     CHECK(contained("/", "/x", "") == "");
 }
+
+TEST_CASE("contained links: a chain of kept links cannot climb out", "[fs]") {
+    // s -> ../.. is kept (it climbs the link's real parents, within root/); a target with
+    // ".." after a name is rewritten, since the host would follow s first: s/../../.. would
+    // climb from root/ into the mount, into other VMs.
+    CHECK(contained("/", "/p/q/s", "../..") == "../..");
+    CHECK(contained("/", "/p/q/l", "s/../../..") == "../..");
+    CHECK(contained("/", "/p/q/m", "s/..") == "../../p/q");
+    CHECK(contained("/proc", "/proc/1/x", "task/../..") == "..");
+}

@@ -85,3 +85,31 @@ TEST_CASE("private files: never through a link, only our own regular files", "[p
         CHECK(o.error().message().find("belongs to uid 65534") != std::string::npos);
     }
 }
+
+TEST_CASE("private state directory: refused under a directory others can write", "[paths]") {
+    test::TempDir t("cloudvmi-paths");
+    std::string open_parent = t.path() + "/shared";
+    REQUIRE(::mkdir(open_parent.c_str(), 0777) == 0);
+    REQUIRE(::chmod(open_parent.c_str(), 0777) == 0);  // not sticky: entries can be renamed
+    auto r = ensure_private_dir(open_parent + "/state");
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code() == EPERM);
+    CHECK(r.error().message().find(open_parent + ", above the state directory") !=
+          std::string::npos);
+    // Sticky, like /tmp: others cannot move our directory away.
+    REQUIRE(::chmod(open_parent.c_str(), 01777) == 0);
+    CHECK(ensure_private_dir(open_parent + "/state"));
+    // A trailing slash does not let a link through.
+    std::string link = t.path() + "/link";
+    REQUIRE(::symlink((open_parent + "/state").c_str(), link.c_str()) == 0);
+    CHECK_FALSE(ensure_private_dir(link + "/"));
+}
+
+TEST_CASE("private files: a fifo in place of a log is refused without blocking", "[paths]") {
+    test::TempDir t("cloudvmi-paths");
+    std::string fifo = t.path() + "/vm.log";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto r = open_private_file(fifo, O_RDONLY);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message().find("not a regular file") != std::string::npos);
+}
