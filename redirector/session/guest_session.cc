@@ -505,11 +505,8 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
         }
         // The closes did not run: keep them for the next batch of this shadow.
         if (shadow_) {
-            uint64_t shadow = current_shadow();
-            std::lock_guard lock(closes_mutex_);
             for (const auto& op : closes)
-                deferred_closes_.push_back(
-                    DeferredClose{static_cast<int>(op.args[0].value), shadow});
+                defer_close(static_cast<int>(op.args[0].value), current_shadow());
         }
         const Error& e = out.error();
         // A shadow that vanished before running anything (killed inside the guest) is
