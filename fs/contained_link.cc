@@ -47,6 +47,11 @@ ErrorOr<std::string> contain_link_target(std::string_view tree_top, std::string_
         return make_error(
             EINVAL, "link " + std::string(link_path) + " is not below " + std::string(tree_top));
     }
+    // Nodes are reached by single safe names, never "..": one here would make the depth,
+    // and so every climb computed from it, wrong.
+    for (const auto& c : link_dir) {
+        if (c == "..") return make_error(EINVAL, "link path " + std::string(link_path) + " climbs");
+    }
     link_dir.pop_back();
     if (!starts_with(link_dir, top)) return make_error(EINVAL, "link above its tree");
     const size_t depth = link_dir.size() - top.size();  // of the link's directory in the tree
