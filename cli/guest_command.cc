@@ -35,6 +35,8 @@ const char kGuestUsage[] =
     "\n"
     "Options:\n"
     "  --gdb ENDPOINT       QEMU gdbstub: unix:PATH or tcp:HOST:PORT (required)\n"
+    "  --qmp SOCKET         a QMP socket of the VM's QEMU for cloudvmi alone: a VM\n"
+    "                       paused by anyone else is then never attached to or resumed\n"
     "  --timeout MS         bound for each gdbstub request and connect (default 3000)\n"
     "  --attach-timeout MS  bound for the whole attach: finding a thread, starting the\n"
     "                       shadow (default 20000)\n"
@@ -184,6 +186,7 @@ int guest_main(int argc, char** argv) {
     bool guardian = true;
     static const option longopts[] = {
         {"gdb", required_argument, nullptr, 'g'},
+        {"qmp", required_argument, nullptr, 'Q'},
         {"timeout", required_argument, nullptr, 't'},
         {"attach-timeout", required_argument, nullptr, 'A'},
         {"engine", required_argument, nullptr, 'E'},
@@ -200,6 +203,9 @@ int guest_main(int argc, char** argv) {
         switch (c) {
             case 'g':
                 options.gdb_endpoint = optarg;
+                break;
+            case 'Q':
+                options.qmp = optarg;
                 break;
             case 't': {
                 auto v = parse_u64(optarg);

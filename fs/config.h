@@ -15,7 +15,8 @@
 //   vms:
 //     - name: web-01
 //       gdb: unix:/run/web-01.gdb
-//       qmp: unix:/run/web-01.qmp  # optional: lets cloudvmi refuse a VM paused by others
+//       qmp: /run/web-01.vmi.qmp   # optional, cloudvmi's own QMP socket: a VM paused by
+//                                  # others is then never attached to nor resumed
 //
 // Errors name the file, the line and what is wrong; nothing is half-loaded.
 #pragma once
@@ -33,7 +34,7 @@ namespace cloudvmi::fs {
 struct VmConfig {
     std::string name;
     std::string gdb;  // gdbstub endpoint
-    std::string qmp;  // optional QMP socket path
+    std::string qmp;  // optional: cloudvmi's own QMP socket of the VM (path or unix:/tcp:)
 };
 
 struct CacheConfig {

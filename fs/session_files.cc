@@ -70,7 +70,12 @@ std::string status_text(Vm& vm) {
     }
     if (!st.bootstrap.borrowed.empty()) out += "borrowed: " + st.bootstrap.borrowed + "\n";
     if (!st.engine.empty()) out += "engine: " + st.engine + "\n";
-    if (st.paused_by_others) out += "vm: paused (not by cloudvmi; left so)\n";
+    if (st.paused_by_others) {
+        out += "vm: stopped by someone else (" + (st.vm_status.empty() ? "paused" : st.vm_status) +
+               "); left so, requests fail with EAGAIN\n";
+    } else if (!st.vm_status.empty()) {
+        out += "vm: " + st.vm_status + "\n";
+    }
     if (!st.recovered.empty()) out += "recovered: " + st.recovered + "\n";
     return out;
 }
@@ -111,6 +116,7 @@ std::string stats_text(Vm& vm, bool json) {
         {"shadows_distrusted", std::to_string(st.distrusted), true},
         {"stuck_shadows_ended", std::to_string(st.stuck_shadows_ended), true},
         {"paused_by_others", st.paused_by_others ? "1" : "0", true},
+        {"vm_status", st.vm_status.empty() ? "unknown" : st.vm_status, false},
         {"engine", st.engine.empty() ? "none" : st.engine, false},
         {"state", to_string(st.state), false},
     };

@@ -13,6 +13,7 @@ constexpr size_t kLatencyWindow = 4096;
 SessionOptions options_for(const VmConfig& c, const SessionOptions& base) {
     SessionOptions o = base;
     o.gdb_endpoint = c.gdb;
+    o.qmp = c.qmp;
     return o;
 }
 }  // namespace

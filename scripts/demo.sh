@@ -29,7 +29,7 @@ state_dir: $dir/state
 vms:
   - name: web-01
     gdb: $GDB
-    qmp: $QMP
+    qmp: $VMI_QMP
 EOF
 
 cleanup() {

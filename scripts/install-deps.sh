@@ -9,6 +9,7 @@ clang-16 libclang-rt-16-dev
 libfuse3-dev fuse3
 libvirt-dev
 libyaml-cpp-dev
+nlohmann-json3-dev
 catch2
 linux-libc-dev
 qemu-system-x86 qemu-utils

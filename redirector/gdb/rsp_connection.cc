@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/socket_connect.h"
 #include "common/strings.h"
 
 namespace cloudvmi::gdb {
@@ -21,64 +22,6 @@ namespace {
 constexpr int kMaxResends = 3;
 // A peer that sends this much non-protocol data is not a GDB stub.
 constexpr int kMaxGarbageBytes = 4096;
-
-ErrorOr<void> wait_connected(int fd, Deadline deadline, const std::string& what) {
-    pollfd p{fd, POLLOUT, 0};
-    int r;
-    do {
-        r = ::poll(&p, 1, deadline.poll_timeout_ms());
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) return errno_error("poll " + what);
-    if (r == 0) return make_error(ETIMEDOUT, "connecting to " + what + " timed out");
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno_error("getsockopt");
-    if (err != 0) return make_error(err, "connecting to " + what);
-    return {};
-}
-
-ErrorOr<UniqueFd> connect_unix(const std::string& path, Deadline deadline) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof addr.sun_path) {
-        return make_error(ENAMETOOLONG, "socket path too long: " + path);
-    }
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!fd.valid()) return errno_error("socket");
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN) return errno_error("connecting to " + path);
-        TRY(wait_connected(fd.get(), deadline, path));
-    }
-    return fd;
-}
-
-ErrorOr<UniqueFd> connect_tcp(const std::string& host, uint16_t port, Deadline deadline) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* res = nullptr;
-    std::string service = std::to_string(port);
-    int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-    if (rc != 0) return make_error(EHOSTUNREACH, "resolving " + host + ": " + gai_strerror(rc));
-    std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
-    Error last(ECONNREFUSED, "connecting to " + host + ":" + service);
-    for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-        UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-        if (!fd.valid()) continue;
-        int one = 1;
-        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) return fd;
-        if (errno != EINPROGRESS) {
-            last = Error(errno, "connecting to " + host + ":" + service);
-            continue;
-        }
-        auto ok = wait_connected(fd.get(), deadline, host + ":" + service);
-        if (ok) return fd;
-        last = ok.error();
-    }
-    return std::unexpected(last);
-}
 
 }  // namespace
 
@@ -144,8 +87,8 @@ RspConnection::RspConnection(UniqueFd fd, Endpoint endpoint)
 ErrorOr<std::unique_ptr<RspConnection>> RspConnection::connect(const Endpoint& endpoint,
                                                                Deadline deadline) {
     UniqueFd fd = endpoint.kind == Endpoint::Kind::kUnix
-                      ? TRY(connect_unix(endpoint.path, deadline))
-                      : TRY(connect_tcp(endpoint.host, endpoint.port, deadline));
+                      ? TRY(connect_unix_socket(endpoint.path, deadline))
+                      : TRY(connect_tcp_socket(endpoint.host, endpoint.port, deadline));
     return std::unique_ptr<RspConnection>(new RspConnection(std::move(fd), endpoint));
 }
 

@@ -14,6 +14,7 @@
 #include "common/strings.h"
 #include "redirector/engines/trap_engine.h"
 #include "redirector/guest/gdbstub_access.h"
+#include "redirector/guest/qmp_monitor.h"
 #include "redirector/recovery/recovery.h"
 #include "redirector/shadow/shadow_layout.h"
 #include "redirector/x86/guest_abi.h"
@@ -96,6 +97,11 @@ void GuestSession::update_status(const std::function<void(SessionStatus&)>& chan
     change(status_);
 }
 
+std::string GuestSession::status_copy_vm_status() const {
+    std::lock_guard lock(status_mutex_);
+    return status_.vm_status;
+}
+
 bool GuestSession::paused_by_others() const {
     std::lock_guard lock(status_mutex_);
     return status_.paused_by_others;
@@ -140,6 +146,20 @@ ErrorOr<void> GuestSession::attach_locked() {
                                        options_.gdb_endpoint.c_str(), rec ? rec->owner_pid : 0)));
         }
         std::this_thread::sleep_for(Millis(20));
+    }
+
+    // A VM its owner paused is not ours to run: connecting the stub keeps it stopped, but
+    // the bootstrap would resume it. (Checked under the lock: the owner view's socket
+    // serves one client.)
+    auto stopped = stopped_by_owner_locked();
+    if (!stopped || *stopped) {
+        Error e = stopped ? paused_error() : stopped.error();
+        release_lock_and_guardian_locked();
+        update_status([&](SessionStatus& st) {
+            st.state = stopped ? SessionState::kDetached : SessionState::kError;
+            st.error = stopped ? "" : e.describe();
+        });
+        return std::unexpected(e);
     }
 
     std::optional<RecoveryRecord> leftover;
@@ -330,6 +350,63 @@ void GuestSession::discard_shadow_locked(const char* why) {
     deferred_closes_.clear();
 }
 
+ErrorOr<VmRunStateSource*> GuestSession::run_state_source_locked() {
+    if (owner_view_) return owner_view_.get();
+    if (options_.watch_run_state) {
+        owner_view_ = TRY(options_.watch_run_state());
+    } else if (!options_.qmp.empty()) {
+        auto monitor =
+            QmpMonitor::connect(options_.qmp, Deadline::after(options_.client.request_timeout));
+        if (!monitor) {
+            return std::unexpected(monitor.error().with_context(
+                "watching whether its owner paused the VM (the qmp: socket)"));
+        }
+        owner_view_ = std::move(*monitor);
+    }
+    return owner_view_.get();
+}
+
+ErrorOr<bool> GuestSession::stopped_by_owner_locked() {
+    auto* view = TRY(run_state_source_locked());
+    if (view == nullptr) return false;
+    // While we hold the VM stopped, the view says "debug" or "paused" whoever else paused
+    // it (QEMU ignores a stop of a VM that is not running): nothing to learn.
+    if (guest_ && !guest_->running() && !paused_by_others()) return false;
+    // The stub's stop reply for the owner's pause is consumed here, so that it is never
+    // taken later for the answer to an interrupt of ours.
+    bool stub_saw_stop = guest_ && guest_->running() ? TRY(guest_->stopped_by_others()) : false;
+    auto state = view->current(Deadline::after(options_.client.request_timeout));
+    if (!state) {
+        Error e = state.error().with_context(view->describe());
+        owner_view_.reset();  // reconnected next time (QEMU may have been restarted)
+        return std::unexpected(e);
+    }
+    bool was_paused = paused_by_others();
+    update_status([&](SessionStatus& st) {
+        st.vm_status = state->status;
+        st.paused_by_others = !state->running;
+    });
+    if (state->running) {
+        if (guest_ && (stub_saw_stop || was_paused)) guest_->resumed_by_others();
+        if (was_paused) {
+            LOG_INFO("%s: the VM runs again (%s)", options_.gdb_endpoint.c_str(),
+                     view->describe().c_str());
+        }
+        return false;
+    }
+    if (!was_paused) {
+        LOG_WARN("%s: the VM was stopped by someone else (status %s); it stays so",
+                 options_.gdb_endpoint.c_str(), state->status.c_str());
+    }
+    return true;
+}
+
+Error GuestSession::paused_error() const {
+    std::string status = status_copy_vm_status();
+    return Error(EAGAIN, "the VM is stopped (" + (status.empty() ? std::string("paused") : status) +
+                             ", not by cloudvmi); it is left so");
+}
+
 Error GuestSession::not_taken_locked(const Error& e) {
     auto others = guest_->stopped_by_others();
     if (others && *others) {
@@ -337,9 +414,7 @@ Error GuestSession::not_taken_locked(const Error& e) {
         LOG_WARN("%s: the VM was paused by someone else; it stays paused",
                  options_.gdb_endpoint.c_str());
     }
-    if (paused_by_others()) {
-        return Error(EAGAIN, "the VM is paused (not by cloudvmi); it is left so");
-    }
+    if (paused_by_others()) return paused_error();
     // Running, yet the shadow did not take the batch: it is gone or stuck.
     discard_shadow_locked("it did not take a request");
     return Error(EAGAIN, e.describe() + ": the shadow did not answer; it will be replaced");
@@ -468,6 +543,12 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
     if (state() != SessionState::kAttached) TRY(attach_locked());
     update_status([](SessionStatus& st) { ++st.batches; });
     for (int attempt = 0;; ++attempt) {
+        // Before anything could stop or resume the VM (a trap batch, a new shadow).
+        auto stopped = stopped_by_owner_locked();
+        if (!stopped || *stopped) {
+            update_status([](SessionStatus& st) { ++st.failures; });
+            return std::unexpected(stopped ? paused_error() : stopped.error());
+        }
         auto ready = ensure_shadow_locked();
         if (!ready) {
             update_status([](SessionStatus& st) { ++st.failures; });
@@ -563,6 +644,7 @@ ErrorOr<void> GuestSession::detach() {
 
 ErrorOr<void> GuestSession::detach_locked() {
     std::optional<Error> first;
+    if (guest_) (void)stopped_by_owner_locked();  // a late look: paused since the last batch?
     bool leave_paused = paused_by_others();
     if (leave_paused && shadow_) {
         // Ending the shadow through the stub would resume the VM: its lease ends it instead.
@@ -589,6 +671,7 @@ ErrorOr<void> GuestSession::detach_locked() {
         guest_.reset();
     }
     if (log_) log_->commit();
+    owner_view_.reset();  // its socket serves one client: free it for others
     release_lock_and_guardian_locked();
     update_status([](SessionStatus& st) {
         if (st.state != SessionState::kError) st.state = SessionState::kDetached;
@@ -619,8 +702,10 @@ void GuestSession::fail_locked(const Error& error) {
     engine_.reset();
     mailbox_ = nullptr;
     if (shadow_) shadow_.reset();
+    owner_view_.reset();
     if (guest_) {
-        if (log_ && log_->current().nothing_to_undo()) {
+        // A detach would resume a VM that someone else paused.
+        if (log_ && log_->current().nothing_to_undo() && !paused_by_others()) {
             (void)guest_->detach();
         } else {
             guest_->abandon();

@@ -26,6 +26,7 @@
 #include "redirector/gdb/gdb_client.h"
 #include "redirector/guest/guest_access.h"
 #include "redirector/guest/guest_ram.h"
+#include "redirector/guest/vm_run_state.h"
 #include "redirector/inject/kernel_discovery.h"
 #include "redirector/journal/recovery_log.h"
 #include "redirector/recovery/guardian.h"
@@ -45,9 +46,17 @@ const char* to_string(EngineKind e);
 using GuestConnector =
     std::function<ErrorOr<std::unique_ptr<GuestAccess>>(const gdb::Endpoint& endpoint)>;
 
+// Opens the owner's view of the VM's run state (tests: a fake).
+using RunStateConnector = std::function<ErrorOr<std::unique_ptr<VmRunStateSource>>()>;
+
 struct SessionOptions {
     std::string gdb_endpoint;  // "unix:/path" or "tcp:host:port"
     GuestConnector connect;    // empty: GdbstubAccess::attach with `client`
+    // A QMP socket of the VM's QEMU for cloudvmi alone. With it, a VM paused by anyone else
+    // is never attached to nor resumed, and its requests fail at once; without it, only a
+    // pause that happens while cloudvmi has the VM running is seen (through the stub).
+    std::string qmp;
+    RunStateConnector watch_run_state;  // empty: QmpMonitor::connect(qmp)
     gdb::ClientOptions client;
     ShadowOptions shadow;
     EngineKind engine = EngineKind::kMailbox;
@@ -81,6 +90,7 @@ struct SessionStatus {
     RunControlCounters vm_cost;         // all of this session's, attach included
     std::string engine;                 // "mailbox", "trap", or "trap (mailbox: why not)"
     bool paused_by_others = false;      // the VM was stopped by someone else; left so
+    std::string vm_status;              // its owner's view (QMP status); "" = not watched
     uint64_t distrusted = 0;            // shadows discarded because they failed a check
     uint64_t stuck_shadows_ended = 0;   // shadows left blocked in a guest syscall, then ended
     MailboxStats mailbox;
@@ -143,8 +153,15 @@ class GuestSession {
     void discard_shadow_locked(const char* why);
     // Ends, through the current shadow, the shadows left blocked in a guest syscall.
     void end_stuck_shadows_locked();
+    // Whether the VM's owner view (QMP) says someone else stopped it; false when there is
+    // none, or while we hold the VM stopped ourselves (the view cannot tell then).
+    ErrorOr<bool> stopped_by_owner_locked();
+    // The owner view, connected if configured and not yet.
+    ErrorOr<VmRunStateSource*> run_state_source_locked();
+    Error paused_error() const;
     // status_.paused_by_others without copying the whole status (asked on every batch).
     bool paused_by_others() const;
+    std::string status_copy_vm_status() const;
 
     SessionOptions options_;
     mutable std::mutex mutex_;         // guards everything below; never held across sessions
@@ -161,6 +178,7 @@ class GuestSession {
     std::unique_ptr<RecoveryLog> log_;
     std::optional<GuardianHandle> guardian_;
     std::unique_ptr<GuestAccess> guest_;
+    std::unique_ptr<VmRunStateSource> owner_view_;  // the run state as the VM's owner sees it
     std::unique_ptr<ShadowProcess> shadow_;
     std::unique_ptr<GuestRam> ram_;        // found once per attach
     std::unique_ptr<BatchEngine> engine_;  // serves the current shadow

@@ -34,9 +34,11 @@ Usage:
 start         builds/locates the guest kit (build-guest.sh), starts qemu-system-x86_64
               daemonized with its gdbstub, QMP and serial console under RUNDIR:
                 RUNDIR/NAME.gdb (gdbstub socket)   RUNDIR/NAME.qmp (QMP socket)
+                RUNDIR/NAME.vmi.qmp (a second QMP socket, cloudvmi's own)
                 RUNDIR/NAME.serial (console log)   RUNDIR/NAME.pid (QEMU pid)
               waits until the guest prints $READY_MARK and prints sourceable lines:
-                GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp SERIAL=... PID=... ACCEL=tcg|kvm
+                GDB=unix:RUNDIR/NAME.gdb QMP=RUNDIR/NAME.qmp VMI_QMP=RUNDIR/NAME.vmi.qmp
+                SERIAL=... PID=... ACCEL=tcg|kvm
                 (plus NAME, RUNDIR, FLAVOUR, RELEASE, KERNEL_VERSION, BOOT_SECONDS)
               (plus IMAGE, CPU, and for debian SSH_PORT, SSH_KEY, QGA)
               Defaults: --image busybox --release bookworm --flavour generic --smp 1
@@ -217,7 +219,7 @@ stop_guest() {   # rundir name timeout -> 0 if gone
             return 1
         fi
     fi
-    rm -f "$dir/$name.gdb" "$qmp" "$pidfile" "$dir/$name.qemu.err" \
+    rm -f "$dir/$name.gdb" "$qmp" "$dir/$name.vmi.qmp" "$pidfile" "$dir/$name.qemu.err" \
         "$dir/$name.qcow2" "$dir/$name.qga" "$dir/$name.ssh"
     return 0
 }
@@ -319,8 +321,10 @@ cmd_start() {
     mkdir -p "$dir" || die "cannot create $dir"
     dir=$(cd "$dir" && pwd)
     local gdb=$dir/$name.gdb qmp=$dir/$name.qmp serial=$dir/$name.serial pidfile=$dir/$name.pid
+    local vmi_qmp=$dir/$name.vmi.qmp
     local err=$dir/$name.qemu.err overlay=$dir/$name.qcow2 qga=$dir/$name.qga sshinfo=$dir/$name.ssh
-    [ ${#qmp} -lt 100 ] || die "socket path $qmp is too long for a unix socket (use a shorter --dir)"
+    [ ${#vmi_qmp} -lt 100 ] ||
+        die "socket path $vmi_qmp is too long for a unix socket (use a shorter --dir)"
 
     local oldpid=
     [ -f "$pidfile" ] && read -r oldpid <"$pidfile" 2>/dev/null || true
@@ -351,7 +355,7 @@ cmd_start() {
         cpu="$cpu,-cx16"
     fi
 
-    rm -f "$gdb" "$qmp" "$serial" "$pidfile" "$err" "$overlay" "$qga" "$sshinfo"
+    rm -f "$gdb" "$qmp" "$vmi_qmp" "$serial" "$pidfile" "$err" "$overlay" "$qga" "$sshinfo"
     local append
     if [ "$image" = debian ]; then
         append="console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet panic=-1"
@@ -388,6 +392,7 @@ cmd_start() {
                 -kernel "$KERNEL" -initrd "$INITRD" -append "$append" \
                 -gdb "unix:$gdb,server=on,wait=off" \
                 -qmp "unix:$qmp,server=on,wait=off" \
+                -qmp "unix:$vmi_qmp,server=on,wait=off" \
                 -serial "file:$serial" \
                 "${dev[@]}" \
                 -pidfile "$pidfile" -display none -nodefaults -no-reboot -daemonize \
@@ -401,7 +406,7 @@ cmd_start() {
             continue
         fi
         cat "$err" >&2
-        rm -f "$gdb" "$qmp" "$pidfile" "$overlay" "$qga"
+        rm -f "$gdb" "$qmp" "$vmi_qmp" "$pidfile" "$overlay" "$qga"
         die "QEMU failed to start guest '$name'"
     done
     [ "$image" != debian ] || printf '%s\n%s\n' "$port" "$DEBIAN_SSH_KEY" >"$sshinfo"
@@ -433,6 +438,7 @@ cmd_start() {
 
     q GDB "unix:$gdb"
     q QMP "$qmp"
+    q VMI_QMP "$vmi_qmp"
     q SERIAL "$serial"
     q PID "$pid"
     q ACCEL "$accel"

@@ -277,7 +277,8 @@ TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups
     REQUIRE(::mkdir(mnt.c_str(), 0755) == 0);
     std::ofstream(dir + "/cloudvmi.yaml") << "node: n\nstate_dir: " << guest.state_dir()
                                           << "\nrequest_timeout_ms: 10000\nvms:\n  - name: deb\n"
-                                          << "    gdb: " << guest.gdb() << "\n";
+                                          << "    gdb: " << guest.gdb() << "\n"
+                                          << "    qmp: " << guest.vmi_qmp() << "\n";
     pid_t pid = spawn_process({cloudvmi_binary(), "-f", "--config", dir + "/cloudvmi.yaml", mnt},
                               dir + "/mount.log");
     std::string vm = mnt + "/n/deb";

@@ -116,7 +116,9 @@ class MountedVmi {
                                                << "operators_group: " << kOperatorsGid << "\n"
                                                << "vms:\n"
                                                << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
-                                               << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n";
+                                               << "    qmp: " << a_.vmi_qmp() << "\n"
+                                               << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n"
+                                               << "    qmp: " << b_.vmi_qmp() << "\n";
         // allow_other, as the man page's fstab line: the daemon itself must keep others out.
         pid_ = spawn_process({cloudvmi_binary(), "-f", "--log-level=info", "-o", "allow_other",
                               "--config", dir_ + "/cloudvmi.yaml", mountpoint_},

@@ -206,6 +206,7 @@ void TestGuest::boot() {
         if (key == "PID") qemu_pid_ = static_cast<int>(parse_u64(value).value_or(0));
         if (key == "QGA") qga_ = value;
         if (key == "QMP") qmp_ = value;
+        if (key == "VMI_QMP") vmi_qmp_ = value;
         if (key == "SSH_PORT") ssh_port_ = value;
         if (key == "SSH_KEY") ssh_key_ = value;
         if (key == "KERNEL_VERSION") kernel_version_ = value;
@@ -214,6 +215,7 @@ void TestGuest::boot() {
     }
     REQUIRE_FALSE(gdb_.empty());
     REQUIRE_FALSE(serial_.empty());
+    REQUIRE_FALSE(vmi_qmp_.empty());
     REQUIRE_FALSE(kernel_version_.empty());
     running_ = true;
 }
@@ -224,6 +226,7 @@ TestGuest::TestGuest(TestGuest&& o) noexcept
       state_dir_(std::move(o.state_dir_)),
       gdb_(std::move(o.gdb_)),
       qmp_(std::move(o.qmp_)),
+      vmi_qmp_(std::move(o.vmi_qmp_)),
       serial_(std::move(o.serial_)),
       qga_(std::move(o.qga_)),
       ssh_port_(std::move(o.ssh_port_)),
@@ -386,6 +389,7 @@ SessionOptions TestGuest::session_options() const {
     o.engine = env_or("CLOUDVMI_TEST_ENGINE", "mailbox") == "trap" ? EngineKind::kTrap
                                                                    : EngineKind::kMailbox;
     o.gdb_endpoint = gdb_;
+    o.qmp = vmi_qmp_;
     o.state_dir = state_dir_;
     o.guardian_program = cloudvmi_binary();
     return o;

@@ -81,6 +81,8 @@ class TestGuest {
     // One QMP command ({"execute": NAME}) on the guest's QMP socket; returns the reply line
     // ("" if QMP could not be reached).
     std::string qmp(const std::string& command) const;
+    // cloudvmi's own QMP socket (the mount's qmp: key).
+    const std::string& vmi_qmp() const { return vmi_qmp_; }
     // QMP query-status's "status" ("running", "paused", ...).
     std::string run_state() const;
 
@@ -97,7 +99,8 @@ class TestGuest {
     GuestConfig config_;
     std::string run_dir_;
     std::string state_dir_;
-    std::string gdb_, qmp_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_, accel_, cpu_model_;
+    std::string gdb_, qmp_, vmi_qmp_, serial_, qga_, ssh_port_, ssh_key_, kernel_version_, accel_,
+        cpu_model_;
     int qemu_pid_ = 0;
     bool running_ = false;
 };

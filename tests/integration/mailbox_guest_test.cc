@@ -174,3 +174,90 @@ TEST_CASE("a VM paused by its owner stays paused and requests fail fast", "[gues
     REQUIRE(guest.qmp("cont").find("return") != std::string::npos);
     CHECK(guest.run_state() == "running");
 }
+
+namespace {
+
+// Whatever a test leaves, the shared guest runs again afterwards.
+struct ContinueAtEnd {
+    const TestGuest& guest;
+    ~ContinueAtEnd() {
+        if (guest.run_state() != "running") (void)guest.qmp("cont");
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a VM paused before cloudvmi came is neither attached to nor resumed", "[guest]") {
+    auto& guest = TestGuest::shared();
+    REQUIRE(guest.run_state() == "running");
+    ContinueAtEnd resume{guest};
+    REQUIRE(guest.qmp("stop").find("return") != std::string::npos);
+    {
+        GuestSession session(guest.session_options());
+        GuestFileOps ops(session);
+        auto start = Clock::now();
+        auto attached = session.attach();
+        REQUIRE_FALSE(attached);
+        CHECK(attached.error().code() == EAGAIN);
+        CHECK(attached.error().message().find("paused") != std::string::npos);
+        CHECK(elapsed_ms(start) < 2000);
+        auto st = session.status();
+        CHECK(st.paused_by_others);
+        CHECK(st.vm_status == "paused");
+        CHECK(st.vm_cost.stops == 0);  // the stub was not even connected
+        auto read = ops.read_file("/proc/version");
+        REQUIRE_FALSE(read);
+        CHECK(read.error().code() == EAGAIN);
+        CHECK(guest.run_state() == "paused");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(guest.run_state() == "paused");
+    REQUIRE(guest.qmp("cont").find("return") != std::string::npos);
+    GuestSession session(guest.session_options());
+    GuestFileOps ops(session);
+    CHECK(read_text(ops, "/proc/version").find("Linux") == 0);
+    CHECK(session.status().vm_status == "running");
+    CHECK_FALSE(session.status().paused_by_others);
+    REQUIRE(session.detach());
+    CHECK(guest.run_state() == "running");
+}
+
+TEST_CASE("trap engine: a VM paused between batches stays paused", "[guest]") {
+    auto& guest = TestGuest::shared();
+    REQUIRE(guest.run_state() == "running");
+    ContinueAtEnd resume{guest};
+    GuestSession session(with_engine(guest, EngineKind::kTrap));
+    GuestFileOps ops(session);
+    REQUIRE(session.attach());
+    CHECK(read_text(ops, "/proc/version").find("Linux") == 0);
+    // Past the linger: the shadow is parked and the VM runs.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    REQUIRE(guest.run_state() == "running");
+    REQUIRE(guest.qmp("stop").find("return") != std::string::npos);
+    auto stops = session.status().vm_cost.stops;
+    auto start = Clock::now();
+    auto read = ops.read_file("/proc/version");
+    REQUIRE_FALSE(read);
+    CHECK(read.error().code() == EAGAIN);
+    CHECK(elapsed_ms(start) < 1000);
+    CHECK(session.status().vm_cost.stops == stops);  // not even interrupted
+    CHECK(session.status().paused_by_others);
+    CHECK(guest.run_state() == "paused");
+    // Resumed by its owner: served again.
+    REQUIRE(guest.qmp("cont").find("return") != std::string::npos);
+    CHECK(read_text(ops, "/proc/version").find("Linux") == 0);
+    CHECK_FALSE(session.status().paused_by_others);
+    // Paused again, then detached: it stays paused.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    REQUIRE(guest.qmp("stop").find("return") != std::string::npos);
+    CHECK(session.detach());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    CHECK(guest.run_state() == "paused");
+    REQUIRE(guest.qmp("cont").find("return") != std::string::npos);
+    // Whatever the detach left in the guest, the next session restores and serves.
+    GuestSession next(guest.session_options());
+    GuestFileOps next_ops(next);
+    CHECK(read_text(next_ops, "/proc/version").find("Linux") == 0);
+    REQUIRE(next.detach());
+    CHECK(guest.run_state() == "running");
+}

@@ -204,3 +204,69 @@ TEST_CASE("file operations on the fake guest: too big is an error, never a cut",
     REQUIRE(s.detach());
     CHECK(f.guest.anomalies().empty());
 }
+
+namespace {
+
+// The owner's view of the run state, set by the test.
+struct ScriptedRunState : VmRunStateSource {
+    explicit ScriptedRunState(std::shared_ptr<VmRunState> s) : state(std::move(s)) {}
+    std::string describe() const override { return "qmp:scripted"; }
+    ErrorOr<VmRunState> current(Deadline) override {
+        ++*asked;
+        if (state->status.empty()) return make_error(ECONNRESET, "QMP connection lost");
+        return *state;
+    }
+    std::shared_ptr<VmRunState> state;
+    std::shared_ptr<int> asked = std::make_shared<int>(0);
+};
+
+}  // namespace
+
+TEST_CASE("session on the fake guest: a VM its owner stopped is neither attached to nor run",
+          "[session]") {
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    auto state = std::make_shared<VmRunState>(VmRunState{false, "paused"});
+    f.options.watch_run_state = [&]() -> ErrorOr<std::unique_ptr<VmRunStateSource>> {
+        return std::make_unique<ScriptedRunState>(state);
+    };
+    GuestSession s(f.options);
+    auto attached = s.attach();
+    REQUIRE_FALSE(attached);
+    CHECK(attached.error().code() == EAGAIN);
+    CHECK(f.connects == 0);  // the stub is not even connected
+    CHECK(s.status().paused_by_others);
+    CHECK(s.status().vm_status == "paused");
+    CHECK(s.state() == SessionState::kDetached);
+
+    *state = VmRunState{true, "running"};
+    REQUIRE(s.attach());
+    CHECK(f.connects == 1);
+    CHECK_FALSE(s.status().paused_by_others);
+    int64_t shadow = f.getpid_in_shadow(s);
+    uint64_t stops = s.status().vm_cost.stops;
+
+    // Stopped by its owner between batches (the fake's VM keeps running: only the view
+    // says so): no batch, no stop, EAGAIN at once.
+    *state = VmRunState{false, "io-error"};
+    SyscallBatch b;
+    b.add(x86abi::kGetpid, {});
+    auto refused = s.run(b);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code() == EAGAIN);
+    CHECK(refused.error().message().find("io-error") != std::string::npos);
+    CHECK(s.status().vm_cost.stops == stops);
+    CHECK(s.status().vm_status == "io-error");
+
+    *state = VmRunState{true, "running"};
+    CHECK(f.getpid_in_shadow(s) == shadow);
+
+    // A lost view fails the request with its error and is reconnected next time.
+    state->status.clear();
+    auto lost = s.run(b);
+    REQUIRE_FALSE(lost);
+    CHECK(lost.error().code() == ECONNRESET);
+    *state = VmRunState{true, "running"};
+    CHECK(f.getpid_in_shadow(s) == shadow);
+    REQUIRE(s.detach());
+}
