@@ -59,7 +59,8 @@ Error vm_error(const Error& e) {
         case ENETUNREACH:
         case ECONNABORTED:
             return Error(ENOTCONN, e.message());
-        case EBUSY:  // another cloudvmi serves the VM
+        case EBUSY:   // another cloudvmi serves the VM
+        case EAGAIN:  // its owner paused the VM: try again once it runs
         case EACCES:
         case EINTR:
         case ENAMETOOLONG:

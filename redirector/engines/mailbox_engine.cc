@@ -187,7 +187,17 @@ ErrorOr<void> MailboxEngine::renew_lease() {
 }
 
 void MailboxEngine::poison_lease() {
-    if (auto r = write_word(CTRL_LEASE, 1); !r) {
+    // Only into a page proven to be still the shadow's control block: its process may be
+    // gone and the page reused. (Its code may have been changed: the lease ends it anyway.)
+    auto shorten = [this]() -> ErrorOr<void> {
+        TRY(revalidate_mappings());
+        auto ctrl = TRY(read_control());
+        if (ctrl.magic != SHADOW_MAGIC || ctrl.generation != target_.generation) {
+            return make_error(EBADMSG, "its control page is not ours any more; left alone");
+        }
+        return write_word(CTRL_LEASE, 1);
+    };
+    if (auto r = shorten(); !r) {
         LOG_WARN("cannot shorten the shadow's lease: %s", r.error().describe().c_str());
     }
 }

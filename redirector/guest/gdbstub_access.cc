@@ -127,8 +127,16 @@ ErrorOr<bool> GdbstubAccess::stopped_by_others() {
     if (!client_->running()) return false;
     auto stop = TRY(client_->poll_stop());
     if (!stop) return false;
-    cache_.clear();  // not a stop of ours: counters_ stay as they are
-    return true;
+    cache_.clear();
+    if (late_interrupt_) {
+        // The answer to an interrupt of ours that QEMU took late (QEMU pauses the VM for
+        // it, as for an owner's stop): undone, since the caller believes the VM runs.
+        late_interrupt_ = false;
+        ++counters_.stops;
+        TRY(client_->resume());
+        return false;
+    }
+    return true;  // not a stop of ours: counters_ stay as they are
 }
 
 ErrorOr<void> GdbstubAccess::resume() {
@@ -138,14 +146,22 @@ ErrorOr<void> GdbstubAccess::resume() {
 
 ErrorOr<StopEvent> GdbstubAccess::wait_for_stop(Deadline deadline) {
     auto stop = TRY(client_->wait_for_stop(deadline));
+    late_interrupt_ = false;  // whichever stop this is, no other one is owed to us
     ++counters_.stops;
     return to_event(stop);
 }
 
 ErrorOr<StopEvent> GdbstubAccess::interrupt(Deadline deadline) {
-    auto stop = TRY(client_->interrupt(deadline));
+    auto stop = client_->interrupt(deadline);
+    if (!stop) {
+        // QEMU did not answer (stopped itself, or overloaded): it may take the interrupt
+        // later, and then its stop reply is ours.
+        if (client_->running()) late_interrupt_ = true;
+        return std::unexpected(stop.error());
+    }
+    late_interrupt_ = false;
     ++counters_.stops;
-    return to_event(stop);
+    return to_event(*stop);
 }
 
 ErrorOr<StopEvent> GdbstubAccess::step(VcpuId vcpu, Deadline deadline) {

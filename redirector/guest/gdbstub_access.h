@@ -60,6 +60,7 @@ class GdbstubAccess final : public GuestAccess {
     // Register files read since the last resume: a stopped vCPU's registers only change
     // through us, so re-reading them would only cost round trips.
     std::map<VcpuId, RegisterSnapshot> cache_;
+    bool late_interrupt_ = false;  // an interrupt went unanswered: the next stop is ours
 };
 
 }  // namespace cloudvmi

@@ -172,7 +172,11 @@ ErrorOr<void> GuestSession::attach_locked() {
     auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
     if (!endpoint) return fail(endpoint.error());
     auto access = connect_locked(*endpoint);
-    if (!access) return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
+    if (!access) {
+        // QEMU stops the VM when it takes a stub connection, even one we gave up on.
+        own_pause_possible_ = true;
+        return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
+    }
     guest_ = std::move(*access);
 
     uint64_t identity = endpoint->identity();
@@ -381,6 +385,21 @@ ErrorOr<bool> GuestSession::stopped_by_owner_locked() {
         owner_view_.reset();  // reconnected next time (QEMU may have been restarted)
         return std::unexpected(e);
     }
+    if (!guest_ && !state->running && own_pause_possible_ && state->status == "paused") {
+        // An interrupt or a stub connection of a session of ours that failed (QEMU did not
+        // answer in time) may have reached QEMU late: it pauses the VM, as an owner would.
+        LOG_WARN(
+            "%s: the VM is paused, maybe by a stub request of ours that QEMU took late; "
+            "taking the pause as ours",
+            options_.gdb_endpoint.c_str());
+        own_pause_possible_ = false;
+        update_status([&](SessionStatus& st) {
+            st.vm_status = state->status;
+            st.paused_by_others = false;
+        });
+        return false;
+    }
+    if (state->running) own_pause_possible_ = false;
     bool was_paused = paused_by_others();
     update_status([&](SessionStatus& st) {
         st.vm_status = state->status;
@@ -547,6 +566,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
         auto stopped = stopped_by_owner_locked();
         if (!stopped || *stopped) {
             update_status([](SessionStatus& st) { ++st.failures; });
+            if (!stopped && is_transport_error(stopped.error())) fail_locked(stopped.error());
             return std::unexpected(stopped ? paused_error() : stopped.error());
         }
         auto ready = ensure_shadow_locked();
@@ -647,7 +667,10 @@ ErrorOr<void> GuestSession::detach_locked() {
     if (guest_) (void)stopped_by_owner_locked();  // a late look: paused since the last batch?
     bool leave_paused = paused_by_others();
     if (leave_paused && shadow_) {
-        // Ending the shadow through the stub would resume the VM: its lease ends it instead.
+        // Ending the shadow through the stub would resume the VM: its lease ends it instead,
+        // shortened now (a mailbox shadow's through guest RAM, a trap shadow's through the
+        // stub, neither resuming the VM).
+        if (!mailbox_ && guest_ && !guest_->running()) shadow_->end_in_stopped_vm();
         discard_shadow_locked("the VM is paused by someone else");
     }
     engine_.reset();
@@ -704,6 +727,8 @@ void GuestSession::fail_locked(const Error& error) {
     if (shadow_) shadow_.reset();
     owner_view_.reset();
     if (guest_) {
+        // A stop request of ours may still be on its way (QEMU not answering).
+        if (!paused_by_others()) own_pause_possible_ = true;
         // A detach would resume a VM that someone else paused.
         if (log_ && log_->current().nothing_to_undo() && !paused_by_others()) {
             (void)guest_->detach();

@@ -179,6 +179,9 @@ class GuestSession {
     std::optional<GuardianHandle> guardian_;
     std::unique_ptr<GuestAccess> guest_;
     std::unique_ptr<VmRunStateSource> owner_view_;  // the run state as the VM's owner sees it
+    // A session of ours failed while talking to the stub: a "paused" VM at the next attach
+    // may be our own late interrupt's doing (QEMU pauses, as for an owner's stop).
+    bool own_pause_possible_ = false;
     std::unique_ptr<ShadowProcess> shadow_;
     std::unique_ptr<GuestRam> ram_;        // found once per attach
     std::unique_ptr<BatchEngine> engine_;  // serves the current shadow

@@ -810,6 +810,13 @@ void ShadowProcess::give_up_to_lease() {
     journal();
 }
 
+void ShadowProcess::end_in_stopped_vm() {
+    if (state_ == State::kGone || state_ == State::kLost) return;
+    if (!guest_.running()) poison_lease();
+    state_ = State::kLost;
+    journal();
+}
+
 void ShadowProcess::poison_lease() {
     if (cr3_ == 0 || region_ == 0) return;
     if (guest_.running()) {
@@ -818,13 +825,27 @@ void ShadowProcess::poison_lease() {
     PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
         return guest_.read_physical(pa, out);
     };
-    auto t = translate_virtual(read, cr3_, region_ + SHADOW_CTRL_OFFSET + CTRL_LEASE);
+    auto t = translate_virtual(read, cr3_, region_ + SHADOW_CTRL_OFFSET);
     if (!t) {
         LOG_WARN("cannot reach the lost shadow's lease: %s", t.error().describe().c_str());
         return;
     }
+    // The process may be gone and its page tables and pages reused: write only into a
+    // page that still holds this shadow's control block (magic and random generation).
+    uint64_t header[2] = {};
+    static_assert(CTRL_MAGIC == 0 && CTRL_LEASE == 8);
+    uint64_t generation = 0;
+    if (!read(t->physical + CTRL_MAGIC, std::span(reinterpret_cast<uint8_t*>(header), 16)) ||
+        !read(t->physical + CTRL_GENERATION,
+              std::span(reinterpret_cast<uint8_t*>(&generation), 8)) ||
+        header[0] != SHADOW_MAGIC || generation != generation_) {
+        LOG_WARN("shadow process %lld: its control page is not ours any more; left alone",
+                 static_cast<long long>(pid_));
+        return;
+    }
     uint64_t one = 1;
-    if (auto w = guest_.write_physical(t->physical, std::span(reinterpret_cast<uint8_t*>(&one), 8));
+    if (auto w = guest_.write_physical(t->physical + CTRL_LEASE,
+                                       std::span(reinterpret_cast<uint8_t*>(&one), 8));
         !w) {
         LOG_WARN("cannot shorten the lost shadow's lease: %s", w.error().describe().c_str());
         return;

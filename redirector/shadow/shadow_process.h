@@ -117,6 +117,10 @@ class ShadowProcess {
     // For a parked shadow whose lease the caller shortened by other means: forgets it
     // (it exits by itself at its next sleep) without touching the VM.
     void give_up_to_lease();
+    // For a parked shadow in a VM that someone else stopped: shortens its lease through
+    // the stub, which does not resume the VM, and forgets it; it exits soon after the VM
+    // runs again. Writes only into a page proven to be still its control block.
+    void end_in_stopped_vm();
 
     State state() const { return state_; }
     int64_t pid() const { return pid_; }
@@ -160,7 +164,8 @@ class ShadowProcess {
     ErrorOr<VcpuId> run_until_shadow_at(uint64_t addr, Deadline deadline, bool any_space,
                                         uint64_t exclude_space);
     ErrorOr<void> set_rip(uint64_t address);
-    // Best effort for a shadow we lost: shorten its lease so it exits by itself.
+    // Best effort for a shadow we lost: shorten its lease so it exits by itself (only in a
+    // page that still holds its control block).
     void poison_lease();
     void journal();
     std::vector<uint8_t> initial_control_block() const;

@@ -25,6 +25,7 @@ Usage:
                [--flavour generic|cloud|rt] [--append "EXTRA"]
                [--smp N] [--mem MB] [--accel auto|kvm|tcg] [--cpu MODEL]
                [--timeout SECONDS] [--hostname NAME] [--ssh-port PORT] [--cache DIR]
+               [--allow-reboot]
   $PROG stop --name NAME --dir RUNDIR [--timeout SECONDS]
   $PROG ssh --name NAME --dir RUNDIR [--] [COMMAND...]
   $PROG qga --name NAME --dir RUNDIR [--timeout SECONDS] ['JSON']
@@ -56,6 +57,8 @@ start         builds/locates the guest kit (build-guest.sh), starts qemu-system-
               --timeout 240; command line "console=ttyS0 root=/dev/vda rootfstype=ext4 rw quiet
               panic=-1 [systemd.hostname=H] EXTRA". --flavour does not apply; --release
               picks the image: bookworm (Debian 12, default) or trixie (Debian 13).
+              --allow-reboot: a guest reboot (or QMP system_reset) restarts the guest inside
+              the same QEMU instead of ending QEMU (-no-reboot, the default).
               On failure or timeout the tail of the console log is shown, QEMU is killed, exit 1.
 stop          asks QEMU to quit over QMP, then SIGTERM, then SIGKILL (default timeout 10 s);
               removes the sockets, the pidfile and the overlay (the serial log is kept).
@@ -270,7 +273,7 @@ qemu_older_than() {
 
 cmd_start() {
     local name='' dir='' flavour=generic extra='' smp=1 mem='' accel=auto cpu=$DEFAULT_CPU
-    local cpu_set=0 timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port=''
+    local cpu_set=0 timeout='' ghost='' cache='' image=busybox flavour_set=0 ssh_port='' reboot_flag=-no-reboot
     local release=bookworm release_set=0
     while [ $# -gt 0 ]; do
         case $1 in
@@ -287,6 +290,7 @@ cmd_start() {
             --cpu) need_arg "$1" $#; cpu=$2; cpu_set=1; shift 2 ;;
             --timeout) need_arg "$1" $#; timeout=$2; shift 2 ;;
             --hostname) need_arg "$1" $#; ghost=$2; shift 2 ;;
+            --allow-reboot) reboot_flag=; shift ;;
             --cache) need_arg "$1" $#; cache=$2; shift 2 ;;
             -h|--help) usage; exit 0 ;;
             *) bad_usage "start: unknown argument: $1" ;;
@@ -395,7 +399,7 @@ cmd_start() {
                 -qmp "unix:$vmi_qmp,server=on,wait=off" \
                 -serial "file:$serial" \
                 "${dev[@]}" \
-                -pidfile "$pidfile" -display none -nodefaults -no-reboot -daemonize \
+                -pidfile "$pidfile" -display none -nodefaults $reboot_flag -daemonize \
                 </dev/null >"$err" 2>&1; then
             break
         fi

@@ -199,6 +199,51 @@ void print_attach(const char* label, const Attach& a) {
                << a.status.bootstrap.borrowed);
 }
 
+// The mount over the Debian guest, in a fresh directory, at MNT/n/deb.
+struct DebianMount {
+    explicit DebianMount(const TestGuest& guest) {
+        INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
+        REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
+        dir = make_temp_dir("cloudvmi-debian");
+        mnt = dir + "/vmi";
+        vm = mnt + "/n/deb";
+        REQUIRE(::mkdir(mnt.c_str(), 0755) == 0);
+        std::ofstream(dir + "/cloudvmi.yaml")
+            << "node: n\nstate_dir: " << guest.state_dir()
+            << "\nrequest_timeout_ms: 10000\nvms:\n  - name: deb\n"
+            << "    gdb: " << guest.gdb() << "\n"
+            << "    qmp: " << guest.vmi_qmp() << "\n";
+        pid = spawn_process({cloudvmi_binary(), "-f", "--config", dir + "/cloudvmi.yaml", mnt},
+                            dir + "/mount.log");
+        auto deadline = Deadline::after_ms(20000);
+        while (read_whole_file("/proc/self/mounts").find(" " + mnt + " fuse") ==
+                   std::string::npos &&
+               !deadline.expired()) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    }
+    ~DebianMount() {
+        if (pid > 0) (void)unmount();
+    }
+    // Unmounts and waits for the daemon to exit; false if it did not within a minute.
+    bool unmount() {
+        run_command({"fusermount3", "-u", mnt}, 30000);
+        int status = 0;
+        auto gone = Deadline::after_ms(60000);
+        while (::waitpid(pid, &status, WNOHANG) != pid && !gone.expired())
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (gone.expired()) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &status, 0);
+        }
+        pid = -1;
+        return !gone.expired();
+    }
+
+    std::string dir, mnt, vm;
+    pid_t pid = -1;
+};
+
 }  // namespace
 
 TEST_CASE("Debian guest: booted, healthy, heartbeat watched", "[debian]") {
@@ -270,23 +315,8 @@ TEST_CASE("Debian guest: attach with two CPU-bound loops running", "[debian]") {
 TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups", "[debian]") {
     auto& guest = debian();
     HeartbeatCheckpoint checkpoint{"the mount serves files, processes, servi"};
-    INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
-    REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
-    std::string dir = make_temp_dir("cloudvmi-debian");
-    std::string mnt = dir + "/vmi";
-    REQUIRE(::mkdir(mnt.c_str(), 0755) == 0);
-    std::ofstream(dir + "/cloudvmi.yaml") << "node: n\nstate_dir: " << guest.state_dir()
-                                          << "\nrequest_timeout_ms: 10000\nvms:\n  - name: deb\n"
-                                          << "    gdb: " << guest.gdb() << "\n"
-                                          << "    qmp: " << guest.vmi_qmp() << "\n";
-    pid_t pid = spawn_process({cloudvmi_binary(), "-f", "--config", dir + "/cloudvmi.yaml", mnt},
-                              dir + "/mount.log");
-    std::string vm = mnt + "/n/deb";
-    auto deadline = Deadline::after_ms(20000);
-    while (read_whole_file("/proc/self/mounts").find(" " + mnt + " fuse") == std::string::npos &&
-           !deadline.expired()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    DebianMount mount(guest);
+    const std::string &dir = mount.dir, &mnt = mount.mnt, &vm = mount.vm;
     auto cat = [&](const std::string& rel) {
         auto r = run_command({"cat", vm + "/" + rel}, 60000);
         INFO("cat " << rel << ": " << r.err << "\nmount log:\n"
@@ -335,18 +365,53 @@ TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups
     CHECK(*stops < kMaxStopsPerAttach);
     CHECK_FALSE(field_value(cat(".cloudvmi/status"), "borrowed").empty());
 
-    run_command({"fusermount3", "-u", mnt}, 30000);
-    int status = 0;
-    auto gone = Deadline::after_ms(60000);
-    while (::waitpid(pid, &status, WNOHANG) != pid && !gone.expired())
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    CHECK(gone.expired() == false);
+    CHECK(mount.unmount());
 
     // Nothing of ours is left in the guest, and the guest never noticed.
     auto left = guest.ssh("pgrep -x cloudvmi-shadow");
     CHECK(left.status == 1);
     CHECK(processes_with_shadow_code(guest).empty());
     CHECK(trimmed(must_ssh(guest, "systemctl --failed --no-legend")).empty());
+}
+
+TEST_CASE("Debian guest: 100 000 directory entries list whole; big files read whole or EFBIG",
+          "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"100 000 directory entries list whole; b"};
+    // Made inside the guest: 100 000 empty files, and a sparse 96 MiB file ending in a mark.
+    must_ssh(guest,
+             "rm -rf /root/big && mkdir /root/big && cd /root/big && seq -w 1 100000 | "
+             "xargs touch && truncate -s 96M /root/bigfile && echo END >> /root/bigfile");
+    std::string guest_md5 = trimmed(must_ssh(guest, "md5sum < /root/bigfile")).substr(0, 32);
+    {
+        DebianMount mount(guest);
+        auto start = Clock::now();
+        auto ls = run_command({"ls", "-f", mount.vm + "/root/root/big"}, 300000);
+        double list_ms = elapsed_ms(start);
+        INFO(ls.err << "\nmount log:\n" << read_whole_file(mount.dir + "/mount.log"));
+        REQUIRE(ls.status == 0);
+        std::set<std::string> names;
+        for (auto name : split(ls.out, '\n'))
+            if (!name.empty()) names.insert(std::string(name));
+        CHECK(names.size() == 100002);  // with . and ..
+        CHECK(names.count("000001") == 1);
+        CHECK(names.count("100000") == 1);
+        WARN("ls -f of 100 000 guest entries through the mount: " << list_ms << " ms");
+        // Through the mount a file streams whole, whatever its size.
+        auto md5 = run_command({"md5sum", mount.vm + "/root/root/bigfile"}, 300000);
+        REQUIRE(md5.status == 0);
+        CHECK(md5.out.substr(0, 32) == guest_md5);
+        CHECK(mount.unmount());
+    }
+    // A whole-file read (cloudvmi guest cat) beyond its cap says so: never a silent prefix.
+    auto cli =
+        run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--qmp", guest.vmi_qmp(),
+                     "--state-dir", guest.state_dir(), "cat", "/root/bigfile"},
+                    120000);
+    CHECK(cli.status != 0);
+    CHECK(cli.err.find("larger than") != std::string::npos);
+    CHECK(cli.out.empty());
+    must_ssh(guest, "rm -rf /root/big /root/bigfile");
 }
 
 TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]") {

@@ -294,6 +294,25 @@ TEST_CASE("the session files describe the session", "[fuse]") {
     CHECK(json.front() == '{');
 }
 
+TEST_CASE("a VM its owner pauses stays paused: cat fails at once, status says why", "[fuse]") {
+    auto& m = MountedVmi::shared();
+    std::string b = m.vm("vm-b");
+    REQUIRE(read_through_mount(b + "/proc/uptime", nullptr) == 0);
+    REQUIRE(m.b().qmp("stop").find("return") != std::string::npos);
+    auto start = Clock::now();
+    CHECK(read_through_mount(b + "/proc/loadavg", nullptr) == EAGAIN);
+    CHECK(elapsed_ms(start) < 1000);
+    std::string status;
+    REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
+    CHECK(field_value(status, "vm").find("stopped by someone else (paused)") == 0);
+    CHECK(m.b().run_state() == "paused");
+    REQUIRE(read_through_mount(m.vm("vm-a") + "/proc/uptime", nullptr) == 0);  // unaffected
+    REQUIRE(m.b().qmp("cont").find("return") != std::string::npos);
+    CHECK(read_through_mount(b + "/proc/loadavg", nullptr) == 0);
+    REQUIRE(read_through_mount(b + "/.cloudvmi/status", &status) == 0);
+    CHECK(field_value(status, "vm") == "running");
+}
+
 TEST_CASE("errors are the guest's own, and writes are refused until a policy allows them",
           "[fuse]") {
     auto& m = MountedVmi::shared();
@@ -534,6 +553,7 @@ TEST_CASE("a stopped VM answers quickly with an error while the other VM keeps w
         recovered = read_through_mount(b + "/proc/uptime", nullptr) == 0;
         if (!recovered) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
+    INFO("mount log:\n" << m.log());
     CHECK(recovered);
     CHECK(m.log().find("AddressSanitizer") == std::string::npos);
 }

@@ -193,6 +193,7 @@ void TestGuest::boot() {
         cmd.push_back("--hostname");
         cmd.push_back(config_.hostname);
     }
+    if (config_.allow_reboot) cmd.push_back("--allow-reboot");
     auto r = run_command(cmd, 300000);
     INFO("launch-guest.sh start (" + config_.describe() + ") failed:\n" + r.out + r.err);
     REQUIRE(r.status == 0);

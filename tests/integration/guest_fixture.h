@@ -34,6 +34,7 @@ struct GuestConfig {
     std::string name = "itest";
     std::string hostname;  // guest host name (default: cloudvmi-guest)
     std::string image = "busybox";
+    bool allow_reboot = false;  // a guest reboot restarts it inside the same QEMU
     std::string describe() const;
     static GuestConfig from_environment();
 };
