@@ -260,6 +260,10 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
         std::lock_guard closes(closes_mutex_);
         deferred_closes_.clear();  // they belonged to the previous shadow
     }
+    // A replacement: the guest may have rebooted since (a reset inside the same QEMU),
+    // its kernel elsewhere (KASLR). Looking costs a few reads; a stale entry, an attach
+    // that can never catch a thread.
+    if (current_shadow() > 0) TRY(refresh_kernel_locked());
     ShadowOptions shadow_options = options_.shadow;
     shadow_options.on_progress = [this](const std::string& step) {
         update_status([&](SessionStatus& st) { st.progress = step; });
@@ -282,6 +286,20 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     });
     shadow_ = std::move(shadow);
     start_engine_locked();
+    return {};
+}
+
+ErrorOr<void> GuestSession::refresh_kernel_locked() {
+    auto vcpus = TRY(guest_->vcpus());
+    if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
+    auto kernel = TRY(discover_kernel_entry_points(*guest_, vcpus[0]));
+    if (kernel.syscall_entry != kernel_.syscall_entry) {
+        LOG_WARN("%s: the guest kernel was restarted (syscall entry %s, was %s)",
+                 options_.gdb_endpoint.c_str(), hex_u64(kernel.syscall_entry).c_str(),
+                 hex_u64(kernel_.syscall_entry).c_str());
+        kernel_ = kernel;
+        update_status([&](SessionStatus& st) { st.kernel = kernel; });
+    }
     return {};
 }
 
@@ -569,10 +587,32 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             if (!stopped && is_transport_error(stopped.error())) fail_locked(stopped.error());
             return std::unexpected(stopped ? paused_error() : stopped.error());
         }
+        // A shadow that could not be made a moment ago is not tried again at once: every
+        // try stops the VM, and readers retrying in a loop would starve a booting guest.
+        if (!engine_ && last_shadow_failure_ && Clock::now() < shadow_retry_after_) {
+            update_status([](SessionStatus& st) { ++st.failures; });
+            return std::unexpected(*last_shadow_failure_);
+        }
         auto ready = ensure_shadow_locked();
+        if (ready) {
+            last_shadow_failure_.reset();
+        } else {
+            last_shadow_failure_ = ready.error();
+            shadow_retry_after_ = Clock::now() + kShadowRetryPause;
+        }
         if (!ready) {
             update_status([](SessionStatus& st) { ++st.failures; });
-            if (is_transport_error(ready.error())) fail_locked(ready.error());
+            if (is_transport_error(ready.error())) {
+                fail_locked(ready.error());
+            } else if (guest_ && !guest_->running() && !paused_by_others()) {
+                // No shadow came of it: the guest runs between requests all the same, or,
+                // if something of ours could not be undone, the guardian restores it.
+                if (log_ && !log_->current().nothing_to_undo()) {
+                    fail_locked(ready.error());
+                } else if (auto r = guest_->resume(); !r) {
+                    fail_locked(r.error());
+                }
+            }
             return std::unexpected(ready.error());
         }
         if (!stuck_shadows_.empty()) {

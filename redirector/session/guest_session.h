@@ -130,6 +130,8 @@ class GuestSession {
     ErrorOr<void> attach_locked();
     ErrorOr<std::unique_ptr<GuestAccess>> connect_locked(const gdb::Endpoint& endpoint);
     ErrorOr<void> ensure_shadow_locked();
+    // Finds the kernel's entry points again (the guest stopped); they move at a reboot.
+    ErrorOr<void> refresh_kernel_locked();
     ErrorOr<void> detach_locked();
     // Gives up the guest: the guardian (or the next attach) restores what the log names.
     void fail_locked(const Error& error);
@@ -182,6 +184,10 @@ class GuestSession {
     // A session of ours failed while talking to the stub: a "paused" VM at the next attach
     // may be our own late interrupt's doing (QEMU pauses, as for an owner's stop).
     bool own_pause_possible_ = false;
+    // The last failure to make a shadow, repeated until shadow_retry_after_.
+    static constexpr Millis kShadowRetryPause{1000};
+    std::optional<Error> last_shadow_failure_;
+    Clock::time_point shadow_retry_after_{};
     std::unique_ptr<ShadowProcess> shadow_;
     std::unique_ptr<GuestRam> ram_;        // found once per attach
     std::unique_ptr<BatchEngine> engine_;  // serves the current shadow

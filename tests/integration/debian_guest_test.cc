@@ -225,19 +225,10 @@ struct DebianMount {
     ~DebianMount() {
         if (pid > 0) (void)unmount();
     }
-    // Unmounts and waits for the daemon to exit; false if it did not within a minute.
     bool unmount() {
-        run_command({"fusermount3", "-u", mnt}, 30000);
-        int status = 0;
-        auto gone = Deadline::after_ms(60000);
-        while (::waitpid(pid, &status, WNOHANG) != pid && !gone.expired())
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (gone.expired()) {
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, &status, 0);
-        }
+        bool clean = unmount_and_reap(mnt, pid);
         pid = -1;
-        return !gone.expired();
+        return clean;
     }
 
     std::string dir, mnt, vm;

@@ -156,28 +156,6 @@ std::vector<std::string> names_in(const std::string& dir) {
     return out;
 }
 
-// The cloudvmi-shadow processes in a guest other than the checking session's own, once
-// they stop changing (a detaching shadow takes a moment to exit).
-std::vector<int64_t> foreign_shadows(TestGuest& guest, const std::string& state_dir) {
-    SessionOptions o = guest.session_options();
-    o.state_dir = state_dir;
-    GuestSession checker(o);
-    GuestFileOps ops(checker);
-    auto attached = checker.attach();
-    INFO("attaching to " << guest.gdb() << ": " << (attached ? "" : attached.error().describe()));
-    REQUIRE(attached);
-    std::vector<int64_t> others;
-    for (int i = 0; i < 20; ++i) {
-        others.clear();
-        for (int64_t pid : processes_named(ops, "cloudvmi-shadow")) {
-            if (pid != checker.status().shadow_pid) others.push_back(pid);
-        }
-        if (others.empty()) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return others;
-}
-
 }  // namespace
 
 TEST_CASE("the tree lists the node and both VMs", "[fuse]") {

@@ -514,6 +514,39 @@ int64_t workload_pid(GuestFileOps& ops, const std::string& name) {
     return static_cast<int64_t>(*v);
 }
 
+std::vector<int64_t> foreign_shadows(const TestGuest& guest, const std::string& state_dir) {
+    SessionOptions o = guest.session_options();
+    o.state_dir = state_dir;
+    GuestSession checker(o);
+    GuestFileOps ops(checker);
+    auto attached = checker.attach();
+    INFO("attaching to " << guest.gdb() << ": " << (attached ? "" : attached.error().describe()));
+    REQUIRE(attached);
+    std::vector<int64_t> others;
+    for (int i = 0; i < 50; ++i) {
+        others.clear();
+        for (int64_t pid : processes_named(ops, "cloudvmi-shadow")) {
+            if (pid != checker.status().shadow_pid) others.push_back(pid);
+        }
+        if (others.empty()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return others;
+}
+
+bool unmount_and_reap(const std::string& mountpoint, pid_t daemon) {
+    run_command({"fusermount3", "-u", mountpoint}, 30000);
+    int status = 0;
+    auto gone = Deadline::after_ms(60000);
+    while (::waitpid(daemon, &status, WNOHANG) != daemon && !gone.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (gone.expired()) {
+        ::kill(daemon, SIGKILL);
+        ::waitpid(daemon, &status, 0);
+    }
+    return !gone.expired();
+}
+
 std::string field_value(const std::string& text, const std::string& key) {
     for (auto line : split(text, '\n')) {
         if (starts_with(line, key + ":")) {

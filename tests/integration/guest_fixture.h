@@ -166,6 +166,13 @@ std::vector<int64_t> numeric_entries(const std::vector<GuestDirEntry>& entries);
 // The guest's processes whose comm is `name`, from a fresh listing of /proc.
 std::vector<int64_t> processes_named(GuestFileOps& ops, const std::string& name);
 
+// The cloudvmi-shadow processes in a guest besides a checking session's own (attached with
+// `state_dir`), once they stop changing (a detaching shadow takes a moment to exit).
+std::vector<int64_t> foreign_shadows(const TestGuest& guest, const std::string& state_dir);
+// fusermount3 -u, then waits up to a minute for the daemon to exit (SIGKILL after that);
+// false if it had to be killed.
+bool unmount_and_reap(const std::string& mountpoint, pid_t daemon);
+
 // Checks the prerequisites of guest tests and fails loudly if one is missing.
 void require_guest_prerequisites();
 
