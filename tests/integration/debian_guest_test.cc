@@ -290,6 +290,39 @@ TEST_CASE("Debian guest: seccomp-filtered root services are never borrowed", "[d
     must_ssh(guest, "systemctl stop cvmi-bait");
 }
 
+TEST_CASE("Debian guest: a root loop in its own pid and mount namespaces is never borrowed",
+          "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"a root loop in its own pid and mount nam"};
+    // Root, no seccomp, returning from syscalls all the time: a prime candidate, but it
+    // sees a container's /proc and /, not the VM's.
+    must_ssh(guest,
+             "systemd-run --unit=cvmi-ns /usr/bin/unshare -fpm --mount-proc "
+             "/bin/sh -c 'while :; do read x </proc/uptime; done'");
+    std::string init_ns = trimmed(must_ssh(guest, "readlink /proc/1/ns/pid"));
+    CHECK(trimmed(must_ssh(guest, "systemctl is-active cvmi-ns")) == "active");
+    int let_go = 0;
+    for (int i = 0; i < 3; ++i) {
+        // Our own ssh session's sshd, fresh from syscalls, would come by first.
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        auto a = attach_once(guest);
+        if (a.status.bootstrap.injector.rejected.find("namespace") != std::string::npos) ++let_go;
+        WARN("borrowed " << a.status.bootstrap.borrowed
+                         << "; let go: " << a.status.bootstrap.injector.rejected);
+        unsigned long pid = 0;
+        REQUIRE(std::sscanf(a.status.bootstrap.borrowed.c_str(), "pid %lu", &pid) == 1);
+        auto ns = guest.ssh("readlink /proc/" + std::to_string(pid) + "/ns/pid");
+        INFO("borrowed " << a.status.bootstrap.borrowed);
+        if (ns.status == 0) CHECK(trimmed(ns.out) == init_ns);  // (or it exited since)
+    }
+    WARN("candidates in other namespaces let go in " << let_go << " of 3 attaches");
+    CHECK(processes_with_shadow_code(guest).empty());
+    // Its sh is pid 1 of its namespace and ignores SIGTERM: killed, and forgotten.
+    must_ssh(guest,
+             "systemctl kill --signal=KILL cvmi-ns; systemctl stop cvmi-ns; "
+             "systemctl reset-failed cvmi-ns 2>/dev/null; true");
+}
+
 TEST_CASE("Debian guest: attach with two CPU-bound loops running", "[debian]") {
     auto& guest = debian();
     HeartbeatCheckpoint checkpoint{"attach with two CPU-bound loops running"};
