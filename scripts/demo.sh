@@ -74,7 +74,7 @@ fusermount3 -u "$mnt"
 for _ in $(seq 50); do pgrep -f "cloudvmi --config $dir/cloudvmi.yaml" >/dev/null || break; sleep 0.2; done
 echo
 echo "The same without a mount, one command at a time:"
-show "build/cloudvmi guest --gdb $GDB --state-dir $dir/state info | head -n 4"
-show "build/cloudvmi guest --gdb $GDB --state-dir $dir/state ls /proc | grep -c '^[0-9]'"
+show "build/cloudvmi guest --gdb $GDB --qmp $VMI_QMP --state-dir $dir/state info | head -n 4"
+show "build/cloudvmi guest --gdb $GDB --qmp $VMI_QMP --state-dir $dir/state ls /proc | grep -c '^[0-9]'"
 echo
 echo "== stopping the demo guest"
