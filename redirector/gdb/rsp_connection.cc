@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/log.h"
-#include "common/socket_connect.h"
+#include "common/stream_socket.h"
 #include "common/strings.h"
 
 namespace cloudvmi::gdb {
@@ -110,25 +110,9 @@ void RspConnection::close() {
 
 ErrorOr<void> RspConnection::write_all(std::string_view bytes, Deadline deadline) {
     if (closed()) return make_error(ENOTCONN, "gdbstub connection is closed");
-    while (!bytes.empty()) {
-        ssize_t n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            bytes.remove_prefix(static_cast<size_t>(n));
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) {
-            pollfd p{fd_.get(), POLLOUT, 0};
-            int r = ::poll(&p, 1, deadline.poll_timeout_ms());
-            if (r == 0) return make_error(ETIMEDOUT, "sending to gdbstub timed out");
-            if (r < 0 && errno != EINTR) return errno_error("poll");
-            continue;
-        }
-        int err = errno;
-        close();
-        return make_error(err == EPIPE ? ECONNRESET : err, "sending to gdbstub");
-    }
-    return {};
+    auto sent = send_all(fd_.get(), bytes, deadline, "gdbstub");
+    if (!sent && sent.error().code() != ETIMEDOUT) close();
+    return sent;
 }
 
 ErrorOr<bool> RspConnection::read_some(Deadline deadline) {

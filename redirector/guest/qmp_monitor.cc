@@ -3,7 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include "common/socket_connect.h"
+#include "common/stream_socket.h"
 #include "common/strings.h"
 #include "redirector/gdb/rsp_connection.h"
 
@@ -66,26 +66,9 @@ ErrorOr<VmRunState> QmpMonitor::query_status(Deadline deadline) {
 
 ErrorOr<void> QmpMonitor::send_command(const char* name, Deadline deadline) {
     if (!fd_.valid()) return make_error(ENOTCONN, "QMP connection closed");
-    std::string message = strformat("{\"execute\": \"%s\"}\n", name);
-    std::string_view rest = message;
-    while (!rest.empty()) {
-        ssize_t n = ::send(fd_.get(), rest.data(), rest.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            rest.remove_prefix(static_cast<size_t>(n));
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == EAGAIN) {
-            pollfd p{fd_.get(), POLLOUT, 0};
-            if (::poll(&p, 1, deadline.poll_timeout_ms()) == 0) {
-                return make_error(ETIMEDOUT, "sending to QMP timed out");
-            }
-            continue;
-        }
-        fd_.reset();
-        return make_error(n < 0 ? errno : ECONNRESET, "sending to QMP");
-    }
-    return {};
+    auto sent = send_all(fd_.get(), strformat("{\"execute\": \"%s\"}\n", name), deadline, "QMP");
+    if (!sent && sent.error().code() != ETIMEDOUT) fd_.reset();
+    return sent;
 }
 
 ErrorOr<QmpMessage> QmpMonitor::next_reply(Deadline deadline) {

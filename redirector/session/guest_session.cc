@@ -218,12 +218,11 @@ ErrorOr<void> GuestSession::attach_locked() {
         guardian_ = std::move(*g);
     }
 
-    auto threads = guest_->vcpus();
-    if (!threads) return fail(threads.error());
-    if (threads->empty()) return fail(Error(EPROTO, "the stub reports no vCPU"));
-    auto snap = guest_->snapshot((*threads)[0]);
+    auto vcpu = first_vcpu_locked();
+    if (!vcpu) return fail(vcpu.error());
+    auto snap = guest_->snapshot(*vcpu);
     if (!snap) return fail(snap.error());
-    auto kernel = discover_kernel_entry_points(*guest_, (*threads)[0]);
+    auto kernel = discover_kernel_entry_points(*guest_, *vcpu);
     if (!kernel) {
         // Nothing was changed yet: leave the guest as we found it.
         auto e = kernel.error();
@@ -289,10 +288,14 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     return {};
 }
 
-ErrorOr<void> GuestSession::refresh_kernel_locked() {
+ErrorOr<VcpuId> GuestSession::first_vcpu_locked() {
     auto vcpus = TRY(guest_->vcpus());
     if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
-    auto kernel = TRY(discover_kernel_entry_points(*guest_, vcpus[0]));
+    return vcpus[0];
+}
+
+ErrorOr<void> GuestSession::refresh_kernel_locked() {
+    auto kernel = TRY(discover_kernel_entry_points(*guest_, TRY(first_vcpu_locked())));
     if (kernel.syscall_entry != kernel_.syscall_entry) {
         LOG_WARN("%s: the guest kernel was restarted (syscall entry %s, was %s)",
                  options_.gdb_endpoint.c_str(), hex_u64(kernel.syscall_entry).c_str(),
@@ -339,9 +342,7 @@ void GuestSession::use_trap_engine_locked() {
 ErrorOr<std::unique_ptr<MailboxEngine>> GuestSession::start_mailbox_locked() {
     auto pid = guest_->hypervisor_pid();
     if (!pid) return make_error(ENOTSUP, "the VM's QEMU is not a local process");
-    auto vcpus = TRY(guest_->vcpus());
-    if (vcpus.empty()) return make_error(EPROTO, "the stub reports no vCPU");
-    bool la57 = (TRY(guest_->snapshot(vcpus[0])).state.sregs.cr4 & (1u << 12)) != 0;
+    bool la57 = (TRY(guest_->snapshot(TRY(first_vcpu_locked()))).state.sregs.cr4 & (1u << 12)) != 0;
     PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
         return guest_->read_physical(pa, out);
     };
@@ -403,39 +404,35 @@ ErrorOr<bool> GuestSession::stopped_by_owner_locked() {
         owner_view_.reset();  // reconnected next time (QEMU may have been restarted)
         return std::unexpected(e);
     }
-    if (!guest_ && !state->running && own_pause_possible_ && state->status == "paused") {
-        // An interrupt or a stub connection of a session of ours that failed (QEMU did not
-        // answer in time) may have reached QEMU late: it pauses the VM, as an owner would.
+    // An interrupt or a stub connection of a session of ours that failed (QEMU did not
+    // answer in time) may have reached QEMU late: it pauses the VM, as an owner would.
+    bool our_late_pause = !guest_ && own_pause_possible_ && state->status == "paused";
+    if (our_late_pause) {
         LOG_WARN(
             "%s: the VM is paused, maybe by a stub request of ours that QEMU took late; "
             "taking the pause as ours",
             options_.gdb_endpoint.c_str());
-        own_pause_possible_ = false;
-        update_status([&](SessionStatus& st) {
-            st.vm_status = state->status;
-            st.paused_by_others = false;
-        });
-        return false;
     }
-    if (state->running) own_pause_possible_ = false;
+    if (state->running || our_late_pause) own_pause_possible_ = false;
+    bool stopped = !state->running && !our_late_pause;
     bool was_paused = paused_by_others();
     update_status([&](SessionStatus& st) {
         st.vm_status = state->status;
-        st.paused_by_others = !state->running;
+        st.paused_by_others = stopped;
     });
-    if (state->running) {
-        if (guest_ && (stub_saw_stop || was_paused)) guest_->resumed_by_others();
-        if (was_paused) {
-            LOG_INFO("%s: the VM runs again (%s)", options_.gdb_endpoint.c_str(),
-                     view->describe().c_str());
+    if (stopped) {
+        if (!was_paused) {
+            LOG_WARN("%s: the VM was stopped by someone else (status %s); it stays so",
+                     options_.gdb_endpoint.c_str(), state->status.c_str());
         }
-        return false;
+        return true;
     }
-    if (!was_paused) {
-        LOG_WARN("%s: the VM was stopped by someone else (status %s); it stays so",
-                 options_.gdb_endpoint.c_str(), state->status.c_str());
+    if (state->running && guest_ && (stub_saw_stop || was_paused)) guest_->resumed_by_others();
+    if (state->running && was_paused) {
+        LOG_INFO("%s: the VM runs again (%s)", options_.gdb_endpoint.c_str(),
+                 view->describe().c_str());
     }
-    return true;
+    return false;
 }
 
 Error GuestSession::paused_error() const {
@@ -594,13 +591,9 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             return std::unexpected(*last_shadow_failure_);
         }
         auto ready = ensure_shadow_locked();
-        if (ready) {
-            last_shadow_failure_.reset();
-        } else {
+        if (!ready) {
             last_shadow_failure_ = ready.error();
             shadow_retry_after_ = Clock::now() + kShadowRetryPause;
-        }
-        if (!ready) {
             update_status([](SessionStatus& st) { ++st.failures; });
             if (is_transport_error(ready.error())) {
                 fail_locked(ready.error());
@@ -615,6 +608,7 @@ ErrorOr<BatchOutcome> GuestSession::run(const SyscallBatch& caller_batch,
             }
             return std::unexpected(ready.error());
         }
+        last_shadow_failure_.reset();
         if (!stuck_shadows_.empty()) {
             end_stuck_shadows_locked();
             // Its checks may have cost the shadow (discarded on a doubt): get another.

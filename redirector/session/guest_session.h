@@ -130,6 +130,7 @@ class GuestSession {
     ErrorOr<void> attach_locked();
     ErrorOr<std::unique_ptr<GuestAccess>> connect_locked(const gdb::Endpoint& endpoint);
     ErrorOr<void> ensure_shadow_locked();
+    ErrorOr<VcpuId> first_vcpu_locked();  // EPROTO if the stub reports none
     // Finds the kernel's entry points again (the guest stopped); they move at a reboot.
     ErrorOr<void> refresh_kernel_locked();
     ErrorOr<void> detach_locked();

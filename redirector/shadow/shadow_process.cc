@@ -832,13 +832,11 @@ void ShadowProcess::poison_lease() {
     }
     // The process may be gone and its page tables and pages reused: write only into a
     // page that still holds this shadow's control block (magic and random generation).
-    uint64_t header[2] = {};
-    static_assert(CTRL_MAGIC == 0 && CTRL_LEASE == 8);
-    uint64_t generation = 0;
-    if (!read(t->physical + CTRL_MAGIC, std::span(reinterpret_cast<uint8_t*>(header), 16)) ||
+    uint64_t magic = 0, generation = 0;
+    if (!read(t->physical + CTRL_MAGIC, std::span(reinterpret_cast<uint8_t*>(&magic), 8)) ||
         !read(t->physical + CTRL_GENERATION,
               std::span(reinterpret_cast<uint8_t*>(&generation), 8)) ||
-        header[0] != SHADOW_MAGIC || generation != generation_) {
+        magic != SHADOW_MAGIC || generation != generation_) {
         LOG_WARN("shadow process %lld: its control page is not ours any more; left alone",
                  static_cast<long long>(pid_));
         return;

@@ -340,7 +340,7 @@ TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups
     auto& guest = debian();
     HeartbeatCheckpoint checkpoint{"the mount serves files, processes, servi"};
     DebianMount mount(guest);
-    const std::string &dir = mount.dir, &mnt = mount.mnt, &vm = mount.vm;
+    const std::string &dir = mount.dir, &vm = mount.vm;
     auto cat = [&](const std::string& rel) {
         auto r = run_command({"cat", vm + "/" + rel}, 60000);
         INFO("cat " << rel << ": " << r.err << "\nmount log:\n"

@@ -1,8 +1,9 @@
-// Connecting a non-blocking stream socket within a deadline (the gdbstub, QMP).
+// Non-blocking stream sockets (the gdbstub, QMP): connecting and sending within a deadline.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "common/deadline.h"
 #include "common/error.h"
@@ -14,5 +15,10 @@ namespace cloudvmi {
 ErrorOr<UniqueFd> connect_unix_socket(const std::string& path, Deadline deadline);
 // The same to host:port (every address it resolves to, in turn), with TCP_NODELAY.
 ErrorOr<UniqueFd> connect_tcp_socket(const std::string& host, uint16_t port, Deadline deadline);
+
+// Sends all of `bytes` before `deadline` ("sending to PEER ..." in errors). ETIMEDOUT
+// leaves the connection usable; any other error means it is broken (a closed peer is
+// ECONNRESET).
+ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer);
 
 }  // namespace cloudvmi

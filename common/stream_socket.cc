@@ -1,4 +1,4 @@
-#include "common/socket_connect.h"
+#include "common/stream_socket.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -72,6 +72,27 @@ ErrorOr<UniqueFd> connect_tcp_socket(const std::string& host, uint16_t port, Dea
         last = ok.error();
     }
     return std::unexpected(last);
+}
+
+ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer) {
+    while (!bytes.empty()) {
+        ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            bytes.remove_prefix(static_cast<size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            pollfd p{fd, POLLOUT, 0};
+            int r = ::poll(&p, 1, deadline.poll_timeout_ms());
+            if (r == 0) return make_error(ETIMEDOUT, "sending to " + peer + " timed out");
+            if (r < 0 && errno != EINTR) return errno_error("poll");
+            continue;
+        }
+        int err = n < 0 ? errno : ECONNRESET;
+        return make_error(err == EPIPE ? ECONNRESET : err, "sending to " + peer);
+    }
+    return {};
 }
 
 }  // namespace cloudvmi
