@@ -15,6 +15,8 @@ enum ExitCode {
 
 int guest_main(int argc, char** argv);
 int guard_main(int argc, char** argv);
+// `cloudvmi policy check|explain`: argv[0] is "policy".
+int policy_main(int argc, char** argv);
 // The mount (`cloudvmi [OPTIONS] MOUNTPOINT`): argv[0] is the program.
 int mount_main(int argc, char** argv, const fs::MountSettings& settings);
 

@@ -11,6 +11,7 @@ namespace {
 const char kUsage[] =
     "Usage: cloudvmi [OPTIONS] MOUNTPOINT         mount the live tree of the VMs (see --help)\n"
     "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]\n"
+    "       cloudvmi policy check|explain FILE ...     the policy file (see cloudvmi-policy(5))\n"
     "       cloudvmi --help | --version\n"
     "\n"
     "Reads and changes the live state of running QEMU/KVM guests from the host, by\n"
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
     std::string cmd = argv[1];
     if (cmd == "guest") return cloudvmi::cli::guest_main(argc - 1, argv + 1);
     if (cmd == "guard") return cloudvmi::cli::guard_main(argc - 2, argv + 2);
+    if (cmd == "policy") return cloudvmi::cli::policy_main(argc - 1, argv + 1);
     // Anything else is the mount, with FUSE's conventions (and its --help/--version).
     cloudvmi::fs::MountSettings settings;
     settings.version = CLOUDVMI_VERSION;

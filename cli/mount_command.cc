@@ -90,7 +90,12 @@ int mount_main(int argc, char** argv, const fs::MountSettings& settings) {
     if (opts.state_dir) config->state_dir = *opts.state_dir;
     if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();
     if (config->vms.empty()) LOG_WARN("%s configures no VM", config_path.c_str());
-    return fs::serve_mount(*config, settings, opts.fuse_args);
+    auto governance = fs::load_governance(*config);
+    if (!governance) {
+        std::fprintf(stderr, "cloudvmi: %s\n", governance.error().describe().c_str());
+        return kExitUsage;
+    }
+    return fs::serve_mount(*config, settings, opts.fuse_args, std::move(*governance));
 }
 
 }  // namespace cloudvmi::cli

@@ -18,6 +18,7 @@ struct Caller {
     uid_t uid = 0;
     gid_t gid = 0;
     std::vector<gid_t> groups;  // supplementary
+    pid_t pid = 0;              // for the audit trail
 };
 
 // What a node shows.

@@ -69,6 +69,39 @@ std::string host_name() {
     return h.substr(0, h.find('.'));
 }
 
+// `policy:` and `audit:`.
+ErrorOr<void> parse_governance(const std::string& origin, const std::map<std::string, Entry>& top,
+                               Config& c) {
+    if (auto it = top.find("policy"); it != top.end()) {
+        c.policy = TRY(scalar<std::string>(origin, it->second, "policy"));
+        if (c.policy->empty() || (*c.policy)[0] != '/')
+            return bad(origin, it->second.located(), "policy must be an absolute path");
+    }
+    auto it = top.find("audit");
+    if (it == top.end()) return {};
+    const Entry& audit = it->second;
+    if (!audit.value.IsMap()) return bad(origin, audit.located(), "'audit' must be a mapping");
+    auto keys = TRY(entries(origin, audit.value, {"file", "max_bytes", "keep", "syslog"}, "audit"));
+    if (auto k = keys.find("file"); k != keys.end()) {
+        c.audit.file = TRY(scalar<std::string>(origin, k->second, "file"));
+        if (!c.audit.file.empty() && c.audit.file[0] != '/')
+            return bad(origin, k->second.located(), "audit file must be an absolute path");
+    }
+    if (auto k = keys.find("max_bytes"); k != keys.end()) {
+        long long v = TRY(scalar<long long>(origin, k->second, "max_bytes"));
+        if (v < 4096) return bad(origin, k->second.located(), "max_bytes must be at least 4096");
+        c.audit.max_bytes = static_cast<uint64_t>(v);
+    }
+    if (auto k = keys.find("keep"); k != keys.end()) {
+        c.audit.keep = TRY(scalar<int>(origin, k->second, "keep"));
+        if (c.audit.keep < 0 || c.audit.keep > 100)
+            return bad(origin, k->second.located(), "keep must be 0..100");
+    }
+    if (auto k = keys.find("syslog"); k != keys.end())
+        c.audit.syslog = TRY(scalar<bool>(origin, k->second, "syslog"));
+    return {};
+}
+
 }  // namespace
 
 bool is_valid_entry_name(const std::string& name) {
@@ -93,10 +126,11 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     Config c;
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
-    auto top = TRY(entries(origin, root,
-                           {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms",
-                            "engine", "operators_group", "allow_consuming_reads", "cache", "vms"},
-                           "the configuration"));
+    auto top =
+        TRY(entries(origin, root,
+                    {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "engine",
+                     "operators_group", "allow_consuming_reads", "cache", "vms", "policy", "audit"},
+                    "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
         if (!is_valid_entry_name(c.node)) {
@@ -158,6 +192,7 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
         TRY(seconds("root_attr", c.cache.root_attr));
         TRY(seconds("root_entry", c.cache.root_entry));
     }
+    TRY(parse_governance(origin, top, c));
     std::set<std::string> names;
     if (auto it = top.find("vms"); it != top.end()) {
         const Entry& vms = it->second;

@@ -7,6 +7,13 @@
 //   engine: mailbox              # or trap: how batches reach the shadow (see cloudvmi(1))
 //   operators_group: vmiops      # may read the guests besides root (default: root only)
 //   allow_consuming_reads: false # /proc/kmsg, trace_pipe: reading them takes from the guest
+//   policy: /etc/cloudvmi/policy.yaml   # what may change in the guests (cloudvmi-policy(5));
+//                                # the default file if it exists, else the built-in policy
+//   audit:                       # the audit trail of changes
+//     file: /var/log/cloudvmi/audit.log   # "" for none (syslog only)
+//     max_bytes: 67108864        # rotated beyond this size
+//     keep: 5                    # rotated files kept
+//     syslog: true               # a copy of every line to syslog (LOG_AUTHPRIV)
 //   cache:                       # kernel attribute/entry cache lifetimes, seconds
 //     proc_attr: 0.5
 //     proc_entry: 1
@@ -44,6 +51,13 @@ struct CacheConfig {
     double root_entry = 1.0;
 };
 
+struct AuditConfig {
+    std::string file = "/var/log/cloudvmi/audit.log";
+    uint64_t max_bytes = 64u << 20;
+    int keep = 5;
+    bool syslog = true;
+};
+
 struct Config {
     std::string node;
     std::string state_dir;
@@ -56,6 +70,9 @@ struct Config {
     // Reads that take data from the guest (/proc/kmsg, tracing pipes); refused by default.
     bool allow_consuming_reads = false;
     CacheConfig cache;
+    // The policy file; unset: kDefaultPolicyPath when it exists, else the built-in policy.
+    std::optional<std::string> policy;
+    AuditConfig audit;
     std::vector<VmConfig> vms;
 
     static ErrorOr<Config> load_file(const std::string& path);
@@ -64,6 +81,7 @@ struct Config {
 
 // The default configuration file.
 constexpr const char* kDefaultConfigPath = "/etc/cloudvmi/cloudvmi.yaml";
+constexpr const char* kDefaultPolicyPath = "/etc/cloudvmi/policy.yaml";
 
 // A name usable as one directory entry of /vmi (node and VM names).
 bool is_valid_entry_name(const std::string& name);

@@ -1,14 +1,20 @@
 #include "fs/filesystem.h"
 
+#include <unistd.h>
+
 #include "common/log.h"
 
 namespace cloudvmi::fs {
 
-Filesystem::Filesystem(Config config, SessionOptions base) : config_(std::move(config)) {
+Filesystem::Filesystem(Config config, SessionOptions base)
+    : config_(std::move(config)),
+      policies_(std::make_unique<PolicyStore>("")),
+      gate_(std::make_unique<ChangeGate>(*policies_, nullptr)) {
     for (const auto& vm : config_.vms) {
         auto v = std::make_unique<Vm>(config_.node, vm, base);
         v->set_cache(config_.cache);
         v->set_allow_consuming_reads(config_.allow_consuming_reads);
+        v->set_gate(gate_.get());
         vms_.push_back(std::move(v));
     }
     inodes_ = std::make_unique<InodeTable>(make_root_dir(*this));
@@ -16,6 +22,29 @@ Filesystem::Filesystem(Config config, SessionOptions base) : config_(std::move(c
 
 Filesystem::~Filesystem() {
     shutdown();
+}
+
+ErrorOr<Governance> load_governance(const Config& config) {
+    Governance g;
+    std::string path = config.policy.value_or("");
+    if (!config.policy && ::access(kDefaultPolicyPath, F_OK) == 0) path = kDefaultPolicyPath;
+    g.policies = std::make_unique<PolicyStore>(path);
+    TRY(g.policies->load());
+    AuditOptions audit;
+    audit.path = config.audit.file;
+    audit.max_bytes = config.audit.max_bytes;
+    audit.keep = config.audit.keep;
+    audit.syslog = config.audit.syslog;
+    g.audit = TRY_CTX(AuditLog::open(audit), "audit log " + audit.path);
+    return g;
+}
+
+void Filesystem::set_governance(Governance governance) {
+    policies_ = std::move(governance.policies);
+    audit_ = std::move(governance.audit);
+    gate_ = std::make_unique<ChangeGate>(*policies_, audit_.get());
+    for (const auto& vm : vms_)
+        vm->set_gate(gate_.get());
 }
 
 Vm* Filesystem::find_vm(const std::string& name) const {

@@ -8,17 +8,29 @@
 #include <string>
 #include <vector>
 
+#include "fs/audit_log.h"
+#include "fs/change_gate.h"
 #include "fs/config.h"
 #include "fs/inode_table.h"
 #include "fs/node.h"
+#include "fs/policy_store.h"
 #include "fs/vm.h"
 #include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
 
+// The policy and the audit trail of a mount, loaded before it serves (errors then reach
+// the terminal).
+struct Governance {
+    std::unique_ptr<PolicyStore> policies;
+    std::unique_ptr<AuditLog> audit;
+};
+ErrorOr<Governance> load_governance(const Config& config);
+
 class Filesystem {
   public:
     // `base` carries the session settings common to every VM (state dir, guardian, timeouts).
+    // The policy is the built-in one and there is no audit trail until set_governance().
     Filesystem(Config config, SessionOptions base);
     ~Filesystem();
     Filesystem(const Filesystem&) = delete;
@@ -29,6 +41,12 @@ class Filesystem {
     AccessRule access_rule() const { return AccessRule{config_.operators_gid}; }
     const std::vector<std::unique_ptr<Vm>>& vms() const { return vms_; }
     Vm* find_vm(const std::string& name) const;
+
+    // The policy and the audit trail every VM's changes go through (the mount loads them
+    // before it serves).
+    void set_governance(Governance governance);
+    PolicyStore& policies() { return *policies_; }
+    AuditLog* audit() { return audit_.get(); }
 
     // Answers requests stuck in a VM's queue past their deadline, or interrupted.
     void reap_queues();
@@ -41,6 +59,9 @@ class Filesystem {
   private:
     Config config_;
     std::vector<std::unique_ptr<Vm>> vms_;
+    std::unique_ptr<PolicyStore> policies_;
+    std::unique_ptr<AuditLog> audit_;
+    std::unique_ptr<ChangeGate> gate_;
     std::unique_ptr<InodeTable> inodes_;
     bool shut_down_ = false;
 };
@@ -50,6 +71,10 @@ std::shared_ptr<Node> make_root_dir(Filesystem& fs);
 std::shared_ptr<Node> make_node_dir(Filesystem& fs, const std::string& node);
 std::shared_ptr<Node> make_vm_dir(Vm& vm);
 std::shared_ptr<Node> make_session_dir(Vm& vm);
+// /vmi/<node>/<vm>/ctl: writes that act on the guest (ctl/kill).
+std::shared_ptr<Node> make_control_dir(Vm& vm);
+// /vmi/.cloudvmi: the mount's own files (policy-status, reload).
+std::shared_ptr<Node> make_mount_dir(Filesystem& fs);
 
 // The guest's own trees, mirrored.
 enum class GuestTree { kProc, kSys, kRoot };

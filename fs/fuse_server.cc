@@ -11,6 +11,7 @@
 #include "fs/fuse_server.h"
 
 #include <fuse_lowlevel.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -148,11 +149,12 @@ void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop =
     }
 }
 
-// The caller's credentials; the supplementary groups only when they can matter.
-Caller caller_of(fuse_req_t req, const AccessRule& rule) {
+// The caller's credentials; the supplementary groups only when they can matter (the
+// operators group, and the policy's group rules, never apply to host root).
+Caller caller_of(fuse_req_t req) {
     const fuse_ctx* ctx = fuse_req_ctx(req);
-    Caller c{ctx->uid, ctx->gid, {}};
-    if (c.uid != 0 && rule.operators && c.gid != *rule.operators) {
+    Caller c{ctx->uid, ctx->gid, {}, ctx->pid};
+    if (c.uid != 0) {
         gid_t groups[256];
         int n = fuse_req_getgroups(req, 256, groups);
         if (n > 0) c.groups.assign(groups, groups + std::min(n, 256));
@@ -161,19 +163,21 @@ Caller caller_of(fuse_req_t req, const AccessRule& rule) {
 }
 
 // The node behind `ino` if the caller may use it (fs/access.h); otherwise replies with
-// ESTALE or EACCES and returns null. Every request on a node starts here.
-std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino) {
+// ESTALE or EACCES and returns null. Every request on a node starts here; `who` is set
+// to the caller.
+std::shared_ptr<Node> node_or_reply(fuse_req_t req, fuse_ino_t ino, Caller* who = nullptr) {
     Filesystem& fs = fs_of(req);
     auto node = fs.inodes().get(ino);
     if (!node) {
         fuse_reply_err(req, ESTALE);
         return nullptr;
     }
-    AccessRule rule = fs.access_rule();
-    if (!may_access(rule, caller_of(req, rule), node->exposure())) {
+    Caller caller = caller_of(req);
+    if (!may_access(fs.access_rule(), caller, node->exposure())) {
         fuse_reply_err(req, EACCES);
         return nullptr;
     }
+    if (who) *who = std::move(caller);
     return node;
 }
 
@@ -246,21 +250,34 @@ void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
              });
 }
 
-void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
-    auto node = node_or_reply(req, ino);
-    if (!node) return;
+AttrChange attr_change(const struct stat* attr, int to_set) {
     AttrChange change;
     if (to_set & FUSE_SET_ATTR_SIZE) change.size = attr->st_size;
     if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode;
     if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
     if (to_set & FUSE_SET_ATTR_GID) change.gid = attr->st_gid;
-    if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW |
-                  FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)) {
-        change.times = true;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+        change.atime = AttrChange::Time{true, {}};
+    } else if (to_set & FUSE_SET_ATTR_ATIME) {
+        change.atime = AttrChange::Time{false, attr->st_atim};
     }
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+        change.mtime = AttrChange::Time{true, {}};
+    } else if (to_set & FUSE_SET_ATTR_MTIME) {
+        change.mtime = AttrChange::Time{false, attr->st_mtim};
+    }
+    if (to_set & FUSE_SET_ATTR_CTIME) change.other_times = true;
+    return change;
+}
+
+void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+    Caller who;
+    auto node = node_or_reply(req, ino, &who);
+    if (!node) return;
+    AttrChange change = attr_change(attr, to_set);
     dispatch(req, node->vm(),
-             [req, node, ino, change](const Answer& answer) -> std::optional<Error> {
-                 auto r = node->setattr(change);
+             [req, node, ino, change, who](const Answer& answer) -> std::optional<Error> {
+                 auto r = node->setattr(change, who);
                  if (!r) return reply_error(answer, req, r.error());
                  r->st.st_ino = ino;
                  answer([&] { fuse_reply_attr(req, &r->st, r->timeout); });
@@ -291,7 +308,8 @@ void ll_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
                 bool plus) {
-    auto node = node_or_reply(req, ino);
+    Caller who;
+    auto node = node_or_reply(req, ino, &who);
     if (!node) return;
     std::shared_ptr<DirHandle> dh = dir_handle(fi);
     bool need_fetch;
@@ -353,8 +371,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         return;
     }
     dispatch(req, node->vm(),
-             [req, node, dh, plus, reply](const Answer& answer) -> std::optional<Error> {
-                 auto entries = node->readdir(plus);
+             [req, node, dh, plus, reply, who](const Answer& answer) -> std::optional<Error> {
+                 auto entries = node->readdir(plus, who);
                  if (!entries) return reply_error(answer, req, entries.error());
                  {
                      std::lock_guard lock(dh->mutex);
@@ -380,24 +398,25 @@ void ll_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    auto node = node_or_reply(req, ino);
+    Caller who;
+    auto node = node_or_reply(req, ino, &who);
     if (!node) return;
     int flags = fi->flags;
-    dispatch(
-        req, node->vm(),
-        [req, node, flags, fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
-            auto handle = node->open(flags);
-            if (!handle) return reply_error(answer, req, handle.error());
-            auto of = std::make_shared<OpenFile>(node, std::move(*handle));
-            fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
-            fi_copy.keep_cache = 0;
-            fi_copy.fh = boxed(std::move(of));
-            bool delivered = false;
-            answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
-            // The caller is gone (interrupted): nobody will release this handle.
-            if (!delivered) (void)unboxed<OpenFile>(&fi_copy);
-            return std::nullopt;
-        });
+    dispatch(req, node->vm(),
+             [req, node, flags, who,
+              fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
+                 auto handle = node->open(flags, who);
+                 if (!handle) return reply_error(answer, req, handle.error());
+                 auto of = std::make_shared<OpenFile>(node, std::move(*handle));
+                 fi_copy.direct_io = of->handle->direct_io() ? 1 : 0;
+                 fi_copy.keep_cache = 0;
+                 fi_copy.fh = boxed(std::move(of));
+                 bool delivered = false;
+                 answer([&] { delivered = fuse_reply_open(req, &fi_copy) == 0; });
+                 // The caller is gone (interrupted): nobody will release this handle.
+                 if (!delivered) (void)unboxed<OpenFile>(&fi_copy);
+                 return std::nullopt;
+             });
 }
 
 void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
@@ -421,13 +440,15 @@ void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
               fuse_file_info* fi) {
     std::shared_ptr<OpenFile> of = open_file(fi);
     std::vector<uint8_t> data(buf, buf + size);
-    dispatch(req, of->node->vm(),
-             [req, of, data = std::move(data), off](const Answer& answer) -> std::optional<Error> {
-                 auto n = of->handle->write(data, off);
-                 if (!n) return reply_error(answer, req, n.error());
-                 answer([&] { fuse_reply_write(req, *n); });
-                 return std::nullopt;
-             });
+    Caller who = caller_of(req);
+    dispatch(
+        req, of->node->vm(),
+        [req, of, data = std::move(data), off, who](const Answer& answer) -> std::optional<Error> {
+            auto n = of->handle->write(data, off, who);
+            if (!n) return reply_error(answer, req, n.error());
+            answer([&] { fuse_reply_write(req, *n); });
+            return std::nullopt;
+        });
 }
 
 void ll_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
@@ -449,40 +470,145 @@ void ll_statfs(fuse_req_t req, fuse_ino_t) {
     fuse_reply_statfs(req, &st);
 }
 
-// Changes of the namespace and of attributes go through the write policy; none is
-// configured yet, so they are refused before anything reaches a guest.
-void refuse(fuse_req_t req) {
-    fuse_reply_err(req, EACCES);
+// Changes of the namespace: each goes to its node on the VM's queue, where the policy
+// decides (fs/change_gate.h).
+void reply_new_entry(fuse_req_t req, fuse_ino_t parent, const std::string& what,
+                     std::function<ErrorOr<std::shared_ptr<Node>>(Node&, const Caller&)> make) {
+    Caller who;
+    auto node = node_or_reply(req, parent, &who);
+    if (!node) return;
+    Filesystem* fs = &fs_of(req);
+    dispatch(req, node->vm(),
+             [req, fs, node, who, make, what](const Answer& answer) -> std::optional<Error> {
+                 auto child = make(*node, who);
+                 if (!child) return reply_error(answer, req, child.error().with_context(what));
+                 return reply_entry(answer, req, *fs, *child);
+             });
 }
+
+void reply_done(fuse_req_t req, fuse_ino_t parent,
+                std::function<ErrorOr<void>(Node&, const Caller&)> act) {
+    Caller who;
+    auto node = node_or_reply(req, parent, &who);
+    if (!node) return;
+    dispatch(req, node->vm(), [req, node, who, act](const Answer& answer) -> std::optional<Error> {
+        auto r = act(*node, who);
+        if (!r) return reply_error(answer, req, r.error());
+        answer([&] { fuse_reply_err(req, 0); });
+        return std::nullopt;
+    });
+}
+
+void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    std::string n(name);
+    reply_new_entry(req, parent, "mkdir",
+                    [n, mode](Node& dir, const Caller& who) { return dir.mkdir(n, mode, who); });
+}
+
+void ll_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+    std::string t(target), n(name);
+    reply_new_entry(req, parent, "symlink",
+                    [t, n](Node& dir, const Caller& who) { return dir.symlink(t, n, who); });
+}
+
+// A removed name no longer names its inode: a new file of that name gets a new one.
+void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    std::string n(name);
+    Filesystem* fs = &fs_of(req);
+    reply_done(req, parent, [n, fs](Node& dir, const Caller& who) -> ErrorOr<void> {
+        TRY(dir.unlink(n, who));
+        fs->inodes().drop_key(dir.child_key(n));
+        return {};
+    });
+}
+
+void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    std::string n(name);
+    Filesystem* fs = &fs_of(req);
+    reply_done(req, parent, [n, fs](Node& dir, const Caller& who) -> ErrorOr<void> {
+        TRY(dir.rmdir(n, who));
+        fs->inodes().drop_key(dir.child_key(n));
+        return {};
+    });
+}
+
+void ll_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
+               const char* new_name, unsigned flags) {
+    auto target = fs_of(req).inodes().get(new_parent);
+    if (!target) {
+        fuse_reply_err(req, ESTALE);
+        return;
+    }
+    std::string n(name), nn(new_name);
+    Filesystem* fs = &fs_of(req);
+    reply_done(req, parent,
+               [n, nn, target, flags, fs](Node& dir, const Caller& who) -> ErrorOr<void> {
+                   TRY(dir.rename(n, *target, nn, flags, who));
+                   // The kernel keeps the inodes it knows: they must name the guest's new paths.
+                   std::string from = dir.child_key(n), to = target->child_key(nn);
+                   if (flags & RENAME_EXCHANGE) {
+                       // Not below `from`: an exchange of a directory with its own descendant
+                       // fails.
+                       const std::string parked = to + "\x01";
+                       fs->inodes().rehome(to, parked);
+                       fs->inodes().rehome(from, to);
+                       fs->inodes().rehome(parked, from);
+                   } else {
+                       fs->inodes().rehome(from, to);
+                   }
+                   return {};
+               });
+}
+
+void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+    Caller who;
+    auto node = node_or_reply(req, parent, &who);
+    if (!node) return;
+    std::string n(name);
+    Filesystem* fs = &fs_of(req);
+    dispatch(req, node->vm(),
+             [req, fs, node, n, mode, who,
+              fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
+                 std::unique_ptr<FileHandle> handle;
+                 auto child = node->create(n, mode, fi_copy.flags, handle, who);
+                 if (!child) return reply_error(answer, req, child.error());
+                 auto attr = (*child)->getattr();
+                 if (!attr) return reply_error(answer, req, attr.error());
+                 fuse_entry_param e = remembered_entry(*fs, *child, *attr);
+                 auto of = std::make_shared<OpenFile>(*child, std::move(handle));
+                 fi_copy.direct_io = 1;
+                 fi_copy.keep_cache = 0;
+                 fi_copy.fh = boxed(std::move(of));
+                 bool delivered = false;
+                 answer([&] { delivered = fuse_reply_create(req, &e, &fi_copy) == 0; });
+                 if (!delivered) {
+                     fs->inodes().forget(e.ino, 1);
+                     (void)unboxed<OpenFile>(&fi_copy);
+                 }
+                 return std::nullopt;
+             });
+}
+
+// Device nodes and FIFOs are not made through the mount (it is nodev anyway).
 void ll_mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) {
-    refuse(req);
+    fuse_reply_err(req, EPERM);
 }
-void ll_mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) {
-    refuse(req);
-}
-void ll_unlink(fuse_req_t req, fuse_ino_t, const char*) {
-    refuse(req);
-}
-void ll_rmdir(fuse_req_t req, fuse_ino_t, const char*) {
-    refuse(req);
-}
-void ll_symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) {
-    refuse(req);
-}
-void ll_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
-    refuse(req);
-}
+// Hard links are not made through the mount.
 void ll_link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
-    refuse(req);
+    fuse_reply_err(req, EPERM);
 }
-void ll_create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
-    refuse(req);
-}
-void ll_setxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
-    refuse(req);
+
+void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                 int flags) {
+    std::string n(name);
+    std::vector<uint8_t> v(value, value + size);
+    reply_done(req, ino, [n, v, flags](Node& node, const Caller& who) {
+        return node.setxattr(n, v, flags, who);
+    });
 }
 void ll_removexattr(fuse_req_t req, fuse_ino_t, const char*) {
-    refuse(req);
+    fuse_reply_err(req, EACCES);
 }
 // Extended attributes are not mirrored: ENOSYS makes the kernel stop asking.
 void ll_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
@@ -537,8 +663,24 @@ void print_fuse_version() {
     fuse_lowlevel_version();
 }
 
+// Set by SIGHUP; the reaper thread reloads the policy (no work in a signal handler).
+std::atomic<bool> g_reload_requested{false};
+
+void on_sighup(int) {
+    g_reload_requested = true;
+}
+
+// libfuse ends the loop on SIGHUP; here it reloads the policy instead.
+void take_over_sighup() {
+    struct sigaction sa {};
+    sa.sa_handler = on_sighup;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGHUP, &sa, nullptr);
+}
+
 int serve_mount(const Config& config, const MountSettings& settings,
-                const std::vector<std::string>& fuse_command_line) {
+                const std::vector<std::string>& fuse_command_line, Governance governance) {
     std::vector<std::string> arg_copies = fuse_command_line;
     // Whatever the caller asked: a guest's setuid files and device nodes mean nothing here.
     arg_copies.insert(arg_copies.begin() + (arg_copies.empty() ? 0 : 1), {"-o", "nosuid,nodev"});
@@ -574,6 +716,7 @@ int serve_mount(const Config& config, const MountSettings& settings,
     }
     int rc = 1;
     if (fuse_set_signal_handlers(se) == 0) {
+        take_over_sighup();
         if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
             // In the background stderr becomes /dev/null: the log goes to the state directory.
             if (!opts.foreground) {
@@ -589,10 +732,12 @@ int serve_mount(const Config& config, const MountSettings& settings,
                          config.node.c_str());
                 fs = std::make_unique<Filesystem>(
                     config, Filesystem::session_options(config, settings.guardian_program));
+                fs->set_governance(std::move(governance));
                 holder.fs = fs.get();
                 std::atomic<bool> stop{false};
                 std::thread reaper([&] {
                     while (!stop) {
+                        if (g_reload_requested.exchange(false)) fs->policies().reload();
                         fs->reap_queues();
                         std::this_thread::sleep_for(Millis(100));
                     }

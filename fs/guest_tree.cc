@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 
+#include <cstdio>
 #include <mutex>
 
 #include "common/log.h"
@@ -42,34 +43,6 @@ const char* tree_name(GuestTree t) {
 
 std::string join(const std::string& dir, const std::string& name) {
     return dir == "/" ? "/" + name : dir + "/" + name;
-}
-
-// The guest's errno passes unchanged; failures of our own say what the caller can do about
-// them: the VM cannot be reached (ENOTCONN) or did not answer in time (EIO).
-Error vm_error(const Error& e) {
-    if (e.from_guest()) return e;
-    switch (e.code()) {
-        case ENOENT:  // no gdbstub socket: the VM is not running
-        case ECONNREFUSED:
-        case ECONNRESET:
-        case ENOTCONN:
-        case EPIPE:
-        case EPROTO:
-        case EHOSTUNREACH:
-        case ENETUNREACH:
-        case ECONNABORTED:
-            return Error(ENOTCONN, e.message());
-        case EBUSY:   // another cloudvmi serves the VM
-        case EAGAIN:  // its owner paused the VM: try again once it runs
-        case EACCES:
-        case EINTR:
-        case ENAMETOOLONG:
-        case E2BIG:  // a directory beyond the entry cap
-        case EFBIG:  // a file beyond the size cap
-            return e;
-        default:
-            return Error(EIO, e.message());
-    }
 }
 
 template <class T>
@@ -161,6 +134,88 @@ class GuestFileHandle final : public FileHandle {
     bool head_is_all_;
 };
 
+// /proc/self and /proc/thread-self name the shadow, not anything an operator means.
+bool names_the_shadow(const std::string& path) {
+    for (const char* p : {"/proc/self", "/proc/thread-self"}) {
+        std::string prefix(p);
+        if (path == prefix || path.rfind(prefix + "/", 0) == 0) return true;
+    }
+    return false;
+}
+
+ErrorOr<void> refuse_shadow_paths(const std::string& path) {
+    if (names_the_shadow(path))
+        return make_error(EACCES, path + " names cloudvmi's own process in the guest");
+    return {};
+}
+
+// A guest file open for writing: every write call is decided by the policy and audited
+// (fs/change_gate.h), then written at its offset (or appended, for O_APPEND).
+class GuestWriteHandle final : public FileHandle {
+  public:
+    GuestWriteHandle(Vm& vm, std::string path, GuestFd fd, WriteMode mode)
+        : vm_(vm), path_(std::move(path)), fd_(fd), mode_(mode) {
+        mode_.truncate = mode_.exclusive = false;  // for opening it again
+    }
+
+    ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
+        if (!mode_.read_too) return make_error(EBADF, "opened write-only");
+        TRY(revalidate());
+        size = std::min(size, GuestFileOps::kMaxTransfer);
+        return from_vm(vm_.files().pread(fd_, size, static_cast<uint64_t>(offset)));
+    }
+
+    ErrorOr<size_t> write(std::span<const uint8_t> data, off_t offset, const Caller& who) override {
+        data = data.subspan(0, std::min(data.size(), GuestFileOps::kMaxTransfer));
+        ChangeAsk ask;
+        ask.op = policy::Operation::kWrite;
+        ask.path = path_;
+        ask.value.assign(reinterpret_cast<const char*>(data.data()), data.size());
+        ask.offset = static_cast<uint64_t>(offset);
+        ask.size = static_cast<uint64_t>(offset) + data.size();
+        ask.data = data;
+        return vm_.gate().apply(vm_.scope(), who, ask, [&]() -> ErrorOr<size_t> {
+            TRY(revalidate());
+            std::vector<uint8_t> bytes(data.begin(), data.end());
+            return from_vm(mode_.append
+                               ? vm_.files().write(fd_, bytes)
+                               : vm_.files().pwrite(fd_, bytes, static_cast<uint64_t>(offset)));
+        });
+    }
+
+    void release() override {
+        if (fd_.fd >= 0) vm_.files().close_soon(fd_);
+        fd_ = GuestFd{};
+    }
+
+  private:
+    // A new shadow does not have the old one's fds: open the file again there (without
+    // truncating or creating it again).
+    ErrorOr<void> revalidate() {
+        if (fd_.fd >= 0 && fd_.shadow == current_shadow(vm_)) return {};
+        fd_ = TRY(from_vm(vm_.changes().open_for_writing(path_, mode_)));
+        return {};
+    }
+
+    Vm& vm_;
+    std::string path_;
+    GuestFd fd_;
+    WriteMode mode_;
+};
+
+WriteMode write_mode(int host_flags) {
+    WriteMode m;
+    m.read_too = (host_flags & O_ACCMODE) == O_RDWR;
+    m.append = (host_flags & O_APPEND) != 0;
+    m.truncate = (host_flags & O_TRUNC) != 0;
+    m.exclusive = (host_flags & O_EXCL) != 0;
+    return m;
+}
+
+std::string octal_mode(mode_t mode) {
+    return strformat("%04o", static_cast<unsigned>(mode & 07777));
+}
+
 class GuestNode final : public Node {
   public:
     GuestNode(Vm& vm, GuestTree tree, std::string path, std::optional<GuestStat> attr)
@@ -171,8 +226,18 @@ class GuestNode final : public Node {
           fetched_(Clock::now()) {}
 
     Vm* vm() const override { return &vm_; }
-    std::string key() const override {
-        return "g:" + vm_.name() + ":" + tree_name(tree_) + ":" + path_;
+    std::string key() const override { return key_of(path_); }
+    std::string child_key(const std::string& name) const override {
+        return key_of(join(path_, name));
+    }
+    std::shared_ptr<Node> moved_to(const std::string& from, const std::string& to) const override {
+        std::string k = key();
+        bool below = k.size() > from.size() && k.starts_with(from) && k[from.size()] == '/';
+        std::string prefix = key_of("");
+        if ((k != from && !below) || !to.starts_with(prefix)) return nullptr;
+        std::string path = to.substr(prefix.size()) + k.substr(from.size());
+        std::lock_guard lock(attr_mutex_);
+        return std::make_shared<GuestNode>(vm_, tree_, path, attr_);
     }
     double entry_timeout() const override {
         return tree_ == GuestTree::kRoot ? vm_.cache().root_entry : vm_.cache().proc_entry;
@@ -205,7 +270,8 @@ class GuestNode final : public Node {
         return std::shared_ptr<Node>(std::make_shared<GuestNode>(vm_, tree_, child, st));
     }
 
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller& who) override {
+        TRY(vm_.gate().check_read(vm_.scope(), who, path_));
         std::vector<DirEntry> out;
         out.push_back(DirEntry{".", S_IFDIR, nullptr});
         out.push_back(DirEntry{"..", S_IFDIR, nullptr});
@@ -231,12 +297,9 @@ class GuestNode final : public Node {
         return out;
     }
 
-    ErrorOr<std::unique_ptr<FileHandle>> open(int flags) override {
-        if ((flags & O_ACCMODE) != O_RDONLY) {
-            // Writes go through the write policy; none is configured, so none is allowed,
-            // and nothing reaches the guest.
-            return make_error(EACCES, "writing " + path_ + " is not allowed by the policy");
-        }
+    ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller& who) override {
+        if ((flags & O_ACCMODE) != O_WRONLY) TRY(vm_.gate().check_read(vm_.scope(), who, path_));
+        if ((flags & O_ACCMODE) != O_RDONLY) return open_for_writing(flags, who);
         if (consumes_on_read(path_) && !vm_.allow_consuming_reads()) {
             return make_error(EACCES, "reading " + path_ +
                                           " would take its data from the guest "
@@ -253,16 +316,155 @@ class GuestNode final : public Node {
         return contain_link_target(tree_path(tree_), path_, target);
     }
 
-    ErrorOr<NodeAttr> setattr(const AttrChange& change) override {
+    ErrorOr<NodeAttr> setattr(const AttrChange& change, const Caller& who) override {
         // `echo v > file` truncates first. proc and sys files cannot be truncated and their
         // writes replace the value anyway (sysfs does the same): the truncate is a no-op.
         bool only_truncate = change.size && *change.size == 0 && !change.mode && !change.uid &&
-                             !change.gid && !change.times;
+                             !change.gid && !change.atime && !change.mtime;
         if (only_truncate && tree_ != GuestTree::kRoot) return getattr();
-        return make_error(EACCES, "changing " + path_ + " is not allowed by the policy");
+        TRY(refuse_shadow_paths(path_));
+        if (change.size) TRY(truncate(*change.size, who));
+        if (change.mode) TRY(chmod(*change.mode, who));
+        if (change.uid || change.gid) TRY(chown(change.uid, change.gid, who));
+        if (change.atime || change.mtime) TRY(set_times(change, who));
+        forget_attr();
+        return getattr();
     }
 
+    ErrorOr<std::shared_ptr<Node>> mkdir(const std::string& name, mode_t mode,
+                                         const Caller& who) override {
+        std::string child = TRY(child_path(name));
+        auto st = TRY(change(who, {.op = policy::Operation::kMkdir, .path = child},
+                             [&] { return vm_.changes().mkdir(child, mode); }));
+        return std::shared_ptr<Node>(std::make_shared<GuestNode>(vm_, tree_, child, st));
+    }
+
+    ErrorOr<void> unlink(const std::string& name, const Caller& who) override {
+        std::string child = TRY(child_path(name));
+        return change(who, {.op = policy::Operation::kUnlink, .path = child},
+                      [&] { return vm_.changes().unlink(child); });
+    }
+
+    ErrorOr<void> rmdir(const std::string& name, const Caller& who) override {
+        std::string child = TRY(child_path(name));
+        return change(who, {.op = policy::Operation::kRmdir, .path = child},
+                      [&] { return vm_.changes().rmdir(child); });
+    }
+
+    ErrorOr<void> rename(const std::string& name, Node& new_parent, const std::string& new_name,
+                         unsigned flags, const Caller& who) override;
+
+    ErrorOr<std::shared_ptr<Node>> symlink(const std::string& target, const std::string& name,
+                                           const Caller& who) override {
+        std::string child = TRY(child_path(name));
+        auto st =
+            TRY(change(who, {.op = policy::Operation::kSymlink, .path = child, .value = target},
+                       [&] { return vm_.changes().symlink(target, child); }));
+        return std::shared_ptr<Node>(std::make_shared<GuestNode>(vm_, tree_, child, st));
+    }
+
+    ErrorOr<std::shared_ptr<Node>> create(const std::string& name, mode_t mode, int flags,
+                                          std::unique_ptr<FileHandle>& handle,
+                                          const Caller& who) override {
+        std::string child = TRY(child_path(name));
+        WriteMode how = write_mode(flags);
+        if ((flags & O_ACCMODE) == O_RDONLY) how.read_too = true;  // creat() then read: rare
+        auto made = TRY(change(who, {.op = policy::Operation::kCreate, .path = child},
+                               [&] { return vm_.changes().create(child, how, mode); }));
+        handle = std::make_unique<GuestWriteHandle>(vm_, child, made.fd, how);
+        return std::shared_ptr<Node>(std::make_shared<GuestNode>(vm_, tree_, child, made.stat));
+    }
+
+    ErrorOr<void> setxattr(const std::string& name, std::span<const uint8_t> value, int flags,
+                           const Caller& who) override {
+        TRY(refuse_shadow_paths(path_));
+        std::vector<uint8_t> bytes(value.begin(), value.end());
+        return change(
+            who, {.op = policy::Operation::kSetxattr, .path = path_, .value = name, .data = value},
+            [&] { return vm_.changes().setxattr(path_, name, bytes, flags); });
+    }
+
+    const std::string& path() const { return path_; }
+    GuestTree tree() const { return tree_; }
+
   private:
+    std::string key_of(const std::string& path) const {
+        return "g:" + vm_.name() + ":" + tree_name(tree_) + ":" + path;
+    }
+
+    // Decides, audits and runs one change of this VM (fs/change_gate.h).
+    template <class Act>
+    auto change(const Caller& who, const ChangeAsk& ask, Act&& act) -> decltype(act()) {
+        // The outcome on record is what the caller sees.
+        return vm_.gate().apply(vm_.scope(), who, ask, [&] { return from_vm(act()); });
+    }
+
+    // The guest path of a new or removed entry of this directory.
+    ErrorOr<std::string> child_path(const std::string& name) const {
+        if (!is_safe_name(name) || name == "." || name == "..")
+            return make_error(EINVAL, "bad name");
+        std::string child = join(path_, name);
+        TRY(refuse_shadow_paths(child));
+        return child;
+    }
+
+    ErrorOr<std::unique_ptr<FileHandle>> open_for_writing(int flags, const Caller& who) {
+        TRY(refuse_shadow_paths(path_));
+        WriteMode how = write_mode(flags);
+        // An O_TRUNC that reaches us (no atomic_o_trunc: the kernel usually sends a
+        // setattr instead) is a truncate of its own.
+        if (how.truncate && tree_ == GuestTree::kRoot) {
+            TRY(truncate(0, who));
+        }
+        how.truncate = false;
+        auto fd = TRY(from_vm(vm_.changes().open_for_writing(path_, how)));
+        return std::unique_ptr<FileHandle>(std::make_unique<GuestWriteHandle>(vm_, path_, fd, how));
+    }
+
+    ErrorOr<void> truncate(off_t size, const Caller& who) {
+        if (size < 0) return make_error(EINVAL, "negative size");
+        return change(who,
+                      {.op = policy::Operation::kTruncate,
+                       .path = path_,
+                       .size = static_cast<uint64_t>(size)},
+                      [&] { return vm_.changes().truncate(path_, static_cast<uint64_t>(size)); });
+    }
+
+    ErrorOr<void> chmod(mode_t mode, const Caller& who) {
+        {
+            // fchmod needs the file open: devices, FIFOs and sockets are not opened for it.
+            std::lock_guard lock(attr_mutex_);
+            if (attr_ && !S_ISREG(attr_->mode) && !S_ISDIR(attr_->mode))
+                return make_error(EOPNOTSUPP, "chmod of a special file through the mount");
+        }
+        return change(who,
+                      {.op = policy::Operation::kChmod, .path = path_, .value = octal_mode(mode)},
+                      [&] { return vm_.changes().chmod(path_, mode); });
+    }
+
+    ErrorOr<void> chown(std::optional<uid_t> uid, std::optional<gid_t> gid, const Caller& who) {
+        auto id = [](auto v) { return v ? std::to_string(*v) : std::string("-1"); };
+        return change(
+            who, {.op = policy::Operation::kChown, .path = path_, .value = id(uid) + ":" + id(gid)},
+            [&] { return vm_.changes().chown(path_, uid, gid); });
+    }
+
+    // Times are part of a file's content as far as the policy goes: a `write`.
+    ErrorOr<void> set_times(const AttrChange& c, const Caller& who) {
+        auto time = [](const std::optional<AttrChange::Time>& t) {
+            if (!t) return GuestTime::omit();
+            if (t->now) return GuestTime::now();
+            return GuestTime{t->value.tv_sec, t->value.tv_nsec};
+        };
+        return change(who, {.op = policy::Operation::kWrite, .path = path_},
+                      [&] { return vm_.changes().set_times(path_, time(c.atime), time(c.mtime)); });
+    }
+
+    void forget_attr() {
+        std::lock_guard lock(attr_mutex_);
+        attr_.reset();
+    }
+
     double attr_ttl() const {
         return tree_ == GuestTree::kRoot ? vm_.cache().root_attr : vm_.cache().proc_attr;
     }
@@ -272,7 +474,7 @@ class GuestNode final : public Node {
     std::string path_;
     // A node is shared (inode table, listings): the VM's worker refreshes these while the
     // FUSE thread may read them for readdirplus. A leaf lock.
-    std::mutex attr_mutex_;
+    mutable std::mutex attr_mutex_;
     std::optional<GuestStat> attr_;
     Clock::time_point fetched_;
 };
@@ -295,13 +497,69 @@ class TreeRoot final : public Node {
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
         return inner_->lookup(name);
     }
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override { return inner_->readdir(plus); }
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller& who) override {
+        return inner_->readdir(plus, who);
+    }
+    std::string child_key(const std::string& name) const override {
+        return inner_->child_key(name);
+    }
+    // Changes of the entries of the tree's top directory.
+    ErrorOr<std::shared_ptr<Node>> mkdir(const std::string& name, mode_t mode,
+                                         const Caller& who) override {
+        return inner_->mkdir(name, mode, who);
+    }
+    ErrorOr<void> unlink(const std::string& name, const Caller& who) override {
+        return inner_->unlink(name, who);
+    }
+    ErrorOr<void> rmdir(const std::string& name, const Caller& who) override {
+        return inner_->rmdir(name, who);
+    }
+    ErrorOr<void> rename(const std::string& name, Node& new_parent, const std::string& new_name,
+                         unsigned flags, const Caller& who) override {
+        return inner_->rename(name, new_parent, new_name, flags, who);
+    }
+    ErrorOr<std::shared_ptr<Node>> symlink(const std::string& target, const std::string& name,
+                                           const Caller& who) override {
+        return inner_->symlink(target, name, who);
+    }
+    ErrorOr<std::shared_ptr<Node>> create(const std::string& name, mode_t mode, int flags,
+                                          std::unique_ptr<FileHandle>& handle,
+                                          const Caller& who) override {
+        return inner_->create(name, mode, flags, handle, who);
+    }
+
+    GuestNode& inner() const { return *inner_; }
 
   private:
     Vm& vm_;
     GuestTree tree_;
     std::shared_ptr<GuestNode> inner_;
 };
+
+// The guest directory a node of the mount stands for, if it is one.
+const GuestNode* guest_dir_of(Node& node) {
+    if (auto* g = dynamic_cast<GuestNode*>(&node)) return g;
+    if (auto* t = dynamic_cast<TreeRoot*>(&node)) return &t->inner();
+    return nullptr;
+}
+
+ErrorOr<void> GuestNode::rename(const std::string& name, Node& new_parent,
+                                const std::string& new_name, unsigned flags, const Caller& who) {
+    const GuestNode* target_dir = guest_dir_of(new_parent);
+    // Across VMs or trees (root/ to proc/) there is no rename, as across file systems.
+    if (!target_dir || target_dir->vm() != vm() || target_dir->tree() != tree_)
+        return make_error(EXDEV, "rename across VMs or guest trees");
+    if (flags & ~static_cast<unsigned>(RENAME_NOREPLACE | RENAME_EXCHANGE))
+        return make_error(EINVAL, "unsupported rename flags");
+    std::string from = TRY(child_path(name));
+    if (!is_safe_name(new_name) || new_name == "." || new_name == "..")
+        return make_error(EINVAL, "bad name");
+    std::string to = join(target_dir->path(), new_name);
+    TRY(refuse_shadow_paths(to));
+    RenameMode mode{(flags & RENAME_NOREPLACE) != 0, (flags & RENAME_EXCHANGE) != 0};
+    return change(who, {.op = policy::Operation::kRename, .path = from, .to = to},
+                  [&] { return vm_.changes().rename(from, to, mode); });
+}
 
 }  // namespace
 

@@ -39,8 +39,41 @@ void InodeTable::forget(uint64_t ino, uint64_t count) {
         it->second.lookups -= count;
         return;
     }
-    by_key_.erase(it->second.node->key());
+    // The key may name another inode by now (a rename over it, a new file of that name).
+    if (auto k = by_key_.find(it->second.node->key()); k != by_key_.end() && k->second == ino)
+        by_key_.erase(k);
     by_ino_.erase(it);
+}
+
+void InodeTable::rehome(const std::string& from, const std::string& to) {
+    std::lock_guard lock(mutex_);
+    drop_key_locked(to);
+    for (auto& [ino, entry] : by_ino_) {
+        auto moved = entry.node->moved_to(from, to);
+        if (!moved) continue;
+        if (auto k = by_key_.find(entry.node->key()); k != by_key_.end() && k->second == ino)
+            by_key_.erase(k);
+        entry.node = std::move(moved);
+        by_key_[entry.node->key()] = ino;
+    }
+}
+
+void InodeTable::drop_key(const std::string& key) {
+    std::lock_guard lock(mutex_);
+    drop_key_locked(key);
+}
+
+void InodeTable::drop_key_locked(const std::string& key) {
+    // The node itself and what was below it.
+    for (auto it = by_key_.begin(); it != by_key_.end();) {
+        bool below = it->first.size() > key.size() && it->first.starts_with(key) &&
+                     it->first[key.size()] == '/';
+        if (it->first == key || below) {
+            it = by_key_.erase(it);
+        } else {
+            ++it;
+        }
+    }
 }
 
 size_t InodeTable::size() const {

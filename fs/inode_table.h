@@ -26,9 +26,17 @@ class InodeTable {
     uint64_t remember(const std::shared_ptr<Node>& node);
     std::shared_ptr<Node> get(uint64_t ino) const;
     void forget(uint64_t ino, uint64_t count);
+    // After a rename: every known node at key `from`, or below it, is replaced by the node
+    // it now is below `to` (Node::moved_to), under the same inode number. What was known
+    // at `to` loses its key (it is gone from the guest's namespace).
+    void rehome(const std::string& from, const std::string& to);
+    // After an unlink or rmdir: the key no longer names the known inode, so that a new
+    // file of that name gets a new inode number.
+    void drop_key(const std::string& key);
     size_t size() const;
 
   private:
+    void drop_key_locked(const std::string& key);
     struct Entry {
         std::shared_ptr<Node> node;
         uint64_t lookups = 0;

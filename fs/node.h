@@ -38,7 +38,8 @@ class FileHandle {
     virtual std::optional<std::span<const uint8_t>> read_cached(size_t, off_t) const {
         return std::nullopt;
     }
-    virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t) {
+    // `who` is the writer (the policy decides per write call).
+    virtual ErrorOr<size_t> write(std::span<const uint8_t>, off_t, const Caller& /*who*/) {
         return make_error(EACCES, "writes are not allowed");
     }
     // Called once when the last reference is dropped; errors are logged, not returned.
@@ -57,11 +58,18 @@ struct DirEntry {
 
 // A requested change of attributes (setattr); only set fields are meant.
 struct AttrChange {
+    // A time to set: given, or "now".
+    struct Time {
+        bool now = false;
+        timespec value{};
+    };
     std::optional<off_t> size;
     std::optional<mode_t> mode;
     std::optional<uid_t> uid;
     std::optional<gid_t> gid;
-    bool times = false;
+    std::optional<Time> atime;
+    std::optional<Time> mtime;
+    bool other_times = false;  // ctime alone: nothing we can set
 };
 
 class Node : public std::enable_shared_from_this<Node> {
@@ -76,6 +84,14 @@ class Node : public std::enable_shared_from_this<Node> {
     virtual bool local_getattr() const { return vm() == nullptr; }
     // Identity for the inode table: the same key is the same inode while it is known.
     virtual std::string key() const = 0;
+    // The key a child `name` of this directory has (guest directories only; "" otherwise).
+    virtual std::string child_key(const std::string& /*name*/) const { return ""; }
+    // After the guest renamed key `from` to `to`: this node as it is now, if it was `from`
+    // or below it (null otherwise).
+    virtual std::shared_ptr<Node> moved_to(const std::string& /*from*/,
+                                           const std::string& /*to*/) const {
+        return nullptr;
+    }
     // How long the kernel may keep a lookup of this node.
     virtual double entry_timeout() const { return 1.0; }
 
@@ -92,35 +108,49 @@ class Node : public std::enable_shared_from_this<Node> {
     virtual ErrorOr<std::shared_ptr<Node>> lookup(const std::string&) {
         return make_error(ENOTDIR, "not a directory");
     }
-    // With attributes when `plus` (the returned nodes carry them).
-    virtual ErrorOr<std::vector<DirEntry>> readdir(bool /*plus*/) {
+    // With attributes when `plus` (the returned nodes carry them). `who` asks: reads of
+    // the guests' trees are decided by the policy too.
+    virtual ErrorOr<std::vector<DirEntry>> readdir(bool /*plus*/, const Caller& /*who*/) {
         return make_error(ENOTDIR, "not a directory");
     }
 
     // Files.
-    virtual ErrorOr<std::unique_ptr<FileHandle>> open(int /*flags*/) {
+    virtual ErrorOr<std::unique_ptr<FileHandle>> open(int /*flags*/, const Caller& /*who*/) {
         return make_error(EISDIR, "is a directory");
     }
     virtual ErrorOr<std::string> readlink() { return make_error(EINVAL, "not a symbolic link"); }
 
-    // Changes: refused unless a node allows them.
-    virtual ErrorOr<NodeAttr> setattr(const AttrChange&) {
+    // Changes: refused unless a node allows them. `who` asks (for the policy and the audit).
+    virtual ErrorOr<NodeAttr> setattr(const AttrChange&, const Caller&) {
         return make_error(EACCES, "attributes cannot be changed");
     }
-    virtual ErrorOr<std::shared_ptr<Node>> mkdir(const std::string&, mode_t) {
+    virtual ErrorOr<std::shared_ptr<Node>> mkdir(const std::string&, mode_t, const Caller&) {
         return make_error(EACCES, "directories cannot be created");
     }
-    virtual ErrorOr<void> unlink(const std::string&) { return make_error(EACCES, "cannot remove"); }
-    virtual ErrorOr<void> rmdir(const std::string&) { return make_error(EACCES, "cannot remove"); }
-    virtual ErrorOr<void> rename(const std::string&, Node&, const std::string&) {
+    virtual ErrorOr<void> unlink(const std::string&, const Caller&) {
+        return make_error(EACCES, "cannot remove");
+    }
+    virtual ErrorOr<void> rmdir(const std::string&, const Caller&) {
+        return make_error(EACCES, "cannot remove");
+    }
+    // `flags`: RENAME_NOREPLACE / RENAME_EXCHANGE.
+    virtual ErrorOr<void> rename(const std::string&, Node& /*new_parent*/, const std::string&,
+                                 unsigned /*flags*/, const Caller&) {
         return make_error(EACCES, "cannot rename");
     }
-    virtual ErrorOr<std::shared_ptr<Node>> symlink(const std::string&, const std::string&) {
+    // symlink(target, name)
+    virtual ErrorOr<std::shared_ptr<Node>> symlink(const std::string&, const std::string&,
+                                                   const Caller&) {
         return make_error(EACCES, "cannot create links");
     }
+    // create(name, mode, open flags, the opened handle (out))
     virtual ErrorOr<std::shared_ptr<Node>> create(const std::string&, mode_t, int,
-                                                  std::unique_ptr<FileHandle>&) {
+                                                  std::unique_ptr<FileHandle>&, const Caller&) {
         return make_error(EACCES, "files cannot be created");
+    }
+    virtual ErrorOr<void> setxattr(const std::string&, std::span<const uint8_t>, int,
+                                   const Caller&) {
+        return make_error(EACCES, "extended attributes cannot be changed");
     }
 };
 

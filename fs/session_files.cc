@@ -184,7 +184,7 @@ class SessionFile final : public Node {
         mode_t mode = exposure() == Exposure::kKernelAddresses ? 0400 : 0444;
         return NodeAttr{synthetic_stat(S_IFREG | mode), 0};
     }
-    ErrorOr<std::unique_ptr<FileHandle>> open(int flags) override {
+    ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller&) override {
         if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
         std::string content;
         switch (spec_.kind) {
@@ -223,7 +223,7 @@ class SessionDir final : public Node {
         }
         return make_error(ENOENT, name);
     }
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
         std::vector<DirEntry> out;
         for (const auto& f : kFiles) {
             out.push_back(

@@ -12,12 +12,14 @@ class RootDir final : public Node {
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 60}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
         if (name == fs_.config().node) return make_node_dir(fs_, name);
+        if (name == ".cloudvmi") return make_mount_dir(fs_);
         return make_error(ENOENT, "no node " + name);
     }
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
         DirEntry e{fs_.config().node, S_IFDIR, nullptr};
         if (plus) e.node = make_node_dir(fs_, fs_.config().node);
-        return std::vector<DirEntry>{e};
+        DirEntry m{".cloudvmi", S_IFDIR, plus ? make_mount_dir(fs_) : nullptr};
+        return std::vector<DirEntry>{e, m};
     }
 
   private:
@@ -33,7 +35,7 @@ class NodeDir final : public Node {
         if (Vm* vm = fs_.find_vm(name)) return make_vm_dir(*vm);
         return make_error(ENOENT, "no VM " + name);
     }
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
         std::vector<DirEntry> out;
         for (const auto& vm : fs_.vms()) {
             DirEntry e{vm->name(), S_IFDIR, nullptr};

@@ -18,12 +18,49 @@ SessionOptions options_for(const VmConfig& c, const SessionOptions& base) {
 }
 }  // namespace
 
+Error vm_error(const Error& e) {
+    if (e.from_guest()) return e;
+    switch (e.code()) {
+        case ENOENT:  // no gdbstub socket: the VM is not running
+        case ECONNREFUSED:
+        case ECONNRESET:
+        case ENOTCONN:
+        case EPIPE:
+        case EPROTO:
+        case EHOSTUNREACH:
+        case ENETUNREACH:
+        case ECONNABORTED:
+            return Error(ENOTCONN, e.message());
+        case EBUSY:   // another cloudvmi serves the VM
+        case EAGAIN:  // its owner paused the VM: try again once it runs
+        case EACCES:
+        case EINTR:
+        case ENAMETOOLONG:
+        case E2BIG:       // a directory beyond the entry cap
+        case EFBIG:       // a file beyond the size cap
+        case EOPNOTSUPP:  // a change the guest kernel cannot make safely
+        case EXDEV:
+        case EINVAL:
+            return e;
+        default:
+            return Error(EIO, e.message());
+    }
+}
+
 Vm::Vm(std::string node, const VmConfig& config, const SessionOptions& base)
     : node_(std::move(node)),
       config_(config),
       session_(std::make_unique<GuestSession>(options_for(config, base))),
       files_(*session_),
+      changes_(*session_),
       executor_(config.name) {}
+
+ChangeGate& Vm::gate() const {
+    if (gate_) return *gate_;
+    static PolicyStore builtin("");
+    static ChangeGate fallback(builtin, nullptr);
+    return fallback;
+}
 
 Vm::~Vm() {
     shutdown();

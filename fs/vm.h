@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "fs/change_gate.h"
 #include "fs/config.h"
 #include "fs/vm_executor.h"
+#include "redirector/session/guest_changes.h"
 #include "redirector/session/guest_file_ops.h"
 #include "redirector/session/guest_session.h"
 
@@ -22,6 +24,11 @@ struct VmStats {
     size_t queued = 0;
 };
 
+// What the caller of a VM request sees of an error: the guest's errno unchanged; failures
+// of our own say what the caller can do about them (ENOTCONN: the VM cannot be reached,
+// EIO: it did not answer in time, ...).
+Error vm_error(const Error& e);
+
 class Vm {
   public:
     Vm(std::string node, const VmConfig& config, const SessionOptions& base);
@@ -32,6 +39,12 @@ class Vm {
     const VmConfig& config() const { return config_; }
     GuestSession& session() { return *session_; }
     GuestFileOps& files() { return files_; }
+    GuestChanges& changes() { return changes_; }
+    // Where this VM's changes (and reads) are decided and audited; the built-in policy
+    // (reads allowed, changes denied, no audit trail) until the mount sets one.
+    ChangeGate& gate() const;
+    void set_gate(ChangeGate* gate) { gate_ = gate; }
+    ChangeScope scope() const { return ChangeScope{node_, config_.name}; }
     VmExecutor& executor() { return executor_; }
     const CacheConfig& cache() const { return cache_; }
     void set_cache(const CacheConfig& c) { cache_ = c; }
@@ -52,6 +65,8 @@ class Vm {
     bool allow_consuming_reads_ = false;
     std::unique_ptr<GuestSession> session_;
     GuestFileOps files_;
+    GuestChanges changes_;
+    ChangeGate* gate_ = nullptr;
     VmExecutor executor_;
 
     mutable std::mutex stats_mutex_;  // guards the counters below; a leaf lock

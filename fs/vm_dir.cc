@@ -15,6 +15,7 @@ const Child kChildren[] = {
     {"proc", [](Vm& vm) { return make_guest_tree_root(vm, GuestTree::kProc); }},
     {"sys", [](Vm& vm) { return make_guest_tree_root(vm, GuestTree::kSys); }},
     {"root", [](Vm& vm) { return make_guest_tree_root(vm, GuestTree::kRoot); }},
+    {"ctl", [](Vm& vm) { return make_control_dir(vm); }},
     {".cloudvmi", [](Vm& vm) { return make_session_dir(vm); }},
 };
 
@@ -29,7 +30,7 @@ class VmDir final : public Node {
         }
         return make_error(ENOENT, name);
     }
-    ErrorOr<std::vector<DirEntry>> readdir(bool plus) override {
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
         std::vector<DirEntry> out;
         for (const auto& c : kChildren) {
             out.push_back(DirEntry{c.name, S_IFDIR, plus ? c.make(vm_) : nullptr});

@@ -23,9 +23,22 @@ tests/guest/launch-guest.sh stop --name demo --dir "$dir" >/dev/null 2>&1 || tru
 echo "== booting the demo guest (TCG; about 10 s)"
 eval "$(tests/guest/launch-guest.sh start --name demo --dir "$dir" --hostname web-01)"
 
+cat >"$dir/policy.yaml" <<EOF
+version: 1
+rules:
+  - id: demo-hostname
+    decision: allow
+    paths: [/proc/sys/kernel/hostname]
+    ops: [write]
+    constraints: {regex: '^[a-z0-9-]{1,63}\n?$'}
+EOF
 cat >"$dir/cloudvmi.yaml" <<EOF
 node: demo-node
 state_dir: $dir/state
+policy: $dir/policy.yaml
+audit:
+  file: $dir/audit.log
+  syslog: false
 vms:
   - name: web-01
     gdb: $GDB
@@ -59,7 +72,13 @@ show "tr '\\0' ' ' < $vm/proc/1/cmdline; echo"
 show "ls -l $vm/root/etc | head -n 5"
 show "find $vm/sys/class/net"
 show "cat $vm/root/etc/does-not-exist" || true
-show "echo db-01 > $vm/proc/sys/kernel/hostname" || echo "(writes wait for the policy engine: refused, nothing reached the guest)"
+show "cat $dir/policy.yaml"
+show "echo db-01 > $vm/proc/sys/kernel/hostname"
+show "cat $vm/proc/sys/kernel/hostname"
+show "echo 'Not A Hostname' > $vm/proc/sys/kernel/hostname" || echo "(refused by the policy: nothing reached the guest)"
+show "echo 1 > $vm/proc/sys/net/ipv4/ip_forward" || echo "(no rule allows it: refused)"
+show "echo web-01 > $vm/proc/sys/kernel/hostname"
+show "cut -c1-160 $dir/audit.log"
 show "cat $vm/.cloudvmi/status"
 show "cat $vm/.cloudvmi/stats"
 echo

@@ -10,6 +10,7 @@ libfuse3-dev fuse3
 libvirt-dev
 libyaml-cpp-dev
 nlohmann-json3-dev
+libssl-dev
 catch2
 linux-libc-dev
 qemu-system-x86 qemu-utils

@@ -31,6 +31,7 @@ enum Sys : uint64_t {
     kUname = 63,
     kFsync = 74,
     kFtruncate = 77,
+    kFchmod = 91,
     kChdir = 80,
     kUmask = 95,
     kGetuid = 102,
@@ -40,6 +41,7 @@ enum Sys : uint64_t {
     kPrctl = 157,
     kGettid = 186,
     kLsetxattr = 189,
+    kFsetxattr = 190,
     kLgetxattr = 192,
     kLlistxattr = 195,
     kLremovexattr = 198,
@@ -54,9 +56,11 @@ enum Sys : uint64_t {
     kSymlinkat = 266,
     kReadlinkat = 267,
     kFchmodat = 268,
+    kUtimensat = 280,
     kRenameat2 = 316,
     kStatx = 332,
     kCloseRange = 436,
+    kOpenat2 = 437,
 };
 
 // Flags and constants (include/uapi/asm-generic, x86-64 values).
@@ -79,6 +83,18 @@ constexpr uint64_t kONonblock = 04000;
 constexpr uint64_t kODirectory = 0200000;
 constexpr uint64_t kONofollow = 0400000;
 constexpr uint64_t kOCloexec = 02000000;
+constexpr uint64_t kOPath = 010000000;
+
+// struct open_how of openat2(2): flags, mode, resolve; 24 bytes.
+constexpr uint64_t kResolveNoMagiclinks = 0x02;
+constexpr uint64_t kResolveNoSymlinks = 0x04;
+constexpr size_t kOpenHowSize = 24;
+// renameat2(2) flags.
+constexpr uint64_t kRenameNoreplace = 1;
+constexpr uint64_t kRenameExchange = 2;
+// utimensat(2): a time left as it is, or set to now.
+constexpr int64_t kUtimeNow = (1L << 30) - 1;
+constexpr int64_t kUtimeOmit = (1L << 30) - 2;
 
 constexpr uint64_t kProtRead = 1;
 constexpr uint64_t kProtWrite = 2;

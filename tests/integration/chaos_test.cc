@@ -59,6 +59,7 @@ class ChaosMount {
         REQUIRE(::mkdir(mnt_.c_str(), 0755) == 0);
         std::ofstream(dir_ + "/cloudvmi.yaml")
             << "node: n\nstate_dir: " << dir_ << "/state\nrequest_timeout_ms: 4000\n"
+            << "audit: {file: " << dir_ << "/audit/audit.log, syslog: false}\n"
             << "attach_timeout_ms: 20000\nvms:\n"
             << "  - name: vm-a\n    gdb: " << a.gdb() << "\n    qmp: " << a.vmi_qmp() << "\n"
             << "  - name: vm-b\n    gdb: " << b.gdb() << "\n    qmp: " << b.vmi_qmp() << "\n";

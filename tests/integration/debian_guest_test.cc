@@ -21,6 +21,7 @@
 #include "redirector/session/guest_file_ops.h"
 #include "redirector/session/guest_session.h"
 #include "tests/integration/guest_fixture.h"
+#include "tests/integration/test_mount.h"
 
 using namespace cloudvmi;
 using namespace cloudvmi::test;
@@ -131,12 +132,6 @@ std::string must_ssh(const TestGuest& guest, const std::string& command) {
     return r.out;
 }
 
-std::string trimmed(std::string s) {
-    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
-        s.pop_back();
-    return s;
-}
-
 int64_t main_pid(const TestGuest& guest, const std::string& unit) {
     auto v = parse_u64(trimmed(must_ssh(guest, "systemctl show -p MainPID --value " + unit)));
     REQUIRE(v.has_value());
@@ -198,42 +193,6 @@ void print_attach(const char* label, const Attach& a) {
                << a.status.bootstrap_cost.breakpoint_changes << " breakpoint changes, borrowed "
                << a.status.bootstrap.borrowed);
 }
-
-// The mount over the Debian guest, in a fresh directory, at MNT/n/deb.
-struct DebianMount {
-    explicit DebianMount(const TestGuest& guest) {
-        INFO("FUSE tests need /dev/fuse and fusermount3 (apt-get install fuse3)");
-        REQUIRE(::access("/dev/fuse", R_OK | W_OK) == 0);
-        dir = make_temp_dir("cloudvmi-debian");
-        mnt = dir + "/vmi";
-        vm = mnt + "/n/deb";
-        REQUIRE(::mkdir(mnt.c_str(), 0755) == 0);
-        std::ofstream(dir + "/cloudvmi.yaml")
-            << "node: n\nstate_dir: " << guest.state_dir()
-            << "\nrequest_timeout_ms: 10000\nvms:\n  - name: deb\n"
-            << "    gdb: " << guest.gdb() << "\n"
-            << "    qmp: " << guest.vmi_qmp() << "\n";
-        pid = spawn_process({cloudvmi_binary(), "-f", "--config", dir + "/cloudvmi.yaml", mnt},
-                            dir + "/mount.log");
-        auto deadline = Deadline::after_ms(20000);
-        while (read_whole_file("/proc/self/mounts").find(" " + mnt + " fuse") ==
-                   std::string::npos &&
-               !deadline.expired()) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        }
-    }
-    ~DebianMount() {
-        if (pid > 0) (void)unmount();
-    }
-    bool unmount() {
-        bool clean = unmount_and_reap(mnt, pid);
-        pid = -1;
-        return clean;
-    }
-
-    std::string dir, mnt, vm;
-    pid_t pid = -1;
-};
 
 }  // namespace
 
@@ -339,7 +298,7 @@ TEST_CASE("Debian guest: attach with two CPU-bound loops running", "[debian]") {
 TEST_CASE("Debian guest: the mount serves files, processes, services and cgroups", "[debian]") {
     auto& guest = debian();
     HeartbeatCheckpoint checkpoint{"the mount serves files, processes, servi"};
-    DebianMount mount(guest);
+    TestMount mount(guest, "deb");
     const std::string &dir = mount.dir, &vm = mount.vm;
     auto cat = [&](const std::string& rel) {
         auto r = run_command({"cat", vm + "/" + rel}, 60000);
@@ -408,7 +367,7 @@ TEST_CASE("Debian guest: 100 000 directory entries list whole; big files read wh
              "xargs touch && truncate -s 96M /root/bigfile && echo END >> /root/bigfile");
     std::string guest_md5 = trimmed(must_ssh(guest, "md5sum < /root/bigfile")).substr(0, 32);
     {
-        DebianMount mount(guest);
+        TestMount mount(guest, "deb");
         auto start = Clock::now();
         auto ls = run_command({"ls", "-f", mount.vm + "/root/root/big"}, 300000);
         double list_ms = elapsed_ms(start);
@@ -436,6 +395,86 @@ TEST_CASE("Debian guest: 100 000 directory entries list whole; big files read wh
     CHECK(cli.err.find("larger than") != std::string::npos);
     CHECK(cli.out.empty());
     must_ssh(guest, "rm -rf /root/big /root/bigfile");
+}
+
+// Writable introspection on systemd Debian: the guest's own tools (over ssh) see what was
+// changed through the mount, as the policy allows it.
+TEST_CASE("Debian guest: changes through the mount, as the policy allows", "[debian]") {
+    auto& guest = debian();
+    heartbeat();
+    must_ssh(guest,
+             "rm -rf /root/cvmi && mkdir /root/cvmi && echo keep >/root/cvmi/keep && "
+             "sysctl -qw net.ipv4.ip_forward=0");
+    std::string dir = make_temp_dir("cloudvmi-debian-policy");
+    std::ofstream(dir + "/policy.yaml") << "version: 1\n"
+                                           "rules:\n"
+                                           "  - id: keep\n"
+                                           "    decision: deny\n"
+                                           "    paths: [/root/cvmi/keep]\n"
+                                           "    ops: [change]\n"
+                                           "  - id: scratch\n"
+                                           "    decision: allow\n"
+                                           "    paths: [/root/cvmi/**]\n"
+                                           "    ops: [change]\n"
+                                           "  - id: forwarding\n"
+                                           "    decision: allow\n"
+                                           "    paths: [/proc/sys/net/ipv4/ip_forward]\n"
+                                           "    ops: [write]\n"
+                                           "    constraints: {values: ['0', '1']}\n"
+                                           "  - id: sleepers\n"
+                                           "    decision: allow\n"
+                                           "    ops: [kill]\n"
+                                           "    constraints: {signals: [TERM], target_names: "
+                                           "[sleep]}\n";
+    TestMount mount(guest, "deb",
+                    "policy: " + dir + "/policy.yaml\naudit:\n  file: " + dir + "/audit.log\n");
+    auto sh = [](const std::string& script) { return run_command({"/bin/sh", "-c", script}); };
+    std::string root = mount.vm + "/root";
+
+    REQUIRE(sh("echo 1 > " + mount.vm + "/proc/sys/net/ipv4/ip_forward").status == 0);
+    CHECK(trimmed(must_ssh(guest, "sysctl -n net.ipv4.ip_forward")) == "1");
+    CHECK(sh("echo 7 > " + mount.vm + "/proc/sys/net/ipv4/ip_forward").status != 0);
+    CHECK(trimmed(must_ssh(guest, "sysctl -n net.ipv4.ip_forward")) == "1");
+    REQUIRE(sh("echo 0 > " + mount.vm + "/proc/sys/net/ipv4/ip_forward").status == 0);
+
+    // Ordinary tools on ordinary files.
+    auto r = sh("set -e; cd " + root +
+                "/root/cvmi; mkdir etc; printf 'a=1\\nb=2\\n' > etc/app.conf;"
+                " sed -i 's/b=2/b=3/' etc/app.conf; echo c=4 | tee -a etc/app.conf >/dev/null;"
+                " cp etc/app.conf etc/app.conf.bak; mv etc/app.conf.bak etc/old.conf;"
+                " chmod 640 etc/app.conf; chown 1000:1000 etc/old.conf; ln -s app.conf etc/current;"
+                " mkdir gone; rmdir gone; touch rm-me; rm rm-me");
+    INFO(r.out << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(must_ssh(guest, "cat /root/cvmi/etc/app.conf") == "a=1\nb=3\nc=4\n");
+    CHECK(trimmed(must_ssh(guest, "stat -c '%a %U' /root/cvmi/etc/app.conf")) == "640 root");
+    CHECK(trimmed(must_ssh(guest, "stat -c '%u:%g' /root/cvmi/etc/old.conf")) == "1000:1000");
+    CHECK(trimmed(must_ssh(guest, "readlink /root/cvmi/etc/current")) == "app.conf");
+    CHECK(must_ssh(guest, "ls /root/cvmi") == "etc\nkeep\n");
+    // The denied file stays as it was.
+    CHECK(sh("echo changed > " + root + "/root/cvmi/keep").status != 0);
+    CHECK(sh("rm " + root + "/root/cvmi/keep").status != 0);
+    CHECK(must_ssh(guest, "cat /root/cvmi/keep") == "keep\n");
+
+    // ctl/kill: a sleep may get TERM, sshd may not.
+    std::string sleeper = trimmed(must_ssh(guest, "sleep 600 >/dev/null 2>&1 & echo $!"));
+    std::string sshd = trimmed(must_ssh(guest, "systemctl show -p MainPID --value ssh"));
+    CHECK(sh("echo " + sshd + " TERM > " + mount.vm + "/ctl/kill").status != 0);
+    REQUIRE(sh("echo " + sleeper + " TERM > " + mount.vm + "/ctl/kill").status == 0);
+    auto gone = Deadline::after_ms(10000);
+    while (guest.ssh("kill -0 " + sleeper).status == 0 && !gone.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(guest.ssh("kill -0 " + sleeper).status != 0);
+    CHECK(guest.ssh("kill -0 " + sshd).status == 0);
+
+    // Every attempt is on record: the denied ones once, the allowed ones twice.
+    std::string audit = read_whole_file(dir + "/audit.log");
+    CHECK(audit.find("\"phase\":\"denied\"") != std::string::npos);
+    CHECK(audit.find("\"rule\":\"keep\"") != std::string::npos);
+    CHECK(audit.find("\"op\":\"kill\"") != std::string::npos);
+    CHECK(audit.find("\"op\":\"rename\"") != std::string::npos);
+    REQUIRE(mount.unmount());
+    must_ssh(guest, "rm -rf /root/cvmi");
 }
 
 TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]") {

@@ -110,15 +110,17 @@ class MountedVmi {
         mountpoint_ = dir_ + "/vmi";
         state_dir_ = dir_ + "/state";
         REQUIRE(::mkdir(mountpoint_.c_str(), 0755) == 0);
-        std::ofstream(dir_ + "/cloudvmi.yaml") << "node: " << kNode << "\n"
-                                               << "state_dir: " << state_dir_ << "\n"
-                                               << "request_timeout_ms: 4000\n"
-                                               << "operators_group: " << kOperatorsGid << "\n"
-                                               << "vms:\n"
-                                               << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
-                                               << "    qmp: " << a_.vmi_qmp() << "\n"
-                                               << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n"
-                                               << "    qmp: " << b_.vmi_qmp() << "\n";
+        std::ofstream(dir_ + "/cloudvmi.yaml")
+            << "node: " << kNode << "\n"
+            << "state_dir: " << state_dir_ << "\n"
+            << "request_timeout_ms: 4000\n"
+            << "audit: {file: " << dir_ << "/audit/audit.log, syslog: false}\n"
+            << "operators_group: " << kOperatorsGid << "\n"
+            << "vms:\n"
+            << "  - name: vm-a\n    gdb: " << a_.gdb() << "\n"
+            << "    qmp: " << a_.vmi_qmp() << "\n"
+            << "  - name: vm-b\n    gdb: " << b_.gdb() << "\n"
+            << "    qmp: " << b_.vmi_qmp() << "\n";
         // allow_other, as the man page's fstab line: the daemon itself must keep others out.
         pid_ = spawn_process({cloudvmi_binary(), "-f", "--log-level=info", "-o", "allow_other",
                               "--config", dir_ + "/cloudvmi.yaml", mountpoint_},
@@ -291,8 +293,7 @@ TEST_CASE("a VM its owner pauses stays paused: cat fails at once, status says wh
     CHECK(field_value(status, "vm") == "running");
 }
 
-TEST_CASE("errors are the guest's own, and writes are refused until a policy allows them",
-          "[fuse]") {
+TEST_CASE("errors are the guest's own, and changes are refused without a policy", "[fuse]") {
     auto& m = MountedVmi::shared();
     std::string base = m.vm("vm-a");
     CHECK(read_through_mount(base + "/root/no/such/file", nullptr) == ENOENT);

@@ -469,6 +469,12 @@ KillOutcome kill_mid_session_then_attach(const TestGuest& guest, const KillRound
     return outcome;
 }
 
+std::string trimmed(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+        s.pop_back();
+    return s;
+}
+
 std::string read_whole_file(const std::string& path) {
     std::ifstream f(path);
     std::stringstream ss;

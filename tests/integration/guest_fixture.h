@@ -143,6 +143,8 @@ std::vector<pid_t> processes_with(const std::string& needle);
 std::vector<pid_t> guardians_of(const std::string& state_dir);
 // A whole host file ("" if it cannot be read).
 std::string read_whole_file(const std::string& path);
+// `s` without trailing newlines and spaces.
+std::string trimmed(std::string s);
 
 // The cloudvmi binary under test.
 std::string cloudvmi_binary();

@@ -235,3 +235,53 @@ TEST_CASE("InodeTable: concurrent remember and forget keep the counts consistent
     // Every key is gone: remembering one now gets a number never used before.
     CHECK(t.remember(node("k0")) > max_ino.load());
 }
+
+namespace {
+
+// A node that stands for a path, for the rename bookkeeping.
+class PathNode final : public Node {
+  public:
+    explicit PathNode(std::string path) : path_(std::move(path)) {}
+    std::string key() const override { return "p:" + path_; }
+    ErrorOr<NodeAttr> getattr() override { return NodeAttr{}; }
+    std::shared_ptr<Node> moved_to(const std::string& from, const std::string& to) const override {
+        std::string k = key();
+        bool below = k.size() > from.size() && k.starts_with(from) && k[from.size()] == '/';
+        if (k != from && !below) return nullptr;
+        return std::make_shared<PathNode>(to.substr(2) + k.substr(from.size()));
+    }
+
+  private:
+    std::string path_;
+};
+
+}  // namespace
+
+TEST_CASE("InodeTable: a rename moves known nodes and their children, same inodes", "[fs]") {
+    InodeTable t(std::make_shared<PathNode>("/"));
+    uint64_t dir = t.remember(std::make_shared<PathNode>("/a"));
+    uint64_t file = t.remember(std::make_shared<PathNode>("/a/f"));
+    uint64_t other = t.remember(std::make_shared<PathNode>("/ab"));
+    uint64_t victim = t.remember(std::make_shared<PathNode>("/b"));
+    t.rehome("p:/a", "p:/b");
+    CHECK(t.get(dir)->key() == "p:/b");
+    CHECK(t.get(file)->key() == "p:/b/f");
+    CHECK(t.get(other)->key() == "p:/ab");  // a name that only starts the same
+    // The same path is the same inode; the overwritten one lost its key.
+    CHECK(t.remember(std::make_shared<PathNode>("/b/f")) == file);
+    CHECK(t.remember(std::make_shared<PathNode>("/b")) == dir);
+    // Forgetting the overwritten inode leaves the new owner of its key alone.
+    t.forget(victim, 1);
+    CHECK(t.remember(std::make_shared<PathNode>("/b")) == dir);
+}
+
+TEST_CASE("InodeTable: a removed name gets a new inode when it comes back", "[fs]") {
+    InodeTable t(std::make_shared<PathNode>("/"));
+    uint64_t first = t.remember(std::make_shared<PathNode>("/x"));
+    t.drop_key("p:/x");
+    uint64_t second = t.remember(std::make_shared<PathNode>("/x"));
+    CHECK(second != first);
+    t.forget(first, 1);
+    CHECK(t.get(first) == nullptr);
+    CHECK(t.remember(std::make_shared<PathNode>("/x")) == second);
+}

@@ -26,6 +26,8 @@ using Catch::Matchers::StartsWith;
 
 namespace {
 
+const Caller kRootCaller{};
+
 using cloudvmi::test::TempDir;
 
 Config make_config(const std::string& state_dir, long timeout_ms = 500) {
@@ -97,7 +99,7 @@ std::string read_all(FileHandle& h) {
 }
 
 std::string read_file(const std::shared_ptr<Node>& n) {
-    auto h = ok(n->open(O_RDONLY));
+    auto h = ok(n->open(O_RDONLY, kRootCaller));
     REQUIRE(h != nullptr);
     std::string s = read_all(*h);
     h->release();
@@ -208,7 +210,7 @@ void check_dir_attr(Node& n, mode_t perm = 0555) {
     CHECK(a.st.st_nlink >= 2);
 }
 
-const std::vector<std::string> kVmChildren = {"proc", "sys", "root", ".cloudvmi"};
+const std::vector<std::string> kVmChildren = {"proc", "sys", "root", "ctl", ".cloudvmi"};
 const std::vector<std::string> kSessionFiles = {"status", "kernel", "kernel-entry", "stats",
                                                 "stats.json"};
 
@@ -254,25 +256,26 @@ TEST_CASE("Filesystem: the root and the node directory", "[fs]") {
     }
 
     SECTION("root readdir") {
-        auto plain = ok(root->readdir(false));
-        REQUIRE(names_of(plain) == std::vector<std::string>{"n1"});
+        auto plain = ok(root->readdir(false, kRootCaller));
+        // The nodes, then the mount's own files.
+        REQUIRE(names_of(plain) == std::vector<std::string>{"n1", ".cloudvmi"});
         CHECK(plain[0].type == S_IFDIR);
         CHECK(plain[0].node == nullptr);
-        auto plus = ok(root->readdir(true));
-        REQUIRE(names_of(plus) == std::vector<std::string>{"n1"});
+        auto plus = ok(root->readdir(true, kRootCaller));
+        REQUIRE(names_of(plus) == std::vector<std::string>{"n1", ".cloudvmi"});
         CHECK(plus[0].type == S_IFDIR);
         REQUIRE(plus[0].node != nullptr);
         CHECK(plus[0].node->key() == node->key());
         check_dir_attr(*plus[0].node);
     }
     SECTION("node readdir lists the VMs in configuration order") {
-        auto plain = ok(node->readdir(false));
+        auto plain = ok(node->readdir(false, kRootCaller));
         REQUIRE(names_of(plain) == std::vector<std::string>{"vm-a", "vm-b"});
         for (const auto& e : plain) {
             CHECK(e.type == S_IFDIR);
             CHECK(e.node == nullptr);
         }
-        auto plus = ok(node->readdir(true));
+        auto plus = ok(node->readdir(true, kRootCaller));
         REQUIRE(names_of(plus) == std::vector<std::string>{"vm-a", "vm-b"});
         for (const auto& e : plus) {
             REQUIRE(e.node != nullptr);
@@ -293,13 +296,13 @@ TEST_CASE("Filesystem: a VM directory is answered without its guest", "[fs]") {
     check_dir_attr(*dir);
     CHECK(dir->local_getattr());
 
-    auto plain = ok(dir->readdir(false));
+    auto plain = ok(dir->readdir(false, kRootCaller));
     CHECK(names_of(plain) == kVmChildren);
     for (const auto& e : plain) {
         CHECK(e.type == S_IFDIR);
         CHECK(e.node == nullptr);
     }
-    auto plus = ok(dir->readdir(true));
+    auto plus = ok(dir->readdir(true, kRootCaller));
     CHECK(names_of(plus) == kVmChildren);
     for (const auto& e : plus) {
         INFO(e.name);
@@ -337,14 +340,14 @@ TEST_CASE("Filesystem: the guest trees fail fast with ENOTCONN when the VM is un
     auto proc = walk(t, {"n1", "vm-a", "proc"});
 
     auto started = Clock::now();
-    auto r = proc->readdir(false);
+    auto r = proc->readdir(false, kRootCaller);
     double ms = elapsed_ms(started);
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code() == ENOTCONN);
     CHECK_FALSE(r.error().from_guest());
     CHECK(ms < 2000);
 
-    CHECK(err_of(proc->readdir(true)) == ENOTCONN);
+    CHECK(err_of(proc->readdir(true, kRootCaller)) == ENOTCONN);
     CHECK(err_of(proc->lookup("cpuinfo")) == ENOTCONN);
     CHECK(err_of(walk(t, {"n1", "vm-a", "root"})->lookup("etc")) == ENOTCONN);
     // A name that can never be a single component is refused without asking.
@@ -360,20 +363,20 @@ TEST_CASE("Filesystem: the guest trees fail fast with ENOTCONN when the VM is un
     // .cloudvmi/kernel needs the guest too.
     auto kernel = walk(t, {"n1", "vm-a", ".cloudvmi", "kernel"});
     CHECK(kernel->vm() == vm);
-    CHECK(err_of(kernel->open(O_RDONLY)) == ENOTCONN);
+    CHECK(err_of(kernel->open(O_RDONLY, kRootCaller)) == ENOTCONN);
 }
 
 TEST_CASE("Filesystem: .cloudvmi lists the session files", "[fs]") {
     Tree t;
     auto dir = walk(t, {"n1", "vm-b", ".cloudvmi"});
     check_dir_attr(*dir);
-    auto plain = ok(dir->readdir(false));
+    auto plain = ok(dir->readdir(false, kRootCaller));
     CHECK(names_of(plain) == kSessionFiles);
     for (const auto& e : plain) {
         CHECK(e.type == S_IFREG);
         CHECK(e.node == nullptr);
     }
-    auto plus = ok(dir->readdir(true));
+    auto plus = ok(dir->readdir(true, kRootCaller));
     CHECK(names_of(plus) == kSessionFiles);
     for (const auto& e : plus) {
         INFO(e.name);
@@ -391,7 +394,7 @@ TEST_CASE("Filesystem: .cloudvmi lists the session files", "[fs]") {
         CHECK((a.st.st_mode & 07777) == (addresses ? 0400 : 0444));
         CHECK((f->exposure() == Exposure::kKernelAddresses) == addresses);
         CHECK(err_of(f->lookup("x")) == ENOTDIR);
-        CHECK(err_of(f->readdir(false)) == ENOTDIR);
+        CHECK(err_of(f->readdir(false, kRootCaller)) == ENOTDIR);
         CHECK(err_of(f->readlink()) == EINVAL);
     }
     CHECK(err_of(dir->lookup("statuses")) == ENOENT);
@@ -414,7 +417,7 @@ TEST_CASE("Filesystem: .cloudvmi/status", "[fs]") {
         CHECK_THAT(s, !Contains("shadow_pid:"));
     }
     SECTION("after a failed attempt: error, with the reason") {
-        REQUIRE(err_of(walk(t, {"n1", "vm-a", "sys"})->readdir(false)) == ENOTCONN);
+        REQUIRE(err_of(walk(t, {"n1", "vm-a", "sys"})->readdir(false, kRootCaller)) == ENOTCONN);
         std::string s = read_file(status);
         INFO(s);
         CHECK_THAT(s, StartsWith("state: error\n"));
@@ -427,19 +430,19 @@ TEST_CASE("Filesystem: .cloudvmi/status", "[fs]") {
         CHECK_THAT(b, Contains("gdb: unix:/nonexistent/b.gdb\n"));
     }
     SECTION("it cannot be opened for writing") {
-        CHECK(err_of(status->open(O_WRONLY)) == EACCES);
-        CHECK(err_of(status->open(O_RDWR)) == EACCES);
-        CHECK(err_of(status->open(O_WRONLY | O_TRUNC)) == EACCES);
+        CHECK(err_of(status->open(O_WRONLY, kRootCaller)) == EACCES);
+        CHECK(err_of(status->open(O_RDWR, kRootCaller)) == EACCES);
+        CHECK(err_of(status->open(O_WRONLY | O_TRUNC, kRootCaller)) == EACCES);
     }
     SECTION("reads honour offsets") {
-        auto h = ok(status->open(O_RDONLY));
+        auto h = ok(status->open(O_RDONLY, kRootCaller));
         auto head = ok(h->read(6, 0));
         CHECK(std::string(head.begin(), head.end()) == "state:");
         auto mid = ok(h->read(4, 7));
         CHECK(std::string(mid.begin(), mid.end()) == "idle");
         CHECK(ok(h->read(100, 1 << 20)).empty());
         CHECK(err_of(h->read(10, -1)) == EINVAL);
-        CHECK_FALSE(h->write(std::span<const uint8_t>(), 0).has_value());
+        CHECK_FALSE(h->write(std::span<const uint8_t>(), 0, kRootCaller).has_value());
         CHECK(h->direct_io());
         h->release();
     }
@@ -478,10 +481,10 @@ TEST_CASE("Filesystem: .cloudvmi/stats and stats.json", "[fs]") {
     CHECK_THAT(t1, Contains("requests: 3\n"));
     CHECK_THAT(t1, Contains("errors: 1\n"));
     CHECK_THAT(t1, Contains("state: idle\n"));
-    CHECK(err_of(json->open(O_RDWR)) == EACCES);
+    CHECK(err_of(json->open(O_RDWR, kRootCaller)) == EACCES);
 
     // After a failed guest request the state changes and the JSON stays valid.
-    REQUIRE(err_of(walk(t, {"n1", "vm-a", "proc"})->readdir(false)) == ENOTCONN);
+    REQUIRE(err_of(walk(t, {"n1", "vm-a", "proc"})->readdir(false, kRootCaller)) == ENOTCONN);
     std::string j2 = read_file(json);
     INFO(j2);
     CHECK(Json(j2).valid());
@@ -502,13 +505,18 @@ TEST_CASE("Filesystem: the keys of different nodes are distinct and stable", "[f
         auto sdir = ok(vdir->lookup(".cloudvmi"));
         for (const auto& f : kSessionFiles)
             nodes.push_back(ok(sdir->lookup(f)));
+        nodes.push_back(ok(ok(vdir->lookup("ctl"))->lookup("kill")));
     }
+    auto mount_dir = ok(t.root()->lookup(".cloudvmi"));
+    nodes.push_back(mount_dir);
+    nodes.push_back(ok(mount_dir->lookup("policy-status")));
+    nodes.push_back(ok(mount_dir->lookup("reload")));
     std::set<std::string> keys;
     for (const auto& n : nodes) {
         INFO(n->key());
         CHECK(keys.insert(n->key()).second);
     }
-    CHECK(keys.size() == 2 + 2 * (1 + 4 + kSessionFiles.size()));
+    CHECK(keys.size() == 2 + 2 * (1 + kVmChildren.size() + kSessionFiles.size() + 1) + 3);
     // The same path gives the same key (the inode table relies on it).
     CHECK(walk(t, {"n1", "vm-a", "proc"})->key() == walk(t, {"n1", "vm-a", "proc"})->key());
     CHECK(walk(t, {"n1", "vm-b", ".cloudvmi", "stats"})->key() ==
@@ -542,24 +550,28 @@ TEST_CASE("Filesystem: every node refuses changes with EACCES", "[fs]") {
         INFO(name);
         AttrChange chmod;
         chmod.mode = 0777;
-        CHECK(err_of(n->setattr(chmod)) == EACCES);
+        CHECK(err_of(n->setattr(chmod, kRootCaller)) == EACCES);
         AttrChange trunc;
         trunc.size = 0;
-        CHECK(err_of(n->setattr(trunc)) == EACCES);
-        CHECK(err_of(n->mkdir("d", 0755)) == EACCES);
-        CHECK(err_of(n->unlink("f")) == EACCES);
-        CHECK(err_of(n->rmdir("d")) == EACCES);
-        CHECK(err_of(n->rename("a", *other, "b")) == EACCES);
-        CHECK(err_of(n->symlink("x", "l")) == EACCES);
+        CHECK(err_of(n->setattr(trunc, kRootCaller)) == EACCES);
+        CHECK(err_of(n->mkdir("d", 0755, kRootCaller)) == EACCES);
+        CHECK(err_of(n->unlink("f", kRootCaller)) == EACCES);
+        CHECK(err_of(n->rmdir("d", kRootCaller)) == EACCES);
+        CHECK(err_of(n->rename("a", *n, "b", 0, kRootCaller)) == EACCES);
+        // Out of a guest tree there is no rename, as across file systems.
+        bool guest_tree = name == "proc" || name == "sys" || name == "root";
+        CHECK(err_of(n->rename("a", *other, "b", 0, kRootCaller)) == (guest_tree ? EXDEV : EACCES));
+        CHECK(err_of(n->symlink("x", "l", kRootCaller)) == EACCES);
+        CHECK(err_of(n->setxattr("user.x", {}, 0, kRootCaller)) == EACCES);
         std::unique_ptr<FileHandle> handle;
-        CHECK(err_of(n->create("f", 0644, O_WRONLY | O_CREAT, handle)) == EACCES);
+        CHECK(err_of(n->create("f", 0644, O_WRONLY | O_CREAT, handle, kRootCaller)) == EACCES);
         CHECK(handle == nullptr);
         CHECK(err_of(n->readlink()) == EINVAL);
     }
     // Directories are not files.
     for (size_t i = 0; i < 7; ++i) {
         INFO(nodes[i].first);
-        CHECK(err_of(nodes[i].second->open(O_RDONLY)) == EISDIR);
+        CHECK(err_of(nodes[i].second->open(O_RDONLY, kRootCaller)) == EISDIR);
     }
     // None of it reached the guest.
     CHECK(t.fs.find_vm("vm-b")->session().state() == SessionState::kDetached);

@@ -1,0 +1,284 @@
+#include "redirector/session/guest_changes.h"
+
+#include <cstring>
+
+#include "redirector/x86/guest_abi.h"
+
+namespace cloudvmi {
+
+namespace {
+
+using namespace x86abi;
+using B = SyscallBatch;
+
+constexpr uint64_t kNoLinks = kResolveNoSymlinks | kResolveNoMagiclinks;
+
+ErrorOr<void> check_path(const std::string& path) {
+    if (path.empty() || path[0] != '/') return make_error(EINVAL, "not an absolute guest path");
+    if (path.size() >= GuestFileOps::kMaxPath) return make_error(ENAMETOOLONG, path.substr(0, 64));
+    if (path.find('\0') != std::string::npos) return make_error(EINVAL, "path contains NUL");
+    return {};
+}
+
+std::vector<uint8_t> open_how(uint64_t flags, uint64_t mode) {
+    uint64_t fields[3] = {flags | kOCloexec, mode, kNoLinks};
+    std::vector<uint8_t> out(kOpenHowSize);
+    std::memcpy(out.data(), fields, kOpenHowSize);
+    return out;
+}
+
+// An openat2 of `path` that follows no symlink; the rest of the batch is cancelled if it
+// fails.
+B::OpId add_open(B& b, const std::string& path, uint64_t flags, uint64_t mode = 0) {
+    auto p = b.input_string(path);
+    auto how = b.input(open_how(flags, mode));
+    return b.add(kOpenat2, {B::imm_signed(kAtFdcwd), B::buf(p), B::buf(how), B::imm(kOpenHowSize)},
+                 true);
+}
+
+B::OpId add_open_dir(B& b, const std::string& dir) {
+    return add_open(b, dir, kOPath | kODirectory);
+}
+
+// The first op of `ops` (in batch order) that failed, as the error the caller sees: the
+// guest's errno, except an openat2 the guest kernel does not have.
+ErrorOr<void> first_failure(const BatchOutcome& out, std::initializer_list<B::OpId> ops,
+                            B::OpId open_op, const std::string& what) {
+    for (B::OpId op : ops) {
+        if (!out.failed(op)) continue;
+        int e = out.error_of(op);
+        if (op == open_op && e == ENOSYS) {
+            return make_error(
+                EOPNOTSUPP, "the guest kernel has no openat2(2): changes need Linux 5.6 or later");
+        }
+        return guest_error(e, what);
+    }
+    return {};
+}
+
+ErrorOr<GuestFd> opened_fd(const BatchOutcome& out, B::OpId op) {
+    int64_t fd = out.result(op);
+    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
+    return GuestFd{static_cast<int>(fd), out.shadow};
+}
+
+uint64_t open_flags(WriteMode how) {
+    uint64_t f = how.read_too ? kORdwr : kOWronly;
+    if (how.append) f |= kOAppend;
+    if (how.truncate) f |= kOTrunc;
+    if (how.exclusive) f |= kOExcl;
+    return f | kONoctty | kONonblock;
+}
+
+}  // namespace
+
+GuestTime GuestTime::now() {
+    return GuestTime{0, kUtimeNow};
+}
+
+GuestTime GuestTime::omit() {
+    return GuestTime{0, kUtimeOmit};
+}
+
+ErrorOr<std::pair<std::string, std::string>> split_parent(const std::string& path) {
+    TRY(check_path(path));
+    size_t slash = path.rfind('/');
+    std::string name = path.substr(slash + 1);
+    if (!is_safe_name(name) || name == "." || name == "..")
+        return make_error(EINVAL, "no file name in " + path);
+    return std::pair{slash == 0 ? std::string("/") : path.substr(0, slash), name};
+}
+
+ErrorOr<GuestFd> GuestChanges::open_for_writing(const std::string& path, WriteMode how) {
+    TRY(check_path(path));
+    how.exclusive = false;
+    SyscallBatch b;
+    auto open = add_open(b, path, open_flags(how));
+    auto out = TRY(session_.run(b));
+    TRY(first_failure(out, {open}, open, path));
+    return opened_fd(out, open);
+}
+
+ErrorOr<GuestChanges::Created> GuestChanges::create(const std::string& path, WriteMode how,
+                                                    uint32_t mode) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto open = add_open(b, path, open_flags(how) | kOCreat, mode & 07777);
+    auto empty = b.input_string("");
+    auto st = b.output(sizeof(Stat));
+    auto stat =
+        b.add(kNewfstatat, {B::result_of(open), B::buf(empty), B::buf(st), B::imm(kAtEmptyPath)});
+    b.filled_by(st, stat, B::Fill::kWhole);
+    auto out = TRY(session_.run(b));
+    TRY(first_failure(out, {open}, open, path));
+    Created c{TRY(opened_fd(out, open)), {}};
+    if (out.failed(stat)) {
+        session_.defer_close(c.fd.fd, c.fd.shadow);
+        return guest_error(out.error_of(stat), path);
+    }
+    c.stat = parse_stat(out.bytes(st));
+    return c;
+}
+
+ErrorOr<GuestStat> GuestChanges::mkdir(const std::string& path, uint32_t mode) {
+    auto [dir, name] = TRY(split_parent(path));
+    SyscallBatch b;
+    auto open = add_open_dir(b, dir);
+    auto n = b.input_string(name);
+    // Nothing after the open stops the batch: the close must run.
+    auto make = b.add(kMkdirat, {B::result_of(open), B::buf(n), B::imm(mode & 07777)});
+    auto st = b.output(sizeof(Stat));
+    auto stat =
+        b.add(kNewfstatat, {B::result_of(open), B::buf(n), B::buf(st), B::imm(kAtSymlinkNofollow)});
+    b.filled_by(st, stat, B::Fill::kWhole);
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session_.run(b));
+    TRY(first_failure(out, {open, make, stat}, open, path));
+    return parse_stat(out.bytes(st));
+}
+
+namespace {
+
+ErrorOr<void> remove(GuestSession& session, const std::string& path, uint64_t flags) {
+    auto [dir, name] = TRY(split_parent(path));
+    SyscallBatch b;
+    auto open = add_open_dir(b, dir);
+    auto n = b.input_string(name);
+    auto unlink = b.add(kUnlinkat, {B::result_of(open), B::buf(n), B::imm(flags)});
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session.run(b));
+    return first_failure(out, {open, unlink}, open, path);
+}
+
+}  // namespace
+
+ErrorOr<void> GuestChanges::unlink(const std::string& path) {
+    return remove(session_, path, 0);
+}
+
+ErrorOr<void> GuestChanges::rmdir(const std::string& path) {
+    return remove(session_, path, kAtRemovedir);
+}
+
+ErrorOr<void> GuestChanges::rename(const std::string& from, const std::string& to,
+                                   RenameMode mode) {
+    uint64_t flags =
+        (mode.no_replace ? kRenameNoreplace : 0) | (mode.exchange ? kRenameExchange : 0);
+    auto [from_dir, from_name] = TRY(split_parent(from));
+    auto [to_dir, to_name] = TRY(split_parent(to));
+    SyscallBatch b;
+    auto open_from = add_open_dir(b, from_dir);
+    auto open_to = add_open_dir(b, to_dir);
+    auto fn = b.input_string(from_name);
+    auto tn = b.input_string(to_name);
+    auto rename = b.add(kRenameat2, {B::result_of(open_from), B::buf(fn), B::result_of(open_to),
+                                     B::buf(tn), B::imm(flags)});
+    b.add(kClose, {B::result_of(open_from)});
+    b.add(kClose, {B::result_of(open_to)});
+    auto out = TRY(session_.run(b));
+    // A failed second open cancels the closes: the first fd is closed with the next batch.
+    if (out.failed(open_to) && !out.failed(open_from)) {
+        session_.defer_close(static_cast<int>(out.result(open_from)), out.shadow);
+    }
+    if (auto r = first_failure(out, {open_from}, open_from, from); !r) return r;
+    if (auto r = first_failure(out, {open_to}, open_to, to); !r) return r;
+    return first_failure(out, {rename}, open_from, from + " -> " + to);
+}
+
+ErrorOr<GuestStat> GuestChanges::symlink(const std::string& target, const std::string& path) {
+    if (target.empty() || target.size() >= GuestFileOps::kMaxPath ||
+        target.find('\0') != std::string::npos) {
+        return make_error(EINVAL, "bad symbolic link target");
+    }
+    auto [dir, name] = TRY(split_parent(path));
+    SyscallBatch b;
+    auto open = add_open_dir(b, dir);
+    auto t = b.input_string(target);
+    auto n = b.input_string(name);
+    auto link = b.add(kSymlinkat, {B::buf(t), B::result_of(open), B::buf(n)});
+    auto st = b.output(sizeof(Stat));
+    auto stat =
+        b.add(kNewfstatat, {B::result_of(open), B::buf(n), B::buf(st), B::imm(kAtSymlinkNofollow)});
+    b.filled_by(st, stat, B::Fill::kWhole);
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session_.run(b));
+    TRY(first_failure(out, {open, link, stat}, open, path));
+    return parse_stat(out.bytes(st));
+}
+
+namespace {
+
+// Opens the file itself (no symlink on the way, not even the last component), runs `op`
+// on the fd and closes it: for the changes that have no *at() form that stays off links.
+template <class AddOp>
+ErrorOr<void> on_file(GuestSession& session, const std::string& path, uint64_t flags,
+                      AddOp add_op) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto open = add_open(b, path, flags | kONoctty | kONonblock);
+    auto op = add_op(b, B::result_of(open));
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session.run(b));
+    return first_failure(out, {open, op}, open, path);
+}
+
+}  // namespace
+
+ErrorOr<void> GuestChanges::chmod(const std::string& path, uint32_t mode) {
+    return on_file(session_, path, kORdonly, [&](B& b, B::Arg fd) {
+        return b.add(kFchmod, {fd, B::imm(mode & 07777)});
+    });
+}
+
+ErrorOr<void> GuestChanges::chown(const std::string& path, std::optional<uint32_t> uid,
+                                  std::optional<uint32_t> gid) {
+    auto [dir, name] = TRY(split_parent(path));
+    SyscallBatch b;
+    auto open = add_open_dir(b, dir);
+    auto n = b.input_string(name);
+    // -1 (as a 32-bit id) leaves an id unchanged.
+    uint64_t u = uid ? *uid : 0xffffffffu;
+    uint64_t g = gid ? *gid : 0xffffffffu;
+    auto own = b.add(kFchownat, {B::result_of(open), B::buf(n), B::imm(u), B::imm(g),
+                                 B::imm(kAtSymlinkNofollow)});
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session_.run(b));
+    return first_failure(out, {open, own}, open, path);
+}
+
+ErrorOr<void> GuestChanges::truncate(const std::string& path, uint64_t size) {
+    return on_file(session_, path, kOWronly, [&](B& b, B::Arg fd) {
+        return b.add(kFtruncate, {fd, B::imm(size)});
+    });
+}
+
+ErrorOr<void> GuestChanges::set_times(const std::string& path, GuestTime atime, GuestTime mtime) {
+    auto [dir, name] = TRY(split_parent(path));
+    int64_t times[4] = {atime.sec, atime.nsec, mtime.sec, mtime.nsec};
+    std::vector<uint8_t> raw(sizeof times);
+    std::memcpy(raw.data(), times, sizeof times);
+    SyscallBatch b;
+    auto open = add_open_dir(b, dir);
+    auto n = b.input_string(name);
+    auto t = b.input(raw);
+    auto set =
+        b.add(kUtimensat, {B::result_of(open), B::buf(n), B::buf(t), B::imm(kAtSymlinkNofollow)});
+    b.add(kClose, {B::result_of(open)});
+    auto out = TRY(session_.run(b));
+    return first_failure(out, {open, set}, open, path);
+}
+
+ErrorOr<void> GuestChanges::setxattr(const std::string& path, const std::string& name,
+                                     const std::vector<uint8_t>& value, int flags) {
+    if (name.empty() || name.size() > 255 || name.find('\0') != std::string::npos)
+        return make_error(EINVAL, "bad attribute name");
+    if (value.size() > 65536) return make_error(E2BIG, "attribute value too large");
+    return on_file(session_, path, kORdonly, [&](B& b, B::Arg fd) {
+        auto n = b.input_string(name);
+        auto v = b.input(value);
+        return b.add(kFsetxattr, {fd, B::buf(n), B::buf(v), B::imm(value.size()),
+                                  B::imm(static_cast<uint64_t>(flags))});
+    });
+}
+
+}  // namespace cloudvmi

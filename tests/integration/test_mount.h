@@ -1,0 +1,32 @@
+// A /vmi mount of one test guest, as node "n" with the VM named as asked, in a fresh
+// directory; unmounted (and its daemon reaped) when it goes.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "tests/integration/guest_fixture.h"
+
+namespace cloudvmi::test {
+
+struct TestMount {
+    // `extra_yaml`: more top-level configuration lines (policy:, audit:...).
+    TestMount(const TestGuest& guest, const std::string& vm_name,
+              const std::string& extra_yaml = "", int request_timeout_ms = 10000);
+    ~TestMount();
+    TestMount(const TestMount&) = delete;
+    TestMount& operator=(const TestMount&) = delete;
+
+    bool mounted() const;
+    // fusermount3 -u and reap; false if the daemon had to be killed.
+    bool unmount();
+    std::string log() const;
+
+    std::string dir;  // holds cloudvmi.yaml, mount.log and the mount point vmi/
+    std::string mnt;  // the mount point
+    std::string vm;   // mnt/n/VM
+    pid_t pid = -1;   // the daemon
+};
+
+}  // namespace cloudvmi::test
