@@ -162,6 +162,18 @@ void ChangeGate::settle(const Ticket& ticket, const Error* error) {
         LOG_WARN("audit: %s", w.error().describe().c_str());
 }
 
+ErrorOr<void> ChangeGate::check_writable(const ChangeScope& scope, const Caller& caller,
+                                         const std::string& path) {
+    auto policy = policies_.current();
+    if (policy->may_allow(to_request(scope, caller, policy::Operation::kWrite, path))) return {};
+    // Decided again for the record: the rule and the reason of the refusal.
+    ChangeAsk ask;
+    ask.op = policy::Operation::kWrite;
+    ask.path = path;
+    TRY(admit(scope, caller, ask));
+    return make_error(EACCES, "write " + path + ": no write can be allowed");
+}
+
 ErrorOr<void> ChangeGate::check_read(const ChangeScope& scope, const Caller& caller,
                                      const std::string& path) {
     auto policy = policies_.current();

@@ -66,6 +66,11 @@ class ChangeGate {
         return result;
     }
 
+    // EACCES (and a denied line) when no write to `path` can ever be allowed to `caller`:
+    // the file is then not even opened for writing.
+    ErrorOr<void> check_writable(const ChangeScope& scope, const Caller& caller,
+                                 const std::string& path);
+
     // EACCES unless the policy lets `caller` read `path`.
     ErrorOr<void> check_read(const ChangeScope& scope, const Caller& caller,
                              const std::string& path);

@@ -410,6 +410,7 @@ class GuestNode final : public Node {
 
     ErrorOr<std::unique_ptr<FileHandle>> open_for_writing(int flags, const Caller& who) {
         TRY(refuse_shadow_paths(path_));
+        TRY(vm_.gate().check_writable(vm_.scope(), who, path_));
         WriteMode how = write_mode(flags);
         // An O_TRUNC that reaches us (no atomic_o_trunc: the kernel usually sends a
         // setattr instead) is a truncate of its own.

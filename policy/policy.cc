@@ -165,6 +165,13 @@ Decision Policy::explain(const Request& request) const {
     return const_cast<Policy*>(this)->evaluate(request, std::nullopt);
 }
 
+bool Policy::may_allow(const Request& q) const {
+    auto it =
+        std::find_if(rules_.begin(), rules_.end(), [&](const Rule& r) { return matches(r, q); });
+    if (it != rules_.end()) return it->allow;
+    return from_defaults(*defaults_, q).allowed;
+}
+
 // `now` set: an allowed request is counted against its rule's rate limit.
 Decision Policy::evaluate(const Request& q,
                           std::optional<std::chrono::steady_clock::time_point> now) {

@@ -122,6 +122,11 @@ class Policy {
     Decision decide(const Request& request, std::chrono::steady_clock::time_point now);
     // The same without touching the rate limits (`cloudvmi policy explain`).
     Decision explain(const Request& request) const;
+    // Whether some request like this one could be allowed: the first matching rule allows
+    // (its constraints and rate limit not applied), or none matches and the defaults
+    // allow. A file opened for writing where no write can ever be allowed is refused at
+    // the open.
+    bool may_allow(const Request& request) const;
 
     const std::string& origin() const;
     size_t rule_count() const;

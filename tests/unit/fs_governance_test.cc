@@ -332,3 +332,18 @@ TEST_CASE("config: policy and audit keys", "[fs][policy]") {
         CHECK(r.error().message().rfind("bad.yaml:1", 0) == 0);
     }
 }
+
+TEST_CASE("governed tree: a file no write can reach is not opened for writing", "[fs][policy]") {
+    GovernedTree t;
+    ChangeGate& gate = t.fs->find_vm("vm-a")->gate();
+    ChangeScope scope{"n1", "vm-a"};
+    // An allow rule with constraints: opened (each write is decided with its value).
+    CHECK(gate.check_writable(scope, kRoot, "/proc/sys/vm/swappiness").has_value());
+    CHECK(t.audit().empty());
+    CHECK(err_of(gate.check_writable(scope, kRoot, "/proc/sys/vm/dirty_ratio")) == EACCES);
+    auto lines = t.audit();
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0]["phase"] == "denied");
+    CHECK(lines[0]["op"] == "write");
+    CHECK(lines[0]["rule"] == "defaults");
+}

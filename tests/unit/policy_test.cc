@@ -482,3 +482,25 @@ TEST_CASE("policy: the example policies load and decide as documented", "[policy
     quarantine.path = "/root/quarantine/dropper";
     CHECK(incident->explain(quarantine).allowed);
 }
+
+TEST_CASE("policy: may_allow ignores constraints, not rules", "[policy]") {
+    auto p = load(R"(version: 1
+rules:
+  - id: no-etc
+    decision: deny
+    paths: ["/etc/**"]
+    ops: [change]
+  - id: swappiness
+    decision: allow
+    paths: [/proc/sys/vm/swappiness]
+    ops: [write]
+    constraints: {range: [0, 100]}
+)");
+    CHECK(p->may_allow(write("/proc/sys/vm/swappiness", "")));
+    CHECK_FALSE(p->explain(write("/proc/sys/vm/swappiness", "")).allowed);
+    CHECK_FALSE(p->may_allow(write("/etc/hosts", "")));
+    CHECK_FALSE(p->may_allow(write("/proc/sys/vm/dirty_ratio", "")));
+    CHECK(p->may_allow(ask(Op::kRead, "/etc/hosts")));
+    auto open = load("version: 1\ndefaults: {change: allow}\n");
+    CHECK(open->may_allow(write("/anything", "")));
+}
