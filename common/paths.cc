@@ -29,7 +29,7 @@ namespace {
 // Every directory above `canonical` must be out of other users' reach: owned by root or
 // us, and not writable by others unless sticky (/tmp), else the checked directory could be
 // renamed away and replaced after the check.
-ErrorOr<void> check_ancestors(const std::string& canonical) {
+ErrorOr<void> check_ancestors(const std::string& canonical, const char* what) {
     std::string at = canonical;
     while (true) {
         size_t slash = at.rfind('/');
@@ -41,9 +41,9 @@ ErrorOr<void> check_ancestors(const std::string& canonical) {
         bool open_to_others = (st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0;
         if (!trusted_owner || open_to_others) {
             return make_error(
-                EPERM, strformat("%s, above the state directory %s, is open to "
+                EPERM, strformat("%s, above the %s %s, is open to "
                                  "other users (uid %u, mode %04o); refusing it",
-                                 at.c_str(), canonical.c_str(), static_cast<unsigned>(st.st_uid),
+                                 at.c_str(), what, canonical.c_str(), static_cast<unsigned>(st.st_uid),
                                  static_cast<unsigned>(st.st_mode & 07777)));
         }
         if (at == "/") return {};
@@ -52,7 +52,7 @@ ErrorOr<void> check_ancestors(const std::string& canonical) {
 
 }  // namespace
 
-ErrorOr<void> ensure_private_dir(const std::string& dir) {
+ErrorOr<void> ensure_private_dir(const std::string& dir, const char* what) {
     TRY(make_dirs(dir));
     // "dir/" would make lstat follow a link named dir.
     std::string path = dir;
@@ -61,25 +61,26 @@ ErrorOr<void> ensure_private_dir(const std::string& dir) {
     struct stat st {};
     if (::lstat(path.c_str(), &st) < 0) return errno_error("checking " + path);
     if (S_ISLNK(st.st_mode)) {
-        return make_error(EPERM, "state directory " + path +
+        return make_error(EPERM, std::string(what) + " " + path +
                                      " is a symbolic link; refusing it (give the real path)");
     }
-    if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, "state directory " + path);
+    if (!S_ISDIR(st.st_mode)) return make_error(ENOTDIR, std::string(what) + " " + path);
     if (st.st_uid != ::geteuid()) {
-        return make_error(EPERM, strformat("state directory %s belongs to uid %u, not to us "
+        return make_error(EPERM, strformat("%s %s belongs to uid %u, not to us "
                                            "(uid %u); refusing it",
-                                           path.c_str(), static_cast<unsigned>(st.st_uid),
+                                           what, path.c_str(), static_cast<unsigned>(st.st_uid),
                                            static_cast<unsigned>(::geteuid())));
     }
     if ((st.st_mode & 077) != 0) {
-        return make_error(EPERM, strformat("state directory %s is open to other users (mode "
+        return make_error(EPERM, strformat("%s %s is open to other users (mode "
                                            "%04o); refusing it (chmod 700 %s)",
-                                           path.c_str(), static_cast<unsigned>(st.st_mode & 07777),
+                                           what, path.c_str(),
+                                           static_cast<unsigned>(st.st_mode & 07777),
                                            path.c_str()));
     }
     char canonical[PATH_MAX];
     if (::realpath(path.c_str(), canonical) == nullptr) return errno_error("resolving " + path);
-    return check_ancestors(canonical);
+    return check_ancestors(canonical, what);
 }
 
 ErrorOr<UniqueFd> open_private_file(const std::string& path, int flags) {

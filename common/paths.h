@@ -16,7 +16,8 @@ ErrorOr<void> make_dirs(const std::string& dir);
 // owned by the effective user, with no access for group or others. Recovery logs in a
 // directory another user can write could be swapped for forged ones; EPERM says which
 // check failed and how to fix it.
-ErrorOr<void> ensure_private_dir(const std::string& dir);
+// `what` names the directory in errors.
+ErrorOr<void> ensure_private_dir(const std::string& dir, const char* what = "state directory");
 
 // Opens `path` (in a private directory) with `flags`, creating it with mode 0600 when
 // O_CREAT is among them: never through a symbolic link, and only a regular file of the

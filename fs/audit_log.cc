@@ -38,7 +38,7 @@ ErrorOr<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
     std::unique_ptr<AuditLog> log(new AuditLog(options));
     if (!options.path.empty()) {
         if (options.path[0] != '/') return make_error(EINVAL, "audit_log must be an absolute path");
-        TRY_CTX(ensure_private_dir(parent_dir(options.path)), "audit log directory");
+        TRY(ensure_private_dir(parent_dir(options.path), "audit log directory"));
         TRY(log->open_file());
     }
     if (options.syslog) ::openlog("cloudvmi", LOG_PID | LOG_NDELAY, LOG_AUTHPRIV);

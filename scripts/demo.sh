@@ -37,7 +37,7 @@ node: demo-node
 state_dir: $dir/state
 policy: $dir/policy.yaml
 audit:
-  file: $dir/audit.log
+  file: $dir/audit/audit.log
   syslog: false
 vms:
   - name: web-01
@@ -55,7 +55,7 @@ trap cleanup EXIT
 
 show() {
     printf '\n$ %s\n' "$*"
-    sh -c "$*"
+    bash -c "$*"
 }
 
 echo "== mounting $mnt"
@@ -78,7 +78,7 @@ show "cat $vm/proc/sys/kernel/hostname"
 show "echo 'Not A Hostname' > $vm/proc/sys/kernel/hostname" || echo "(refused by the policy: nothing reached the guest)"
 show "echo 1 > $vm/proc/sys/net/ipv4/ip_forward" || echo "(no rule allows it: refused)"
 show "echo web-01 > $vm/proc/sys/kernel/hostname"
-show "cut -c1-160 $dir/audit.log"
+show "cut -c1-150 $dir/audit/audit.log"
 show "cat $vm/.cloudvmi/status"
 show "cat $vm/.cloudvmi/stats"
 echo
