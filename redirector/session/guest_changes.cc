@@ -120,21 +120,34 @@ ErrorOr<GuestChanges::Created> GuestChanges::create(const std::string& path, Wri
     return c;
 }
 
-ErrorOr<GuestStat> GuestChanges::mkdir(const std::string& path, uint32_t mode) {
+namespace {
+
+// Makes a new entry in its parent directory (`add_make(batch, parent fd, name)` adds the
+// op that makes it) and returns its attributes, read through the same parent fd.
+template <class AddMake>
+ErrorOr<GuestStat> make_entry(GuestSession& session, const std::string& path, AddMake add_make) {
     auto [dir, name] = TRY(split_parent(path));
     SyscallBatch b;
     auto open = add_open_dir(b, dir);
     auto n = b.input_string(name);
     // Nothing after the open stops the batch: the close must run.
-    auto make = b.add(kMkdirat, {B::result_of(open), B::buf(n), B::imm(mode & 07777)});
+    auto make = add_make(b, B::result_of(open), B::buf(n));
     auto st = b.output(sizeof(Stat));
     auto stat =
         b.add(kNewfstatat, {B::result_of(open), B::buf(n), B::buf(st), B::imm(kAtSymlinkNofollow)});
     b.filled_by(st, stat, B::Fill::kWhole);
     b.add(kClose, {B::result_of(open)});
-    auto out = TRY(session_.run(b));
+    auto out = TRY(session.run(b));
     TRY(first_failure(out, {open, make, stat}, open, path));
     return parse_stat(out.bytes(st));
+}
+
+}  // namespace
+
+ErrorOr<GuestStat> GuestChanges::mkdir(const std::string& path, uint32_t mode) {
+    return make_entry(session_, path, [&](B& b, B::Arg dir, B::Arg name) {
+        return b.add(kMkdirat, {dir, name, B::imm(mode & 07777)});
+    });
 }
 
 namespace {
@@ -190,20 +203,10 @@ ErrorOr<GuestStat> GuestChanges::symlink(const std::string& target, const std::s
         target.find('\0') != std::string::npos) {
         return make_error(EINVAL, "bad symbolic link target");
     }
-    auto [dir, name] = TRY(split_parent(path));
-    SyscallBatch b;
-    auto open = add_open_dir(b, dir);
-    auto t = b.input_string(target);
-    auto n = b.input_string(name);
-    auto link = b.add(kSymlinkat, {B::buf(t), B::result_of(open), B::buf(n)});
-    auto st = b.output(sizeof(Stat));
-    auto stat =
-        b.add(kNewfstatat, {B::result_of(open), B::buf(n), B::buf(st), B::imm(kAtSymlinkNofollow)});
-    b.filled_by(st, stat, B::Fill::kWhole);
-    b.add(kClose, {B::result_of(open)});
-    auto out = TRY(session_.run(b));
-    TRY(first_failure(out, {open, link, stat}, open, path));
-    return parse_stat(out.bytes(st));
+    return make_entry(session_, path, [&](B& b, B::Arg dir, B::Arg name) {
+        auto t = b.input_string(target);
+        return b.add(kSymlinkat, {B::buf(t), dir, name});
+    });
 }
 
 namespace {
