@@ -19,6 +19,9 @@ class Error {
     enum class Origin {
         kHost,   // our own failure (socket, timeout, protocol, bad input)
         kGuest,  // the guest kernel returned -errno for a redirected syscall
+        // We declined the request on purpose (a change we will not make safely, a bad
+        // name): the errno is the answer, never a failure to be masked as EIO.
+        kRefused,
     };
 
     Error(int code, std::string message, Origin origin = Origin::kHost)
@@ -27,10 +30,14 @@ class Error {
     static Error guest(int code, std::string message) {
         return Error(code, std::move(message), Origin::kGuest);
     }
+    static Error refusal(int code, std::string message) {
+        return Error(code, std::move(message), Origin::kRefused);
+    }
 
     int code() const { return code_; }
     const std::string& message() const { return message_; }
     bool from_guest() const { return origin_ == Origin::kGuest; }
+    bool refused() const { return origin_ == Origin::kRefused; }
 
     // "context: No such file or directory"
     std::string describe() const {
@@ -71,6 +78,10 @@ inline bool is_transport_error(const Error& e) {
 
 inline std::unexpected<Error> make_error(int code, std::string message) {
     return std::unexpected(Error(code, std::move(message)));
+}
+
+inline std::unexpected<Error> refuse(int code, std::string message) {
+    return std::unexpected(Error::refusal(code, std::move(message)));
 }
 
 inline std::unexpected<Error> guest_error(int code, std::string message) {

@@ -40,11 +40,11 @@ ErrorOr<void> check_ancestors(const std::string& canonical, const char* what) {
         bool trusted_owner = st.st_uid == 0 || st.st_uid == ::geteuid();
         bool open_to_others = (st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0;
         if (!trusted_owner || open_to_others) {
-            return make_error(
-                EPERM, strformat("%s, above the %s %s, is open to "
-                                 "other users (uid %u, mode %04o); refusing it",
-                                 at.c_str(), what, canonical.c_str(), static_cast<unsigned>(st.st_uid),
-                                 static_cast<unsigned>(st.st_mode & 07777)));
+            return make_error(EPERM, strformat("%s, above the %s %s, is open to "
+                                               "other users (uid %u, mode %04o); refusing it",
+                                               at.c_str(), what, canonical.c_str(),
+                                               static_cast<unsigned>(st.st_uid),
+                                               static_cast<unsigned>(st.st_mode & 07777)));
         }
         if (at == "/") return {};
     }
@@ -72,11 +72,11 @@ ErrorOr<void> ensure_private_dir(const std::string& dir, const char* what) {
                                            static_cast<unsigned>(::geteuid())));
     }
     if ((st.st_mode & 077) != 0) {
-        return make_error(EPERM, strformat("%s %s is open to other users (mode "
-                                           "%04o); refusing it (chmod 700 %s)",
-                                           what, path.c_str(),
-                                           static_cast<unsigned>(st.st_mode & 07777),
-                                           path.c_str()));
+        return make_error(
+            EPERM,
+            strformat("%s %s is open to other users (mode "
+                      "%04o); refusing it (chmod 700 %s)",
+                      what, path.c_str(), static_cast<unsigned>(st.st_mode & 07777), path.c_str()));
     }
     char canonical[PATH_MAX];
     if (::realpath(path.c_str(), canonical) == nullptr) return errno_error("resolving " + path);

@@ -123,10 +123,12 @@ ErrorOr<ChangeGate::Ticket> ChangeGate::admit(const ChangeScope& scope, const Ca
                                               const ChangeAsk& ask) {
     auto policy = policies_.current();
     auto now = std::chrono::steady_clock::now();
-    policy::Decision d = policy->decide(to_request(scope, caller, ask, ask.path), now);
-    // A rename is decided at both ends: both must be allowed.
-    if (d.allowed && !ask.to.empty())
-        d = policy->decide(to_request(scope, caller, ask, ask.to), now);
+    // A rename is decided at both ends: both must be allowed. The destination is only
+    // explained, so that one rename counts once against a rate limit.
+    policy::Decision d;
+    if (!ask.to.empty()) d = policy->explain(to_request(scope, caller, ask, ask.to));
+    if (ask.to.empty() || d.allowed)
+        d = policy->decide(to_request(scope, caller, ask, ask.path), now);
     Ticket t{new_id(), ""};
     Json fields = change_fields(scope, caller, ask, d);
     if (!d.allowed) {

@@ -574,7 +574,10 @@ void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                  auto child = node->create(n, mode, fi_copy.flags, handle, who);
                  if (!child) return reply_error(answer, req, child.error());
                  auto attr = (*child)->getattr();
-                 if (!attr) return reply_error(answer, req, attr.error());
+                 if (!attr) {
+                     handle->release();  // the guest fd is closed with the next batch
+                     return reply_error(answer, req, attr.error());
+                 }
                  fuse_entry_param e = remembered_entry(*fs, *child, *attr);
                  auto of = std::make_shared<OpenFile>(*child, std::move(handle));
                  fi_copy.direct_io = 1;

@@ -149,6 +149,17 @@ ErrorOr<void> refuse_shadow_paths(const std::string& path) {
     return {};
 }
 
+// The same for /proc/PID of the VM's shadow, by number.
+ErrorOr<void> refuse_shadow_paths(Vm& vm, const std::string& path) {
+    TRY(refuse_shadow_paths(path));
+    int64_t shadow = vm.session().status().shadow_pid;
+    if (shadow <= 0) return {};
+    std::string proc = "/proc/" + std::to_string(shadow);
+    if (path == proc || path.starts_with(proc + "/"))
+        return make_error(EACCES, path + " names cloudvmi's own process in the guest");
+    return {};
+}
+
 // A guest file open for writing: every write call is decided by the policy and audited
 // (fs/change_gate.h), then written at its offset (or appended, for O_APPEND).
 class GuestWriteHandle final : public FileHandle {
@@ -160,9 +171,8 @@ class GuestWriteHandle final : public FileHandle {
 
     ErrorOr<std::vector<uint8_t>> read(size_t size, off_t offset) override {
         if (!mode_.read_too) return make_error(EBADF, "opened write-only");
-        TRY(revalidate());
         size = std::min(size, GuestFileOps::kMaxTransfer);
-        return from_vm(vm_.files().pread(fd_, size, static_cast<uint64_t>(offset)));
+        return on_fd([&] { return vm_.files().pread(fd_, size, static_cast<uint64_t>(offset)); });
     }
 
     ErrorOr<size_t> write(std::span<const uint8_t> data, off_t offset, const Caller& who) override {
@@ -171,15 +181,22 @@ class GuestWriteHandle final : public FileHandle {
         ask.op = policy::Operation::kWrite;
         ask.path = path_;
         ask.value.assign(reinterpret_cast<const char*>(data.data()), data.size());
-        ask.offset = static_cast<uint64_t>(offset);
-        ask.size = static_cast<uint64_t>(offset) + data.size();
+        // An append lands at the guest's end of file, not where the host thinks it is.
+        uint64_t at = static_cast<uint64_t>(offset);
+        if (mode_.append) {
+            auto st = on_fd([&] { return vm_.files().fstat(fd_); });
+            if (!st) return std::unexpected(st.error());
+            at = static_cast<uint64_t>(std::max<int64_t>(st->size, 0));
+        }
+        ask.offset = at;
+        ask.size = at + data.size();
         ask.data = data;
-        return vm_.gate().apply(vm_.scope(), who, ask, [&]() -> ErrorOr<size_t> {
-            TRY(revalidate());
-            std::vector<uint8_t> bytes(data.begin(), data.end());
-            return from_vm(mode_.append
-                               ? vm_.files().write(fd_, bytes)
-                               : vm_.files().pwrite(fd_, bytes, static_cast<uint64_t>(offset)));
+        std::vector<uint8_t> bytes(data.begin(), data.end());
+        return vm_.gate().apply(vm_.scope(), who, ask, [&] {
+            return on_fd([&] {
+                return mode_.append ? vm_.files().write(fd_, bytes)
+                                    : vm_.files().pwrite(fd_, bytes, static_cast<uint64_t>(offset));
+            });
         });
     }
 
@@ -195,6 +212,20 @@ class GuestWriteHandle final : public FileHandle {
         if (fd_.fd >= 0 && fd_.shadow == current_shadow(vm_)) return {};
         fd_ = TRY(from_vm(vm_.changes().open_for_writing(path_, mode_)));
         return {};
+    }
+
+    // Runs `io` on the guest fd; once more in a new shadow if the old one was replaced
+    // between revalidate() and the I/O (EBADF of our own).
+    template <class Io>
+    auto on_fd(Io io) -> decltype(from_vm(io())) {
+        TRY(revalidate());
+        auto r = io();
+        if (!r && !r.error().from_guest() && r.error().code() == EBADF) {
+            fd_ = GuestFd{};
+            TRY(revalidate());
+            r = io();
+        }
+        return from_vm(std::move(r));
     }
 
     Vm& vm_;
@@ -298,13 +329,15 @@ class GuestNode final : public Node {
     }
 
     ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller& who) override {
-        if ((flags & O_ACCMODE) != O_WRONLY) TRY(vm_.gate().check_read(vm_.scope(), who, path_));
-        if ((flags & O_ACCMODE) != O_RDONLY) return open_for_writing(flags, who);
-        if (consumes_on_read(path_) && !vm_.allow_consuming_reads()) {
-            return make_error(EACCES, "reading " + path_ +
-                                          " would take its data from the guest "
-                                          "(allow_consuming_reads: true allows it)");
+        if ((flags & O_ACCMODE) != O_WRONLY) {
+            TRY(vm_.gate().check_read(vm_.scope(), who, path_));
+            if (consumes_on_read(path_) && !vm_.allow_consuming_reads()) {
+                return make_error(EACCES, "reading " + path_ +
+                                              " would take its data from the guest "
+                                              "(allow_consuming_reads: true allows it)");
+            }
         }
+        if ((flags & O_ACCMODE) != O_RDONLY) return open_for_writing(flags, who);
         auto opened = TRY(
             from_vm(vm_.files().open_and_read(path_, GuestFileOps::kOpenForReading, kReadAhead)));
         return std::unique_ptr<FileHandle>(
@@ -322,7 +355,7 @@ class GuestNode final : public Node {
         bool only_truncate = change.size && *change.size == 0 && !change.mode && !change.uid &&
                              !change.gid && !change.atime && !change.mtime;
         if (only_truncate && tree_ != GuestTree::kRoot) return getattr();
-        TRY(refuse_shadow_paths(path_));
+        TRY(refuse_shadow_paths(vm_, path_));
         if (change.size) TRY(truncate(*change.size, who));
         if (change.mode) TRY(chmod(*change.mode, who));
         if (change.uid || change.gid) TRY(chown(change.uid, change.gid, who));
@@ -377,7 +410,7 @@ class GuestNode final : public Node {
 
     ErrorOr<void> setxattr(const std::string& name, std::span<const uint8_t> value, int flags,
                            const Caller& who) override {
-        TRY(refuse_shadow_paths(path_));
+        TRY(refuse_shadow_paths(vm_, path_));
         std::vector<uint8_t> bytes(value.begin(), value.end());
         return change(
             who, {.op = policy::Operation::kSetxattr, .path = path_, .value = name, .data = value},
@@ -404,12 +437,12 @@ class GuestNode final : public Node {
         if (!is_safe_name(name) || name == "." || name == "..")
             return make_error(EINVAL, "bad name");
         std::string child = join(path_, name);
-        TRY(refuse_shadow_paths(child));
+        TRY(refuse_shadow_paths(vm_, child));
         return child;
     }
 
     ErrorOr<std::unique_ptr<FileHandle>> open_for_writing(int flags, const Caller& who) {
-        TRY(refuse_shadow_paths(path_));
+        TRY(refuse_shadow_paths(vm_, path_));
         TRY(vm_.gate().check_writable(vm_.scope(), who, path_));
         WriteMode how = write_mode(flags);
         // An O_TRUNC that reaches us (no atomic_o_trunc: the kernel usually sends a
@@ -556,7 +589,7 @@ ErrorOr<void> GuestNode::rename(const std::string& name, Node& new_parent,
     if (!is_safe_name(new_name) || new_name == "." || new_name == "..")
         return make_error(EINVAL, "bad name");
     std::string to = join(target_dir->path(), new_name);
-    TRY(refuse_shadow_paths(to));
+    TRY(refuse_shadow_paths(vm_, to));
     RenameMode mode{(flags & RENAME_NOREPLACE) != 0, (flags & RENAME_EXCHANGE) != 0};
     return change(who, {.op = policy::Operation::kRename, .path = from, .to = to},
                   [&] { return vm_.changes().rename(from, to, mode); });

@@ -49,6 +49,9 @@ void InodeTable::rehome(const std::string& from, const std::string& to) {
     std::lock_guard lock(mutex_);
     drop_key_locked(to);
     for (auto& [ino, entry] : by_ino_) {
+        // Only what the name still leads to moves: an unlinked or replaced inode stays put.
+        auto current = by_key_.find(entry.node->key());
+        if (current == by_key_.end() || current->second != ino) continue;
         auto moved = entry.node->moved_to(from, to);
         if (!moved) continue;
         if (auto k = by_key_.find(entry.node->key()); k != by_key_.end() && k->second == ino)

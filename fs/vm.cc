@@ -19,7 +19,7 @@ SessionOptions options_for(const VmConfig& c, const SessionOptions& base) {
 }  // namespace
 
 Error vm_error(const Error& e) {
-    if (e.from_guest()) return e;
+    if (e.from_guest() || e.refused()) return e;
     switch (e.code()) {
         case ENOENT:  // no gdbstub socket: the VM is not running
         case ECONNREFUSED:
@@ -36,11 +36,8 @@ Error vm_error(const Error& e) {
         case EACCES:
         case EINTR:
         case ENAMETOOLONG:
-        case E2BIG:       // a directory beyond the entry cap
-        case EFBIG:       // a file beyond the size cap
-        case EOPNOTSUPP:  // a change the guest kernel cannot make safely
-        case EXDEV:
-        case EINVAL:
+        case E2BIG:  // a directory beyond the entry cap
+        case EFBIG:  // a file beyond the size cap
             return e;
         default:
             return Error(EIO, e.message());

@@ -24,9 +24,9 @@ struct VmStats {
     size_t queued = 0;
 };
 
-// What the caller of a VM request sees of an error: the guest's errno unchanged; failures
-// of our own say what the caller can do about them (ENOTCONN: the VM cannot be reached,
-// EIO: it did not answer in time, ...).
+// What the caller of a VM request sees of an error: the guest's errno and our deliberate
+// refusals (Error::refusal) unchanged; failures of our own say what the caller can do
+// about them (ENOTCONN: the VM cannot be reached, EIO: it did not answer in time, ...).
 Error vm_error(const Error& e);
 
 class Vm {

@@ -56,6 +56,7 @@ ErrorOr<KillOrder> parse_kill_order(std::string_view text) {
 struct Target {
     std::string name;
     std::optional<uid_t> uid;
+    int64_t tgid = 0;
 };
 
 Target parse_status(const std::vector<uint8_t>& raw) {
@@ -63,6 +64,8 @@ Target parse_status(const std::vector<uint8_t>& raw) {
     std::string text(raw.begin(), raw.end());
     for (auto line : split(text, '\n')) {
         if (line.starts_with("Name:")) t.name = trimmed(line.substr(5));
+        if (line.starts_with("Tgid:"))
+            t.tgid = std::strtoll(trimmed(line.substr(5)).c_str(), nullptr, 10);
         if (line.starts_with("Uid:")) {
             char* end = nullptr;
             std::string v = trimmed(line.substr(4));
@@ -83,12 +86,18 @@ class KillHandle final : public FileHandle {
         if (data.size() > 64) return make_error(EINVAL, "expected \"PID [SIGNAL]\"");
         auto order = TRY(parse_kill_order(
             std::string_view(reinterpret_cast<const char*>(data.data()), data.size())));
+        if (order.pid == vm_.session().status().shadow_pid)
+            return make_error(EACCES, "the pid is cloudvmi's own process in the guest");
         std::string proc = "/proc/" + std::to_string(order.pid);
         auto status = vm_.files().read_file(proc + "/status", 64 * 1024);
         if (!status && status.error().from_guest() && status.error().code() == ENOENT)
             return guest_error(ESRCH, "no process " + std::to_string(order.pid));
         if (!status) return std::unexpected(vm_error(status.error()));
         Target target = parse_status(*status);
+        // A thread id would be decided on the thread's name and signal its whole process.
+        if (target.tgid != order.pid)
+            return make_error(EINVAL,
+                              "pid " + std::to_string(order.pid) + " is a thread, not a process");
         ChangeAsk ask;
         ask.op = policy::Operation::kKill;
         ask.path = proc;

@@ -104,6 +104,8 @@ std::vector<YAML::Node> PolicyLoader::list(const YAML::Node& n, const std::strin
     std::vector<YAML::Node> out;
     for (const auto& item : n)
         out.push_back(item);
+    // An empty list would mean "anything" where the key is left out: say so instead.
+    if (out.empty()) fail(n, "'" + key + "' names nothing (leave the key out to mean any)");
     return out;
 }
 

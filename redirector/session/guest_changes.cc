@@ -14,9 +14,9 @@ using B = SyscallBatch;
 constexpr uint64_t kNoLinks = kResolveNoSymlinks | kResolveNoMagiclinks;
 
 ErrorOr<void> check_path(const std::string& path) {
-    if (path.empty() || path[0] != '/') return make_error(EINVAL, "not an absolute guest path");
-    if (path.size() >= GuestFileOps::kMaxPath) return make_error(ENAMETOOLONG, path.substr(0, 64));
-    if (path.find('\0') != std::string::npos) return make_error(EINVAL, "path contains NUL");
+    if (path.empty() || path[0] != '/') return refuse(EINVAL, "not an absolute guest path");
+    if (path.size() >= GuestFileOps::kMaxPath) return refuse(ENAMETOOLONG, path.substr(0, 64));
+    if (path.find('\0') != std::string::npos) return refuse(EINVAL, "path contains NUL");
     return {};
 }
 
@@ -48,8 +48,8 @@ ErrorOr<void> first_failure(const BatchOutcome& out, std::initializer_list<B::Op
         if (!out.failed(op)) continue;
         int e = out.error_of(op);
         if (op == open_op && e == ENOSYS) {
-            return make_error(
-                EOPNOTSUPP, "the guest kernel has no openat2(2): changes need Linux 5.6 or later");
+            return refuse(EOPNOTSUPP,
+                          "the guest kernel has no openat2(2): changes need Linux 5.6 or later");
         }
         return guest_error(e, what);
     }
@@ -70,6 +70,38 @@ uint64_t open_flags(WriteMode how) {
     return f | kONoctty | kONonblock;
 }
 
+// A file pinned by an O_PATH fd (no symlink on the way), checked to be a regular file or a
+// directory in the same batch: a device, FIFO or socket is never opened for a change
+// (opening /dev/watchdog arms it; closing a FIFO's writer ends its reader's input). The
+// change then goes through /proc/self/fd/N, which names exactly the pinned file.
+struct Pinned {
+    GuestFd fd;
+    std::string proc_path;
+};
+
+ErrorOr<Pinned> pin(GuestSession& session, const std::string& path, bool directory_ok) {
+    TRY(check_path(path));
+    SyscallBatch b;
+    auto open = add_open(b, path, kOPath);
+    auto empty = b.input_string("");
+    auto st = b.output(sizeof(Stat));
+    auto stat =
+        b.add(kNewfstatat, {B::result_of(open), B::buf(empty), B::buf(st), B::imm(kAtEmptyPath)});
+    b.filled_by(st, stat, B::Fill::kWhole);
+    auto out = TRY(session.run(b));
+    TRY(first_failure(out, {open}, open, path));
+    Pinned p{TRY(opened_fd(out, open)), ""};
+    p.proc_path = "/proc/self/fd/" + std::to_string(p.fd.fd);
+    uint32_t type = out.failed(stat) ? 0 : parse_stat(out.bytes(st)).mode & 0170000;
+    bool usable = type == 0100000 || (directory_ok && type == 0040000);
+    if (!usable) {
+        session.defer_close(p.fd.fd, p.fd.shadow);
+        if (out.failed(stat)) return guest_error(out.error_of(stat), path);
+        return refuse(EOPNOTSUPP, path + " is not a regular file: not changed through the mount");
+    }
+    return p;
+}
+
 }  // namespace
 
 GuestTime GuestTime::now() {
@@ -85,17 +117,21 @@ ErrorOr<std::pair<std::string, std::string>> split_parent(const std::string& pat
     size_t slash = path.rfind('/');
     std::string name = path.substr(slash + 1);
     if (!is_safe_name(name) || name == "." || name == "..")
-        return make_error(EINVAL, "no file name in " + path);
+        return refuse(EINVAL, "no file name in " + path);
     return std::pair{slash == 0 ? std::string("/") : path.substr(0, slash), name};
 }
 
 ErrorOr<GuestFd> GuestChanges::open_for_writing(const std::string& path, WriteMode how) {
-    TRY(check_path(path));
     how.exclusive = false;
+    Pinned pinned = TRY(pin(session_, path, false));
+    // Reopened through the pin: the same file, whatever the guest renamed meanwhile.
     SyscallBatch b;
-    auto open = add_open(b, path, open_flags(how));
-    auto out = TRY(session_.run(b));
-    TRY(first_failure(out, {open}, open, path));
+    auto at = b.input_string(pinned.proc_path);
+    auto open =
+        b.add(kOpenat, {B::imm_signed(kAtFdcwd), B::buf(at), B::imm(open_flags(how) | kOCloexec)});
+    b.add(kClose, {B::imm(static_cast<uint64_t>(pinned.fd.fd))});
+    auto out = TRY(session_.run(b, pinned.fd.shadow));
+    if (out.failed(open)) return guest_error(out.error_of(open), path);
     return opened_fd(out, open);
 }
 
@@ -103,6 +139,9 @@ ErrorOr<GuestChanges::Created> GuestChanges::create(const std::string& path, Wri
                                                     uint32_t mode) {
     TRY(check_path(path));
     SyscallBatch b;
+    // Always O_EXCL in the guest: a file that appeared meanwhile is not truncated or
+    // opened under a `create` decision (EEXIST; the caller looks it up again).
+    how.exclusive = true;
     auto open = add_open(b, path, open_flags(how) | kOCreat, mode & 07777);
     auto empty = b.input_string("");
     auto st = b.output(sizeof(Stat));
@@ -201,7 +240,7 @@ ErrorOr<void> GuestChanges::rename(const std::string& from, const std::string& t
 ErrorOr<GuestStat> GuestChanges::symlink(const std::string& target, const std::string& path) {
     if (target.empty() || target.size() >= GuestFileOps::kMaxPath ||
         target.find('\0') != std::string::npos) {
-        return make_error(EINVAL, "bad symbolic link target");
+        return refuse(EINVAL, "bad symbolic link target");
     }
     return make_entry(session_, path, [&](B& b, B::Arg dir, B::Arg name) {
         auto t = b.input_string(target);
@@ -211,25 +250,25 @@ ErrorOr<GuestStat> GuestChanges::symlink(const std::string& target, const std::s
 
 namespace {
 
-// Opens the file itself (no symlink on the way, not even the last component), runs `op`
-// on the fd and closes it: for the changes that have no *at() form that stays off links.
+// Pins `path`, then runs `add_op(batch, /proc/self/fd/N)` and closes the pin.
 template <class AddOp>
-ErrorOr<void> on_file(GuestSession& session, const std::string& path, uint64_t flags,
+ErrorOr<void> on_file(GuestSession& session, const std::string& path, bool directory_ok,
                       AddOp add_op) {
-    TRY(check_path(path));
+    Pinned pinned = TRY(pin(session, path, directory_ok));
     SyscallBatch b;
-    auto open = add_open(b, path, flags | kONoctty | kONonblock);
-    auto op = add_op(b, B::result_of(open));
-    b.add(kClose, {B::result_of(open)});
-    auto out = TRY(session.run(b));
-    return first_failure(out, {open, op}, open, path);
+    auto at = b.input_string(pinned.proc_path);
+    auto op = add_op(b, B::buf(at));
+    b.add(kClose, {B::imm(static_cast<uint64_t>(pinned.fd.fd))});
+    auto out = TRY(session.run(b, pinned.fd.shadow));
+    if (out.failed(op)) return guest_error(out.error_of(op), path);
+    return {};
 }
 
 }  // namespace
 
 ErrorOr<void> GuestChanges::chmod(const std::string& path, uint32_t mode) {
-    return on_file(session_, path, kORdonly, [&](B& b, B::Arg fd) {
-        return b.add(kFchmod, {fd, B::imm(mode & 07777)});
+    return on_file(session_, path, true, [&](B& b, B::Arg at) {
+        return b.add(kFchmodat, {B::imm_signed(kAtFdcwd), at, B::imm(mode & 07777)});
     });
 }
 
@@ -250,8 +289,8 @@ ErrorOr<void> GuestChanges::chown(const std::string& path, std::optional<uint32_
 }
 
 ErrorOr<void> GuestChanges::truncate(const std::string& path, uint64_t size) {
-    return on_file(session_, path, kOWronly, [&](B& b, B::Arg fd) {
-        return b.add(kFtruncate, {fd, B::imm(size)});
+    return on_file(session_, path, false, [&](B& b, B::Arg at) {
+        return b.add(kTruncate, {at, B::imm(size)});
     });
 }
 
@@ -274,13 +313,13 @@ ErrorOr<void> GuestChanges::set_times(const std::string& path, GuestTime atime, 
 ErrorOr<void> GuestChanges::setxattr(const std::string& path, const std::string& name,
                                      const std::vector<uint8_t>& value, int flags) {
     if (name.empty() || name.size() > 255 || name.find('\0') != std::string::npos)
-        return make_error(EINVAL, "bad attribute name");
-    if (value.size() > 65536) return make_error(E2BIG, "attribute value too large");
-    return on_file(session_, path, kORdonly, [&](B& b, B::Arg fd) {
+        return refuse(EINVAL, "bad attribute name");
+    if (value.size() > 65536) return refuse(E2BIG, "attribute value too large");
+    return on_file(session_, path, true, [&](B& b, B::Arg at) {
         auto n = b.input_string(name);
         auto v = b.input(value);
-        return b.add(kFsetxattr, {fd, B::buf(n), B::buf(v), B::imm(value.size()),
-                                  B::imm(static_cast<uint64_t>(flags))});
+        return b.add(kSetxattr, {at, B::buf(n), B::buf(v), B::imm(value.size()),
+                                 B::imm(static_cast<uint64_t>(flags))});
     });
 }
 

@@ -44,6 +44,10 @@ rules:
     decision: allow
     paths: [/tmp/cvmi-scratch, /tmp/cvmi-scratch/**]
     ops: [change]
+  - id: special-files
+    decision: allow
+    paths: [/run/workload/blocked.fifo, /proc/kmsg]
+    ops: [write, chmod, truncate]
   - id: stop-user-workload
     decision: allow
     ops: [kill]
@@ -284,6 +288,10 @@ TEST_CASE("policy: ctl/kill signals an allowed process and refuses others", "[po
     CHECK(write_file(kill, user_pid + " KILL\n") == EACCES);
     CHECK(!state(user_pid).empty());
     CHECK(write_file(kill, "not-a-pid\n") == EINVAL);
+    // cloudvmi's own process in the guest is never signalled.
+    std::string shadow = field_value(cat(m.vm + "/.cloudvmi/status"), "shadow_pid");
+    REQUIRE(!shadow.empty());
+    CHECK(write_file(kill, shadow + " STOP\n") == EACCES);
     CHECK(write_file(kill, "999999 STOP\n") == ESRCH);
 }
 
@@ -314,6 +322,28 @@ TEST_CASE("policy: SIGHUP with a broken policy keeps the one in force", "[policy
     // Under the sanitizer build (ctest guest_policy_asan): nothing reported so far.
     CHECK(m.log().find("Sanitizer") == std::string::npos);
     CHECK(m.log().find("runtime error") == std::string::npos);
+}
+
+TEST_CASE("policy: special files are never opened for a change, consuming reads stay refused",
+          "[policy]") {
+    auto& m = governed();
+    std::string fifo = m.vm + "/root/run/workload/blocked.fifo";
+    std::string blocked = trimmed(cat(m.vm + "/root/run/workload/blocked.pid"));
+    REQUIRE(!blocked.empty());
+    // Allowed by a rule, refused because of what the file is: the guest would have to open
+    // the FIFO (or a device) to change it, and that open is itself an act on the guest.
+    // (Opening it through the mount never reaches cloudvmi: the host kernel serves a FIFO
+    // node as a host pipe, and the mount is nodev.)
+    CHECK(::chmod(fifo.c_str(), 0600) == -1);
+    CHECK(errno == EOPNOTSUPP);
+    // Its reader still waits: nothing was written nor closed on its FIFO.
+    auto state = field_value(cat(m.vm + "/proc/" + blocked + "/status"), "State");
+    CHECK(state.substr(0, 1) == "S");
+    // A write rule does not make /proc/kmsg readable through O_RDWR.
+    int fd = ::open((m.vm + "/proc/kmsg").c_str(), O_RDWR);
+    int err = fd < 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);
+    CHECK(err == EACCES);
 }
 
 // Last of the [policy] cases: it kills the shared mount's daemon.

@@ -285,3 +285,15 @@ TEST_CASE("InodeTable: a removed name gets a new inode when it comes back", "[fs
     CHECK(t.get(first) == nullptr);
     CHECK(t.remember(std::make_shared<PathNode>("/x")) == second);
 }
+
+TEST_CASE("InodeTable: a rename leaves an unlinked inode of the same name alone", "[fs]") {
+    InodeTable t(std::make_shared<PathNode>("/"));
+    uint64_t unlinked = t.remember(std::make_shared<PathNode>("/a"));  // still open, say
+    t.drop_key("p:/a");
+    uint64_t fresh = t.remember(std::make_shared<PathNode>("/a"));
+    REQUIRE(fresh != unlinked);
+    t.rehome("p:/a", "p:/c");
+    CHECK(t.get(fresh)->key() == "p:/c");
+    CHECK(t.get(unlinked)->key() == "p:/a");
+    CHECK(t.remember(std::make_shared<PathNode>("/c")) == fresh);
+}

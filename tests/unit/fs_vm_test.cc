@@ -200,3 +200,16 @@ TEST_CASE("Vm::shutdown stops its queue and is idempotent", "[fs]") {
     CHECK(vm->session().state() == SessionState::kDetached);
     CHECK(destroys_within(std::move(vm), 10s));
 }
+
+TEST_CASE("vm_error: refusals and the guest's errno pass, our own failures are masked", "[fs]") {
+    // A guest kernel not recognised (during a reboot, say) is our failure: EIO, as before.
+    CHECK(vm_error(Error(ENOTSUP, "guest kernel not recognised")).code() == EIO);
+    CHECK(vm_error(Error(EINVAL, "internal")).code() == EIO);
+    CHECK(vm_error(Error::refusal(EOPNOTSUPP, "a FIFO is not changed")).code() == EOPNOTSUPP);
+    CHECK(vm_error(Error::refusal(EINVAL, "bad name")).code() == EINVAL);
+    CHECK(vm_error(Error::guest(ELOOP, "symlink on the way")).code() == ELOOP);
+    CHECK(vm_error(Error(ECONNRESET, "stub gone")).code() == ENOTCONN);
+    Error refused = Error::refusal(EXDEV, "x").with_context("rename");
+    CHECK(refused.refused());
+    CHECK(vm_error(refused).code() == EXDEV);
+}

@@ -376,6 +376,11 @@ TEST_CASE("policy: loader errors name the line and column", "[policy]") {
          "test.yaml:3:9", "rule id"},
         {"version: 1\nrules: [\n", "test.yaml:", ""},  // a YAML syntax error
         {"version: 1\nrules: {a: 1}\n", "test.yaml:2:8", "must be a list"},
+        {"version: 1\nrules:\n  - id: a\n    decision: allow\n    ops: [write]\n    paths: []\n",
+         "test.yaml:6:12", "'paths' names nothing"},
+        {"version: 1\nrules:\n  - id: a\n    decision: allow\n    ops: [kill]\n"
+         "    constraints: {signals: []}\n",
+         "test.yaml:6:28", "'signals' names nothing"},
     };
     for (const auto& row : rows) {
         INFO(row.yaml);
