@@ -92,15 +92,10 @@ Json change_fields(const ChangeScope& scope, const Caller& caller, const ChangeA
 // `fields` after the leading ones, as one JSON line.
 std::string audit_line(const std::string& id, const char* phase, const Json& fields) {
     // Ordered: time, id and phase lead every line (the fields that follow are sorted).
-    nlohmann::ordered_json head = {{"time", now_text()}, {"id", id}, {"phase", phase}};
-    std::string line = head.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
-    std::string rest = fields.dump(-1, ' ', false, Json::error_handler_t::replace);
-    line.pop_back();  // '}'
-    if (rest.size() > 2)
-        line += "," + rest.substr(1);
-    else
-        line += "}";
-    return line;
+    nlohmann::ordered_json line = {{"time", now_text()}, {"id", id}, {"phase", phase}};
+    for (const auto& [key, value] : fields.items())
+        line[key] = value;
+    return line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 std::string new_id() {

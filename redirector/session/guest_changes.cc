@@ -56,12 +56,6 @@ ErrorOr<void> first_failure(const BatchOutcome& out, std::initializer_list<B::Op
     return {};
 }
 
-ErrorOr<GuestFd> opened_fd(const BatchOutcome& out, B::OpId op) {
-    int64_t fd = out.result(op);
-    if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
-    return GuestFd{static_cast<int>(fd), out.shadow};
-}
-
 uint64_t open_flags(WriteMode how) {
     uint64_t f = how.read_too ? kORdwr : kOWronly;
     if (how.append) f |= kOAppend;
@@ -83,20 +77,16 @@ ErrorOr<Pinned> pin(GuestSession& session, const std::string& path, bool directo
     TRY(check_path(path));
     SyscallBatch b;
     auto open = add_open(b, path, kOPath);
-    auto empty = b.input_string("");
-    auto st = b.output(sizeof(Stat));
-    auto stat =
-        b.add(kNewfstatat, {B::result_of(open), B::buf(empty), B::buf(st), B::imm(kAtEmptyPath)});
-    b.filled_by(st, stat, B::Fill::kWhole);
+    auto st = add_fstat(b, B::result_of(open));
     auto out = TRY(session.run(b));
     TRY(first_failure(out, {open}, open, path));
     Pinned p{TRY(opened_fd(out, open)), ""};
     p.proc_path = "/proc/self/fd/" + std::to_string(p.fd.fd);
-    uint32_t type = out.failed(stat) ? 0 : parse_stat(out.bytes(st)).mode & 0170000;
+    uint32_t type = out.failed(st.op) ? 0 : parse_stat(out.bytes(st.buffer)).mode & 0170000;
     bool usable = type == 0100000 || (directory_ok && type == 0040000);
     if (!usable) {
         session.defer_close(p.fd.fd, p.fd.shadow);
-        if (out.failed(stat)) return guest_error(out.error_of(stat), path);
+        if (out.failed(st.op)) return guest_error(out.error_of(st.op), path);
         return refuse(EOPNOTSUPP, path + " is not a regular file: not changed through the mount");
     }
     return p;
@@ -143,19 +133,15 @@ ErrorOr<GuestChanges::Created> GuestChanges::create(const std::string& path, Wri
     // opened under a `create` decision (EEXIST; the caller looks it up again).
     how.exclusive = true;
     auto open = add_open(b, path, open_flags(how) | kOCreat, mode & 07777);
-    auto empty = b.input_string("");
-    auto st = b.output(sizeof(Stat));
-    auto stat =
-        b.add(kNewfstatat, {B::result_of(open), B::buf(empty), B::buf(st), B::imm(kAtEmptyPath)});
-    b.filled_by(st, stat, B::Fill::kWhole);
+    auto st = add_fstat(b, B::result_of(open));
     auto out = TRY(session_.run(b));
     TRY(first_failure(out, {open}, open, path));
     Created c{TRY(opened_fd(out, open)), {}};
-    if (out.failed(stat)) {
+    if (out.failed(st.op)) {
         session_.defer_close(c.fd.fd, c.fd.shadow);
-        return guest_error(out.error_of(stat), path);
+        return guest_error(out.error_of(st.op), path);
     }
-    c.stat = parse_stat(out.bytes(st));
+    c.stat = parse_stat(out.bytes(st.buffer));
     return c;
 }
 

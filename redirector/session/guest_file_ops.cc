@@ -30,14 +30,22 @@ ErrorOr<void> check_path(const std::string& path) {
     return {};
 }
 
-// The fd an open op returned, checked: it comes from the guest.
+}  // namespace
+
 ErrorOr<GuestFd> opened_fd(const BatchOutcome& out, SyscallBatch::OpId op) {
     int64_t fd = out.result(op);
     if (fd < 0 || fd > 0x7fffffff) return make_error(EPROTO, "guest returned a bad fd");
     return GuestFd{static_cast<int>(fd), out.shadow};
 }
 
-}  // namespace
+GuestStatOp add_fstat(SyscallBatch& b, SyscallBatch::Arg fd) {
+    auto empty = b.input_string("");
+    auto st = b.output(sizeof(Stat));
+    auto op = b.add(kNewfstatat, {fd, SyscallBatch::buf(empty), SyscallBatch::buf(st),
+                                  SyscallBatch::imm(kAtEmptyPath)});
+    b.filled_by(st, op, SyscallBatch::Fill::kWhole);
+    return {op, st};
+}
 
 bool is_safe_name(std::string_view name) {
     return !name.empty() && name.size() <= kNameMax && name.find('/') == std::string_view::npos &&
@@ -294,14 +302,10 @@ ErrorOr<GuestStat> GuestFileOps::stat(const std::string& path, bool follow_symli
 
 ErrorOr<GuestStat> GuestFileOps::fstat(GuestFd fd) {
     SyscallBatch b;
-    auto empty = b.input_string("");
-    auto st = b.output(sizeof(Stat));
-    auto op = b.add(kNewfstatat, {B::imm(static_cast<uint64_t>(fd.fd)), B::buf(empty), B::buf(st),
-                                  B::imm(kAtEmptyPath)});
-    b.filled_by(st, op, B::Fill::kWhole);
+    auto st = add_fstat(b, B::imm(static_cast<uint64_t>(fd.fd)));
     auto out = TRY(session_.run(b, fd.shadow));
-    if (out.failed(op)) return std::unexpected(guest_failure(out, op, "fstat"));
-    return parse_stat(out.bytes(st));
+    if (out.failed(st.op)) return std::unexpected(guest_failure(out, st.op, "fstat"));
+    return parse_stat(out.bytes(st.buffer));
 }
 
 ErrorOr<std::string> GuestFileOps::readlink(const std::string& path) {

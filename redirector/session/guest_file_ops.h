@@ -116,6 +116,18 @@ class GuestFileOps {
     GuestSession& session_;
 };
 
+// --- batch pieces shared by the file operations and the changes ---
+
+// The fd an open op returned, checked: it comes from the guest (EPROTO otherwise).
+ErrorOr<GuestFd> opened_fd(const BatchOutcome& out, SyscallBatch::OpId op);
+// Adds a newfstatat(fd, "", AT_EMPTY_PATH) of `fd` (an immediate or an earlier op's
+// result) whose struct stat lands in `buffer`.
+struct GuestStatOp {
+    SyscallBatch::OpId op;
+    SyscallBatch::BufferId buffer;
+};
+GuestStatOp add_fstat(SyscallBatch& b, SyscallBatch::Arg fd);
+
 // --- parsing of guest-written structures, pure and unit-tested ---
 
 // Parses a getdents64 buffer; malformed records end the parse, bad names are skipped.
