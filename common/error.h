@@ -20,8 +20,12 @@ class Error {
         kHost,   // our own failure (socket, timeout, protocol, bad input)
         kGuest,  // the guest kernel returned -errno for a redirected syscall
         // We declined the request on purpose (a change we will not make safely, a bad
-        // name): the errno is the answer, never a failure to be masked as EIO.
+        // name, a file or directory beyond a cap): the errno is the answer, never a
+        // failure to be masked as EIO.
         kRefused,
+        // The VM cannot be served now and the errno says why (EAGAIN: paused by its
+        // owner, or its shadow is being replaced; EBUSY: another cloudvmi holds it).
+        kUnavailable,
     };
 
     Error(int code, std::string message, Origin origin = Origin::kHost)
@@ -33,11 +37,15 @@ class Error {
     static Error refusal(int code, std::string message) {
         return Error(code, std::move(message), Origin::kRefused);
     }
+    static Error unavailable(int code, std::string message) {
+        return Error(code, std::move(message), Origin::kUnavailable);
+    }
 
     int code() const { return code_; }
     const std::string& message() const { return message_; }
     bool from_guest() const { return origin_ == Origin::kGuest; }
     bool refused() const { return origin_ == Origin::kRefused; }
+    bool unavailable() const { return origin_ == Origin::kUnavailable; }
 
     // "context: No such file or directory"
     std::string describe() const {

@@ -19,7 +19,9 @@ SessionOptions options_for(const VmConfig& c, const SessionOptions& base) {
 }  // namespace
 
 Error vm_error(const Error& e) {
-    if (e.from_guest() || e.refused()) return e;
+    // The guest's errno, our deliberate refusals and "not now" answers are the caller's
+    // answer; every other failure of ours is masked, by its kind, not its errno.
+    if (e.from_guest() || e.refused() || e.unavailable()) return e;
     switch (e.code()) {
         case ENOENT:  // no gdbstub socket: the VM is not running
         case ECONNREFUSED:
@@ -31,14 +33,6 @@ Error vm_error(const Error& e) {
         case ENETUNREACH:
         case ECONNABORTED:
             return Error(ENOTCONN, e.message());
-        case EBUSY:   // another cloudvmi serves the VM
-        case EAGAIN:  // its owner paused the VM: try again once it runs
-        case EACCES:
-        case EINTR:
-        case ENAMETOOLONG:
-        case E2BIG:  // a directory beyond the entry cap
-        case EFBIG:  // a file beyond the size cap
-            return e;
         default:
             return Error(EIO, e.message());
     }

@@ -24,9 +24,10 @@ struct VmStats {
     size_t queued = 0;
 };
 
-// What the caller of a VM request sees of an error: the guest's errno and our deliberate
-// refusals (Error::refusal) unchanged; failures of our own say what the caller can do
-// about them (ENOTCONN: the VM cannot be reached, EIO: it did not answer in time, ...).
+// What the caller of a VM request sees of an error, by its kind (Error::Origin): the
+// guest's errno, our deliberate refusals (Error::refusal: caps, unsafe changes) and "not
+// now" answers (Error::unavailable: EAGAIN, EBUSY) unchanged; every other failure of
+// ours is ENOTCONN (the VM cannot be reached) or EIO, whatever its errno.
 Error vm_error(const Error& e);
 
 class Vm {

@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "common/strings.h"
 #include "redirector/x86/guest_abi.h"
+#include "redirector/x86/page_walker.h"
 
 namespace cloudvmi {
 
@@ -326,8 +327,14 @@ bool SyscallInjector::is_our_thread_at_landing(const VcpuState& s) const {
 }
 
 ErrorOr<kvm_regs> SyscallInjector::wait_for_landing() {
+    // A long wait: the thread may have been killed meanwhile (SIGKILL, the OOM killer, a
+    // seccomp kill); then it never lands, and waiting on is pointless. Checked every
+    // slice, whether the guest stopped meanwhile (others at the landing) or not.
+    Deadline next_check = Deadline::after(kLivenessSlice);
     while (true) {
-        auto ev = guest_.wait_for_stop(deadline_);
+        auto ev = guest_.wait_for_stop(deadline_.min(next_check));
+        if (!ev && ev.error().code() == ETIMEDOUT && !deadline_.expired())
+            ev = guest_.interrupt(Deadline::after(kCleanupGrace));
         if (!ev) {
             if (guest_.running()) {
                 TRY(guest_.interrupt(Deadline::after(kCleanupGrace)));
@@ -347,6 +354,10 @@ ErrorOr<kvm_regs> SyscallInjector::wait_for_landing() {
             journal_thread();
             return snap.state.regs;
         }
+        if (next_check.expired()) {
+            if (!TRY(address_space_alive())) return std::unexpected(thread_gone());
+            next_check = Deadline::after(kLivenessSlice);
+        }
         uint64_t rip = snap.state.regs.rip;
         if (traps_.armed(rip)) {
             ++stats_.foreign_stops;
@@ -358,6 +369,29 @@ ErrorOr<kvm_regs> SyscallInjector::wait_for_landing() {
         TRY(step_over(ev->vcpu, rip));
         TRY(guest_.resume());
     }
+}
+
+Error SyscallInjector::thread_gone() {
+    phase_ = Phase::kIdle;
+    in_kernel_ = false;
+    journal_thread();
+    return Error(ESRCH, strformat("the borrowed thread (pid %lld) is gone: its process exited "
+                                  "during an injected syscall",
+                                  static_cast<long long>(pid_)));
+}
+
+ErrorOr<bool> SyscallInjector::address_space_alive() {
+    // An exiting process's page tables are torn down (exit_mmap clears the top-level
+    // entries of user space) before its task is gone, so the top-level entry covering the
+    // thread's own stack tells whether its address space still exists. A freed table page
+    // reused by another address space may still look alive: then the deadline decides.
+    VcpuId any = TRY(guest_.vcpus()).front();
+    bool la57 = (TRY(guest_.snapshot(any)).state.sregs.cr4 & kCr4La57) != 0;
+    PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
+        return guest_.read_physical(pa, out);
+    };
+    auto present = top_level_present(read, address_space(cr3_), original_.rsp, la57);
+    return present ? *present : true;  // cannot tell: keep waiting
 }
 
 ErrorOr<void> SyscallInjector::put_back() {

@@ -117,6 +117,8 @@ class SyscallInjector {
     // Cleanup after a failure may outlive the attach deadline by this much, all steps
     // together: giving a thread back must not be skipped because time ran out.
     static constexpr Millis kCleanupGrace{3000};
+    // How long a wait for the borrowed thread runs before checking that it still exists.
+    static constexpr Millis kLivenessSlice{2000};
 
   private:
     enum class Phase { kIdle, kHeld, kInFlight };
@@ -131,7 +133,13 @@ class SyscallInjector {
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr);
     // Writes `regs` to the thread, lets the guest run and waits for it at the landing.
     ErrorOr<kvm_regs> run_to_landing(const kvm_regs& regs);
+    // Waits in slices of kLivenessSlice; between slices, ESRCH (and the thread no longer
+    // held) if the borrowed thread's process is gone.
     ErrorOr<kvm_regs> wait_for_landing();
+    // Whether the borrowed process's address space still exists (true if it cannot tell).
+    ErrorOr<bool> address_space_alive();
+    // Forgets the thread whose process is gone; the error to return.
+    Error thread_gone();
     bool is_our_thread_at_landing(const VcpuState& s) const;
     // Restores the thread's registers on the vCPU it now sits on.
     ErrorOr<void> put_back();

@@ -20,6 +20,7 @@
 #include "common/paths.h"
 #include "common/strings.h"
 #include "redirector/guest/gdbstub_access.h"
+#include "redirector/guest/qmp_monitor.h"
 #include "redirector/journal/recovery_log.h"
 #include "redirector/recovery/recovery.h"
 
@@ -30,6 +31,7 @@ namespace {
 constexpr int kGuardianFd = 3;
 constexpr Millis kReadyTimeout{5000};
 constexpr Millis kReconnectTimeout{15000};
+constexpr Millis kQmpTimeout{3000};
 
 }  // namespace
 
@@ -49,7 +51,8 @@ ErrorOr<GuardianHandle> spawn_guardian(const std::string& program, const Guardia
         "--lock",    args.lock_path,
         "--session", strformat("%llx", static_cast<unsigned long long>(args.session_id)),
         "--fd",      std::to_string(kGuardianFd),
-        "--report",  args.report_path};
+        "--report",  args.report_path,
+        "--qmp",     args.qmp};
     std::vector<char*> argv;
     for (auto& s : argv_store)
         argv.push_back(s.data());
@@ -121,6 +124,8 @@ ErrorOr<GuardianArgs> parse_guardian_args(int argc, char** argv) {
             a.parent_fd = static_cast<int>(parse_u64(v).value_or(0));
         } else if (k == "--report") {
             a.report_path = v;
+        } else if (k == "--qmp") {
+            a.qmp = v;
         } else {
             return make_error(EINVAL, "guard: unknown option " + k);
         }
@@ -162,6 +167,28 @@ void report(const GuardianArgs& args, const char* fmt, ...) {
 static void mark_clean(const std::string& log_path) {
     (void)RecoveryLog::open_file(log_path, false);
 }
+
+namespace {
+
+// QEMU's run state as the dead session left it, or "" if it was ours to resume: "running",
+// "debug" (a breakpoint or an interrupt of ours) and "prelaunch" (a reset while stopped:
+// we only attach to a running VM) are; anything else (paused, io-error, ...) was someone
+// else's stop. "" as well when QMP does not answer: then the VM is resumed as before.
+std::string stopped_by_others(const GuardianArgs& args) {
+    if (args.qmp.empty()) return "";
+    auto monitor = QmpMonitor::connect(args.qmp, Deadline::after(kQmpTimeout));
+    auto state = monitor ? (*monitor)->current(Deadline::after(kQmpTimeout))
+                         : ErrorOr<VmRunState>(std::unexpected(monitor.error()));
+    if (!state) {
+        report(args, "cannot ask %s whether someone else stopped the VM: %s", args.qmp.c_str(),
+               state.error().describe().c_str());
+        return "";
+    }
+    if (state->running || state->status == "debug" || state->status == "prelaunch") return "";
+    return state->status;
+}
+
+}  // namespace
 
 int run_guardian(const GuardianArgs& args) {
     ::signal(SIGPIPE, SIG_IGN);
@@ -220,6 +247,8 @@ int run_guardian(const GuardianArgs& args) {
     }
     auto start = Clock::now();
     auto deadline = Deadline::after(kReconnectTimeout);
+    // Asked before our own stub connection pauses the VM.
+    std::string stopped_by = stopped_by_others(args);
     std::unique_ptr<GdbstubAccess> guest;
     if (rec->about_earlier_vm_run(endpoint->identity())) {
         report(args, "the VM is gone or was restarted: nothing to restore");
@@ -258,6 +287,14 @@ int run_guardian(const GuardianArgs& args) {
         report(args, "recovery failed, the log is kept for the next attach: %s",
                result.error().describe().c_str());
         return 1;
+    }
+    if (!stopped_by.empty()) {
+        // A detach would resume it: only close the connection.
+        guest->abandon();
+        (*log)->commit();
+        report(args, "guest restored in %.0f ms (%s); the VM stays stopped (%s, not by cloudvmi)",
+               elapsed_ms(start), result->describe().c_str(), stopped_by.c_str());
+        return 0;
     }
     auto detached = guest->detach();
     if (!detached) {

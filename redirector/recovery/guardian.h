@@ -5,7 +5,9 @@
 // guardian (a fresh exec of the cloudvmi binary, in its own session) before it touches
 // the guest. The guardian blocks on a socket to its parent; when the parent is gone it
 // takes the session lock, reads the recovery log, reconnects to the gdbstub, restores
-// what the log names, removes every breakpoint and detaches, which resumes the VM.
+// what the log names, removes every breakpoint and detaches, which resumes the VM. A VM
+// that QMP shows stopped by someone else (paused, an I/O error, a migration) before the
+// guardian connects is left stopped: the connection is closed without a detach.
 #pragma once
 
 #include <sys/types.h>
@@ -23,6 +25,9 @@ struct GuardianArgs {
     uint64_t session_id = 0;
     int parent_fd = -1;       // the socket whose end-of-file means "parent gone"
     std::string report_path;  // where the guardian writes what it did
+    // The VM's QMP socket (the session's qmp: key), asked whether its owner stopped the VM
+    // while we were dead; empty: not asked, the VM is resumed as before.
+    std::string qmp;
 };
 
 struct GuardianHandle {

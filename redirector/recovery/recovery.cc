@@ -10,7 +10,8 @@ namespace cloudvmi {
 
 std::string RecoveryReport::describe() const {
     return strformat("breakpoints removed: %d, hijacked thread %s, parent region %s, shadow %s",
-                     breakpoints_removed, thread_restored ? "restored" : "none",
+                     breakpoints_removed,
+                     thread_restored ? "restored" : (thread_gone ? "gone" : "none"),
                      parent_region_unmapped ? "unmapped" : "none", shadow_ended ? "ended" : "none");
 }
 
@@ -57,7 +58,14 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
         // munmap), but the guest may be slow: wait long rather than abandon the thread.
         SyscallInjector inj(guest, kernel, log, Deadline::after(options.recovery_timeout));
         TRY_CTX(inj.adopt(record), "locating the hijacked thread");
-        TRY_CTX(inj.finish(), "waiting for the hijacked thread to come back");
+        if (auto back = inj.finish(); !back) {
+            if (back.error().code() != ESRCH)
+                return std::unexpected(
+                    back.error().with_context("waiting for the hijacked thread to come back"));
+            // Killed meanwhile: its process, and the region mapped in it, went with it.
+            LOG_WARN("recovery: %s", back.error().describe().c_str());
+            report.thread_gone = true;
+        }
         int64_t helper = helper_cloned_just_now(inj, record).value_or(record.helper_pid);
         if (inj.hijacked() && helper > 0) {
             // Reap the helper (it exits right after its own clone), or it stays a zombie:
@@ -90,7 +98,7 @@ ErrorOr<RecoveryReport> recover_guest(GuestAccess& guest, const RecoveryRecord& 
             }
         }
         TRY_CTX(inj.release(), "giving the hijacked thread back");
-        report.thread_restored = true;
+        report.thread_restored = !report.thread_gone;
     }
 
     // 3. The shadow, if one was started: catch it and make it exit.

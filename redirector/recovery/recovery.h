@@ -14,6 +14,7 @@ namespace cloudvmi {
 
 struct RecoveryReport {
     bool thread_restored = false;
+    bool thread_gone = false;  // its process exited while our syscall ran: nothing to restore
     bool parent_region_unmapped = false;
     bool shadow_ended = false;
     int breakpoints_removed = 0;

@@ -25,7 +25,7 @@ Error guest_failure(const BatchOutcome& out, SyscallBatch::OpId op, const std::s
 
 ErrorOr<void> check_path(const std::string& path) {
     if (path.empty()) return make_error(ENOENT, "empty path");
-    if (path.size() >= GuestFileOps::kMaxPath) return make_error(ENAMETOOLONG, path.substr(0, 64));
+    if (path.size() >= GuestFileOps::kMaxPath) return refuse(ENAMETOOLONG, path.substr(0, 64));
     if (path.find('\0') != std::string::npos) return make_error(EINVAL, "path contains NUL");
     return {};
 }
@@ -220,9 +220,10 @@ ErrorOr<size_t> GuestFileOps::write(GuestFd fd, const std::vector<uint8_t>& data
 namespace {
 
 Error too_big(const std::string& path, size_t max_bytes) {
-    return Error(EFBIG, strformat("%s is larger than %zu bytes, the most read at once (read it "
-                                  "through an open file instead)",
-                                  path.c_str(), max_bytes));
+    return Error::refusal(EFBIG,
+                          strformat("%s is larger than %zu bytes, the most read at once (read it "
+                                    "through an open file instead)",
+                                    path.c_str(), max_bytes));
 }
 
 }  // namespace
@@ -272,7 +273,7 @@ ErrorOr<std::vector<uint8_t>> GuestFileOps::read_rest(GuestFd fd, std::vector<ui
 ErrorOr<size_t> GuestFileOps::write_file(const std::string& path, const std::vector<uint8_t>& data,
                                          bool truncate) {
     TRY(check_path(path));
-    if (data.size() > kMaxTransfer) return make_error(EFBIG, "write_file: data too large");
+    if (data.size() > kMaxTransfer) return refuse(EFBIG, "write_file: data too large");
     SyscallBatch b;
     auto p = b.input_string(path);
     auto in = b.input(data);
@@ -350,8 +351,8 @@ ErrorOr<std::vector<GuestDirEntry>> GuestFileOps::list_dir(const std::string& pa
         for (auto& e : parse_dirents(bytes))
             entries.push_back(std::move(e));
         if (entries.size() > max_entries) {
-            err =
-                Error(E2BIG, strformat("%s has more than %zu entries", path.c_str(), max_entries));
+            err = Error::refusal(
+                E2BIG, strformat("%s has more than %zu entries", path.c_str(), max_entries));
             break;
         }
         SyscallBatch more;

@@ -140,10 +140,10 @@ ErrorOr<void> GuestSession::attach_locked() {
         if (errno != EWOULDBLOCK) return fail(Error(errno, "locking " + lock_path_));
         if (deadline.expired()) {
             auto rec = RecoveryLog::read_file(log_path_);
-            return fail(
-                Error(EBUSY, strformat("the VM at %s is held by cloudvmi process %d (or "
-                                       "its guardian is restoring it)",
-                                       options_.gdb_endpoint.c_str(), rec ? rec->owner_pid : 0)));
+            return fail(Error::unavailable(
+                EBUSY, strformat("the VM at %s is held by cloudvmi process %d (or "
+                                 "its guardian is restoring it)",
+                                 options_.gdb_endpoint.c_str(), rec ? rec->owner_pid : 0)));
         }
         std::this_thread::sleep_for(Millis(20));
     }
@@ -212,6 +212,7 @@ ErrorOr<void> GuestSession::attach_locked() {
         ga.lock_path = lock_path_;
         ga.session_id = rec.session_id;
         ga.report_path = options_.state_dir + "/guardian.log";
+        ga.qmp = options_.qmp;
         auto g = spawn_guardian(options_.guardian_program, ga);
         if (!g) return fail(g.error());
         update_status([&](SessionStatus& st) { st.guardian_pid = g->pid; });
@@ -342,7 +343,7 @@ void GuestSession::use_trap_engine_locked() {
 ErrorOr<std::unique_ptr<MailboxEngine>> GuestSession::start_mailbox_locked() {
     auto pid = guest_->hypervisor_pid();
     if (!pid) return make_error(ENOTSUP, "the VM's QEMU is not a local process");
-    bool la57 = (TRY(guest_->snapshot(TRY(first_vcpu_locked()))).state.sregs.cr4 & (1u << 12)) != 0;
+    bool la57 = (TRY(guest_->snapshot(TRY(first_vcpu_locked()))).state.sregs.cr4 & kCr4La57) != 0;
     PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
         return guest_->read_physical(pa, out);
     };
@@ -437,8 +438,9 @@ ErrorOr<bool> GuestSession::stopped_by_owner_locked() {
 
 Error GuestSession::paused_error() const {
     std::string status = status_copy_vm_status();
-    return Error(EAGAIN, "the VM is stopped (" + (status.empty() ? std::string("paused") : status) +
-                             ", not by cloudvmi); it is left so");
+    return Error::unavailable(EAGAIN, "the VM is stopped (" +
+                                          (status.empty() ? std::string("paused") : status) +
+                                          ", not by cloudvmi); it is left so");
 }
 
 Error GuestSession::not_taken_locked(const Error& e) {
@@ -451,7 +453,8 @@ Error GuestSession::not_taken_locked(const Error& e) {
     if (paused_by_others()) return paused_error();
     // Running, yet the shadow did not take the batch: it is gone or stuck.
     discard_shadow_locked("it did not take a request");
-    return Error(EAGAIN, e.describe() + ": the shadow did not answer; it will be replaced");
+    return Error::unavailable(EAGAIN,
+                              e.describe() + ": the shadow did not answer; it will be replaced");
 }
 
 ErrorOr<BatchOutcome> GuestSession::run_in_engine_locked(const SyscallBatch& batch) {

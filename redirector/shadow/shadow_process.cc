@@ -825,7 +825,12 @@ void ShadowProcess::poison_lease() {
     PhysicalReader read = [this](uint64_t pa, std::span<uint8_t> out) {
         return guest_.read_physical(pa, out);
     };
-    auto t = translate_virtual(read, cr3_, region_ + SHADOW_CTRL_OFFSET);
+    bool la57 = false;
+    if (auto vcpus = guest_.vcpus(); vcpus && !vcpus->empty()) {
+        if (auto snap = guest_.snapshot(vcpus->front()))
+            la57 = (snap->state.sregs.cr4 & kCr4La57) != 0;
+    }
+    auto t = translate_virtual(read, cr3_, region_ + SHADOW_CTRL_OFFSET, la57);
     if (!t) {
         LOG_WARN("cannot reach the lost shadow's lease: %s", t.error().describe().c_str());
         return;

@@ -12,6 +12,19 @@ constexpr uint64_t kLargePage = 1 << 7;
 constexpr uint64_t kAddressMask = 0x000ffffffffff000ULL;
 }  // namespace
 
+namespace {
+uint64_t table_index(uint64_t va, int level) {
+    return (va >> (12 + 9 * (level - 1))) & 0x1ff;
+}
+}  // namespace
+
+ErrorOr<bool> top_level_present(const PhysicalReader& read, uint64_t cr3, uint64_t va, bool la57) {
+    uint64_t entry = 0;
+    TRY(read((cr3 & kAddressMask) + table_index(va, la57 ? 5 : 4) * 8,
+             std::span(reinterpret_cast<uint8_t*>(&entry), 8)));
+    return (entry & kPresent) != 0;
+}
+
 ErrorOr<Translation> translate_virtual(const PhysicalReader& read, uint64_t cr3, uint64_t va,
                                        bool la57) {
     uint64_t table = cr3 & kAddressMask;
@@ -20,7 +33,7 @@ ErrorOr<Translation> translate_virtual(const PhysicalReader& read, uint64_t cr3,
     bool user = true;
     for (int level = levels; level >= 1; --level) {
         int shift = 12 + 9 * (level - 1);
-        uint64_t index = (va >> shift) & 0x1ff;
+        uint64_t index = table_index(va, level);
         uint64_t entry = 0;
         TRY(read(table + index * 8, std::span(reinterpret_cast<uint8_t*>(&entry), 8)));
         if (!(entry & kPresent)) {

@@ -25,9 +25,16 @@ struct Translation {
     uint64_t entry = 0;
 };
 
+// CR4.LA57: the guest uses 5-level paging.
+inline constexpr uint64_t kCr4La57 = uint64_t{1} << 12;
+
 // Translates `va` for the address space rooted at `cr3` (4-level, or 5-level if `la57`).
 // ENOENT-free by design: an unmapped address is EFAULT, a malformed table EPROTO.
 ErrorOr<Translation> translate_virtual(const PhysicalReader& read, uint64_t cr3, uint64_t va,
                                        bool la57 = false);
+
+// Whether the top-level entry covering `va` is present in the tables rooted at `cr3`.
+ErrorOr<bool> top_level_present(const PhysicalReader& read, uint64_t cr3, uint64_t va,
+                                bool la57 = false);
 
 }  // namespace cloudvmi

@@ -18,8 +18,13 @@
 
 #include "common/deadline.h"
 #include "common/strings.h"
+#include "redirector/guest/gdbstub_access.h"
+#include "redirector/inject/kernel_discovery.h"
+#include "redirector/inject/syscall_injector.h"
+#include "redirector/journal/recovery_log.h"
 #include "redirector/session/guest_file_ops.h"
 #include "redirector/session/guest_session.h"
+#include "redirector/x86/guest_abi.h"
 #include "tests/integration/guest_fixture.h"
 #include "tests/integration/test_mount.h"
 
@@ -475,6 +480,82 @@ TEST_CASE("Debian guest: changes through the mount, as the policy allows", "[deb
     CHECK(audit.find("\"op\":\"rename\"") != std::string::npos);
     REQUIRE(mount.unmount());
     must_ssh(guest, "rm -rf /root/cvmi");
+}
+
+TEST_CASE("Debian guest: a borrowed thread killed during an injected syscall is let go",
+          "[debian]") {
+    auto& guest = debian();
+    HeartbeatCheckpoint checkpoint{"a borrowed thread killed during an injec"};
+    // A root loop returning from syscalls all the time, child of pid 1; every other process
+    // is named foreign to the injector (and so are its children), so the loop is the one
+    // borrowed.
+    must_ssh(guest,
+             "systemd-run --unit=cvmi-victim /bin/bash -c "
+             "'while :; do read x </proc/uptime; done'");
+    int64_t victim = main_pid(guest, "cvmi-victim");
+    std::set<int64_t> others;
+    std::string listing = must_ssh(guest, "ls /proc | grep -E '^[0-9]+$'");
+    for (auto line : split(listing, '\n')) {
+        auto pid = parse_u64(trimmed(std::string(line)));
+        if (pid && *pid != 1 && static_cast<int64_t>(*pid) != victim)
+            others.insert(static_cast<int64_t>(*pid));
+    }
+    auto stub = attach_stub(guest);
+    GuestAccess& g = *stub;
+    auto vcpus = g.vcpus();
+    REQUIRE(vcpus);
+    auto kernel = discover_kernel_entry_points(g, vcpus->front());
+    REQUIRE(kernel);
+    RecoveryLog log;
+    SyscallInjector inj(g, *kernel, log, Deadline::after_ms(120000));
+    std::set<uint64_t> skip;
+    for (int i = 0; i < 5; ++i) {
+        auto held = inj.hijack(skip, others);
+        INFO((held ? "" : held.error().describe()) << " (loop: pid " << victim << ")");
+        REQUIRE(held);
+        if (inj.pid() == victim) break;
+        WARN("borrowed pid " << inj.pid() << ", not the loop " << victim << "; again");
+        skip.insert(SyscallInjector::address_space(inj.cr3()));
+        REQUIRE(inj.release());
+    }
+    REQUIRE(inj.pid() == victim);
+    // A landing only the loop's process maps: no other thread stops there meanwhile.
+    auto mapped = inj.syscall(
+        x86abi::kMmap,
+        {0, 4096, x86abi::kProtRead | x86abi::kProtWrite | x86abi::kProtExec,
+         x86abi::kMapPrivate | x86abi::kMapAnonymous | x86abi::kMapPopulate, ~uint64_t{0}, 0});
+    REQUIRE(mapped);
+    REQUIRE_FALSE(x86abi::is_error_result(*mapped));
+    uint64_t page = *mapped;
+    const uint8_t syscall_insn[2] = {0x0f, 0x05};
+    auto written = inj.write_memory(page, syscall_insn);
+    INFO((written ? "" : written.error().describe()));
+    REQUIRE(written);
+    REQUIRE(inj.set_landing(page + 2));
+    x86abi::Timespec long_sleep{600, 0};
+    REQUIRE(inj.write_memory(
+        page + 64, std::span(reinterpret_cast<const uint8_t*>(&long_sleep), sizeof long_sleep)));
+    std::thread killer([&] {
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        guest.ssh("kill -KILL " + std::to_string(victim));
+    });
+    auto started = Clock::now();
+    auto slept = inj.syscall(x86abi::kNanosleep, {page + 64, 0});
+    double waited_ms = elapsed_ms(started);
+    killer.join();
+    INFO("waited " << waited_ms << " ms: " << (slept ? "came back" : slept.error().describe()));
+    REQUIRE_FALSE(slept);
+    CHECK(slept.error().code() == ESRCH);
+    CHECK_FALSE(inj.hijacked());
+    CHECK(log.current().thread_phase == ThreadPhase::kNone);
+    // The kill over ssh (seconds under TCG), then at most a check slice or two.
+    CHECK(waited_ms < 20000);
+    WARN("a killed borrowed thread was let go after " << waited_ms << " ms");
+    REQUIRE(inj.release());
+    REQUIRE(g.detach());
+    CHECK(guest.ssh("kill -0 " + std::to_string(victim)).status != 0);
+    must_ssh(guest, "systemctl reset-failed cvmi-victim 2>/dev/null; true");
+    CHECK(trimmed(must_ssh(guest, "echo alive")) == "alive");
 }
 
 TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]") {

@@ -483,6 +483,15 @@ std::string trimmed(std::string s) {
     return s;
 }
 
+std::unique_ptr<GdbstubAccess> attach_stub(const TestGuest& guest) {
+    auto endpoint = gdb::Endpoint::parse(guest.gdb());
+    REQUIRE(endpoint);
+    auto access = GdbstubAccess::attach(*endpoint);
+    INFO((access ? "" : access.error().describe()));
+    REQUIRE(access);
+    return std::move(*access);
+}
+
 std::string read_whole_file(const std::string& path) {
     std::ifstream f(path);
     std::stringstream ss;

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "redirector/guest/gdbstub_access.h"
 #include "redirector/session/guest_file_ops.h"
 #include "redirector/session/guest_session.h"
 
@@ -141,6 +142,9 @@ bool recovery_log_dirty(const std::string& state_dir);
 std::vector<pid_t> processes_with(const std::string& needle);
 // Host pids of the guardians (`cloudvmi guard`) keeping logs in `state_dir`.
 std::vector<pid_t> guardians_of(const std::string& state_dir);
+// A direct connection to the guest's gdbstub (the VM stopped), for tests below the
+// session; REQUIREs success.
+std::unique_ptr<GdbstubAccess> attach_stub(const TestGuest& guest);
 // A whole host file ("" if it cannot be read).
 std::string read_whole_file(const std::string& path);
 // `s` without trailing newlines and spaces.

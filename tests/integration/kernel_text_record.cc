@@ -52,12 +52,8 @@ TEST_CASE("record the kernel text discovery reads", "[.record]") {
     REQUIRE(std::system(("mkdir -p '" + std::string(dir) + "'").c_str()) == 0);
 
     auto& guest = TestGuest::shared();
-    auto endpoint = gdb::Endpoint::parse(guest.gdb());
-    REQUIRE(endpoint);
-    auto access = GdbstubAccess::attach(*endpoint);
-    INFO((access ? "" : access.error().describe()));
-    REQUIRE(access);
-    GuestAccess& g = **access;
+    auto stub = attach_stub(guest);
+    GuestAccess& g = *stub;
     auto vcpus = g.vcpus();
     REQUIRE(vcpus);
     REQUIRE_FALSE(vcpus->empty());

@@ -28,6 +28,9 @@ constexpr uint64_t kKstackBase = 0xffffc90000000000ULL;
 constexpr uint64_t kKstackSize = 0x4000;
 constexpr uint64_t kIdleRip = 0xffffffffae8f0e10ULL;
 constexpr uint64_t kSwapperCr3 = 0x01000000ULL;
+// Where each process's page-table root lives: kCr3Area + pid * kCr3Stride.
+constexpr uint64_t kCr3Area = 0x10000000ULL;
+constexpr uint64_t kCr3Stride = 0x100000ULL;
 constexpr uint64_t kPercpuBase = 0xffff88807fc00000ULL;
 constexpr uint16_t kUserCs = 0x33, kUserSs = 0x2b, kKernelCs = 0x10, kKernelSs = 0x18;
 constexpr uint64_t kUserFlags = 0x246;
@@ -478,7 +481,7 @@ FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t p
                 p->seccomp_allowed.insert(st.sleep_ms >= 0 ? uint64_t{kNanosleep} : st.nr);
         }
     }
-    p->mm.cr3_base = 0x10000000ULL + static_cast<uint64_t>(p->pid) * 0x100000ULL;
+    p->mm.cr3_base = kCr3Area + static_cast<uint64_t>(p->pid) * kCr3Stride;
     uint64_t code = spec.code_base;
     p->mm.add({code, code + kPageSize, false, kProtRead | kProtExec}, true);
     p->mm.add({code + kPageSize, code + 2 * kPageSize, false, kProtRead | kProtWrite}, true);
@@ -2439,9 +2442,24 @@ ErrorOr<void> FakeGuest::write_virtual(VcpuId vcpu, uint64_t va, std::span<const
     return {};
 }
 
-ErrorOr<void> FakeGuest::read_physical(uint64_t, std::span<uint8_t>) {
+ErrorOr<void> FakeGuest::read_physical(uint64_t pa, std::span<uint8_t> out) {
     TRY(stopped());
-    return make_error(EFAULT, "fake guest: no physical memory model (E14)");
+    // Only the top-level page tables exist: an entry is present where the process maps
+    // something in its 512 GiB, none once it has exited (exit_mmap clears them).
+    // A process's tables sit at its cr3_base (kernel half, user half at +0x1000); the
+    // slot of a reaped process reads as zeros, as a freed page not yet reused would.
+    bool in_table_slot = pa >= kCr3Area && (pa - kCr3Area) % kCr3Stride < 0x2000;
+    if (!in_table_slot || (pa & 7) != 0 || out.size() != 8)
+        return make_error(EFAULT, "fake guest: no physical memory there (E14)");
+    uint64_t entry = 0;
+    uint64_t first = ((pa & 0xfff) / 8) << 39;
+    for (const auto& [pid, p] : processes_) {
+        bool same = (p->mm.cr3_base & ~uint64_t{0x1fff}) == (pa & ~uint64_t{0x1fff});
+        if (same && p->mm.overlaps(first, first + (uint64_t{1} << 39)))
+            entry = (p->mm.cr3_base + 0x2000) | 0x67;
+    }
+    std::memcpy(out.data(), &entry, 8);
+    return {};
 }
 
 ErrorOr<void> FakeGuest::write_physical(uint64_t, std::span<const uint8_t>) {

@@ -32,6 +32,9 @@
 //    reparenting to init (which reaps), blocking syscalls (nanosleep, wait4, a read of
 //    /run/blocking), preemption and migration between vCPUs. /proc/2 is kthreadd: the initial
 //    namespaces, seen from the initial pid namespace only.
+//  - Physical memory: only the top-level page tables, enough to tell whether an address
+//    space still exists (an entry is present where the process maps something; an exited
+//    process's entries are cleared). Everything else is out of reach (E14).
 //  - gdbstub semantics: all vCPUs stop together; a vCPU resumed on an armed breakpoint
 //    stops again without executing; a single step executes one instruction even there
 //    (TCG: "singlestep overrides breakpoints", accel/tcg/cpu-exec.c; FakeOptions can make

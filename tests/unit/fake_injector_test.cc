@@ -538,3 +538,62 @@ TEST_CASE("fake injector: hijack times out on a guest where no root thread makes
     INFO(g.anomalies_text());
     CHECK(g.anomalies().empty());
 }
+
+TEST_CASE("fake injector: a borrowed thread killed during an injected syscall ends the wait",
+          "[fake]") {
+    FakeGuest g(FakeOptions{.vcpus = 2});
+    FailingGuest conn(g, LONG_MAX);
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    // Far longer than the check's slice: only the check can end the wait early.
+    SyscallInjector inj(conn, k, log, Deadline::after_ms(60000));
+    REQUIRE(inj.hijack());
+    int64_t pid = inj.pid();
+    REQUIRE(pid != kInitPid);
+    uint64_t page =
+        *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                             kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
+    REQUIRE_FALSE(is_error_result(page));
+    Timespec ts{50, 0};
+    REQUIRE(inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+    bool killed = false;
+    conn.before_call([&](const char* op) {
+        if (!killed && std::string_view(op) == "wait_for_stop") killed = g.kill_process(pid);
+    });
+    auto before = Clock::now();
+    auto r = inj.syscall(kNanosleep, {page, 0});
+    REQUIRE(killed);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code() == ESRCH);
+    CHECK_FALSE(inj.hijacked());
+    // Found out after a slice or so, not at the deadline.
+    CHECK(elapsed_ms(before) < 3 * SyscallInjector::kLivenessSlice.count());
+    CHECK(log.current().thread_phase == ThreadPhase::kNone);
+    REQUIRE(inj.release());
+    CHECK(g.armed_breakpoints().empty());
+    run_free(g, 100);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake injector: a long injected syscall of a live thread is waited for", "[fake]") {
+    FakeGuest g(FakeOptions{.vcpus = 1});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    SyscallInjector inj(g, k, log, Deadline::after_ms(60000));
+    REQUIRE(inj.hijack());
+    int64_t tid = hijacked_tid(g, inj);
+    kvm_regs o = inj.original_regs();
+    uint64_t page =
+        *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                             kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
+    Timespec ts{5, 0};  // two and a half slices
+    REQUIRE(inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+    CHECK(*inj.syscall(kNanosleep, {page, 0}) == 0);
+    CHECK(inj.hijacked());
+    REQUIRE(*inj.syscall(kMunmap, {page, 4096}) == 0);
+    REQUIRE(inj.release());
+    check_given_back(g, tid, o);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}

@@ -566,3 +566,46 @@ TEST_CASE("fake recovery: a bootstrap that fails before the clone unmaps the reg
     REQUIRE(recover_guest(g, log.current(), after, o));
     CHECK(leftovers(g, after, {kInitPid, kSleeperPid}) == "");
 }
+
+TEST_CASE("fake recovery: a borrowed thread killed after the session died is not waited for",
+          "[fake]") {
+    test::ScopedLogLevel quiet{quiet_level()};
+    // The session dies while the thread sleeps in an injected nanosleep; then the guest
+    // kills the thread's process. Recovery finds its address space gone within one slice
+    // instead of waiting out its whole timeout for a thread that never comes back.
+    FakeGuest g(FakeOptions{.vcpus = 2});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    int64_t pid = 0;
+    {
+        FailingGuest conn(g, LONG_MAX);
+        SyscallInjector inj(conn, k, log, Deadline::after_ms(5000));
+        REQUIRE(inj.hijack());
+        pid = inj.pid();
+        REQUIRE(pid != kInitPid);
+        uint64_t page =
+            *inj.syscall(kMmap, {0, 4096, kProtRead | kProtWrite,
+                                 kMapPrivate | kMapAnonymous | kMapPopulate, ~uint64_t{0}, 0});
+        Timespec ts{100, 0};
+        REQUIRE(
+            inj.write_memory(page, std::span(reinterpret_cast<const uint8_t*>(&ts), sizeof ts)));
+        conn.die_at_next_wait();
+        REQUIRE_FALSE(inj.syscall(kNanosleep, {page, 0}));
+        CHECK(log.current().thread_phase == ThreadPhase::kInFlight);
+    }
+    g.client_died(10);
+    REQUIRE(g.kill_process(pid));
+    ShadowOptions options;
+    options.recovery_timeout = Millis(60000);
+    auto before = Clock::now();
+    RecoveryLog after;
+    auto report = recover_guest(g, log.current(), after, options);
+    REQUIRE(report);
+    CHECK(report->thread_gone);
+    CHECK_FALSE(report->thread_restored);
+    CHECK(elapsed_ms(before) < 3 * SyscallInjector::kLivenessSlice.count());
+    CHECK(g.armed_breakpoints().empty());
+    CHECK(after.current().thread_phase == ThreadPhase::kNone);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}

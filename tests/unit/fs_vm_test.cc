@@ -209,6 +209,16 @@ TEST_CASE("vm_error: refusals and the guest's errno pass, our own failures are m
     CHECK(vm_error(Error::refusal(EINVAL, "bad name")).code() == EINVAL);
     CHECK(vm_error(Error::guest(ELOOP, "symlink on the way")).code() == ELOOP);
     CHECK(vm_error(Error(ECONNRESET, "stub gone")).code() == ENOTCONN);
+    // Kinds, not errno values: our internal EAGAIN, EBUSY, E2BIG are failures (EIO); the
+    // same errnos given on purpose are answers.
+    CHECK(vm_error(Error(EAGAIN, "withdrawn")).code() == EIO);
+    CHECK(vm_error(Error(EBUSY, "internal: sent while the VM runs")).code() == EIO);
+    CHECK(vm_error(Error(E2BIG, "internal: batch too large")).code() == EIO);
+    CHECK(vm_error(Error::unavailable(EAGAIN, "paused by its owner")).code() == EAGAIN);
+    CHECK(vm_error(Error::unavailable(EBUSY, "held by another cloudvmi")).code() == EBUSY);
+    CHECK(vm_error(Error::refusal(E2BIG, "more than 500000 entries")).code() == E2BIG);
+    CHECK(vm_error(Error::refusal(EFBIG, "larger than the cap")).code() == EFBIG);
+    CHECK(vm_error(Error::unavailable(EAGAIN, "paused").with_context("reading")).code() == EAGAIN);
     Error refused = Error::refusal(EXDEV, "x").with_context("rename");
     CHECK(refused.refused());
     CHECK(vm_error(refused).code() == EXDEV);
