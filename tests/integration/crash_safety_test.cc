@@ -167,8 +167,10 @@ TEST_CASE("SIGKILL during injection never harms the guest", "[crash]") {
     CHECK((text(*blocked).ends_with("pipe_read") || text(*blocked) == "0"));
 }
 
+// Tagged apart from [crash]: one run (ctest guest_crash_safety) is enough, the other
+// kernels' crash entries need not repeat it.
 TEST_CASE("a VM its owner paused while cloudvmi was dead stays paused after the guardian",
-          "[crash]") {
+          "[guardian]") {
     auto& guest = TestGuest::shared();
     // The job dies with the VM running and a shadow of ours in it (the recovery log says
     // so); its guardian is held back while the owner pauses the VM over QMP. Restoring
