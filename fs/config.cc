@@ -115,6 +115,43 @@ bool is_valid_entry_name(const std::string& name) {
     return true;
 }
 
+namespace {
+
+// nodes: libvirt connections whose running domains appear under /vmi/<name>/.
+ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string, Entry>& top,
+                          Config& c) {
+    auto it = top.find("nodes");
+    if (it == top.end()) return {};
+    const Entry& nodes = it->second;
+    if (!nodes.value.IsSequence()) return bad(origin, nodes.located(), "'nodes' must be a list");
+    std::set<std::string> names;
+    if (!c.vms.empty()) names.insert(c.node);
+    for (const auto& n : nodes.value) {
+        if (!n.IsMap()) return bad(origin, n, "each node must be a mapping");
+        auto keys = TRY(entries(origin, n, {"name", "uri"}, "a node"));
+        if (!keys.count("name") || !keys.count("uri"))
+            return bad(origin, n, "a node needs 'name' and 'uri'");
+        NodeConfig node;
+        node.name = TRY(scalar<std::string>(origin, keys.at("name"), "name"));
+        node.uri = TRY(scalar<std::string>(origin, keys.at("uri"), "uri"));
+        if (!is_valid_entry_name(node.name) || node.name == ".cloudvmi") {
+            return bad(origin, keys.at("name").located(),
+                       "node name '" + node.name + "' is not usable as a file name");
+        }
+        if (!names.insert(node.name).second) {
+            return bad(origin, keys.at("name").located(),
+                       "node name '" + node.name + "' is used twice (the vms: list is node '" +
+                           c.node + "')");
+        }
+        if (node.uri.empty() || node.uri.find_first_of(" \n") != std::string::npos)
+            return bad(origin, keys.at("uri").located(), "uri must be a libvirt URI or alias");
+        c.nodes.push_back(std::move(node));
+    }
+    return {};
+}
+
+}  // namespace
+
 ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin) {
     YAML::Node root;
     try {
@@ -126,11 +163,11 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
     Config c;
     if (root.IsNull()) return make_error(EINVAL, origin + ": empty configuration");
     if (!root.IsMap()) return bad(origin, root, "the configuration must be a mapping");
-    auto top =
-        TRY(entries(origin, root,
-                    {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "engine",
-                     "operators_group", "allow_consuming_reads", "cache", "vms", "policy", "audit"},
-                    "the configuration"));
+    auto top = TRY(entries(
+        origin, root,
+        {"node", "state_dir", "request_timeout_ms", "attach_timeout_ms", "engine",
+         "operators_group", "allow_consuming_reads", "cache", "vms", "nodes", "policy", "audit"},
+        "the configuration"));
     if (auto it = top.find("node"); it != top.end()) {
         c.node = TRY(scalar<std::string>(origin, it->second, "node"));
         if (!is_valid_entry_name(c.node)) {
@@ -222,6 +259,7 @@ ErrorOr<Config> Config::parse(const std::string& text, const std::string& origin
             c.vms.push_back(std::move(vm));
         }
     }
+    TRY(parse_nodes(origin, top, c));
     return c;
 }
 

@@ -19,7 +19,10 @@
 //     proc_entry: 1
 //     root_attr: 1
 //     root_entry: 1
-//   vms:
+//   nodes:                       # libvirt connections: their running domains are the
+//     - name: lab                #   VMs of /vmi/lab/, kept current by libvirt's events
+//       uri: qemu:///system      #   (a domain's gdbstub: -gdb on its qemu:commandline)
+//   vms:                         # VMs listed by hand, under /vmi/<node>/
 //     - name: web-01
 //       gdb: unix:/run/web-01.gdb
 //       qmp: /run/web-01.vmi.qmp   # optional, cloudvmi's own QMP socket: a VM paused by
@@ -42,6 +45,11 @@ struct VmConfig {
     std::string name;
     std::string gdb;  // gdbstub endpoint
     std::string qmp;  // optional: cloudvmi's own QMP socket of the VM (path or unix:/tcp:)
+};
+
+struct NodeConfig {
+    std::string name;  // its directory in /vmi
+    std::string uri;   // libvirt connection URI (or a uri_aliases name)
 };
 
 struct CacheConfig {
@@ -73,7 +81,8 @@ struct Config {
     // The policy file; unset: kDefaultPolicyPath when it exists, else the built-in policy.
     std::optional<std::string> policy;
     AuditConfig audit;
-    std::vector<VmConfig> vms;
+    std::vector<VmConfig> vms;      // hand-listed, under /vmi/<node>/
+    std::vector<NodeConfig> nodes;  // libvirt nodes, each under /vmi/<name>/
 
     static ErrorOr<Config> load_file(const std::string& path);
     static ErrorOr<Config> parse(const std::string& yaml_text, const std::string& origin);

@@ -3,21 +3,83 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/strings.h"
 
 namespace cloudvmi::fs {
 
 Filesystem::Filesystem(Config config, SessionOptions base)
     : config_(std::move(config)),
+      base_(std::move(base)),
       policies_(std::make_unique<PolicyStore>("")),
       gate_(std::make_unique<ChangeGate>(*policies_, nullptr)) {
-    for (const auto& vm : config_.vms) {
-        auto v = std::make_unique<Vm>(config_.node, vm, base);
-        v->set_cache(config_.cache);
-        v->set_allow_consuming_reads(config_.allow_consuming_reads);
-        v->set_gate(gate_.get());
-        vms_.push_back(std::move(v));
+    if (!config_.vms.empty() || config_.nodes.empty()) {
+        listed_ = std::make_unique<VmSet>(config_.node, [this](Vm& vm) { prepare_vm(vm); });
+        std::vector<VmSpec> specs;
+        for (const auto& vm : config_.vms)
+            specs.push_back(VmSpec{vm, base_});
+        listed_->update(specs);
     }
     inodes_ = std::make_unique<InodeTable>(make_root_dir(*this));
+}
+
+void Filesystem::prepare_vm(Vm& vm) {
+    vm.set_cache(config_.cache);
+    vm.set_allow_consuming_reads(config_.allow_consuming_reads);
+    vm.set_gate(gate_.get());
+}
+
+void Filesystem::start_nodes(CloudNode::Changed changed, Millis first_listing) {
+    for (const auto& n : config_.nodes) {
+        clouds_.push_back(std::make_unique<CloudNode>(
+            n, base_, [this](Vm& vm) { prepare_vm(vm); }, changed));
+    }
+    Deadline deadline = Deadline::after(first_listing);
+    for (const auto& c : clouds_)
+        c->wait_for_first_listing(deadline);
+}
+
+std::vector<std::string> Filesystem::node_names() const {
+    std::vector<std::string> out;
+    if (listed_) out.push_back(listed_->node());
+    for (const auto& n : config_.nodes)
+        out.push_back(n.name);
+    return out;
+}
+
+VmSet* Filesystem::find_node(const std::string& name) const {
+    if (listed_ && listed_->node() == name) return listed_.get();
+    for (const auto& c : clouds_) {
+        if (c->config().name == name) return &c->vms();
+    }
+    return nullptr;
+}
+
+std::string Filesystem::node_status(const std::string& name) const {
+    if (listed_ && listed_->node() == name)
+        return strformat("node: %s\nkind: listed\nstate: connected\nvms: %zu\n", name.c_str(),
+                         listed_->list().size());
+    for (const auto& c : clouds_) {
+        if (c->config().name != name) continue;
+        auto st = c->status();
+        const char* state = st.state == nodes::NodeState::kConnected    ? "connected"
+                            : st.state == nodes::NodeState::kConnecting ? "connecting"
+                                                                        : "away";
+        return strformat(
+            "node: %s\nkind: libvirt\nuri: %s\nstate: %s\nsince_s: %.0f\nvms: %zu\n"
+            "listing_ms: %.1f\nlistings: %llu\nconnects: %llu\nerror: %s\n",
+            name.c_str(), c->config().uri.c_str(), state,
+            std::chrono::duration<double>(Clock::now() - st.since).count(), st.domains,
+            st.refresh_ms, static_cast<unsigned long long>(st.refreshes),
+            static_cast<unsigned long long>(st.connects), st.error.c_str());
+    }
+    return "node: " + name + "\nstate: not started\n";
+}
+
+std::string Filesystem::nodes_table() const {
+    std::string out;
+    for (const auto& name : node_names())
+        out += node_status(name) + "\n";
+    return out;
 }
 
 Filesystem::~Filesystem() {
@@ -43,28 +105,44 @@ void Filesystem::set_governance(Governance governance) {
     policies_ = std::move(governance.policies);
     audit_ = std::move(governance.audit);
     gate_ = std::make_unique<ChangeGate>(*policies_, audit_.get());
-    for (const auto& vm : vms_)
-        vm->set_gate(gate_.get());
+    auto set_gate = [this](Vm& vm) { vm.set_gate(gate_.get()); };
+    if (listed_) listed_->for_each(set_gate);
+    for (const auto& c : clouds_)
+        c->vms().for_each(set_gate);
 }
 
 Vm* Filesystem::find_vm(const std::string& name) const {
-    for (const auto& vm : vms_) {
-        if (vm->name() == name) return vm.get();
+    for (const auto& node : node_names()) {
+        VmSet* set = find_node(node);
+        if (Vm* vm = set ? set->find(name) : nullptr) return vm;
     }
     return nullptr;
 }
 
+std::vector<Vm*> Filesystem::all_vms() const {
+    std::vector<Vm*> out;
+    for (const auto& node : node_names()) {
+        if (VmSet* set = find_node(node)) {
+            auto vms = set->list();
+            out.insert(out.end(), vms.begin(), vms.end());
+        }
+    }
+    return out;
+}
+
 void Filesystem::reap_queues() {
     auto now = Clock::now();
-    for (const auto& vm : vms_)
-        vm->executor().reap(now);
+    auto reap = [now](Vm& vm) { vm.executor().reap(now); };
+    if (listed_) listed_->for_each(reap);
+    for (const auto& c : clouds_)
+        c->vms().for_each(reap);
 }
 
 void Filesystem::shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
-    for (const auto& vm : vms_)
-        vm->shutdown();
+    clouds_.clear();  // each ends its VMs, then its inventory
+    if (listed_) listed_->shutdown();
     LOG_INFO("all guests detached");
 }
 

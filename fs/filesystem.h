@@ -1,20 +1,25 @@
-// The /vmi tree as a whole: configuration, VMs, nodes and inode numbers.
+// The /vmi tree as a whole: configuration, nodes, VMs and inode numbers.
 //
-// /vmi/<node>/<vm>/{proc,sys,root,.cloudvmi}. Owns the VMs (and through them the guest
-// sessions); shutdown() detaches every guest.
+// /vmi/<node>/<vm>/{proc,sys,root,.cloudvmi}. The nodes are the configuration's
+// hand-listed VMs (under its node: name) and each libvirt node (nodes:), whose VMs follow
+// its running domains once start_nodes() was called. Owns the VMs (and through them the
+// guest sessions); shutdown() detaches every guest.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "fs/audit_log.h"
 #include "fs/change_gate.h"
+#include "fs/cloud_node.h"
 #include "fs/config.h"
 #include "fs/inode_table.h"
 #include "fs/node.h"
 #include "fs/policy_store.h"
 #include "fs/vm.h"
+#include "fs/vm_set.h"
 #include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
@@ -39,8 +44,20 @@ class Filesystem {
     InodeTable& inodes() { return *inodes_; }
     const Config& config() const { return config_; }
     AccessRule access_rule() const { return AccessRule{config_.operators_gid}; }
-    const std::vector<std::unique_ptr<Vm>>& vms() const { return vms_; }
+    // The node directories, in configuration order.
+    std::vector<std::string> node_names() const;
+    VmSet* find_node(const std::string& name) const;
+    // What /vmi/<node>/.cloudvmi/status and /vmi/.cloudvmi/nodes say of a node.
+    std::string node_status(const std::string& name) const;
+    std::string nodes_table() const;
+    // A VM of any node, by name (the first found); for tests and tools.
     Vm* find_vm(const std::string& name) const;
+    std::vector<Vm*> all_vms() const;
+
+    // Connects the libvirt nodes; `changed` hears of VMs that come and go (the FUSE
+    // server forgets what the kernel cached of them). Waits up to `first_listing` for
+    // their first listings.
+    void start_nodes(CloudNode::Changed changed, Millis first_listing);
 
     // The policy and the audit trail every VM's changes go through (the mount loads them
     // before it serves).
@@ -57,8 +74,12 @@ class Filesystem {
     static SessionOptions session_options(const Config& config, const std::string& guardian);
 
   private:
+    void prepare_vm(Vm& vm);
+
     Config config_;
-    std::vector<std::unique_ptr<Vm>> vms_;
+    SessionOptions base_;
+    std::unique_ptr<VmSet> listed_;  // the hand-listed VMs; null when none and nodes exist
+    std::vector<std::unique_ptr<CloudNode>> clouds_;
     std::unique_ptr<PolicyStore> policies_;
     std::unique_ptr<AuditLog> audit_;
     std::unique_ptr<ChangeGate> gate_;
@@ -73,8 +94,12 @@ std::shared_ptr<Node> make_vm_dir(Vm& vm);
 std::shared_ptr<Node> make_session_dir(Vm& vm);
 // /vmi/<node>/<vm>/ctl: writes that act on the guest (ctl/kill).
 std::shared_ptr<Node> make_control_dir(Vm& vm);
-// /vmi/.cloudvmi: the mount's own files (policy-status, reload).
+// /vmi/.cloudvmi: the mount's own files (policy-status, reload, nodes).
 std::shared_ptr<Node> make_mount_dir(Filesystem& fs);
+// /vmi/<node>/.cloudvmi: the node's status.
+std::shared_ptr<Node> make_node_info_dir(Filesystem& fs, const std::string& node);
+// A read-only file whose text is made at each open.
+std::shared_ptr<Node> make_text_file(std::string key, std::function<std::string()> text);
 
 // The guest's own trees, mirrored.
 enum class GuestTree { kProc, kSys, kRoot };

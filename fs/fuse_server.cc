@@ -666,6 +666,24 @@ void print_fuse_version() {
     fuse_lowlevel_version();
 }
 
+// How long a mount waits for each libvirt node's first listing before it serves, so that
+// its first `ls` shows the domains.
+constexpr Millis kFirstListingWait{5000};
+
+// VMs that came or went on a node: the kernel forgets the node directory's listing and
+// the entries of those names (called from a node's thread, outside any request).
+CloudNode::Changed kernel_forgets_vms(fuse_session* se, Filesystem& fs) {
+    return [se, &fs](const std::string& node, const VmSet::Change& change) {
+        auto dir = fs.inodes().find_key("n:" + node);
+        if (!dir) return;  // never looked at: nothing cached
+        for (const auto* names : {&change.added, &change.removed}) {
+            for (const auto& name : *names)
+                (void)fuse_lowlevel_notify_inval_entry(se, *dir, name.c_str(), name.size());
+        }
+        (void)fuse_lowlevel_notify_inval_inode(se, *dir, 0, 0);
+    };
+}
+
 // Set by SIGHUP; the reaper thread reloads the policy (no work in a signal handler).
 std::atomic<bool> g_reload_requested{false};
 
@@ -731,12 +749,14 @@ int serve_mount(const Config& config, const MountSettings& settings,
                 }
             }
             if (fuse_daemonize(opts.foreground) == 0) {
-                LOG_INFO("mounted %s (%zu VMs on node %s)", mountpoint.c_str(), config.vms.size(),
-                         config.node.c_str());
+                LOG_INFO("mounted %s (%zu VMs listed on node %s, %zu libvirt nodes)",
+                         mountpoint.c_str(), config.vms.size(), config.node.c_str(),
+                         config.nodes.size());
                 fs = std::make_unique<Filesystem>(
                     config, Filesystem::session_options(config, settings.guardian_program));
                 fs->set_governance(std::move(governance));
                 holder.fs = fs.get();
+                fs->start_nodes(kernel_forgets_vms(se, *fs), kFirstListingWait);
                 std::atomic<bool> stop{false};
                 std::thread reaper([&] {
                     while (!stop) {

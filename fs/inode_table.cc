@@ -24,6 +24,13 @@ uint64_t InodeTable::remember(const std::shared_ptr<Node>& node) {
     return ino;
 }
 
+std::optional<uint64_t> InodeTable::find_key(const std::string& key) const {
+    std::lock_guard lock(mutex_);
+    auto it = by_key_.find(key);
+    if (it == by_key_.end()) return std::nullopt;
+    return it->second;
+}
+
 std::shared_ptr<Node> InodeTable::get(uint64_t ino) const {
     std::lock_guard lock(mutex_);
     auto it = by_ino_.find(ino);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -34,6 +35,8 @@ class InodeTable {
     // file of that name gets a new inode number.
     void drop_key(const std::string& key);
     size_t size() const;
+    // The inode number the kernel knows `key` by, if it knows it.
+    std::optional<uint64_t> find_key(const std::string& key) const;
 
   private:
     void drop_key_locked(const std::string& key);

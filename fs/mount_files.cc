@@ -2,6 +2,7 @@
 //
 //   policy-status  the policy in force, when it was loaded, and the last reload's failure
 //   reload         writing anything (host root only) reloads the policy file, as SIGHUP does
+//   nodes          every node's state, VM count and listing time
 #include <fcntl.h>
 
 #include "fs/filesystem.h"
@@ -24,6 +25,22 @@ class TextHandle final : public FileHandle {
     std::string text_;
 };
 
+class TextFile final : public Node {
+  public:
+    TextFile(std::string key, std::function<std::string()> text)
+        : key_(std::move(key)), text_(std::move(text)) {}
+    std::string key() const override { return key_; }
+    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFREG | 0444), 0}; }
+    ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller&) override {
+        if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
+        return std::unique_ptr<FileHandle>(std::make_unique<TextHandle>(text_()));
+    }
+
+  private:
+    std::string key_;
+    std::function<std::string()> text_;
+};
+
 class ReloadHandle final : public FileHandle {
   public:
     explicit ReloadHandle(PolicyStore& policies) : policies_(policies) {}
@@ -39,21 +56,6 @@ class ReloadHandle final : public FileHandle {
 
   private:
     PolicyStore& policies_;
-};
-
-class PolicyStatusFile final : public Node {
-  public:
-    explicit PolicyStatusFile(Filesystem& fs) : fs_(fs) {}
-    std::string key() const override { return "m:policy-status"; }
-    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFREG | 0444), 0}; }
-    ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller&) override {
-        if ((flags & O_ACCMODE) != O_RDONLY) return make_error(EACCES, "read-only file");
-        return std::unique_ptr<FileHandle>(
-            std::make_unique<TextHandle>(fs_.policies().status_text()));
-    }
-
-  private:
-    Filesystem& fs_;
 };
 
 class ReloadFile final : public Node {
@@ -85,10 +87,14 @@ struct MountFile {
 const MountFile kMountFiles[] = {
     {"policy-status",
      [](Filesystem& fs) -> std::shared_ptr<Node> {
-         return std::make_shared<PolicyStatusFile>(fs);
+         return make_text_file("m:policy-status", [&fs] { return fs.policies().status_text(); });
      }},
     {"reload",
      [](Filesystem& fs) -> std::shared_ptr<Node> { return std::make_shared<ReloadFile>(fs); }},
+    {"nodes",
+     [](Filesystem& fs) -> std::shared_ptr<Node> {
+         return make_text_file("m:nodes", [&fs] { return fs.nodes_table(); });
+     }},
 };
 
 class MountDir final : public Node {
@@ -117,6 +123,10 @@ class MountDir final : public Node {
 
 std::shared_ptr<Node> make_mount_dir(Filesystem& fs) {
     return std::make_shared<MountDir>(fs);
+}
+
+std::shared_ptr<Node> make_text_file(std::string key, std::function<std::string()> text) {
+    return std::make_shared<TextFile>(std::move(key), std::move(text));
 }
 
 }  // namespace cloudvmi::fs

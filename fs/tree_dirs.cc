@@ -1,4 +1,4 @@
-// /vmi and /vmi/<node>: the inventory levels, answered locally.
+// /vmi, /vmi/<node> and /vmi/<node>/.cloudvmi: the inventory levels, answered locally.
 #include "fs/filesystem.h"
 
 namespace cloudvmi::fs {
@@ -11,41 +11,72 @@ class RootDir final : public Node {
     std::string key() const override { return "/"; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 60}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
-        if (name == fs_.config().node) return make_node_dir(fs_, name);
         if (name == ".cloudvmi") return make_mount_dir(fs_);
+        for (const auto& node : fs_.node_names()) {
+            if (name == node) return make_node_dir(fs_, name);
+        }
         return make_error(ENOENT, "no node " + name);
     }
     ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
-        DirEntry e{fs_.config().node, S_IFDIR, nullptr};
-        if (plus) e.node = make_node_dir(fs_, fs_.config().node);
-        DirEntry m{".cloudvmi", S_IFDIR, plus ? make_mount_dir(fs_) : nullptr};
-        return std::vector<DirEntry>{e, m};
+        std::vector<DirEntry> out;
+        for (const auto& node : fs_.node_names())
+            out.push_back(DirEntry{node, S_IFDIR, plus ? make_node_dir(fs_, node) : nullptr});
+        out.push_back(DirEntry{".cloudvmi", S_IFDIR, plus ? make_mount_dir(fs_) : nullptr});
+        return out;
     }
 
   private:
     Filesystem& fs_;
 };
 
+// A node's VMs come and go (libvirt nodes): the kernel keeps this listing for a second at
+// most, and the mount tells it to forget sooner when a VM appears or disappears.
 class NodeDir final : public Node {
   public:
     NodeDir(Filesystem& fs, std::string node) : fs_(fs), node_(std::move(node)) {}
     std::string key() const override { return "n:" + node_; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
-        if (Vm* vm = fs_.find_vm(name)) return make_vm_dir(*vm);
-        return make_error(ENOENT, "no VM " + name);
+        if (name == ".cloudvmi") return make_node_info_dir(fs_, node_);
+        VmSet* set = fs_.find_node(node_);
+        if (Vm* vm = set ? set->find(name) : nullptr) return make_vm_dir(*vm);
+        return make_error(ENOENT, "no VM " + name + " on node " + node_);
     }
     ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
         std::vector<DirEntry> out;
-        for (const auto& vm : fs_.vms()) {
-            DirEntry e{vm->name(), S_IFDIR, nullptr};
-            if (plus) e.node = make_vm_dir(*vm);
-            out.push_back(std::move(e));
+        if (VmSet* set = fs_.find_node(node_)) {
+            for (Vm* vm : set->list())
+                out.push_back(DirEntry{vm->name(), S_IFDIR, plus ? make_vm_dir(*vm) : nullptr});
         }
+        out.push_back(
+            DirEntry{".cloudvmi", S_IFDIR, plus ? make_node_info_dir(fs_, node_) : nullptr});
         return out;
     }
 
   private:
+    Filesystem& fs_;
+    std::string node_;
+};
+
+class NodeInfoDir final : public Node {
+  public:
+    NodeInfoDir(Filesystem& fs, std::string node) : fs_(fs), node_(std::move(node)) {}
+    std::string key() const override { return "ni:" + node_; }
+    ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
+    ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
+        if (name == "status") return status_file();
+        return make_error(ENOENT, name);
+    }
+    ErrorOr<std::vector<DirEntry>> readdir(bool plus, const Caller&) override {
+        return std::vector<DirEntry>{DirEntry{"status", S_IFREG, plus ? status_file() : nullptr}};
+    }
+
+  private:
+    std::shared_ptr<Node> status_file() const {
+        return make_text_file("ni:" + node_ + "/status",
+                              [&fs = fs_, node = node_] { return fs.node_status(node); });
+    }
+
     Filesystem& fs_;
     std::string node_;
 };
@@ -58,6 +89,10 @@ std::shared_ptr<Node> make_root_dir(Filesystem& fs) {
 
 std::shared_ptr<Node> make_node_dir(Filesystem& fs, const std::string& node) {
     return std::make_shared<NodeDir>(fs, node);
+}
+
+std::shared_ptr<Node> make_node_info_dir(Filesystem& fs, const std::string& node) {
+    return std::make_shared<NodeInfoDir>(fs, node);
 }
 
 }  // namespace cloudvmi::fs

@@ -7,7 +7,7 @@ PACKAGES="
 build-essential cmake pkg-config
 clang-16 libclang-rt-16-dev
 libfuse3-dev fuse3
-libvirt-dev
+libvirt-dev libxml2-dev
 libyaml-cpp-dev
 nlohmann-json3-dev
 libssl-dev

@@ -197,10 +197,35 @@ TEST_CASE("Config::parse: the document must be a non-empty mapping", "[fs]") {
 }
 
 TEST_CASE("Config::parse: unknown keys are refused where they are", "[fs]") {
-    expect_error("node: n1\nnodes: n2\n", 2, "unknown key 'nodes'");
+    expect_error("node: n1\nnodez: n2\n", 2, "unknown key 'nodez'");
     expect_error("node: n1\nstate_dir: /x\nvms:\n  - name: a\n    gdb: unix:/a\n    memory: 4G\n",
                  6, "unknown key 'memory' in a VM");
     expect_error("cache:\n  proc_attr: 1\n  dentry: 2\n", 3, "unknown key 'dentry' in cache");
+}
+
+TEST_CASE("Config::parse: libvirt nodes", "[fs]") {
+    auto c = Config::parse(
+        "node: here\nvms:\n  - name: a\n    gdb: unix:/a\nnodes:\n  - name: lab\n"
+        "    uri: qemu:///system\n  - name: far\n    uri: qemu+ssh://far/system\n",
+        "t.yaml");
+    REQUIRE(c);
+    REQUIRE(c->nodes.size() == 2);
+    CHECK(c->nodes[0].name == "lab");
+    CHECK(c->nodes[0].uri == "qemu:///system");
+    CHECK(c->nodes[1].uri == "qemu+ssh://far/system");
+    expect_error("nodes: lab\n", 1, "'nodes' must be a list");
+    expect_error("nodes:\n  - name: lab\n", 2, "needs 'name' and 'uri'");
+    expect_error("nodes:\n  - name: lab\n    uri: test:///default\n    ssh: x\n", 4,
+                 "unknown key 'ssh' in a node");
+    expect_error("nodes:\n  - name: a/b\n    uri: test:///default\n", 2, "not usable");
+    expect_error("nodes:\n  - name: .cloudvmi\n    uri: test:///default\n", 2, "not usable");
+    expect_error("nodes:\n  - name: x\n    uri: ''\n", 3, "libvirt URI");
+    expect_error("nodes:\n  - name: x\n    uri: a\n  - name: x\n    uri: b\n", 4, "used twice");
+    // The hand-listed VMs are a node too.
+    expect_error(
+        "node: h\nvms:\n  - name: a\n    gdb: unix:/a\nnodes:\n  - name: h\n"
+        "    uri: test:///default\n",
+        6, "used twice");
 }
 
 TEST_CASE("Config::parse: a VM needs a name and a gdb endpoint", "[fs]") {

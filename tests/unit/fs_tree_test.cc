@@ -268,15 +268,15 @@ TEST_CASE("Filesystem: the root and the node directory", "[fs]") {
         CHECK(plus[0].node->key() == node->key());
         check_dir_attr(*plus[0].node);
     }
-    SECTION("node readdir lists the VMs in configuration order") {
+    SECTION("node readdir lists the VMs by name, then the node's .cloudvmi") {
         auto plain = ok(node->readdir(false, kRootCaller));
-        REQUIRE(names_of(plain) == std::vector<std::string>{"vm-a", "vm-b"});
+        REQUIRE(names_of(plain) == std::vector<std::string>{"vm-a", "vm-b", ".cloudvmi"});
         for (const auto& e : plain) {
             CHECK(e.type == S_IFDIR);
             CHECK(e.node == nullptr);
         }
         auto plus = ok(node->readdir(true, kRootCaller));
-        REQUIRE(names_of(plus) == std::vector<std::string>{"vm-a", "vm-b"});
+        REQUIRE(names_of(plus) == std::vector<std::string>{"vm-a", "vm-b", ".cloudvmi"});
         for (const auto& e : plus) {
             REQUIRE(e.node != nullptr);
             CHECK(e.node->key() == ok(node->lookup(e.name))->key());
@@ -285,6 +285,15 @@ TEST_CASE("Filesystem: the root and the node directory", "[fs]") {
         CHECK(err_of(node->lookup("vm-c")) == ENOENT);
         CHECK(err_of(node->lookup("proc")) == ENOENT);
         CHECK(err_of(node->lookup("")) == ENOENT);
+    }
+    SECTION("the node's .cloudvmi/status says what the node is") {
+        auto info = ok(node->lookup(".cloudvmi"));
+        auto status = ok(info->lookup("status"));
+        auto h = ok(status->open(O_RDONLY, kRootCaller));
+        auto text = ok(h->read(4096, 0));
+        std::string s(text.begin(), text.end());
+        CHECK_THAT(s, Contains("node: n1\nkind: listed\nstate: connected\nvms: 2\n"));
+        CHECK(err_of(info->lookup("nope")) == ENOENT);
     }
 }
 
@@ -580,7 +589,7 @@ TEST_CASE("Filesystem: every node refuses changes with EACCES", "[fs]") {
 
 TEST_CASE("Filesystem::find_vm and shutdown", "[fs]") {
     Tree t;
-    REQUIRE(t.fs.vms().size() == 2);
+    REQUIRE(t.fs.all_vms().size() == 2);
     Vm* a = t.fs.find_vm("vm-a");
     Vm* b = t.fs.find_vm("vm-b");
     REQUIRE(a != nullptr);
@@ -589,7 +598,7 @@ TEST_CASE("Filesystem::find_vm and shutdown", "[fs]") {
     CHECK(a->name() == "vm-a");
     CHECK(a->node() == "n1");
     CHECK(b->config().gdb == "unix:/nonexistent/b.gdb");
-    CHECK(a == t.fs.vms()[0].get());
+    CHECK(a == t.fs.all_vms()[0]);
     CHECK(t.fs.find_vm("vm-c") == nullptr);
     CHECK(t.fs.find_vm("") == nullptr);
     CHECK(t.fs.find_vm("VM-A") == nullptr);

@@ -1,0 +1,52 @@
+// A libvirt node of the mount: its inventory (nodes/libvirt_node.h) and the VM set that
+// follows it, /vmi/<node>/.
+//
+// Each listing that changes something updates the set and tells the mount which names
+// came and went, so that the kernel forgets what it cached about them. A domain's VM
+// connects to the gdbstub its XML declares, and learns whether its owner paused it from
+// the domain's -qmp socket when the XML declares one for cloudvmi, else from libvirt's
+// view (a pause whose reason libvirt does not know, as our own gdbstub stops show, is
+// never taken for the owner's).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "fs/config.h"
+#include "fs/vm_set.h"
+#include "nodes/libvirt_node.h"
+
+namespace cloudvmi::fs {
+
+class CloudNode {
+  public:
+    // Told the names that appeared or disappeared under /vmi/<node>/.
+    using Changed = std::function<void(const std::string& node, const VmSet::Change&)>;
+
+    CloudNode(const NodeConfig& config, SessionOptions base, VmSet::Prepare prepare,
+              Changed changed);
+    ~CloudNode();
+
+    VmSet& vms() { return vms_; }
+    const NodeConfig& config() const { return config_; }
+    nodes::NodeStatus status() const;
+    // Waits (bounded) for the inventory's first answer, so a mount shows the node's VMs
+    // from its first `ls`.
+    void wait_for_first_listing(Deadline deadline) const;
+
+  private:
+    void on_listing(const std::vector<nodes::DomainInfo>& domains);
+
+    NodeConfig config_;
+    SessionOptions base_;
+    Changed changed_;
+    std::mutex listener_mutex_;  // taken by on_listing; closing_ set under it
+    bool closing_ = false;
+    VmSet vms_;
+    std::unique_ptr<nodes::LibvirtNode> inventory_;  // after vms_: stopped first
+};
+
+}  // namespace cloudvmi::fs

@@ -1,0 +1,63 @@
+// The VMs of a node directory as they come and go (fs/vm_set.h).
+#include <catch2/catch.hpp>
+
+#include "fs/vm_set.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::fs;
+
+namespace {
+
+VmSpec spec(const std::string& name, const std::string& gdb) {
+    VmSpec s;
+    s.config.name = name;
+    s.config.gdb = gdb;
+    s.options.attach_timeout = Millis(200);
+    return s;
+}
+
+std::vector<std::string> names(const VmSet& set) {
+    std::vector<std::string> out;
+    for (Vm* vm : set.list())
+        out.push_back(vm->name());
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("VmSet: VMs appear, disappear and are replaced when their sockets change", "[fs]") {
+    int prepared = 0;
+    VmSet set("lab", [&](Vm& vm) {
+        ++prepared;
+        CHECK(vm.node() == "lab");
+    });
+    auto c = set.update({spec("b", "unix:/nonexistent/b"), spec("a", "unix:/nonexistent/a")});
+    CHECK(c.added == std::vector<std::string>{"a", "b"});
+    CHECK(c.removed.empty());
+    CHECK(names(set) == std::vector<std::string>{"a", "b"});
+    CHECK(prepared == 2);
+    Vm* a = set.find("a");
+    REQUIRE(a != nullptr);
+
+    // The same again: nothing changes, the same objects serve.
+    CHECK(set.update({spec("a", "unix:/nonexistent/a"), spec("b", "unix:/nonexistent/b")}).empty());
+    CHECK(set.find("a") == a);
+
+    // a goes: retired, still a valid object for whoever holds it; its queue is closed.
+    c = set.update({spec("b", "unix:/nonexistent/b")});
+    CHECK(c.removed == std::vector<std::string>{"a"});
+    CHECK(set.find("a") == nullptr);
+    CHECK(a->name() == "a");
+    CHECK(names(set) == std::vector<std::string>{"b"});
+
+    // a comes back: a new VM. b's socket moved: b is replaced.
+    c = set.update({spec("a", "unix:/nonexistent/a"), spec("b", "unix:/nonexistent/b2")});
+    CHECK(c.added == std::vector<std::string>{"a", "b"});
+    CHECK(c.removed == std::vector<std::string>{"b"});
+    CHECK(set.find("a") != a);
+    CHECK(set.find("b")->config().gdb == "unix:/nonexistent/b2");
+    int all = 0;
+    set.for_each([&](Vm&) { ++all; });
+    CHECK(all == 4);  // two live, two retired
+    CHECK(prepared == 4);
+}
