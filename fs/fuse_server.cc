@@ -28,6 +28,7 @@
 #include "common/strings.h"
 #include "fs/filesystem.h"
 #include "fs/fuse_errno.h"
+#include "fs/mount_watch.h"
 #include "redirector/session/guest_session.h"
 
 namespace cloudvmi::fs {
@@ -684,6 +685,23 @@ CloudNode::Changed kernel_forgets_vms(fuse_session* se, Filesystem& fs) {
     };
 }
 
+// The mount is gone from our namespace while a copy elsewhere keeps the connection (see
+// fs/mount_watch.h): the loop is told to end, and its thread woken from its wait by a
+// signal whose handler does nothing (the loop then cancels its workers).
+void end_loop_after_unmount(fuse_session* se, pthread_t loop_thread, const std::string& mnt) {
+    LOG_WARN(
+        "%s was unmounted here, but another mount namespace still holds a copy of the mount "
+        "(a QEMU started while it was mounted, on a host whose / is not a shared mount); "
+        "ending anyway",
+        mnt.c_str());
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR2, &sa, nullptr);
+    fuse_session_exit(se);
+    pthread_kill(loop_thread, SIGUSR2);
+}
+
 // Set by SIGHUP; the reaper thread reloads the policy (no work in a signal handler).
 std::atomic<bool> g_reload_requested{false};
 
@@ -736,9 +754,11 @@ int serve_mount(const Config& config, const MountSettings& settings,
         return 2;
     }
     int rc = 1;
+    std::string resolved = resolve_mountpoint(mountpoint);
     if (fuse_set_signal_handlers(se) == 0) {
         take_over_sighup();
         if (fuse_session_mount(se, mountpoint.c_str()) == 0) {
+            MountWatch watch(resolved);
             // In the background stderr becomes /dev/null: the log goes to the state directory.
             if (!opts.foreground) {
                 std::string log_path = config.state_dir + "/cloudvmi.log";
@@ -758,10 +778,15 @@ int serve_mount(const Config& config, const MountSettings& settings,
                 holder.fs = fs.get();
                 fs->start_nodes(kernel_forgets_vms(se, *fs), kFirstListingWait);
                 std::atomic<bool> stop{false};
+                pthread_t loop_thread = pthread_self();
                 std::thread reaper([&] {
-                    while (!stop) {
+                    for (unsigned tick = 1; !stop; ++tick) {
                         if (g_reload_requested.exchange(false)) fs->policies().reload();
                         fs->reap_queues();
+                        if (tick % 10 == 0 && watch.gone()) {
+                            end_loop_after_unmount(se, loop_thread, mountpoint);
+                            break;
+                        }
                         std::this_thread::sleep_for(Millis(100));
                     }
                 });

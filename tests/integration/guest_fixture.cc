@@ -40,16 +40,17 @@ bool executable(const std::string& path) {
     return ::access(path.c_str(), X_OK) == 0;
 }
 
+}  // namespace
+
 std::string find_in_path(const std::string& prog) {
-    std::string path = env_or("PATH", "/usr/bin:/bin");
+    // Daemons live in sbin, which a non-login PATH may lack.
+    std::string path = env_or("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin";
     for (auto dir : split(path, ':')) {
         std::string candidate = std::string(dir) + "/" + prog;
         if (executable(candidate)) return candidate;
     }
     return "";
 }
-
-}  // namespace
 
 std::string GuestConfig::describe() const {
     return strformat("%s image, %s %s kernel, %d vCPU%s, cmdline '%s'", image.c_str(),

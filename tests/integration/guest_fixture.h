@@ -145,6 +145,8 @@ std::vector<pid_t> guardians_of(const std::string& state_dir);
 // A direct connection to the guest's gdbstub (the VM stopped), for tests below the
 // session; REQUIREs success.
 std::unique_ptr<GdbstubAccess> attach_stub(const TestGuest& guest);
+// A program's path from PATH (and the sbin directories); "" if there is none.
+std::string find_in_path(const std::string& prog);
 // A whole host file ("" if it cannot be read).
 std::string read_whole_file(const std::string& path);
 // `s` without trailing newlines and spaces.

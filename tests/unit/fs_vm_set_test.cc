@@ -1,6 +1,7 @@
 // The VMs of a node directory as they come and go (fs/vm_set.h).
 #include <catch2/catch.hpp>
 
+#include "fs/mount_watch.h"
 #include "fs/vm_set.h"
 
 using namespace cloudvmi;
@@ -60,4 +61,26 @@ TEST_CASE("VmSet: VMs appear, disappear and are replaced when their sockets chan
     set.for_each([&](Vm&) { ++all; });
     CHECK(all == 4);  // two live, two retired
     CHECK(prepared == 4);
+}
+
+TEST_CASE("mountinfo lines: device and unescaped mount point", "[fs]") {
+    std::string device, point;
+    REQUIRE(parse_mountinfo_line(
+        "36 35 0:52 / /tmp/with\\040space/vmi rw,nosuid,nodev - fuse cloudvmi rw", device, point));
+    CHECK(device == "0:52");
+    CHECK(point == "/tmp/with space/vmi");
+    REQUIRE(parse_mountinfo_line("22 27 0:21 / /proc rw,relatime - proc proc rw", device, point));
+    CHECK(point == "/proc");
+    CHECK_FALSE(parse_mountinfo_line("garbage", device, point));
+    CHECK_FALSE(parse_mountinfo_line("1 2 nodevice / /x", device, point));
+    // A trailing backslash without its three digits stays as it is.
+    REQUIRE(parse_mountinfo_line("1 2 0:1 / /x\\04", device, point));
+    CHECK(point == "/x\\04");
+    // The watch of a path nothing is mounted on never reports a mount gone.
+    MountWatch nothing("/nonexistent/cloudvmi");
+    CHECK_FALSE(nothing.watching());
+    CHECK_FALSE(nothing.gone());
+    MountWatch proc("/proc");
+    CHECK(proc.watching());
+    CHECK_FALSE(proc.gone());
 }
