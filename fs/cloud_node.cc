@@ -1,5 +1,7 @@
 #include "fs/cloud_node.h"
 
+#include "common/log.h"
+#include "nodes/domain_gdbserver.h"
 #include "redirector/guest/vm_run_state.h"
 
 namespace cloudvmi::fs {
@@ -66,6 +68,20 @@ void CloudNode::wait_for_first_listing(Deadline deadline) const {
     inventory_->wait_for_generation(0, deadline);
 }
 
+void CloudNode::on_demand_stub(const nodes::DomainInfo& d, VmSpec& spec) const {
+    std::string path = config_.gdb_dir + "/cloudvmi-" + d.description.uuid + ".gdb";
+    spec.config.gdb = "unix:" + path;
+    std::string uri = config_.uri, uuid = d.description.uuid, name = d.description.name;
+    spec.options.stub.open = [uri, uuid, path]() -> ErrorOr<void> {
+        return nodes::set_domain_gdbserver(uri, uuid, "unix:" + path + ",server=on,wait=off");
+    };
+    spec.options.stub.close = [uri, uuid, name] {
+        if (auto r = nodes::set_domain_gdbserver(uri, uuid, "none"); !r)
+            LOG_WARN("domain %s: closing its gdbstub: %s", name.c_str(),
+                     r.error().describe().c_str());
+    };
+}
+
 void CloudNode::on_listing(const std::vector<nodes::DomainInfo>& domains) {
     std::lock_guard lock(listener_mutex_);
     if (closing_) return;
@@ -76,6 +92,7 @@ void CloudNode::on_listing(const std::vector<nodes::DomainInfo>& domains) {
         spec.config.gdb = d.description.gdb;
         spec.config.qmp = d.description.qmp;
         spec.options = base_;
+        if (spec.config.gdb.empty() && !d.description.uuid.empty()) on_demand_stub(d, spec);
         if (spec.config.qmp.empty()) {
             const nodes::LibvirtNode* node = inventory_.get();
             std::string name = d.description.name;

@@ -1,5 +1,6 @@
 // A libvirt node of the mount: its inventory (nodes/libvirt_node.h) and the VM set that
-// follows it, /vmi/<node>/.
+// follows it, /vmi/<node>/. A domain whose XML declares no gdbstub gets one opened through
+// libvirt's monitor passthrough while a session needs it (nodes/domain_gdbserver.h).
 //
 // Each listing that changes something updates the set and tells the mount which names
 // came and went, so that the kernel forgets what it cached about them. A domain's VM
@@ -39,6 +40,9 @@ class CloudNode {
 
   private:
     void on_listing(const std::vector<nodes::DomainInfo>& domains);
+    // A domain whose XML declares no gdbstub gets one through the monitor while a session
+    // needs it, listening in gdb_dir (closed again by a clean detach).
+    void on_demand_stub(const nodes::DomainInfo& d, VmSpec& spec) const;
 
     NodeConfig config_;
     SessionOptions base_;

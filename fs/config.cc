@@ -128,7 +128,7 @@ ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string,
     if (!c.vms.empty()) names.insert(c.node);
     for (const auto& n : nodes.value) {
         if (!n.IsMap()) return bad(origin, n, "each node must be a mapping");
-        auto keys = TRY(entries(origin, n, {"name", "uri"}, "a node"));
+        auto keys = TRY(entries(origin, n, {"name", "uri", "gdb_dir"}, "a node"));
         if (!keys.count("name") || !keys.count("uri"))
             return bad(origin, n, "a node needs 'name' and 'uri'");
         NodeConfig node;
@@ -145,6 +145,13 @@ ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string,
         }
         if (node.uri.empty() || node.uri.find_first_of(" \n") != std::string::npos)
             return bad(origin, keys.at("uri").located(), "uri must be a libvirt URI or alias");
+        if (auto g = keys.find("gdb_dir"); g != keys.end()) {
+            node.gdb_dir = TRY(scalar<std::string>(origin, g->second, "gdb_dir"));
+            // QEMU's own option syntax: a comma would end the path.
+            if (!node.gdb_dir.starts_with("/") || node.gdb_dir.find(',') != std::string::npos)
+                return bad(origin, g->second.located(),
+                           "gdb_dir must be an absolute path without commas");
+        }
         c.nodes.push_back(std::move(node));
     }
     return {};

@@ -21,7 +21,8 @@
 //     root_entry: 1
 //   nodes:                       # libvirt connections: their running domains are the
 //     - name: lab                #   VMs of /vmi/lab/, kept current by libvirt's events
-//       uri: qemu:///system      #   (a domain's gdbstub: -gdb on its qemu:commandline)
+//       uri: qemu:///system      #   (a domain's gdbstub: -gdb on its qemu:commandline,
+//       gdb_dir: /var/lib/libvirt/qemu  # else one opened on demand, listening in here)
 //   vms:                         # VMs listed by hand, under /vmi/<node>/
 //     - name: web-01
 //       gdb: unix:/run/web-01.gdb
@@ -50,6 +51,9 @@ struct VmConfig {
 struct NodeConfig {
     std::string name;  // its directory in /vmi
     std::string uri;   // libvirt connection URI (or a uri_aliases name)
+    // Where a gdbstub opened on demand listens (domains whose XML declares none): a
+    // directory QEMU's user may write in.
+    std::string gdb_dir = "/var/lib/libvirt/qemu";
 };
 
 struct CacheConfig {

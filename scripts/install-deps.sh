@@ -8,6 +8,7 @@ build-essential cmake pkg-config
 clang-16 libclang-rt-16-dev
 libfuse3-dev fuse3
 libvirt-dev libxml2-dev
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 libyaml-cpp-dev
 nlohmann-json3-dev
 libssl-dev
@@ -38,11 +39,19 @@ done
 
 if [ -z "$missing" ]; then
     echo "install-deps: all packages present"
-    exit 0
+else
+    echo "install-deps: installing:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    # shellcheck disable=SC2086
+    apt-get install -y --no-install-recommends $missing
 fi
 
-echo "install-deps: installing:$missing"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update
-# shellcheck disable=SC2086
-apt-get install -y --no-install-recommends $missing
+# The user libvirt's qemu driver runs QEMU as. Debian's libvirt-daemon-system creates it,
+# but that package brings systemd as init; the tests start libvirtd by hand instead.
+if ! getent passwd libvirt-qemu >/dev/null; then
+    echo "install-deps: creating the libvirt-qemu system user"
+    getent group libvirt-qemu >/dev/null || addgroup --system libvirt-qemu
+    adduser --system --ingroup libvirt-qemu --no-create-home --home /var/lib/libvirt \
+        --shell /usr/sbin/nologin libvirt-qemu
+fi

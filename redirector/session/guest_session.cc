@@ -171,6 +171,11 @@ ErrorOr<void> GuestSession::attach_locked() {
 
     auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
     if (!endpoint) return fail(endpoint.error());
+    if (options_.stub.open) {
+        if (auto opened = options_.stub.open(); !opened)
+            return fail(opened.error().with_context("opening a gdbstub in the VM"));
+        stub_opened_ = true;
+    }
     auto access = connect_locked(*endpoint);
     if (!access) {
         // QEMU stops the VM when it takes a stub connection, even one we gave up on.
@@ -731,6 +736,8 @@ ErrorOr<void> GuestSession::detach_locked() {
         guest_.reset();
     }
     if (log_) log_->commit();
+    if (stub_opened_ && options_.stub.close) options_.stub.close();
+    stub_opened_ = false;
     owner_view_.reset();  // its socket serves one client: free it for others
     release_lock_and_guardian_locked();
     update_status([](SessionStatus& st) {

@@ -49,9 +49,18 @@ using GuestConnector =
 // Opens the owner's view of the VM's run state (tests: a fake).
 using RunStateConnector = std::function<ErrorOr<std::unique_ptr<VmRunStateSource>>()>;
 
+// A gdbstub the VM opens on request (libvirt: through its monitor) and closes again.
+struct StubOpener {
+    std::function<ErrorOr<void>()> open;  // before each attach; the endpoint then listens
+    std::function<void()> close;          // after a clean detach
+};
+
 struct SessionOptions {
     std::string gdb_endpoint;  // "unix:/path" or "tcp:host:port"
     GuestConnector connect;    // empty: GdbstubAccess::attach with `client`
+    // Set when the stub at gdb_endpoint exists only while a session needs it. After a
+    // crash it stays open: the guardian and the next attach reach the VM through it.
+    StubOpener stub;
     // A QMP socket of the VM's QEMU for cloudvmi alone. With it, a VM paused by anyone else
     // is never attached to nor resumed, and its requests fail at once; without it, only a
     // pause that happens while cloudvmi has the VM running is seen (through the stub).
@@ -185,6 +194,7 @@ class GuestSession {
     // A session of ours failed while talking to the stub: a "paused" VM at the next attach
     // may be our own late interrupt's doing (QEMU pauses, as for an owner's stop).
     bool own_pause_possible_ = false;
+    bool stub_opened_ = false;  // options_.stub.open() succeeded; closed by a clean detach
     // The last failure to make a shadow, repeated until shadow_retry_after_.
     static constexpr Millis kShadowRetryPause{1000};
     std::optional<Error> last_shadow_failure_;

@@ -174,6 +174,10 @@ bool TestLibvirtd::wait_ready(const std::string& name, int timeout_ms) const {
     return false;
 }
 
+std::string TestLibvirtd::uuid(const std::string& name) const {
+    return trimmed(virsh({"domuuid", name}).out);
+}
+
 std::string TestLibvirtd::state(const std::string& name) const {
     return trimmed(virsh({"domstate", name, "--reason"}).out);
 }

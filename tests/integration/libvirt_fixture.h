@@ -37,6 +37,9 @@ class TestLibvirtd {
     // virsh define then start (a persistent domain, undefined at the end).
     void define_and_start(const std::string& name);
     std::string gdb_socket(const std::string& name) const { return sock_ + "/" + name + ".gdb"; }
+    // A directory QEMU (as libvirt-qemu) may make sockets in: the node's gdb_dir.
+    const std::string& socket_dir() const { return sock_; }
+    std::string uuid(const std::string& name) const;  // virsh domuuid
     std::string serial(const std::string& name) const { return sock_ + "/" + name + ".serial"; }
     // Waits until the guest printed its ready line (its init is up).
     bool wait_ready(const std::string& name, int timeout_ms) const;

@@ -59,17 +59,18 @@ TEST_CASE("libvirt node: domains appear, serve, go, and a suspended one stays su
     TestLibvirtd libvirt;
     libvirt.create("cvmi-a");
     libvirt.create("cvmi-b");
-    TestMount m(WholeConfig{
-        "node: here\nstate_dir: " + make_temp_dir("cloudvmi-lv-state") +
-        "\nrequest_timeout_ms: 10000\nnodes:\n  - name: lab\n    uri: " + libvirt.uri() + "\n"});
+    libvirt.create("cvmi-d", false);  // no gdbstub in its XML: one is opened on demand
+    TestMount m(WholeConfig{"node: here\nstate_dir: " + make_temp_dir("cloudvmi-lv-state") +
+                            "\nrequest_timeout_ms: 10000\nnodes:\n  - name: lab\n    uri: " +
+                            libvirt.uri() + "\n    gdb_dir: " + libvirt.socket_dir() + "\n"});
     std::string lab = m.mnt + "/lab";
     INFO("mount log:\n" << m.log());
     // Both running domains, from the first ls; no hand-listed node.
     CHECK(listing(m.mnt) == std::set<std::string>{"lab", ".cloudvmi"});
-    CHECK(listing(lab) == std::set<std::string>{"cvmi-a", "cvmi-b", ".cloudvmi"});
+    CHECK(listing(lab) == std::set<std::string>{"cvmi-a", "cvmi-b", "cvmi-d", ".cloudvmi"});
     std::string status = read_whole_file(lab + "/.cloudvmi/status");
     CHECK(status.find("state: connected\n") != std::string::npos);
-    CHECK(status.find("vms: 2\n") != std::string::npos);
+    CHECK(status.find("vms: 3\n") != std::string::npos);
     CHECK(read_whole_file(m.mnt + "/.cloudvmi/nodes").find("node: lab\n") != std::string::npos);
 
     // Each serves its own guest, through the gdbstub its XML declares.
@@ -81,6 +82,16 @@ TEST_CASE("libvirt node: domains appear, serve, go, and a suspended one stays su
         CHECK(r.status == 0);
         CHECK(trimmed(r.out) == d);
     }
+
+    // The domain without a gdbstub gets one through the monitor for the session, in the
+    // node's gdb_dir; a clean detach (the unmount, below) closes it.
+    std::string on_demand = libvirt.socket_dir() + "/cloudvmi-" + libvirt.uuid("cvmi-d") + ".gdb";
+    CHECK_FALSE(exists(on_demand));
+    REQUIRE(libvirt.wait_ready("cvmi-d", 120000));
+    auto d = cat_until_ok(lab + "/cvmi-d/root/etc/hostname");
+    INFO(d.err);
+    CHECK(trimmed(d.out) == "cvmi-d");
+    CHECK(exists(on_demand));
 
     // Started during the test (a persistent domain): appears without a remount.
     libvirt.define_and_start("cvmi-c");
@@ -110,7 +121,9 @@ TEST_CASE("libvirt node: domains appear, serve, go, and a suspended one stays su
     CHECK(again.status == 0);
 
     CHECK(m.unmount());
+    CHECK_FALSE(exists(on_demand));  // "gdbserver none": QEMU closed and removed it
     // Detaching left every domain running.
     CHECK(libvirt.state("cvmi-a").starts_with("running"));
     CHECK(libvirt.state("cvmi-c").starts_with("running"));
+    CHECK(libvirt.state("cvmi-d").starts_with("running"));
 }

@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "nodes/domain_gdbserver.h"
+
 using namespace cloudvmi;
 using namespace cloudvmi::nodes;
 
@@ -90,4 +92,17 @@ TEST_CASE("domain XML: chardev addresses as endpoints", "[nodes]") {
     CHECK(endpoint_from_chardev("tcp:host:") == "");
     CHECK(endpoint_from_chardev("stdio") == "");
     CHECK(endpoint_from_chardev("") == "");
+}
+
+TEST_CASE("gdbserver through the monitor: QEMU's reply decides, not libvirt's status", "[nodes]") {
+    CHECK(check_gdbserver_reply("unix:/s,server=on,wait=off",
+                                "Waiting for gdb connection on device 'unix:/s,server=on'\r\n"));
+    CHECK(check_gdbserver_reply("none", "Disabled gdbserver\r\n"));
+    auto refused = check_gdbserver_reply("unix:/nope/s,server=on",
+                                         "Could not open gdbserver on device 'unix:/nope/s'\r\n");
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code() == EIO);
+    CHECK(refused.error().message().find("Could not open gdbserver") != std::string::npos);
+    CHECK_FALSE(check_gdbserver_reply("unix:/s", ""));
+    CHECK_FALSE(check_gdbserver_reply("none", "Waiting for gdb connection on device 'none'"));
 }

@@ -213,6 +213,13 @@ TEST_CASE("Config::parse: libvirt nodes", "[fs]") {
     CHECK(c->nodes[0].name == "lab");
     CHECK(c->nodes[0].uri == "qemu:///system");
     CHECK(c->nodes[1].uri == "qemu+ssh://far/system");
+    CHECK(c->nodes[0].gdb_dir == "/var/lib/libvirt/qemu");
+    auto g = Config::parse("nodes:\n  - name: lab\n    uri: test:///default\n    gdb_dir: /run/g\n",
+                           "t.yaml");
+    REQUIRE(g);
+    CHECK(g->nodes[0].gdb_dir == "/run/g");
+    expect_error("nodes:\n  - name: x\n    uri: a\n    gdb_dir: rel\n", 4, "absolute path");
+    expect_error("nodes:\n  - name: x\n    uri: a\n    gdb_dir: /a,b\n", 4, "without commas");
     expect_error("nodes: lab\n", 1, "'nodes' must be a list");
     expect_error("nodes:\n  - name: lab\n", 2, "needs 'name' and 'uri'");
     expect_error("nodes:\n  - name: lab\n    uri: test:///default\n    ssh: x\n", 4,
