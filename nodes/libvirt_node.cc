@@ -107,9 +107,10 @@ struct CallbackTarget {
 
 struct LibvirtNode::Connection {
     virConnectPtr conn = nullptr;
-    int lifecycle_id = -1;
+    int lifecycle_id = -1;  // its opaque is libvirt's to free (free_target)
     bool close_registered = false;
     std::shared_ptr<CallbackTarget> target;
+    std::unique_ptr<std::shared_ptr<CallbackTarget>> close_opaque;
 };
 
 namespace {
@@ -212,14 +213,20 @@ ErrorOr<void> LibvirtNode::connect_locked(std::unique_lock<std::mutex>& lock) {
         // Not every driver has keepalive (local ones do not need it).
         (void)virConnectSetKeepAlive(conn.conn, options_.keepalive_interval,
                                      options_.keepalive_count);
+        // The close callback's opaque stays ours (libvirt 9 does not free it on unregister):
+        // freed after the connection is closed, when no callback can run any more.
+        conn.close_opaque = std::make_unique<std::shared_ptr<CallbackTarget>>(conn.target);
         conn.close_registered =
-            virConnectRegisterCloseCallback(conn.conn, close_callback, new_opaque(conn.target),
-                                            free_target) == 0;
+            virConnectRegisterCloseCallback(conn.conn, close_callback, conn.close_opaque.get(),
+                                            nullptr) == 0;
+        void* lifecycle_opaque = new_opaque(conn.target);
         conn.lifecycle_id = virConnectDomainEventRegisterAny(
             conn.conn, nullptr, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            VIR_DOMAIN_EVENT_CALLBACK(lifecycle_callback), new_opaque(conn.target), free_target);
-        if (conn.lifecycle_id < 0)
+            VIR_DOMAIN_EVENT_CALLBACK(lifecycle_callback), lifecycle_opaque, free_target);
+        if (conn.lifecycle_id < 0) {
+            free_target(lifecycle_opaque);
             result = std::unexpected(libvirt_error(EIO, "subscribing to domain events"));
+        }
     }
     if (!result) disconnect();
     lock.lock();
