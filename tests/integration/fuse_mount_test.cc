@@ -167,7 +167,9 @@ TEST_CASE("the tree lists the node and both VMs", "[fuse]") {
     CHECK(nodes == std::vector<std::string>{".cloudvmi", kNode});  // the mount's own files
     auto vms = names_in(m.mountpoint() + "/" + kNode);
     std::sort(vms.begin(), vms.end());
-    CHECK(vms == std::vector<std::string>{"vm-a", "vm-b"});
+    CHECK(vms == std::vector<std::string>{".cloudvmi", "vm-a", "vm-b"});  // the node's own
+    std::string node_status = read_whole_file(m.mountpoint() + "/" + kNode + "/.cloudvmi/status");
+    CHECK(node_status.find("kind: listed\nstate: connected\nvms: 2\n") != std::string::npos);
     auto inside = names_in(m.vm("vm-a"));
     std::sort(inside.begin(), inside.end());
     CHECK(inside == std::vector<std::string>{".cloudvmi", "ctl", "proc", "root", "sys"});
