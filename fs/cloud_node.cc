@@ -11,13 +11,20 @@ namespace {
 // Whether a domain's owner stopped it, from libvirt's view of the domain.
 class LibvirtRunState final : public VmRunStateSource {
   public:
-    LibvirtRunState(const nodes::LibvirtNode& node, std::string domain)
-        : node_(node), domain_(std::move(domain)) {}
-    std::string describe() const override {
-        return "libvirt " + node_.options().uri + " domain " + domain_;
-    }
+    LibvirtRunState(std::weak_ptr<const nodes::LibvirtNode> node, std::string uri,
+                    std::string domain)
+        : node_(std::move(node)), uri_(std::move(uri)), domain_(std::move(domain)) {}
+    std::string describe() const override { return "libvirt " + uri_ + " domain " + domain_; }
     ErrorOr<VmRunState> current(Deadline) override {
-        for (const auto& d : node_.domains()) {
+        auto node = node_.lock();
+        if (!node) return make_error(ESHUTDOWN, "the node's inventory has ended");
+        // An old listing would say "running" for a domain its owner paused meanwhile.
+        if (node->status().state != nodes::NodeState::kConnected) {
+            return std::unexpected(Error::unavailable(
+                EAGAIN, "libvirt at " + uri_ + " is not connected: the run state of " + domain_ +
+                            " is unknown"));
+        }
+        for (const auto& d : node->domains()) {
             if (d.description.name != domain_) continue;
             if (d.state == "running" || d.state == "blocked") return VmRunState{true, "running"};
             // Our own gdbstub stops reach libvirt as STOP events it cannot explain.
@@ -31,7 +38,8 @@ class LibvirtRunState final : public VmRunStateSource {
     }
 
   private:
-    const nodes::LibvirtNode& node_;
+    std::weak_ptr<const nodes::LibvirtNode> node_;
+    std::string uri_;
     std::string domain_;
 };
 
@@ -45,27 +53,57 @@ CloudNode::CloudNode(const NodeConfig& config, SessionOptions base, VmSet::Prepa
       vms_(config.name, std::move(prepare)) {
     // The first listing may come before start() returns: on_listing waits for this lock.
     std::lock_guard lock(listener_mutex_);
+    std::lock_guard inventory_lock(inventory_mutex_);
     inventory_ = nodes::LibvirtNode::start(
         nodes::NodeOptions{.name = config.name, .uri = config.uri},
         [this](const std::vector<nodes::DomainInfo>& domains) { on_listing(domains); });
 }
 
 CloudNode::~CloudNode() {
+    stop();
+}
+
+void CloudNode::stop() {
     {
         std::lock_guard lock(listener_mutex_);
+        if (closing_) return;
         closing_ = true;
     }
     // The VMs end while the inventory still answers their run-state questions.
     vms_.shutdown();
-    inventory_.reset();
+    std::shared_ptr<nodes::LibvirtNode> inventory;
+    {
+        std::lock_guard lock(inventory_mutex_);
+        inventory = std::move(inventory_);
+        if (inventory) final_status_ = inventory->status();
+    }
+    inventory.reset();  // joins its thread, outside the lock
 }
 
 nodes::NodeStatus CloudNode::status() const {
-    return inventory_->status();
+    std::lock_guard lock(inventory_mutex_);
+    return inventory_ ? inventory_->status() : final_status_;
 }
 
 void CloudNode::wait_for_first_listing(Deadline deadline) const {
-    inventory_->wait_for_generation(0, deadline);
+    std::shared_ptr<nodes::LibvirtNode> inventory;
+    {
+        std::lock_guard lock(inventory_mutex_);
+        inventory = inventory_;
+    }
+    if (inventory) inventory->wait_for_generation(0, deadline);
+}
+
+void CloudNode::refuse_remote(VmSpec& spec) const {
+    // The sockets its XML names are on that host; one of ours by the same name would be
+    // another VM. Listed, never attached to.
+    spec.config.gdb = "unix:/nonexistent/remote-domain";
+    spec.config.qmp.clear();
+    std::string uri = config_.uri;
+    spec.options.stub.open = [uri]() -> ErrorOr<void> {
+        return refuse(EREMOTE, "the domain runs on the host of " + uri +
+                                   "; its gdbstub is reachable only there");
+    };
 }
 
 void CloudNode::on_demand_stub(const nodes::DomainInfo& d, VmSpec& spec) const {
@@ -85,6 +123,12 @@ void CloudNode::on_demand_stub(const nodes::DomainInfo& d, VmSpec& spec) const {
 void CloudNode::on_listing(const std::vector<nodes::DomainInfo>& domains) {
     std::lock_guard lock(listener_mutex_);
     if (closing_) return;
+    std::shared_ptr<const nodes::LibvirtNode> inventory;
+    {
+        std::lock_guard inventory_lock(inventory_mutex_);
+        inventory = inventory_;
+    }
+    bool remote = inventory && inventory->status().remote;
     std::vector<VmSpec> specs;
     for (const auto& d : domains) {
         VmSpec spec;
@@ -92,13 +136,18 @@ void CloudNode::on_listing(const std::vector<nodes::DomainInfo>& domains) {
         spec.config.gdb = d.description.gdb;
         spec.config.qmp = d.description.qmp;
         spec.options = base_;
-        if (spec.config.gdb.empty() && !d.description.uuid.empty()) on_demand_stub(d, spec);
+        spec.identity = d.description.uuid + "/" + std::to_string(d.id);
+        if (remote) {
+            refuse_remote(spec);
+        } else if (spec.config.gdb.empty()) {
+            on_demand_stub(d, spec);
+        }
         if (spec.config.qmp.empty()) {
-            const nodes::LibvirtNode* node = inventory_.get();
-            std::string name = d.description.name;
-            spec.options.watch_run_state = [node,
+            std::weak_ptr<const nodes::LibvirtNode> node = inventory;
+            std::string uri = config_.uri, name = d.description.name;
+            spec.options.watch_run_state = [node, uri,
                                             name]() -> ErrorOr<std::unique_ptr<VmRunStateSource>> {
-                return std::make_unique<LibvirtRunState>(*node, name);
+                return std::make_unique<LibvirtRunState>(node, uri, name);
             };
         }
         specs.push_back(std::move(spec));

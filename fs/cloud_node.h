@@ -32,6 +32,8 @@ class CloudNode {
     ~CloudNode();
 
     VmSet& vms() { return vms_; }
+    // Ends the VMs' sessions, then the inventory; the VMs stay valid objects. Idempotent.
+    void stop();
     const NodeConfig& config() const { return config_; }
     nodes::NodeStatus status() const;
     // Waits (bounded) for the inventory's first answer, so a mount shows the node's VMs
@@ -43,14 +45,21 @@ class CloudNode {
     // A domain whose XML declares no gdbstub gets one through the monitor while a session
     // needs it, listening in gdb_dir (closed again by a clean detach).
     void on_demand_stub(const nodes::DomainInfo& d, VmSpec& spec) const;
+    // A domain of a node on another host: listed, and every request refused (EREMOTE).
+    void refuse_remote(VmSpec& spec) const;
 
     NodeConfig config_;
     SessionOptions base_;
     Changed changed_;
-    std::mutex listener_mutex_;  // taken by on_listing; closing_ set under it
+    // Lock order: listener_mutex_ before inventory_mutex_. listener_mutex_ is held through
+    // a whole listing update (detaches may take seconds); inventory_mutex_ is a leaf.
+    mutable std::mutex listener_mutex_;  // taken by on_listing; closing_ set under it
     bool closing_ = false;
+    mutable std::mutex inventory_mutex_;  // guards inventory_ and final_status_
+    nodes::NodeStatus final_status_;      // what status() says once stopped
     VmSet vms_;
-    std::unique_ptr<nodes::LibvirtNode> inventory_;  // after vms_: stopped first
+    // Shared with the VMs' run-state views (weakly): a view outliving it says so.
+    std::shared_ptr<nodes::LibvirtNode> inventory_;
 };
 
 }  // namespace cloudvmi::fs

@@ -141,7 +141,10 @@ void Filesystem::reap_queues() {
 void Filesystem::shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
-    clouds_.clear();  // each ends its VMs, then its inventory
+    // Stopped, not freed: node objects the kernel still names refer to the VMs until the
+    // Filesystem goes.
+    for (const auto& c : clouds_)
+        c->stop();
     if (listed_) listed_->shutdown();
     LOG_INFO("all guests detached");
 }

@@ -686,9 +686,9 @@ CloudNode::Changed kernel_forgets_vms(fuse_session* se, Filesystem& fs) {
 }
 
 // The mount is gone from our namespace while a copy elsewhere keeps the connection (see
-// fs/mount_watch.h): the loop is told to end, and its thread woken from its wait by a
-// signal whose handler does nothing (the loop then cancels its workers).
-void end_loop_after_unmount(fuse_session* se, pthread_t loop_thread, const std::string& mnt) {
+// fs/mount_watch.h): the loop is told to end; the caller then wakes its thread from its
+// wait with SIGUSR2, whose handler does nothing (the loop then cancels its workers).
+void end_loop_after_unmount(fuse_session* se, const std::string& mnt) {
     LOG_WARN(
         "%s was unmounted here, but another mount namespace still holds a copy of the mount "
         "(a QEMU started while it was mounted, on a host whose / is not a shared mount); "
@@ -699,7 +699,6 @@ void end_loop_after_unmount(fuse_session* se, pthread_t loop_thread, const std::
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR2, &sa, nullptr);
     fuse_session_exit(se);
-    pthread_kill(loop_thread, SIGUSR2);
 }
 
 // Set by SIGHUP; the reaper thread reloads the policy (no work in a signal handler).
@@ -780,13 +779,17 @@ int serve_mount(const Config& config, const MountSettings& settings,
                 std::atomic<bool> stop{false};
                 pthread_t loop_thread = pthread_self();
                 std::thread reaper([&] {
+                    bool ending = false;
                     for (unsigned tick = 1; !stop; ++tick) {
                         if (g_reload_requested.exchange(false)) fs->policies().reload();
                         fs->reap_queues();
-                        if (tick % 10 == 0 && watch.gone()) {
-                            end_loop_after_unmount(se, loop_thread, mountpoint);
-                            break;
+                        if (!ending && tick % 10 == 0 && watch.gone()) {
+                            end_loop_after_unmount(se, mountpoint);
+                            ending = true;
                         }
+                        // Again and again: a wake-up that lands just before the loop
+                        // thread waits is lost.
+                        if (ending) pthread_kill(loop_thread, SIGUSR2);
                         std::this_thread::sleep_for(Millis(100));
                     }
                 });
@@ -796,12 +799,14 @@ int serve_mount(const Config& config, const MountSettings& settings,
                 rc = opts.singlethread ? fuse_session_loop(se) : fuse_session_loop_mt(se, loop);
                 fuse_loop_cfg_destroy(loop);
                 LOG_INFO("unmounting %s", mountpoint.c_str());
-                fs->shutdown();
                 stop = true;
-                reaper.join();
+                reaper.join();  // before the VMs end: it walks their queues
+                fs->shutdown();
                 rc = rc == 0 ? 0 : 1;
             }
-            fuse_session_unmount(se);
+            // Gone from here already: an unmount now could detach whatever was mounted on
+            // that path since.
+            if (!watch.gone()) fuse_session_unmount(se);
         }
         fuse_remove_signal_handlers(se);
     }

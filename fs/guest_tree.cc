@@ -422,7 +422,7 @@ class GuestNode final : public Node {
 
   private:
     std::string key_of(const std::string& path) const {
-        return "g:" + vm_.name() + ":" + tree_name(tree_) + ":" + path;
+        return "g:" + vm_.key() + ":" + tree_name(tree_) + ":" + path;
     }
 
     // Decides, audits and runs one change of this VM (fs/change_gate.h).
@@ -524,7 +524,7 @@ class TreeRoot final : public Node {
 
     Vm* vm() const override { return &vm_; }
     std::string key() const override {
-        return std::string("t:") + vm_.name() + ":" + tree_name(tree_);
+        return std::string("t:") + vm_.key() + ":" + tree_name(tree_);
     }
     bool local_getattr() const override { return true; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }

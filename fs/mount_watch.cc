@@ -24,13 +24,16 @@ std::string unescape(const std::string& s) {
     return out;
 }
 
+// False if mountinfo cannot be read (no fd left, no memory): then nothing is known.
 template <class F>
-void for_each_mount(F f) {
+bool for_each_mount(F f) {
     std::ifstream in("/proc/self/mountinfo");
+    if (!in) return false;
     std::string line, device, mountpoint;
     while (std::getline(in, line)) {
         if (parse_mountinfo_line(line, device, mountpoint)) f(device, mountpoint);
     }
+    return !in.bad();
 }
 
 }  // namespace
@@ -51,7 +54,7 @@ std::string resolve_mountpoint(const std::string& mountpoint) {
 
 MountWatch::MountWatch(const std::string& resolved_mountpoint) {
     // The last mount on that path is the one on top: ours.
-    for_each_mount([&](const std::string& device, const std::string& point) {
+    (void)for_each_mount([&](const std::string& device, const std::string& point) {
         if (point == resolved_mountpoint) device_ = device;
     });
 }
@@ -59,10 +62,10 @@ MountWatch::MountWatch(const std::string& resolved_mountpoint) {
 bool MountWatch::gone() const {
     if (device_.empty()) return false;
     bool found = false;
-    for_each_mount([&](const std::string& device, const std::string&) {
+    bool read = for_each_mount([&](const std::string& device, const std::string&) {
         if (device == device_) found = true;
     });
-    return !found;
+    return read && !found;
 }
 
 }  // namespace cloudvmi::fs

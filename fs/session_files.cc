@@ -179,7 +179,7 @@ class SessionFile final : public Node {
     Exposure exposure() const override {
         return spec_.kind == Kind::kKernelEntry ? Exposure::kKernelAddresses : Exposure::kGuestData;
     }
-    std::string key() const override { return "s:" + vm_.name() + ":" + spec_.name; }
+    std::string key() const override { return "s:" + vm_.key() + ":" + spec_.name; }
     ErrorOr<NodeAttr> getattr() override {
         mode_t mode = exposure() == Exposure::kKernelAddresses ? 0400 : 0444;
         return NodeAttr{synthetic_stat(S_IFREG | mode), 0};
@@ -215,7 +215,7 @@ class SessionFile final : public Node {
 class SessionDir final : public Node {
   public:
     explicit SessionDir(Vm& vm) : vm_(vm) {}
-    std::string key() const override { return "s:" + vm_.name(); }
+    std::string key() const override { return "s:" + vm_.key(); }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
         for (const auto& f : kFiles) {

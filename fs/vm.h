@@ -37,6 +37,8 @@ class Vm {
 
     const std::string& name() const { return config_.name; }
     const std::string& node() const { return node_; }
+    // Unique in the mount ("node/name": neither may contain '/'), for inode keys.
+    std::string key() const { return node_ + "/" + config_.name; }
     const VmConfig& config() const { return config_; }
     GuestSession& session() { return *session_; }
     GuestFileOps& files() { return files_; }

@@ -122,7 +122,7 @@ class KillFile final : public Node {
     explicit KillFile(Vm& vm) : vm_(vm) {}
     Vm* vm() const override { return &vm_; }
     bool local_getattr() const override { return true; }
-    std::string key() const override { return "c:" + vm_.name() + ":kill"; }
+    std::string key() const override { return "c:" + vm_.key() + ":kill"; }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFREG | 0200), 1}; }
     ErrorOr<std::unique_ptr<FileHandle>> open(int flags, const Caller&) override {
         if ((flags & O_ACCMODE) != O_WRONLY) return make_error(EACCES, "ctl/kill is write-only");
@@ -142,7 +142,7 @@ class KillFile final : public Node {
 class ControlDir final : public Node {
   public:
     explicit ControlDir(Vm& vm) : vm_(vm) {}
-    std::string key() const override { return "c:" + vm_.name(); }
+    std::string key() const override { return "c:" + vm_.key(); }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
         if (name == "kill") return std::shared_ptr<Node>(std::make_shared<KillFile>(vm_));

@@ -22,7 +22,7 @@ const Child kChildren[] = {
 class VmDir final : public Node {
   public:
     explicit VmDir(Vm& vm) : vm_(vm) {}
-    std::string key() const override { return "v:" + vm_.name(); }
+    std::string key() const override { return "v:" + vm_.key(); }
     ErrorOr<NodeAttr> getattr() override { return NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}; }
     ErrorOr<std::shared_ptr<Node>> lookup(const std::string& name) override {
         for (const auto& c : kChildren) {

@@ -16,14 +16,14 @@ VmSet::~VmSet() {
 Vm* VmSet::find(const std::string& name) const {
     std::shared_lock lock(mutex_);
     auto it = live_.find(name);
-    return it == live_.end() ? nullptr : it->second.get();
+    return it == live_.end() ? nullptr : it->second.vm.get();
 }
 
 std::vector<Vm*> VmSet::list() const {
     std::shared_lock lock(mutex_);
     std::vector<Vm*> out;
-    for (const auto& [name, vm] : live_)
-        out.push_back(vm.get());
+    for (const auto& [name, live] : live_)
+        out.push_back(live.vm.get());
     return out;
 }
 
@@ -37,16 +37,17 @@ VmSet::Change VmSet::update(const std::vector<VmSpec>& specs) {
             wanted[s.config.name] = &s;
         for (auto it = live_.begin(); it != live_.end();) {
             auto w = wanted.find(it->first);
-            const VmConfig& had = it->second->config();
+            const VmConfig& had = it->second.vm->config();
             bool same = w != wanted.end() && w->second->config.gdb == had.gdb &&
-                        w->second->config.qmp == had.qmp;
+                        w->second->config.qmp == had.qmp &&
+                        w->second->identity == it->second.identity;
             if (same) {
                 ++it;
                 continue;
             }
             change.removed.push_back(it->first);
-            leaving.push_back(it->second.get());
-            retired_.push_back(std::move(it->second));
+            leaving.push_back(it->second.vm.get());
+            retired_.push_back(std::move(it->second.vm));
             it = live_.erase(it);
         }
         for (const auto& [name, spec] : wanted) {
@@ -54,7 +55,7 @@ VmSet::Change VmSet::update(const std::vector<VmSpec>& specs) {
             auto vm = std::make_unique<Vm>(node_, spec->config, spec->options);
             if (prepare_) prepare_(*vm);
             change.added.push_back(name);
-            live_[name] = std::move(vm);
+            live_[name] = Live{std::move(vm), spec->identity};
         }
     }
     // Outside the lock: a detach may wait for the guest.
@@ -67,8 +68,8 @@ VmSet::Change VmSet::update(const std::vector<VmSpec>& specs) {
 
 void VmSet::for_each(const std::function<void(Vm&)>& f) const {
     std::shared_lock lock(mutex_);
-    for (const auto& [name, vm] : live_)
-        f(*vm);
+    for (const auto& [name, live] : live_)
+        f(*live.vm);
     for (const auto& vm : retired_)
         f(*vm);
 }
@@ -77,8 +78,8 @@ void VmSet::shutdown() {
     std::vector<Vm*> all;
     {
         std::shared_lock lock(mutex_);
-        for (const auto& [name, vm] : live_)
-            all.push_back(vm.get());
+        for (const auto& [name, live] : live_)
+            all.push_back(live.vm.get());
     }
     for (Vm* vm : all)
         vm->shutdown();

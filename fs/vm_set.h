@@ -23,6 +23,9 @@ namespace cloudvmi::fs {
 struct VmSpec {
     VmConfig config;
     SessionOptions options;  // gdb_endpoint and qmp are taken from `config`
+    // Which run of the VM this is (libvirt: uuid and domain id): a VM whose identity
+    // changed was restarted between two listings and gets a new Vm.
+    std::string identity;
 };
 
 class VmSet {
@@ -41,8 +44,8 @@ class VmSet {
         std::vector<std::string> added, removed;
         bool empty() const { return added.empty() && removed.empty(); }
     };
-    // Makes the live set `specs`: a VM whose name is new, or whose configuration changed,
-    // gets a new Vm; one no longer listed is shut down and retired.
+    // Makes the live set `specs`: a VM whose name is new, or whose configuration or
+    // identity changed, gets a new Vm; one no longer listed is shut down and retired.
     Change update(const std::vector<VmSpec>& specs);
 
     // Applies `f` to every VM, live and retired (set_gate, reap of queues).
@@ -56,7 +59,11 @@ class VmSet {
     // Lock order: mutex_ before any Vm lock; never held across a shutdown (which detaches
     // a guest and may take seconds).
     mutable std::shared_mutex mutex_;
-    std::map<std::string, std::unique_ptr<Vm>> live_;
+    struct Live {
+        std::unique_ptr<Vm> vm;
+        std::string identity;
+    };
+    std::map<std::string, Live> live_;
     std::vector<std::unique_ptr<Vm>> retired_;
 };
 

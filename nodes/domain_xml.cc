@@ -106,6 +106,12 @@ std::string endpoint_from_chardev(std::string_view address) {
 
 ErrorOr<DomainDescription> parse_domain_xml(std::string_view xml) {
     if (xml.size() > kMaxXml) return make_error(EINVAL, "domain XML larger than 4 MiB");
+    // Before node threads parse at once (libxml2's global state).
+    static const bool initialised = [] {
+        xmlInitParser();
+        return true;
+    }();
+    (void)initialised;
     std::unique_ptr<xmlDoc, DocFree> doc(
         xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "domain.xml", nullptr,
                       XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING));
@@ -116,6 +122,9 @@ ErrorOr<DomainDescription> parse_domain_xml(std::string_view xml) {
             why.pop_back();
         return make_error(EINVAL, "domain XML: " + why);
     }
+    // libvirt never writes one; its entities would be expanded into names and paths.
+    if (doc->intSubset != nullptr || doc->extSubset != nullptr)
+        return make_error(EINVAL, "domain XML: a document type declaration is not accepted");
     const xmlNode* root = xmlDocGetRootElement(doc.get());
     if (root == nullptr || !named(root, "domain"))
         return make_error(EINVAL, "domain XML: the root element is not <domain>");

@@ -3,6 +3,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <cctype>
 #include <cstdlib>
 
 #include "common/log.h"
@@ -69,10 +70,25 @@ std::string paused_reason(int reason) {
     return std::to_string(reason);
 }
 
-// A name that can be a directory of /vmi/<node>/.
+// A name that can be a directory of /vmi/<node>/ beside the node's own .cloudvmi: printable
+// ASCII but '/', not "." or "..", not hidden.
 bool usable_name(const std::string& name) {
-    return !name.empty() && name != "." && name != ".." && name.size() <= 255 &&
-           name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+    if (name.empty() || name.size() > 255 || name[0] == '.') return false;
+    for (unsigned char c : name) {
+        if (c <= 0x20 || c >= 0x7f || c == '/') return false;
+    }
+    return true;
+}
+
+// libvirt's canonical form: 36 characters, hex digits and dashes (it names files).
+bool usable_uuid(const std::string& uuid) {
+    if (uuid.size() != 36) return false;
+    for (size_t i = 0; i < uuid.size(); ++i) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? uuid[i] != '-' : !std::isxdigit(static_cast<unsigned char>(uuid[i])))
+            return false;
+    }
+    return true;
 }
 
 bool same(const std::vector<DomainInfo>& a, const std::vector<DomainInfo>& b) {
@@ -88,6 +104,16 @@ bool same(const std::vector<DomainInfo>& a, const std::vector<DomainInfo>& b) {
 }
 
 }  // namespace
+
+bool is_remote_uri(const std::string& uri) {
+    size_t scheme = uri.find("://");
+    if (scheme == std::string::npos) return false;
+    std::string rest = uri.substr(scheme + 3);
+    std::string authority = rest.substr(0, rest.find('/'));
+    authority =
+        authority.substr(authority.find('@') == std::string::npos ? 0 : authority.find('@') + 1);
+    return !authority.empty();
+}
 
 std::string NodeStatus::describe() const {
     const char* s = state == NodeState::kConnected    ? "connected"
@@ -285,6 +311,11 @@ ErrorOr<std::vector<DomainInfo>> LibvirtNode::list_domains() {
                      options_.name.c_str(), printable(info.description.name).c_str());
             continue;
         }
+        if (!usable_uuid(info.description.uuid)) {
+            LOG_WARN("node %s: domain %s has an unusable uuid \"%s\"", options_.name.c_str(),
+                     info.description.name.c_str(), printable(info.description.uuid).c_str());
+            continue;
+        }
         info.id = id == static_cast<unsigned>(-1) ? -1 : static_cast<int>(id);
         info.state = state_name(state);
         if (state == VIR_DOMAIN_PAUSED) info.state_reason = paused_reason(reason);
@@ -308,8 +339,12 @@ void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
     if (!listed) {
         status_.error = listed.error().describe();
         LOG_WARN("node %s: %s", options_.name.c_str(), status_.error.c_str());
-        // A dead link shows up here before the close callback: let the loop decide.
-        if (connection_ && virConnectIsAlive(connection_->conn) != 1) closed_ = true;
+        // A dead link shows up here before the close callback: let the loop decide. (Asked
+        // without mutex_: libvirt's callbacks take it on the event loop thread.)
+        lock.unlock();
+        bool alive = connection_ && virConnectIsAlive(connection_->conn) == 1;
+        lock.lock();
+        if (!alive) closed_ = true;
         return;
     }
     changed = !same(*listed, domains_) || generation_ == 0;
@@ -318,14 +353,15 @@ void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
     status_.refresh_ms = ms;
     ++status_.refreshes;
     if (status_.state == NodeState::kConnected) status_.error.clear();
-    ++generation_;
-    changed_.notify_all();
+    // The listener first: whoever waits for this listing finds its effects done.
     if (changed && listener_) {
         auto copy = domains_;
         lock.unlock();
         listener_(copy);
         lock.lock();
     }
+    ++generation_;
+    changed_.notify_all();
 }
 
 void LibvirtNode::run() {
@@ -347,6 +383,13 @@ void LibvirtNode::run() {
                 continue;
             }
             backoff = options_.retry_min;
+            if (char* resolved = virConnectGetURI(connection_->conn)) {
+                status_.resolved_uri = resolved;
+                std::free(resolved);
+            } else {
+                status_.resolved_uri = options_.uri;
+            }
+            status_.remote = is_remote_uri(status_.resolved_uri);
             status_.state = NodeState::kConnected;
             status_.since = Clock::now();
             status_.error.clear();

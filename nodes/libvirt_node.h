@@ -37,6 +37,9 @@ enum class NodeState { kConnecting, kConnected, kAway };
 
 struct NodeStatus {
     NodeState state = NodeState::kConnecting;
+    // The URI libvirt resolved (an alias becomes its URI); whether it names another host.
+    std::string resolved_uri;
+    bool remote = false;
     std::string error;        // why it is away (or the last refresh failed)
     Clock::time_point since;  // of the current state
     size_t domains = 0;
@@ -56,6 +59,10 @@ struct NodeOptions {
     int keepalive_interval = 5;
     unsigned keepalive_count = 3;
 };
+
+// Whether a libvirt URI reaches another host ("qemu+ssh://host/system", "qemu://host/..."):
+// sockets its domains' XML names are on that host, not here.
+bool is_remote_uri(const std::string& uri);
 
 class LibvirtNode {
   public:

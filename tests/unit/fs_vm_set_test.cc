@@ -84,3 +84,18 @@ TEST_CASE("mountinfo lines: device and unescaped mount point", "[fs]") {
     CHECK(proc.watching());
     CHECK_FALSE(proc.gone());
 }
+
+TEST_CASE("VmSet: a VM restarted between two listings gets a new Vm", "[fs]") {
+    VmSet set("lab", {});
+    auto first = spec("a", "unix:/nonexistent/a");
+    first.identity = "uuid-1/3";
+    set.update({first});
+    Vm* before = set.find("a");
+    auto again = first;
+    CHECK(set.update({again}).empty());
+    again.identity = "uuid-1/4";  // destroyed and started again: another domain id
+    auto c = set.update({again});
+    CHECK(c.removed == std::vector<std::string>{"a"});
+    CHECK(c.added == std::vector<std::string>{"a"});
+    CHECK(set.find("a") != before);
+}

@@ -116,3 +116,13 @@ TEST_CASE("libvirt node: an unreachable URI is away with the reason and retried"
     CHECK(node->domains().empty());
     CHECK(status.describe().starts_with("away, 0 domains ("));
 }
+
+TEST_CASE("libvirt URIs: which reach another host", "[nodes]") {
+    CHECK_FALSE(is_remote_uri("qemu:///system"));
+    CHECK_FALSE(is_remote_uri("qemu+unix:///system?socket=/run/x"));
+    CHECK_FALSE(is_remote_uri("test:///default"));
+    CHECK_FALSE(is_remote_uri("lab"));  // an alias before libvirt resolves it
+    CHECK(is_remote_uri("qemu+ssh://root@far/system"));
+    CHECK(is_remote_uri("qemu+tls://far.example:16514/system"));
+    CHECK(is_remote_uri("qemu://far/system"));
+}
