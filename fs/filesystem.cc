@@ -61,13 +61,10 @@ std::string Filesystem::node_status(const std::string& name) const {
     for (const auto& c : clouds_) {
         if (c->config().name != name) continue;
         auto st = c->status();
-        const char* state = st.state == nodes::NodeState::kConnected    ? "connected"
-                            : st.state == nodes::NodeState::kConnecting ? "connecting"
-                                                                        : "away";
         return strformat(
             "node: %s\nkind: libvirt\nuri: %s\nstate: %s\nsince_s: %.0f\nvms: %zu\n"
             "listing_ms: %.1f\nlistings: %llu\nconnects: %llu\nerror: %s\n",
-            name.c_str(), c->config().uri.c_str(), state,
+            name.c_str(), c->config().uri.c_str(), nodes::to_string(st.state),
             std::chrono::duration<double>(Clock::now() - st.since).count(), st.domains,
             st.refresh_ms, static_cast<unsigned long long>(st.refreshes),
             static_cast<unsigned long long>(st.connects), st.error.c_str());
@@ -105,37 +102,38 @@ void Filesystem::set_governance(Governance governance) {
     policies_ = std::move(governance.policies);
     audit_ = std::move(governance.audit);
     gate_ = std::make_unique<ChangeGate>(*policies_, audit_.get());
-    auto set_gate = [this](Vm& vm) { vm.set_gate(gate_.get()); };
-    if (listed_) listed_->for_each(set_gate);
+    for (VmSet* set : sets())
+        set->for_each([this](Vm& vm) { vm.set_gate(gate_.get()); });
+}
+
+std::vector<VmSet*> Filesystem::sets() const {
+    std::vector<VmSet*> out;
+    if (listed_) out.push_back(listed_.get());
     for (const auto& c : clouds_)
-        c->vms().for_each(set_gate);
+        out.push_back(&c->vms());
+    return out;
 }
 
 Vm* Filesystem::find_vm(const std::string& name) const {
-    for (const auto& node : node_names()) {
-        VmSet* set = find_node(node);
-        if (Vm* vm = set ? set->find(name) : nullptr) return vm;
+    for (VmSet* set : sets()) {
+        if (Vm* vm = set->find(name)) return vm;
     }
     return nullptr;
 }
 
 std::vector<Vm*> Filesystem::all_vms() const {
     std::vector<Vm*> out;
-    for (const auto& node : node_names()) {
-        if (VmSet* set = find_node(node)) {
-            auto vms = set->list();
-            out.insert(out.end(), vms.begin(), vms.end());
-        }
+    for (VmSet* set : sets()) {
+        auto vms = set->list();
+        out.insert(out.end(), vms.begin(), vms.end());
     }
     return out;
 }
 
 void Filesystem::reap_queues() {
     auto now = Clock::now();
-    auto reap = [now](Vm& vm) { vm.executor().reap(now); };
-    if (listed_) listed_->for_each(reap);
-    for (const auto& c : clouds_)
-        c->vms().for_each(reap);
+    for (VmSet* set : sets())
+        set->for_each([now](Vm& vm) { vm.executor().reap(now); });
 }
 
 void Filesystem::shutdown() {

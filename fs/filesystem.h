@@ -75,6 +75,8 @@ class Filesystem {
 
   private:
     void prepare_vm(Vm& vm);
+    // Every node's VM set: the hand-listed one first, then the libvirt nodes'.
+    std::vector<VmSet*> sets() const;
 
     Config config_;
     SessionOptions base_;

@@ -2,12 +2,12 @@
 
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
-#include <libvirt/virterror.h>
 
 #include <cstdlib>
 #include <memory>
 
 #include "common/strings.h"
+#include "nodes/libvirt_error.h"
 
 namespace cloudvmi::nodes {
 
@@ -19,10 +19,6 @@ struct ConnClose {
 struct DomainFree {
     void operator()(virDomainPtr d) const { virDomainFree(d); }
 };
-
-Error libvirt_error(int code, const std::string& what) {
-    return Error(code, what + ": " + virGetLastErrorMessage());
-}
 
 }  // namespace
 

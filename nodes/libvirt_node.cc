@@ -1,13 +1,13 @@
 #include "nodes/libvirt_node.h"
 
 #include <libvirt/libvirt.h>
-#include <libvirt/virterror.h>
 
 #include <cctype>
 #include <cstdlib>
 
 #include "common/log.h"
 #include "common/strings.h"
+#include "nodes/libvirt_error.h"
 
 namespace cloudvmi::nodes {
 
@@ -34,10 +34,6 @@ void ensure_event_loop() {
             }
         }).detach();
     });
-}
-
-Error libvirt_error(int code, const std::string& what) {
-    return Error(code, what + ": " + virGetLastErrorMessage());
 }
 
 const char* state_name(int state) {
@@ -115,11 +111,20 @@ bool is_remote_uri(const std::string& uri) {
     return !authority.empty();
 }
 
+const char* to_string(NodeState state) {
+    switch (state) {
+        case NodeState::kConnecting:
+            return "connecting";
+        case NodeState::kConnected:
+            return "connected";
+        case NodeState::kAway:
+            break;
+    }
+    return "away";
+}
+
 std::string NodeStatus::describe() const {
-    const char* s = state == NodeState::kConnected    ? "connected"
-                    : state == NodeState::kConnecting ? "connecting"
-                                                      : "away";
-    std::string out = strformat("%s, %zu domains", s, domains);
+    std::string out = strformat("%s, %zu domains", to_string(state), domains);
     if (!error.empty()) out += " (" + error + ")";
     return out;
 }
@@ -334,7 +339,6 @@ void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
     auto started = Clock::now();
     auto listed = list_domains();
     double ms = elapsed_ms(started);
-    bool changed = false;
     lock.lock();
     if (!listed) {
         status_.error = listed.error().describe();
@@ -347,7 +351,7 @@ void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
         if (!alive) closed_ = true;
         return;
     }
-    changed = !same(*listed, domains_) || generation_ == 0;
+    bool changed = !same(*listed, domains_) || generation_ == 0;
     domains_ = std::move(*listed);
     status_.domains = domains_.size();
     status_.refresh_ms = ms;
@@ -364,6 +368,14 @@ void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
     changed_.notify_all();
 }
 
+void LibvirtNode::mark_away_locked(std::string why) {
+    if (status_.state != NodeState::kAway) status_.since = Clock::now();
+    status_.state = NodeState::kAway;
+    status_.error = std::move(why);
+    ++generation_;
+    changed_.notify_all();
+}
+
 void LibvirtNode::run() {
     Millis backoff = options_.retry_min;
     std::unique_lock lock(mutex_);
@@ -371,11 +383,7 @@ void LibvirtNode::run() {
         if (!connection_) {
             auto c = connect_locked(lock);
             if (!c) {
-                if (status_.state != NodeState::kAway) status_.since = Clock::now();
-                status_.state = NodeState::kAway;
-                status_.error = c.error().describe();
-                ++generation_;  // observers see the failed attempt too
-                changed_.notify_all();
+                mark_away_locked(c.error().describe());  // observers see the failed attempt too
                 LOG_WARN("node %s: %s; again in %lld ms", options_.name.c_str(),
                          status_.error.c_str(), static_cast<long long>(backoff.count()));
                 changed_.wait_for(lock, backoff, [&] { return stop_; });
@@ -410,11 +418,7 @@ void LibvirtNode::run() {
             disconnect();
             lock.lock();
             closed_ = false;
-            status_.state = NodeState::kAway;
-            status_.since = Clock::now();
-            status_.error = why;
-            ++generation_;
-            changed_.notify_all();
+            mark_away_locked(why);
             LOG_WARN("node %s: %s; reconnecting", options_.name.c_str(), why.c_str());
         }
     }

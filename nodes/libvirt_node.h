@@ -34,6 +34,7 @@ struct DomainInfo {
 };
 
 enum class NodeState { kConnecting, kConnected, kAway };
+const char* to_string(NodeState state);  // "connecting", "connected", "away"
 
 struct NodeStatus {
     NodeState state = NodeState::kConnecting;
@@ -92,6 +93,8 @@ class LibvirtNode {
     ErrorOr<std::vector<DomainInfo>> list_domains();
     void refresh(std::unique_lock<std::mutex>& lock);
     void disconnect();
+    // The node is away for `why`: state, time, reason, and a wake-up for observers.
+    void mark_away_locked(std::string why);
 
   public:
     // From libvirt's event loop thread (through the callbacks' opaque): a flag and a
