@@ -17,6 +17,8 @@ int guest_main(int argc, char** argv);
 int guard_main(int argc, char** argv);
 // `cloudvmi policy check|explain`: argv[0] is "policy".
 int policy_main(int argc, char** argv);
+// `cloudvmi serve --stdio`: argv[0] is "serve"; sessions start `guardian_program`.
+int serve_main(int argc, char** argv, const std::string& guardian_program);
 // The mount (`cloudvmi [OPTIONS] MOUNTPOINT`): argv[0] is the program.
 int mount_main(int argc, char** argv, const fs::MountSettings& settings);
 

@@ -12,6 +12,7 @@ const char kUsage[] =
     "Usage: cloudvmi [OPTIONS] MOUNTPOINT         mount the live tree of the VMs (see --help)\n"
     "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]\n"
     "       cloudvmi policy check|explain FILE ...     the policy file (see cloudvmi-policy(5))\n"
+    "       cloudvmi serve --stdio [OPTIONS]   serve this host's VMs to a mount elsewhere\n"
     "       cloudvmi --help | --version\n"
     "\n"
     "Reads and changes the live state of running QEMU/KVM guests from the host, by\n"
@@ -29,6 +30,10 @@ int main(int argc, char** argv) {
     if (cmd == "guest") return cloudvmi::cli::guest_main(argc - 1, argv + 1);
     if (cmd == "guard") return cloudvmi::cli::guard_main(argc - 2, argv + 2);
     if (cmd == "policy") return cloudvmi::cli::policy_main(argc - 1, argv + 1);
+    if (cmd == "serve") {
+        const char* self = cloudvmi::cli::self_executable();
+        return cloudvmi::cli::serve_main(argc - 1, argv + 1, self ? self : "");
+    }
     // Anything else is the mount, with FUSE's conventions (and its --help/--version).
     cloudvmi::fs::MountSettings settings;
     settings.version = CLOUDVMI_VERSION;

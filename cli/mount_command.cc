@@ -89,7 +89,8 @@ int mount_main(int argc, char** argv, const fs::MountSettings& settings) {
     }
     if (opts.state_dir) config->state_dir = *opts.state_dir;
     if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();
-    if (config->vms.empty()) LOG_WARN("%s configures no VM", config_path.c_str());
+    if (config->vms.empty() && config->nodes.empty())
+        LOG_WARN("%s configures no VM", config_path.c_str());
     auto governance = fs::load_governance(*config);
     if (!governance) {
         std::fprintf(stderr, "cloudvmi: %s\n", governance.error().describe().c_str());

@@ -117,6 +117,32 @@ bool is_valid_entry_name(const std::string& name) {
 
 namespace {
 
+// A node on another host, reached by `ssh [ssh_options] HOST remote_command`.
+ErrorOr<void> parse_remote_node(const std::string& origin, const std::map<std::string, Entry>& keys,
+                                NodeConfig& node) {
+    if (keys.count("gdb_dir"))
+        return bad(origin, keys.at("gdb_dir").located(), "gdb_dir is the remote host's business");
+    node.ssh = TRY(scalar<std::string>(origin, keys.at("ssh"), "ssh"));
+    // ssh would take a leading '-' as an option of its own.
+    if (node.ssh.empty() || node.ssh.starts_with("-") ||
+        node.ssh.find_first_of(" \t\n") != std::string::npos)
+        return bad(origin, keys.at("ssh").located(), "ssh must be a host ([user@]host)");
+    if (auto o = keys.find("ssh_options"); o != keys.end()) {
+        if (!o->second.value.IsSequence())
+            return bad(origin, o->second.located(), "ssh_options must be a list of arguments");
+        for (const auto& arg : o->second.value) {
+            if (!arg.IsScalar()) return bad(origin, arg, "each ssh option must be a string");
+            node.ssh_options.push_back(arg.as<std::string>());
+        }
+    }
+    if (auto r = keys.find("remote_command"); r != keys.end()) {
+        node.remote_command = TRY(scalar<std::string>(origin, r->second, "remote_command"));
+        if (node.remote_command.empty())
+            return bad(origin, r->second.located(), "remote_command must not be empty");
+    }
+    return {};
+}
+
 // nodes: libvirt connections whose running domains appear under /vmi/<name>/.
 ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string, Entry>& top,
                           Config& c) {
@@ -128,12 +154,13 @@ ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string,
     if (!c.vms.empty()) names.insert(c.node);
     for (const auto& n : nodes.value) {
         if (!n.IsMap()) return bad(origin, n, "each node must be a mapping");
-        auto keys = TRY(entries(origin, n, {"name", "uri", "gdb_dir"}, "a node"));
-        if (!keys.count("name") || !keys.count("uri"))
-            return bad(origin, n, "a node needs 'name' and 'uri'");
+        auto keys = TRY(entries(origin, n,
+                                {"name", "uri", "gdb_dir", "ssh", "ssh_options", "remote_command"},
+                                "a node"));
+        if (!keys.count("name") || (keys.count("uri") == keys.count("ssh")))
+            return bad(origin, n, "a node needs 'name' and either 'uri' (libvirt) or 'ssh'");
         NodeConfig node;
         node.name = TRY(scalar<std::string>(origin, keys.at("name"), "name"));
-        node.uri = TRY(scalar<std::string>(origin, keys.at("uri"), "uri"));
         if (!is_valid_entry_name(node.name) || node.name == ".cloudvmi") {
             return bad(origin, keys.at("name").located(),
                        "node name '" + node.name + "' is not usable as a file name");
@@ -143,6 +170,14 @@ ErrorOr<void> parse_nodes(const std::string& origin, const std::map<std::string,
                        "node name '" + node.name + "' is used twice (the vms: list is node '" +
                            c.node + "')");
         }
+        if (keys.count("ssh")) {
+            TRY(parse_remote_node(origin, keys, node));
+            c.nodes.push_back(std::move(node));
+            continue;
+        }
+        if (keys.count("ssh_options") || keys.count("remote_command"))
+            return bad(origin, n, "ssh_options and remote_command need 'ssh'");
+        node.uri = TRY(scalar<std::string>(origin, keys.at("uri"), "uri"));
         if (node.uri.empty() || node.uri.find_first_of(" \n") != std::string::npos)
             return bad(origin, keys.at("uri").located(), "uri must be a libvirt URI or alias");
         if (auto g = keys.find("gdb_dir"); g != keys.end()) {

@@ -23,6 +23,10 @@
 //     - name: lab                #   VMs of /vmi/lab/, kept current by libvirt's events
 //       uri: qemu:///system      #   (a domain's gdbstub: -gdb on its qemu:commandline,
 //       gdb_dir: /var/lib/libvirt/qemu  # else one opened on demand, listening in here)
+//     - name: far                #   a node on another host, served there by
+//       ssh: root@far.example    #   `ssh [ssh_options] HOST remote_command`
+//       ssh_options: [-i, /etc/cloudvmi/id_ed25519]
+//       remote_command: cloudvmi serve --stdio
 //   vms:                         # VMs listed by hand, under /vmi/<node>/
 //     - name: web-01
 //       gdb: unix:/run/web-01.gdb
@@ -54,6 +58,12 @@ struct NodeConfig {
     // Where a gdbstub opened on demand listens (domains whose XML declares none): a
     // directory QEMU's user may write in.
     std::string gdb_dir = "/var/lib/libvirt/qemu";
+    // A node on another host (instead of `uri`): its tree is served there by
+    // `ssh [ssh_options] ssh remote_command`, i.e. `cloudvmi serve --stdio`.
+    std::string ssh;
+    std::vector<std::string> ssh_options;
+    std::string remote_command = "cloudvmi serve --stdio";
+    bool remote() const { return !ssh.empty(); }
 };
 
 struct CacheConfig {

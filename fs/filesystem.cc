@@ -7,6 +7,43 @@
 
 namespace cloudvmi::fs {
 
+namespace {
+
+// ssh as a transport: never a prompt (a mount has no terminal), a dead peer noticed within
+// 15 s, no agent, X11 or terminal forwarding.
+remote::LinkSettings remote_link_settings(const Config& config, const NodeConfig& node) {
+    remote::LinkSettings s;
+    s.node = node.name;
+    s.command = {"ssh", "-T",
+                 "-x",  "-a",
+                 "-o",  "BatchMode=yes",
+                 "-o",  "ServerAliveInterval=5",
+                 "-o",  "ServerAliveCountMax=3",
+                 "-o",  "ConnectTimeout=10"};
+    s.command.insert(s.command.end(), node.ssh_options.begin(), node.ssh_options.end());
+    s.command.insert(s.command.end(), {"--", node.ssh, node.remote_command});
+    // The remote's own bound for the request, plus the hop.
+    s.request_timeout = Millis(config.request_timeout_ms + 5000);
+    return s;
+}
+
+std::string remote_node_status(const std::string& name, const remote::RemoteLink& link) {
+    auto st = link.status();
+    const auto& command = link.settings().command;
+    return strformat(
+        "node: %s\nkind: ssh\nhost: %s\nstate: %s\nsince_s: %.0f\nvms: %lld\nrtt_ms: %.2f\n"
+        "connects: %llu\ndrops: %llu\nrequests: %llu\nfailed: %llu\nin_flight: %zu\n"
+        "remote_node: %s\nerror: %s\n",
+        name.c_str(), command[command.size() - 2].c_str(), remote::to_string(st.state),
+        std::chrono::duration<double>(Clock::now() - st.since).count(),
+        static_cast<long long>(st.vms), st.rtt_ms, static_cast<unsigned long long>(st.connects),
+        static_cast<unsigned long long>(st.drops), static_cast<unsigned long long>(st.requests),
+        static_cast<unsigned long long>(st.failed), st.in_flight, st.remote_node.c_str(),
+        st.error.c_str());
+}
+
+}  // namespace
+
 Filesystem::Filesystem(Config config, SessionOptions base)
     : config_(std::move(config)),
       base_(std::move(base)),
@@ -30,12 +67,23 @@ void Filesystem::prepare_vm(Vm& vm) {
 
 void Filesystem::start_nodes(CloudNode::Changed changed, Millis first_listing) {
     for (const auto& n : config_.nodes) {
+        if (n.remote()) {
+            auto link = std::make_shared<remote::RemoteLink>(remote_link_settings(config_, n));
+            link->start();
+            remotes_[n.name] = std::move(link);
+            continue;
+        }
         clouds_.push_back(std::make_unique<CloudNode>(
             n, base_, [this](Vm& vm) { prepare_vm(vm); }, changed));
     }
     Deadline deadline = Deadline::after(first_listing);
     for (const auto& c : clouds_)
         c->wait_for_first_listing(deadline);
+    for (const auto& [name, link] : remotes_) {
+        auto left =
+            std::max(Millis(0), std::chrono::duration_cast<Millis>(deadline.when() - Clock::now()));
+        link->wait_for_first(left);
+    }
 }
 
 std::vector<std::string> Filesystem::node_names() const {
@@ -54,7 +102,13 @@ VmSet* Filesystem::find_node(const std::string& name) const {
     return nullptr;
 }
 
+std::shared_ptr<remote::RemoteLink> Filesystem::find_remote(const std::string& name) const {
+    auto it = remotes_.find(name);
+    return it == remotes_.end() ? nullptr : it->second;
+}
+
 std::string Filesystem::node_status(const std::string& name) const {
+    if (auto link = find_remote(name)) return remote_node_status(name, *link);
     if (listed_ && listed_->node() == name)
         return strformat("node: %s\nkind: listed\nstate: connected\nvms: %zu\n", name.c_str(),
                          listed_->list().size());
@@ -143,6 +197,8 @@ void Filesystem::shutdown() {
     // Filesystem goes.
     for (const auto& c : clouds_)
         c->stop();
+    for (const auto& [name, link] : remotes_)
+        link->stop();
     if (listed_) listed_->shutdown();
     LOG_INFO("all guests detached");
 }

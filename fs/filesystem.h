@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "fs/vm.h"
 #include "fs/vm_set.h"
 #include "redirector/session/guest_session.h"
+#include "remote/remote_link.h"
 
 namespace cloudvmi::fs {
 
@@ -47,6 +49,8 @@ class Filesystem {
     // The node directories, in configuration order.
     std::vector<std::string> node_names() const;
     VmSet* find_node(const std::string& name) const;
+    // The link to a node on another host (nodes: with ssh:), null for local nodes.
+    std::shared_ptr<remote::RemoteLink> find_remote(const std::string& name) const;
     // What /vmi/<node>/.cloudvmi/status and /vmi/.cloudvmi/nodes say of a node.
     std::string node_status(const std::string& name) const;
     std::string nodes_table() const;
@@ -54,9 +58,9 @@ class Filesystem {
     Vm* find_vm(const std::string& name) const;
     std::vector<Vm*> all_vms() const;
 
-    // Connects the libvirt nodes; `changed` hears of VMs that come and go (the FUSE
-    // server forgets what the kernel cached of them). Waits up to `first_listing` for
-    // their first listings.
+    // Connects the libvirt nodes and starts the links to remote ones; `changed` hears of VMs that
+    // come and go (the FUSE server forgets what the kernel cached of them). Waits up to
+    // `first_listing` for their first listings.
     void start_nodes(CloudNode::Changed changed, Millis first_listing);
 
     // The policy and the audit trail every VM's changes go through (the mount loads them
@@ -82,6 +86,7 @@ class Filesystem {
     SessionOptions base_;
     std::unique_ptr<VmSet> listed_;  // the hand-listed VMs; null when none and nodes exist
     std::vector<std::unique_ptr<CloudNode>> clouds_;
+    std::map<std::string, std::shared_ptr<remote::RemoteLink>> remotes_;
     std::unique_ptr<PolicyStore> policies_;
     std::unique_ptr<AuditLog> audit_;
     std::unique_ptr<ChangeGate> gate_;
@@ -100,6 +105,9 @@ std::shared_ptr<Node> make_control_dir(Vm& vm);
 std::shared_ptr<Node> make_mount_dir(Filesystem& fs);
 // /vmi/<node>/.cloudvmi: the node's status.
 std::shared_ptr<Node> make_node_info_dir(Filesystem& fs, const std::string& node);
+// /vmi/<node>/ of a node on another host, served through `link`.
+std::shared_ptr<Node> make_remote_node_dir(Filesystem& fs, std::shared_ptr<remote::RemoteLink> link,
+                                           const std::string& node);
 // A read-only file whose text is made at each open.
 std::shared_ptr<Node> make_text_file(std::string key, std::function<std::string()> text);
 

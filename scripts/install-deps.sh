@@ -16,7 +16,7 @@ catch2
 linux-libc-dev
 qemu-system-x86 qemu-utils
 busybox-static cpio gzip
-debootstrap e2fsprogs openssh-client
+debootstrap e2fsprogs openssh-client openssh-server
 python3-docutils
 socat
 procps
@@ -43,8 +43,18 @@ else
     echo "install-deps: installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
+    # No daemon is started by the installation (openssh-server would start an sshd on
+    # port 22, libvirt its daemons): the tests start their own, by hand, on their own
+    # sockets and ports.
+    no_start=false
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        no_start=true
+    fi
     # shellcheck disable=SC2086
-    apt-get install -y --no-install-recommends $missing
+    apt-get install -y --no-install-recommends $missing || { [ "$no_start" = false ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+    [ "$no_start" = false ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 # The user libvirt's qemu driver runs QEMU as. Debian's libvirt-daemon-system creates it,

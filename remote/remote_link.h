@@ -1,0 +1,120 @@
+// The mount's side of a remote node: one `ssh ... cloudvmi serve --stdio` child process,
+// many requests in flight over it (remote/wire.h), and reconnection when it drops.
+//
+// A request is one frame out and one back: callers block until their answer, their
+// timeout, or the loss of the connection (EIO: whether the remote acted is unknown). Right
+// after a drop, a call waits for the next connection (up to the connect timeout), so the
+// first request after a drop succeeds once ssh is back; once two attempts in a row have
+// failed, calls fail at once with ENOTCONN until a connection succeeds. Reconnection backs off from
+// 0.2 s to 30 s while the node stays unreachable.
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/deadline.h"
+#include "common/error.h"
+#include "common/unique_fd.h"
+#include "remote/wire.h"
+
+namespace cloudvmi::remote {
+
+struct LinkSettings {
+    std::string node;                  // the node's name, for messages
+    std::vector<std::string> command;  // argv of the transport: ssh [options] HOST COMMAND
+    Millis connect_timeout{15000};     // spawn, ssh login and hello
+    Millis request_timeout{10000};     // one request, once sent
+    Millis ping_interval{5000};        // round-trip time probes while idle or busy
+};
+
+enum class LinkState { kConnecting, kUp, kDown, kStopped };
+const char* to_string(LinkState s);
+
+struct LinkStatus {
+    LinkState state = LinkState::kConnecting;
+    Clock::time_point since{};
+    std::string error;      // why the last connection failed or ended
+    double rtt_ms = -1;     // last ping's round trip (-1: none yet)
+    int64_t vms = -1;       // VMs the remote serves, from the last ping (-1: unknown)
+    uint64_t connects = 0;  // connections made
+    uint64_t drops = 0;     // connections lost
+    uint64_t requests = 0;  // answered requests
+    uint64_t failed = 0;    // requests lost with a connection or timed out
+    size_t in_flight = 0;
+    std::string remote_node;  // the name the remote gave itself
+};
+
+class RemoteLink {
+  public:
+    explicit RemoteLink(LinkSettings settings);
+    ~RemoteLink();
+    RemoteLink(const RemoteLink&) = delete;
+    RemoteLink& operator=(const RemoteLink&) = delete;
+
+    // Starts connecting (in the background).
+    void start();
+    // Waits up to `timeout` for the first connection to succeed or fail.
+    void wait_for_first(Millis timeout);
+    // Sends `request` (its id is set here) and waits for the answer. The answer's error, if
+    // any, is returned as the Error (the remote's errno unchanged); a lost connection is EIO,
+    // no answer in time ETIMEDOUT, a stopped link ESHUTDOWN.
+    ErrorOr<Message> call(Message request);
+    // Sends without waiting for the answer (releasing a remote handle). Dropped while down.
+    void post(Message request);
+    LinkStatus status() const;
+    const LinkSettings& settings() const { return settings_; }
+    // Ends the connection for good; pending calls get ESHUTDOWN.
+    void stop();
+
+  private:
+    struct Pending {
+        std::optional<ErrorOr<Message>> result;
+        Clock::time_point sent;
+        bool ping = false;
+    };
+    struct Child {
+        pid_t pid = -1;
+        UniqueFd to, from, err;
+    };
+
+    void supervise();
+    ErrorOr<Child> spawn() const;
+    ErrorOr<void> handshake(Child& child, FrameReader& reader);
+    // Reads frames until the connection ends; returns why it ended.
+    Error serve_connection(Child& child, FrameReader& reader);
+    void deliver(Message response);
+    void maybe_ping(int fd);
+    void end_connection(Child& child, const Error& why);
+    ErrorOr<void> send_frame(const Message& m, Deadline deadline);
+    void sleep_interruptible(Millis d);
+
+    const LinkSettings settings_;
+    // Lock order: write_mutex_ before mutex_. mutex_ guards everything below it; write_mutex_
+    // serialises whole frames on the pipe to the child.
+    std::mutex write_mutex_;
+    int write_fd_ = -1;  // the child's stdin while up; guarded by both mutexes (either reads)
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    LinkStatus status_;
+    uint64_t next_id_ = 1;
+    std::map<uint64_t, std::shared_ptr<Pending>> pending_;
+    std::optional<uint64_t> ping_id_;
+    Clock::time_point last_ping_{};
+    bool first_done_ = false;
+    int failures_ = 0;  // connection attempts failed in a row
+    bool stopping_ = false;
+    int wake_fd_[2] = {-1, -1};  // a pipe: stop() wakes the supervisor's poll
+    std::string stderr_tail_;    // the transport's last words, for the error message
+    std::thread supervisor_;
+};
+
+}  // namespace cloudvmi::remote

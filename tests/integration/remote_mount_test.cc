@@ -1,0 +1,158 @@
+// A node on another host (issue 11): the mount reaches it through real ssh (an sshd the
+// test starts on loopback), where `cloudvmi serve --stdio` serves the guest under that
+// host's own configuration, policy and audit trail.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <thread>
+
+#include "common/deadline.h"
+#include "common/strings.h"
+#include "tests/integration/ssh_fixture.h"
+#include "tests/integration/test_mount.h"
+
+using namespace cloudvmi;
+using namespace cloudvmi::test;
+
+namespace {
+
+const char kRemotePolicy[] = R"(version: 1
+rules:
+  - id: remote-scratch
+    decision: allow
+    paths: [/tmp/cvmi-remote, /tmp/cvmi-remote/**]
+    ops: [change]
+)";
+
+std::string yaml_list(const std::vector<std::string>& items) {
+    std::string out = "[";
+    for (size_t i = 0; i < items.size(); ++i)
+        out += (i ? ", " : "") + std::string("\"") + items[i] + "\"";
+    return out + "]";
+}
+
+// The remote host's side: its configuration (the guest, hand-listed as node "far-host"),
+// policy and audit trail, in a directory of its own.
+std::string remote_config(const TestGuest& guest, const std::string& dir) {
+    std::ofstream(dir + "/policy.yaml") << kRemotePolicy;
+    std::ofstream(dir + "/remote.yaml")
+        << "node: far-host\nstate_dir: " << dir << "/state\nrequest_timeout_ms: 20000\n"
+        << "policy: " << dir << "/policy.yaml\n"
+        << "audit: {file: " << dir << "/audit.log, syslog: false}\n"
+        << "vms:\n  - name: g\n    gdb: " << guest.gdb() << "\n";
+    return dir + "/remote.yaml";
+}
+
+CommandResult cat_until_ok(const std::string& path, int timeout_ms) {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    CommandResult r;
+    while (!deadline.expired()) {
+        r = run_command({"cat", path}, 60000);
+        if (r.status == 0) return r;
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    return r;
+}
+
+std::string status_field(const std::string& status, const std::string& key) {
+    for (auto line : split(status, '\n')) {
+        if (line.starts_with(key + ": ")) return std::string(line.substr(key.size() + 2));
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE(
+    "ssh node: a VM of another host, served over real ssh, read, changed, dropped and "
+    "back",
+    "[ssh]") {
+    auto& guest = TestGuest::shared();
+    TestSshd sshd;
+    std::string remote_dir = make_temp_dir("cloudvmi-remote");
+    std::string remote_yaml = remote_config(guest, remote_dir);
+    std::vector<std::string> options = sshd.client_options();
+    TestMount m(WholeConfig{"node: here\nstate_dir: " + remote_dir +
+                            "/local-state\nnodes:\n  - name: far\n    ssh: " + sshd.host() +
+                            "\n    ssh_options: " + yaml_list(options) +
+                            "\n    remote_command: " + std::string(CLOUDVMI_BINARY) +
+                            " serve --stdio --config " + remote_yaml + "\n"});
+    REQUIRE(m.mounted());
+    std::string far = m.mnt + "/far";
+
+    // The remote host's listing, with the mount's own .cloudvmi beside it.
+    auto ls = run_command({"ls", "-A", far});
+    REQUIRE(ls.status == 0);
+    CHECK(ls.out == ".cloudvmi\ng\n");
+    auto version = cat_until_ok(far + "/g/proc/version", 90000);
+    REQUIRE(version.status == 0);
+    CHECK_THAT(version.out, Catch::StartsWith("Linux version " + guest.kernel_version()));
+    auto status = run_command({"cat", far + "/.cloudvmi/status"}).out;
+    INFO(status);
+    CHECK(status_field(status, "kind") == "ssh");
+    CHECK(status_field(status, "state") == "connected");
+    CHECK(status_field(status, "remote_node") == "far-host");
+    CHECK(status_field(status, "vms") == "1");
+    CHECK(run_command({"cat", m.mnt + "/.cloudvmi/nodes"}).out.find("node: far") !=
+          std::string::npos);
+
+    SECTION("the remote host's policy decides changes, and its audit trail records them") {
+        std::string scratch = far + "/g/root/tmp/cvmi-remote";
+        run_command({"rm", "-rf", scratch});
+        REQUIRE(run_command({"mkdir", scratch}).status == 0);
+        REQUIRE(run_command({"sh", "-c", "echo through-ssh > " + scratch + "/note"}).status == 0);
+        CHECK(run_command({"cat", scratch + "/note"}).out == "through-ssh\n");
+        auto denied = run_command({"sh", "-c", "echo no > " + far + "/g/root/tmp/cvmi-denied"});
+        CHECK(denied.status != 0);
+        CHECK_THAT(denied.err, Catch::Contains("Permission denied"));
+        auto audit = read_whole_file(remote_dir + "/audit.log");
+        CHECK_THAT(audit, Catch::Contains("/tmp/cvmi-remote/note"));
+        CHECK_THAT(audit, Catch::Contains("remote-scratch"));
+        CHECK(run_command({"rm", "-r", scratch}).status == 0);
+    }
+
+    SECTION("a dropped connection fails the request in flight with EIO, then recovers") {
+        // The server stopped, a request waits for its answer: in flight, deterministically.
+        // The server, not the mount's ssh client (whose command line names it too).
+        auto pgrep = run_command(
+            {"pgrep", "-f",
+             "^" + std::string(CLOUDVMI_BINARY) + " serve --stdio --config " + remote_yaml});
+        REQUIRE(pgrep.status == 0);
+        pid_t server = static_cast<pid_t>(std::stol(pgrep.out));
+        REQUIRE(::kill(server, SIGSTOP) == 0);
+        std::string log = remote_dir + "/cat-in-flight.log";
+        pid_t cat = spawn_process({"/bin/cat", far + "/g/proc/uptime"}, log);
+        auto deadline = Deadline::after_ms(10000);
+        std::string before;
+        while (!deadline.expired()) {
+            before = run_command({"cat", far + "/.cloudvmi/status"}).out;
+            if (status_field(before, "in_flight") == "1") break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        CHECK(status_field(before, "in_flight") == "1");
+        // The connection goes as in a network failure: the server sees its end closed.
+        CHECK(sshd.kill_connections() >= 1);
+        ::kill(server, SIGCONT);
+        int wstatus = 0;
+        deadline = Deadline::after_ms(15000);
+        while (::waitpid(cat, &wstatus, WNOHANG) == 0 && !deadline.expired())
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (deadline.expired()) ::kill(cat, SIGKILL), ::waitpid(cat, &wstatus, 0);
+        CHECK(WIFEXITED(wstatus));
+        CHECK(WEXITSTATUS(wstatus) != 0);
+        CHECK_THAT(read_whole_file(log), Catch::Contains("Input/output error"));
+
+        // Later requests succeed once ssh is back (the old serve may still be detaching).
+        auto again = cat_until_ok(far + "/g/proc/version", 120000);
+        CHECK(again.status == 0);
+        auto after = run_command({"cat", far + "/.cloudvmi/status"}).out;
+        INFO(after);
+        CHECK(status_field(after, "state") == "connected");
+        CHECK(status_field(after, "drops") == "1");
+        CHECK(status_field(after, "connects") == "2");
+    }
+}
