@@ -61,6 +61,35 @@ ErrorOr<fs::Config> load_config(const std::string& path) {
     return fs::Config::parse(yaml, "(built-in serve configuration)");
 }
 
+// The node to serve (`wanted`, or the configuration's first local one), with the
+// configuration cut down to it: a server connects to nothing else, and above all to no
+// other host (whose own configuration would name this one).
+ErrorOr<std::string> served_node(fs::Config& config, const std::string& wanted) {
+    bool listed = !config.vms.empty() || config.nodes.empty();
+    std::string node = wanted;
+    if (node.empty()) {
+        if (listed) {
+            node = config.node;
+        } else {
+            for (const auto& n : config.nodes) {
+                if (!n.remote()) {
+                    node = n.name;
+                    break;
+                }
+            }
+        }
+    }
+    std::vector<fs::NodeConfig> kept;
+    for (const auto& n : config.nodes) {
+        if (n.name == node && !n.remote()) kept.push_back(n);
+    }
+    if (kept.empty() && !(listed && node == config.node))
+        return make_error(ENOENT, "no local node '" + node + "' in the configuration");
+    config.nodes = std::move(kept);
+    if (!config.nodes.empty()) config.vms.clear();  // a libvirt node is served alone
+    return node;
+}
+
 // The protocol owns the original stdin and stdout; fd 0 becomes /dev/null and fd 1 stderr,
 // so that nothing else printed or inherited can interleave with frames.
 bool take_stdio(int& in_fd, int& out_fd) {
@@ -116,6 +145,8 @@ int serve_main(int argc, char** argv, const std::string& guardian_program) {
     if (!opts.stdio) return usage_error("--stdio is required");
     auto config = load_config(opts.config);
     if (!config) return usage_error(config.error().describe());
+    auto node = served_node(*config, opts.node);
+    if (!node) return usage_error(node.error().message());
     if (!opts.state_dir.empty()) config->state_dir = opts.state_dir;
     if (config->state_dir.empty()) config->state_dir = GuestSession::default_state_dir();
     auto governance = fs::load_governance(*config);
@@ -127,14 +158,7 @@ int serve_main(int argc, char** argv, const std::string& guardian_program) {
     fs::Filesystem filesystem(*config, fs::Filesystem::session_options(*config, guardian_program));
     filesystem.set_governance(std::move(*governance));
     filesystem.start_nodes([](const std::string&, const fs::VmSet::Change&) {}, Millis(5000));
-    auto names = filesystem.node_names();
-    std::string node = opts.node.empty() && !names.empty() ? names.front() : opts.node;
-    if (std::find(names.begin(), names.end(), node) == names.end() ||
-        filesystem.find_remote(node)) {
-        filesystem.shutdown();
-        return usage_error("no local node '" + node + "' in the configuration");
-    }
-    int rc = fs::serve_wire(filesystem, node, in_fd, out_fd);
+    int rc = fs::serve_wire(filesystem, *node, in_fd, out_fd);
     filesystem.shutdown();
     return rc;
 }

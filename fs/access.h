@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace cloudvmi::fs {
@@ -19,6 +20,10 @@ struct Caller {
     gid_t gid = 0;
     std::vector<gid_t> groups;  // supplementary
     pid_t pid = 0;              // for the audit trail
+    // A caller on another host (a request served to a remote mount): that host's name and
+    // the process's name there; its pid is that host's too. Empty for local callers.
+    std::string host;
+    std::string comm;
 };
 
 // What a node shows.

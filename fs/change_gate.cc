@@ -50,8 +50,10 @@ std::string now_text() {
     return strformat("%s.%03dZ", buf, static_cast<int>(ms.count()));
 }
 
-// The caller's command, as the host shows it (it may be gone already).
-std::string command_of(pid_t pid) {
+// The caller's command, as its host shows it (it may be gone already).
+std::string command_of(const Caller& caller) {
+    if (!caller.host.empty()) return caller.comm;  // its pid is another host's
+    pid_t pid = caller.pid;
     if (pid <= 0) return "";
     std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
     std::string comm;
@@ -69,11 +71,12 @@ Json change_fields(const ChangeScope& scope, const Caller& caller, const ChangeA
     Json j = {{"uid", caller.uid},
               {"gid", caller.gid},
               {"pid", caller.pid},
-              {"comm", command_of(caller.pid)},
+              {"comm", command_of(caller)},
               {"node", scope.node},
               {"vm", scope.vm},
               {"op", std::string(policy::operation_name(ask.op))},
               {"path", ask.path}};
+    if (!caller.host.empty()) j["host"] = caller.host;
     if (!ask.to.empty()) j["to"] = ask.to;
     if (ask.op == policy::Operation::kWrite) j["offset"] = ask.offset;
     j["size"] = data.size();
@@ -180,7 +183,7 @@ ErrorOr<void> ChangeGate::check_read(const ChangeScope& scope, const Caller& cal
         Json fields = {{"uid", caller.uid},
                        {"gid", caller.gid},
                        {"pid", caller.pid},
-                       {"comm", command_of(caller.pid)},
+                       {"comm", command_of(caller)},
                        {"node", scope.node},
                        {"vm", scope.vm},
                        {"op", "read"},
@@ -188,6 +191,7 @@ ErrorOr<void> ChangeGate::check_read(const ChangeScope& scope, const Caller& cal
                        {"decision", d.allowed ? "allow" : "deny"},
                        {"rule", d.rule},
                        {"reason", d.reason}};
+        if (!caller.host.empty()) fields["host"] = caller.host;
         if (auto w = audit_->append(audit_line(new_id(), "read", fields), false); !w)
             LOG_WARN("audit: %s", w.error().describe().c_str());
     }

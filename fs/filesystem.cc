@@ -9,6 +9,9 @@ namespace cloudvmi::fs {
 
 namespace {
 
+// Requests to one remote node that may wait on the network at once.
+constexpr size_t kRemoteWorkers = 8;
+
 // ssh as a transport: never a prompt (a mount has no terminal), a dead peer noticed within
 // 15 s, no agent, X11 or terminal forwarding.
 remote::LinkSettings remote_link_settings(const Config& config, const NodeConfig& node) {
@@ -68,9 +71,11 @@ void Filesystem::prepare_vm(Vm& vm) {
 void Filesystem::start_nodes(CloudNode::Changed changed, Millis first_listing) {
     for (const auto& n : config_.nodes) {
         if (n.remote()) {
-            auto link = std::make_shared<remote::RemoteLink>(remote_link_settings(config_, n));
-            link->start();
-            remotes_[n.name] = std::move(link);
+            auto peer = std::make_unique<RemotePeer>();
+            peer->link = std::make_shared<remote::RemoteLink>(remote_link_settings(config_, n));
+            peer->queue = std::make_unique<VmExecutor>("node " + n.name, 512, kRemoteWorkers);
+            peer->link->start();
+            remotes_[n.name] = std::move(peer);
             continue;
         }
         clouds_.push_back(std::make_unique<CloudNode>(
@@ -79,10 +84,10 @@ void Filesystem::start_nodes(CloudNode::Changed changed, Millis first_listing) {
     Deadline deadline = Deadline::after(first_listing);
     for (const auto& c : clouds_)
         c->wait_for_first_listing(deadline);
-    for (const auto& [name, link] : remotes_) {
+    for (const auto& [name, peer] : remotes_) {
         auto left =
             std::max(Millis(0), std::chrono::duration_cast<Millis>(deadline.when() - Clock::now()));
-        link->wait_for_first(left);
+        peer->link->wait_for_first(left);
     }
 }
 
@@ -102,13 +107,13 @@ VmSet* Filesystem::find_node(const std::string& name) const {
     return nullptr;
 }
 
-std::shared_ptr<remote::RemoteLink> Filesystem::find_remote(const std::string& name) const {
+RemotePeer* Filesystem::find_remote(const std::string& name) const {
     auto it = remotes_.find(name);
-    return it == remotes_.end() ? nullptr : it->second;
+    return it == remotes_.end() ? nullptr : it->second.get();
 }
 
 std::string Filesystem::node_status(const std::string& name) const {
-    if (auto link = find_remote(name)) return remote_node_status(name, *link);
+    if (auto* peer = find_remote(name)) return remote_node_status(name, *peer->link);
     if (listed_ && listed_->node() == name)
         return strformat("node: %s\nkind: listed\nstate: connected\nvms: %zu\n", name.c_str(),
                          listed_->list().size());
@@ -188,6 +193,8 @@ void Filesystem::reap_queues() {
     auto now = Clock::now();
     for (VmSet* set : sets())
         set->for_each([now](Vm& vm) { vm.executor().reap(now); });
+    for (const auto& [name, peer] : remotes_)
+        peer->queue->reap(now);
 }
 
 void Filesystem::shutdown() {
@@ -197,8 +204,11 @@ void Filesystem::shutdown() {
     // Filesystem goes.
     for (const auto& c : clouds_)
         c->stop();
-    for (const auto& [name, link] : remotes_)
-        link->stop();
+    // The links first: their pending calls end (ESHUTDOWN), then the queues' workers.
+    for (const auto& [name, peer] : remotes_)
+        peer->link->stop();
+    for (const auto& [name, peer] : remotes_)
+        peer->queue->stop(ESHUTDOWN);
     if (listed_) listed_->shutdown();
     LOG_INFO("all guests detached");
 }

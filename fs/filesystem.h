@@ -34,6 +34,13 @@ struct Governance {
 };
 ErrorOr<Governance> load_governance(const Config& config);
 
+// A node on another host: the link to its server and the queue its requests wait on (a
+// few workers: a node that is slow or away holds those, never the mount's FUSE threads).
+struct RemotePeer {
+    std::shared_ptr<remote::RemoteLink> link;
+    std::unique_ptr<VmExecutor> queue;
+};
+
 class Filesystem {
   public:
     // `base` carries the session settings common to every VM (state dir, guardian, timeouts).
@@ -49,8 +56,8 @@ class Filesystem {
     // The node directories, in configuration order.
     std::vector<std::string> node_names() const;
     VmSet* find_node(const std::string& name) const;
-    // The link to a node on another host (nodes: with ssh:), null for local nodes.
-    std::shared_ptr<remote::RemoteLink> find_remote(const std::string& name) const;
+    // A node on another host (nodes: with ssh:), null for local nodes.
+    RemotePeer* find_remote(const std::string& name) const;
     // What /vmi/<node>/.cloudvmi/status and /vmi/.cloudvmi/nodes say of a node.
     std::string node_status(const std::string& name) const;
     std::string nodes_table() const;
@@ -86,7 +93,7 @@ class Filesystem {
     SessionOptions base_;
     std::unique_ptr<VmSet> listed_;  // the hand-listed VMs; null when none and nodes exist
     std::vector<std::unique_ptr<CloudNode>> clouds_;
-    std::map<std::string, std::shared_ptr<remote::RemoteLink>> remotes_;
+    std::map<std::string, std::unique_ptr<RemotePeer>> remotes_;
     std::unique_ptr<PolicyStore> policies_;
     std::unique_ptr<AuditLog> audit_;
     std::unique_ptr<ChangeGate> gate_;
@@ -105,8 +112,8 @@ std::shared_ptr<Node> make_control_dir(Vm& vm);
 std::shared_ptr<Node> make_mount_dir(Filesystem& fs);
 // /vmi/<node>/.cloudvmi: the node's status.
 std::shared_ptr<Node> make_node_info_dir(Filesystem& fs, const std::string& node);
-// /vmi/<node>/ of a node on another host, served through `link`.
-std::shared_ptr<Node> make_remote_node_dir(Filesystem& fs, std::shared_ptr<remote::RemoteLink> link,
+// /vmi/<node>/ of a node on another host.
+std::shared_ptr<Node> make_remote_node_dir(Filesystem& fs, RemotePeer& peer,
                                            const std::string& node);
 // A read-only file whose text is made at each open.
 std::shared_ptr<Node> make_text_file(std::string key, std::function<std::string()> text);

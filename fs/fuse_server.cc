@@ -120,13 +120,24 @@ std::optional<Error> reply_error(const Answer& answer, fuse_req_t req, const Err
     return e;
 }
 
-// Runs `work` inline for local nodes, on the VM's queue otherwise. `on_drop` frees what a
-// request that never runs would have freed.
-void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop = nullptr) {
-    if (vm == nullptr) {
+// Where `node`'s requests run: its own queue (a remote node's), its VM's, or none.
+VmExecutor* queue_of(const Node* node) {
+    if (node == nullptr) return nullptr;
+    if (VmExecutor* own = node->queue()) return own;
+    return node->vm() ? &node->vm()->executor() : nullptr;
+}
+
+// Runs `work` on the queue `node`'s requests go to (see queue_of), inline for nodes answered
+// locally and for a null `node`. `on_drop` frees what a request that never runs would have
+// freed.
+void dispatch(fuse_req_t req, const Node* node, Work work,
+              std::function<void()> on_drop = nullptr) {
+    VmExecutor* queue = queue_of(node);
+    if (queue == nullptr) {
         (void)work(kAnswerNow);
         return;
     }
+    Vm* vm = node->vm();  // null for a remote node: no VM statistics here
     auto deadline = Clock::now() + Millis(fs_of(req).config().request_timeout_ms);
     auto job = std::make_shared<Job>(
         [vm, work](Job& self) {
@@ -135,16 +146,16 @@ void dispatch(fuse_req_t req, Vm* vm, Work work, std::function<void()> on_drop =
             };
             auto start = Clock::now();
             auto err = work(answer);
-            vm->record(elapsed_ms(start), err ? &*err : nullptr);
+            if (vm) vm->record(elapsed_ms(start), err ? &*err : nullptr);
         },
         [req, vm, on_drop](int err, bool ran) {
             if (!ran && on_drop) on_drop();
             fuse_reply_err(req, err);
             Error e(err, ran ? "request interrupted" : "request dropped");
-            if (!ran) vm->record(0, &e);
+            if (!ran && vm) vm->record(0, &e);
         },
         [req]() { return fuse_req_interrupted(req) != 0; }, deadline);
-    if (!vm->executor().submit(job)) {
+    if (!queue->submit(job)) {
         if (on_drop) on_drop();
         fuse_reply_err(req, EAGAIN);
     }
@@ -220,7 +231,7 @@ void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (!node) return;
     std::string n(name);
     Filesystem* fs = &fs_of(req);
-    dispatch(req, node->vm(), [req, fs, node, n](const Answer& answer) -> std::optional<Error> {
+    dispatch(req, node.get(), [req, fs, node, n](const Answer& answer) -> std::optional<Error> {
         auto child = node->lookup(n);
         if (!child) return reply_error(answer, req, child.error());
         return reply_entry(answer, req, *fs, *child);
@@ -241,7 +252,7 @@ void ll_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 void ll_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    dispatch(req, node->local_getattr() ? nullptr : node->vm(),
+    dispatch(req, node->local_getattr() ? nullptr : node.get(),
              [req, node, ino](const Answer& answer) -> std::optional<Error> {
                  auto attr = node->getattr();
                  if (!attr) return reply_error(answer, req, attr.error());
@@ -276,7 +287,7 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
     auto node = node_or_reply(req, ino, &who);
     if (!node) return;
     AttrChange change = attr_change(attr, to_set);
-    dispatch(req, node->vm(),
+    dispatch(req, node.get(),
              [req, node, ino, change, who](const Answer& answer) -> std::optional<Error> {
                  auto r = node->setattr(change, who);
                  if (!r) return reply_error(answer, req, r.error());
@@ -289,7 +300,7 @@ void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
 void ll_readlink(fuse_req_t req, fuse_ino_t ino) {
     auto node = node_or_reply(req, ino);
     if (!node) return;
-    dispatch(req, node->vm(), [req, node](const Answer& answer) -> std::optional<Error> {
+    dispatch(req, node.get(), [req, node](const Answer& answer) -> std::optional<Error> {
         auto target = node->readlink();
         if (!target) return reply_error(answer, req, target.error());
         answer([&] { fuse_reply_readlink(req, target->c_str()); });
@@ -371,7 +382,7 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
         (void)reply(kAnswerNow);
         return;
     }
-    dispatch(req, node->vm(),
+    dispatch(req, node.get(),
              [req, node, dh, plus, reply, who](const Answer& answer) -> std::optional<Error> {
                  auto entries = node->readdir(plus, who);
                  if (!entries) return reply_error(answer, req, entries.error());
@@ -403,7 +414,7 @@ void ll_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto node = node_or_reply(req, ino, &who);
     if (!node) return;
     int flags = fi->flags;
-    dispatch(req, node->vm(),
+    dispatch(req, node.get(),
              [req, node, flags, who,
               fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
                  auto handle = node->open(flags, who);
@@ -426,7 +437,7 @@ void ll_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*
         fuse_reply_buf(req, reinterpret_cast<const char*>(cached->data()), cached->size());
         return;
     }
-    dispatch(req, of->node->vm(),
+    dispatch(req, of->node.get(),
              [req, of, size, off](const Answer& answer) -> std::optional<Error> {
                  auto data = of->handle->read(size, off);
                  if (!data) return reply_error(answer, req, data.error());
@@ -443,7 +454,7 @@ void ll_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t of
     std::vector<uint8_t> data(buf, buf + size);
     Caller who = caller_of(req);
     dispatch(
-        req, of->node->vm(),
+        req, of->node.get(),
         [req, of, data = std::move(data), off, who](const Answer& answer) -> std::optional<Error> {
             auto n = of->handle->write(data, off, who);
             if (!n) return reply_error(answer, req, n.error());
@@ -479,7 +490,7 @@ void reply_new_entry(fuse_req_t req, fuse_ino_t parent, const std::string& what,
     auto node = node_or_reply(req, parent, &who);
     if (!node) return;
     Filesystem* fs = &fs_of(req);
-    dispatch(req, node->vm(),
+    dispatch(req, node.get(),
              [req, fs, node, who, make, what](const Answer& answer) -> std::optional<Error> {
                  auto child = make(*node, who);
                  if (!child) return reply_error(answer, req, child.error().with_context(what));
@@ -492,7 +503,7 @@ void reply_done(fuse_req_t req, fuse_ino_t parent,
     Caller who;
     auto node = node_or_reply(req, parent, &who);
     if (!node) return;
-    dispatch(req, node->vm(), [req, node, who, act](const Answer& answer) -> std::optional<Error> {
+    dispatch(req, node.get(), [req, node, who, act](const Answer& answer) -> std::optional<Error> {
         auto r = act(*node, who);
         if (!r) return reply_error(answer, req, r.error());
         answer([&] { fuse_reply_err(req, 0); });
@@ -568,7 +579,7 @@ void ll_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     if (!node) return;
     std::string n(name);
     Filesystem* fs = &fs_of(req);
-    dispatch(req, node->vm(),
+    dispatch(req, node.get(),
              [req, fs, node, n, mode, who,
               fi_copy = *fi](const Answer& answer) mutable -> std::optional<Error> {
                  std::unique_ptr<FileHandle> handle;

@@ -21,6 +21,7 @@
 namespace cloudvmi::fs {
 
 class Vm;
+class VmExecutor;
 
 // Attributes with how long the kernel may cache them.
 struct NodeAttr {
@@ -78,6 +79,8 @@ class Node : public std::enable_shared_from_this<Node> {
 
     // The VM whose queue runs this node's operations; nullptr for nodes answered locally.
     virtual Vm* vm() const { return nullptr; }
+    // A queue of its own for this node's operations, when not its VM's (a remote node's).
+    virtual VmExecutor* queue() const { return nullptr; }
     // What the node shows, for the access check (fs/access.h).
     virtual Exposure exposure() const { return Exposure::kGuestData; }
     // getattr without the guest (synthetic attributes), even if the node has a VM.

@@ -1,6 +1,7 @@
 #include "fs/remote_attr.h"
 
 #include <cmath>
+#include <fstream>
 
 namespace cloudvmi::fs {
 
@@ -11,6 +12,7 @@ using remote::Message;
 // The kernel keeps what we say for at most this long; a remote cannot ask for more.
 constexpr double kMaxCacheSeconds = 3600;
 constexpr size_t kMaxGroups = 256;
+constexpr size_t kMaxComm = 64;  // the kernel's are 15 bytes
 
 int64_t ns_of(const timespec& t) {
     return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
@@ -100,7 +102,14 @@ ErrorOr<RemoteAttr> decode_remote_attr(const Message& m) {
 }
 
 Message encode_caller(const Caller& who) {
-    return Message{{"uid", who.uid}, {"gid", who.gid}, {"pid", who.pid}, {"groups", who.groups}};
+    Message m{{"uid", who.uid}, {"gid", who.gid}, {"pid", who.pid}, {"groups", who.groups}};
+    std::string comm = who.comm;
+    if (comm.empty() && who.pid > 0) {
+        std::ifstream in("/proc/" + std::to_string(who.pid) + "/comm");
+        std::getline(in, comm);
+    }
+    m["comm"] = comm;
+    return m;
 }
 
 ErrorOr<Caller> decode_caller(const Message& m) {
@@ -109,6 +118,10 @@ ErrorOr<Caller> decode_caller(const Message& m) {
     c.uid = TRY(field_u32(m, "uid"));
     c.gid = TRY(field_u32(m, "gid"));
     c.pid = static_cast<pid_t>(TRY(field_u32(m, "pid")));
+    if (remote::has_field(m, "comm")) {
+        c.comm = TRY(remote::field_string(m, "comm"));
+        if (c.comm.size() > kMaxComm) c.comm.resize(kMaxComm);
+    }
     if (remote::has_field(m, "groups")) {
         const auto& groups = m["groups"];
         if (!groups.is_array() || groups.size() > kMaxGroups)

@@ -20,7 +20,8 @@ remote::Message encode_remote_attr(const NodeAttr& attr, const Node& node);
 // Refuses file types that do not exist and absurd cache lifetimes (EPROTO).
 ErrorOr<RemoteAttr> decode_remote_attr(const remote::Message& m);
 
-// The caller of a request, as the remote node's policy and audit trail see it.
+// The caller of a request, as the remote node's policy and audit trail see it (with its
+// process name, read here: the pid means nothing there).
 remote::Message encode_caller(const Caller& who);
 ErrorOr<Caller> decode_caller(const remote::Message& m);
 

@@ -5,8 +5,6 @@
 // that `ls /vmi` never waits for a host that is away.
 #include <fcntl.h>
 
-#include <atomic>
-
 #include "fs/filesystem.h"
 #include "fs/remote_attr.h"
 #include "remote/remote_link.h"
@@ -39,11 +37,16 @@ Message time_field(const AttrChange::Time& t) {
     return t.now ? Message("now") : Message(time_ns(t.value));
 }
 
+// An open file of the remote node. Its handle belongs to the connection it was opened on:
+// once that is gone, so is the file (EIO), and a handle number of a later connection is
+// never taken for it.
 class RemoteHandle final : public FileHandle {
   public:
-    RemoteHandle(std::shared_ptr<RemoteLink> link, std::optional<uint64_t> handle,
-                 std::vector<uint8_t> prefetched, bool eof, bool direct)
+    RemoteHandle(std::shared_ptr<RemoteLink> link, uint64_t connection,
+                 std::optional<uint64_t> handle, std::vector<uint8_t> prefetched, bool eof,
+                 bool direct)
         : link_(std::move(link)),
+          connection_(connection),
           handle_(handle),
           prefetched_(std::move(prefetched)),
           eof_(eof),
@@ -61,7 +64,8 @@ class RemoteHandle final : public FileHandle {
             return std::vector<uint8_t>(cached->begin(), cached->end());
         if (!handle_) return make_error(EBADF, "not open for reading");
         auto answer = TRY(link_->call(
-            Message{{"op", "pread"}, {"handle", *handle_}, {"offset", off}, {"size", size}}));
+            Message{{"op", "pread"}, {"handle", *handle_}, {"offset", off}, {"size", size}},
+            connection_));
         auto data = TRY(remote::field_bytes(answer, "data"));
         if (data.size() > size) return make_error(EPROTO, "the node read more than asked");
         return data;
@@ -73,18 +77,19 @@ class RemoteHandle final : public FileHandle {
                   {"offset", off},
                   {"data", Message::binary({data.begin(), data.end()})},
                   {"who", encode_caller(who)}};
-        auto answer = TRY(link_->call(std::move(m)));
+        auto answer = TRY(link_->call(std::move(m), connection_));
         auto written = TRY(remote::field_u64(answer, "written"));
         if (written > data.size()) return make_error(EPROTO, "the node wrote more than given");
         return static_cast<size_t>(written);
     }
     void release() override {
-        if (handle_) link_->post(Message{{"op", "close"}, {"handle", *handle_}});
+        if (handle_) link_->post(Message{{"op", "close"}, {"handle", *handle_}}, connection_);
     }
     bool direct_io() const override { return direct_; }
 
   private:
     std::shared_ptr<RemoteLink> link_;
+    uint64_t connection_;
     std::optional<uint64_t> handle_;  // none: the whole file came with the open
     std::vector<uint8_t> prefetched_;
     bool eof_;
@@ -93,18 +98,36 @@ class RemoteHandle final : public FileHandle {
 
 class RemoteNode : public Node {
   public:
-    RemoteNode(std::shared_ptr<RemoteLink> link, std::string node, std::string path,
-               RemoteAttr info)
-        : link_(std::move(link)), node_(std::move(node)), path_(std::move(path)), info_(info) {}
+    RemoteNode(RemotePeer& peer, std::string node, std::string path, RemoteAttr info)
+        : peer_(peer),
+          link_(peer.link),
+          node_(std::move(node)),
+          path_(std::move(path)),
+          info_(info),
+          fresh_until_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(info.attr.timeout))) {}
 
-    std::string key() const override { return "r:" + node_ + "/" + path_; }
+    std::string key() const override { return key_of(path_); }
+    std::string child_key(const std::string& name) const override {
+        return key_of(child_path(path_, name));
+    }
+    // After a rename the kernel keeps its inodes: they stand for the new paths.
+    std::shared_ptr<Node> moved_to(const std::string& from, const std::string& to) const override {
+        std::string k = key();
+        bool below = k.size() > from.size() && k.starts_with(from) && k[from.size()] == '/';
+        std::string prefix = key_of("");
+        if ((k != from && !below) || !to.starts_with(prefix)) return nullptr;
+        std::string path = to.substr(prefix.size()) + k.substr(from.size());
+        return std::make_shared<RemoteNode>(peer_, node_, path, info_);
+    }
+    VmExecutor* queue() const override { return peer_.queue.get(); }
     Exposure exposure() const override { return info_.exposure; }
     bool local_getattr() const override { return false; }
     double entry_timeout() const override { return info_.entry_timeout; }
 
-    // The attributes a lookup or listing brought serve the getattr that follows it.
+    // The attributes a lookup or listing brought hold for as long as the remote said.
     ErrorOr<NodeAttr> getattr() override {
-        if (fresh_.exchange(false)) return info_.attr;
+        if (Clock::now() < fresh_until_) return info_.attr;
         auto answer = TRY(link_->call(request("stat", path_)));
         return TRY(decode(answer)).attr;
     }
@@ -125,7 +148,9 @@ class RemoteNode : public Node {
         auto m = request("open", path_, &who);
         m["flags"] = flags;
         m["prefetch"] = (flags & O_ACCMODE) == O_RDONLY ? kPrefetch : 0;
-        return handle(TRY(link_->call(std::move(m))));
+        uint64_t connection = 0;
+        auto answer = TRY(link_->call(std::move(m), std::nullopt, &connection));
+        return handle(answer, connection);
     }
     ErrorOr<std::string> readlink() override {
         auto answer = TRY(link_->call(request("readlink", path_)));
@@ -157,9 +182,10 @@ class RemoteNode : public Node {
         m["name"] = name;
         m["mode"] = mode;
         m["flags"] = flags;
-        auto answer = TRY(link_->call(std::move(m)));
+        uint64_t connection = 0;
+        auto answer = TRY(link_->call(std::move(m), std::nullopt, &connection));
         auto info = TRY(decode(answer));
-        out = TRY(handle(answer));
+        out = TRY(handle(answer, connection));
         return child(child_path(path_, name), info);
     }
     ErrorOr<void> unlink(const std::string& name, const Caller& who) override {
@@ -185,7 +211,7 @@ class RemoteNode : public Node {
     ErrorOr<void> rename(const std::string& name, Node& new_parent, const std::string& new_name,
                          unsigned flags, const Caller& who) override {
         auto* to = dynamic_cast<RemoteNode*>(&new_parent);
-        if (to == nullptr || to->link_ != link_) return make_error(EXDEV, "rename across nodes");
+        if (to == nullptr || &to->peer_ != &peer_) return make_error(EXDEV, "rename across nodes");
         auto m = request("rename", path_, &who);
         m["name"] = name;
         m["to_path"] = to->path_;
@@ -201,8 +227,9 @@ class RemoteNode : public Node {
             return make_error(EPROTO, "answer without attributes");
         return decode_remote_attr(answer["attr"]);
     }
+    std::string key_of(const std::string& path) const { return "r:" + node_ + "/" + path; }
     std::shared_ptr<Node> child(std::string path, const RemoteAttr& info) const {
-        return std::make_shared<RemoteNode>(link_, node_, std::move(path), info);
+        return std::make_shared<RemoteNode>(peer_, node_, std::move(path), info);
     }
     ErrorOr<std::vector<DirEntry>> entries(const Message& answer, bool plus) const {
         if (!remote::has_field(answer, "entries") || !answer["entries"].is_array())
@@ -221,7 +248,7 @@ class RemoteNode : public Node {
         }
         return out;
     }
-    ErrorOr<std::unique_ptr<FileHandle>> handle(const Message& answer) const {
+    ErrorOr<std::unique_ptr<FileHandle>> handle(const Message& answer, uint64_t connection) const {
         std::optional<uint64_t> hid;
         if (remote::has_field(answer, "handle")) hid = TRY(remote::field_u64(answer, "handle"));
         std::vector<uint8_t> data;
@@ -230,22 +257,22 @@ class RemoteNode : public Node {
         if (!hid && !eof) return make_error(EPROTO, "open answered without a handle");
         bool dio = !remote::has_field(answer, "dio") || TRY(remote::field_bool(answer, "dio"));
         return std::unique_ptr<FileHandle>(
-            std::make_unique<RemoteHandle>(link_, hid, std::move(data), eof, dio));
+            std::make_unique<RemoteHandle>(link_, connection, hid, std::move(data), eof, dio));
     }
 
+    RemotePeer& peer_;  // the Filesystem's, which outlives every node
     std::shared_ptr<RemoteLink> link_;
     std::string node_;
     std::string path_;
     RemoteAttr info_;
-    std::atomic<bool> fresh_{true};
+    Clock::time_point fresh_until_;
 };
 
 // /vmi/<node>/ itself: its listing is the remote's, its attributes and .cloudvmi/ local.
 class RemoteNodeDir final : public RemoteNode {
   public:
-    RemoteNodeDir(Filesystem& fs, std::shared_ptr<RemoteLink> link, const std::string& node)
-        : RemoteNode(std::move(link), node, "",
-                     RemoteAttr{NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}}),
+    RemoteNodeDir(Filesystem& fs, RemotePeer& peer, const std::string& node)
+        : RemoteNode(peer, node, "", RemoteAttr{NodeAttr{synthetic_stat(S_IFDIR | 0555), 1}}),
           fs_(fs) {}
     std::string key() const override { return "n:" + node_; }
     bool local_getattr() const override { return true; }
@@ -277,9 +304,9 @@ class RemoteNodeDir final : public RemoteNode {
 
 }  // namespace
 
-std::shared_ptr<Node> make_remote_node_dir(Filesystem& fs, std::shared_ptr<remote::RemoteLink> link,
+std::shared_ptr<Node> make_remote_node_dir(Filesystem& fs, RemotePeer& peer,
                                            const std::string& node) {
-    return std::make_shared<RemoteNodeDir>(fs, std::move(link), node);
+    return std::make_shared<RemoteNodeDir>(fs, peer, node);
 }
 
 }  // namespace cloudvmi::fs

@@ -88,7 +88,7 @@ std::shared_ptr<Node> make_root_dir(Filesystem& fs) {
 }
 
 std::shared_ptr<Node> make_node_dir(Filesystem& fs, const std::string& node) {
-    if (auto link = fs.find_remote(node)) return make_remote_node_dir(fs, std::move(link), node);
+    if (auto* peer = fs.find_remote(node)) return make_remote_node_dir(fs, *peer, node);
     return std::make_shared<NodeDir>(fs, node);
 }
 

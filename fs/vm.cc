@@ -44,7 +44,7 @@ Vm::Vm(std::string node, const VmConfig& config, const SessionOptions& base)
       session_(std::make_unique<GuestSession>(options_for(config, base))),
       files_(*session_),
       changes_(*session_),
-      executor_(config.name) {}
+      executor_("vm " + config.name) {}
 
 ChangeGate& Vm::gate() const {
     if (gate_) return *gate_;

@@ -1,13 +1,17 @@
 #include "fs/vm_executor.h"
 
+#include <algorithm>
 #include <cerrno>
 
 #include "common/log.h"
 
 namespace cloudvmi::fs {
 
-VmExecutor::VmExecutor(std::string name, size_t max_queue)
-    : name_(std::move(name)), max_queue_(max_queue), worker_([this] { worker_main(); }) {}
+VmExecutor::VmExecutor(std::string name, size_t max_queue, size_t workers)
+    : name_(std::move(name)), max_queue_(max_queue) {
+    for (size_t i = 0; i < std::max<size_t>(workers, 1); ++i)
+        workers_.emplace_back([this] { worker_main(); });
+}
 
 VmExecutor::~VmExecutor() {
     stop(ESHUTDOWN);
@@ -45,17 +49,17 @@ void VmExecutor::worker_main() {
         }
         {
             std::lock_guard lock(mutex_);
-            running_ = job;
+            running_.push_back(job);
         }
         job->run();
         std::lock_guard lock(mutex_);
-        running_.reset();
+        std::erase(running_, job);
     }
 }
 
 void VmExecutor::reap(Clock::time_point now) {
     std::vector<std::shared_ptr<Job>> expired;
-    std::shared_ptr<Job> running;
+    std::vector<std::shared_ptr<Job>> running;
     {
         std::lock_guard lock(mutex_);
         running = running_;
@@ -70,13 +74,14 @@ void VmExecutor::reap(Clock::time_point now) {
     }
     // A caller interrupted while its request is in the guest gets its answer now; the
     // guest operation finishes in the background (within its own bounds).
-    if (running && running->answer_if_interrupted()) {
-        LOG_DEBUG("vm %s: running request interrupted", name_.c_str());
+    for (auto& job : running) {
+        if (job->answer_if_interrupted())
+            LOG_DEBUG("%s: running request interrupted", name_.c_str());
     }
     for (auto& job : expired) {
         if (!job->claim()) continue;
         int err = job->expiry_error(now);  // an interrupt or a passed deadline stays so
-        LOG_DEBUG("vm %s: request %s while queued", name_.c_str(),
+        LOG_DEBUG("%s: request %s while queued", name_.c_str(),
                   err == EINTR ? "interrupted" : "timed out");
         job->fail(err);
     }
@@ -87,7 +92,7 @@ void VmExecutor::stop(int err) {
     std::deque<std::shared_ptr<Job>> left;
     {
         std::lock_guard lock(mutex_);
-        if (stopping_ && !worker_.joinable()) return;
+        if (stopping_ && workers_.empty()) return;
         stopping_ = true;
         left.swap(queue_);
     }
@@ -95,7 +100,14 @@ void VmExecutor::stop(int err) {
     for (auto& job : left) {
         if (job->claim()) job->fail(err);
     }
-    if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
+    for (auto& worker : workers_) {
+        if (worker.get_id() == std::this_thread::get_id()) {
+            worker.detach();  // stopped from one of its own requests: it ends by itself
+        } else if (worker.joinable()) {
+            worker.join();
+        }
+    }
+    workers_.clear();
 }
 
 }  // namespace cloudvmi::fs

@@ -1,4 +1,6 @@
 // One queue and one worker thread per VM: a slow or dead VM only delays its own requests.
+// A remote node's queue has several workers (its requests wait on the network, not on a
+// guest, and many may be in flight at once).
 //
 // FUSE worker threads hand each guest-touching request to the VM's queue and return at
 // once; the worker replies when done (libfuse allows deferred replies from any thread).
@@ -15,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/deadline.h"
 
@@ -84,7 +87,7 @@ class Job {
 
 class VmExecutor {
   public:
-    explicit VmExecutor(std::string name, size_t max_queue = 512);
+    explicit VmExecutor(std::string name, size_t max_queue = 512, size_t workers = 1);
     ~VmExecutor();
     VmExecutor(const VmExecutor&) = delete;
     VmExecutor& operator=(const VmExecutor&) = delete;
@@ -105,10 +108,10 @@ class VmExecutor {
     mutable std::mutex mutex_;  // guards queue_ and stopping_; a leaf lock
     std::condition_variable cv_;
     std::deque<std::shared_ptr<Job>> queue_;
-    std::shared_ptr<Job> running_;  // the request the worker is executing
+    std::vector<std::shared_ptr<Job>> running_;  // the requests the workers are executing
     bool stopping_ = false;
-    std::mutex join_mutex_;  // one stop() joins the worker at a time; taken before mutex_
-    std::thread worker_;
+    std::mutex join_mutex_;  // one stop() joins the workers at a time; taken before mutex_
+    std::vector<std::thread> workers_;
 };
 
 }  // namespace cloudvmi::fs

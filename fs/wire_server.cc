@@ -104,7 +104,9 @@ struct ServedHandle {
     std::unique_ptr<FileHandle> handle;
 };
 
-class WireServer {
+// Shared with the jobs it queues: a job may still run, or be answered ESHUTDOWN, after
+// the peer hung up and run() returned; its answer then goes nowhere.
+class WireServer : public std::enable_shared_from_this<WireServer> {
   public:
     WireServer(Filesystem& fs, std::string node, int in_fd, int out_fd)
         : fs_(fs),
@@ -122,6 +124,7 @@ class WireServer {
         const char* name;
         OpFn fn;
         Target target;
+        bool needs_caller;  // the node operation takes the caller (policy, audit)
     };
     static const Op kOps[];
 
@@ -156,8 +159,9 @@ class WireServer {
     const std::shared_ptr<Node> root_;
 
     // Each mutex below is a leaf: none is held while another is taken or a node is called.
-    std::mutex out_mutex_;  // whole frames on out_fd_
-    bool out_broken_ = false;
+    std::mutex out_mutex_;     // whole frames on out_fd_
+    bool out_broken_ = false;  // the peer is gone (or run() ended): answers go nowhere
+    std::string peer_host_;    // the mounting host, as its hello named it
     std::mutex cache_mutex_;
     struct Cached {
         std::shared_ptr<Node> node;
@@ -170,24 +174,31 @@ class WireServer {
 };
 
 const WireServer::Op WireServer::kOps[] = {
-    {"stat", &WireServer::op_stat, Target::kPath},
-    {"list", &WireServer::op_list, Target::kPath},
-    {"readlink", &WireServer::op_readlink, Target::kPath},
-    {"open", &WireServer::op_open, Target::kPath},
-    {"pread", &WireServer::op_pread, Target::kHandle},
-    {"pwrite", &WireServer::op_pwrite, Target::kHandle},
-    {"close", &WireServer::op_close, Target::kHandle},
-    {"setattr", &WireServer::op_setattr, Target::kPath},
-    {"mkdir", &WireServer::op_mkdir, Target::kPath},
-    {"create", &WireServer::op_create, Target::kPath},
-    {"unlink", &WireServer::op_unlink, Target::kPath},
-    {"rmdir", &WireServer::op_rmdir, Target::kPath},
-    {"symlink", &WireServer::op_symlink, Target::kPath},
-    {"rename", &WireServer::op_rename, Target::kPath},
+    {"stat", &WireServer::op_stat, Target::kPath, false},
+    {"list", &WireServer::op_list, Target::kPath, true},
+    {"readlink", &WireServer::op_readlink, Target::kPath, false},
+    {"open", &WireServer::op_open, Target::kPath, true},
+    {"pread", &WireServer::op_pread, Target::kHandle, false},
+    {"pwrite", &WireServer::op_pwrite, Target::kHandle, true},
+    {"close", &WireServer::op_close, Target::kHandle, false},
+    {"setattr", &WireServer::op_setattr, Target::kPath, true},
+    {"mkdir", &WireServer::op_mkdir, Target::kPath, true},
+    {"create", &WireServer::op_create, Target::kPath, true},
+    {"unlink", &WireServer::op_unlink, Target::kPath, true},
+    {"rmdir", &WireServer::op_rmdir, Target::kPath, true},
+    {"symlink", &WireServer::op_symlink, Target::kPath, true},
+    {"rename", &WireServer::op_rename, Target::kPath, true},
 };
 
 void WireServer::respond(const Message& m) {
     auto frame = remote::encode_frame(m);
+    if (frame.size() > remote::kMaxFrame + 4) {
+        // Too large for the peer to take (a huge listing): the request fails, not the link.
+        auto id = remote::field_u64(m, "id");
+        frame = remote::encode_frame(remote::error_response(
+            id ? *id : 0, Error::refusal(EOVERFLOW, "the answer is larger than one frame (" +
+                                                        std::to_string(frame.size()) + " bytes)")));
+    }
     std::lock_guard lock(out_mutex_);
     size_t off = 0;
     while (!out_broken_ && off < frame.size()) {
@@ -208,6 +219,8 @@ ErrorOr<void> WireServer::greet(remote::FrameReader& reader) {
         auto hello = TRY(reader.next());
         if (hello) {
             auto answer = remote::answer_hello(*hello, node_);
+            auto host = remote::field_string(*hello, "host");
+            peer_host_ = host && !host->empty() ? host->substr(0, 255) : "(unnamed host)";
             respond(answer ? *answer : remote::error_response(0, answer.error()));
             if (!answer) return std::unexpected(answer.error());
             return {};
@@ -253,6 +266,10 @@ int WireServer::run() {
     stop = true;
     reaper.join();
     {
+        std::lock_guard lock(out_mutex_);
+        out_broken_ = true;
+    }
+    {
         std::lock_guard lock(handles_mutex_);
         handles_.clear();
     }
@@ -284,14 +301,18 @@ void WireServer::handle_request(Message m) {
             *id, Error::refusal(EOPNOTSUPP, "unknown operation '" + *op_name + "'")));
         return;
     }
+    // Who asks decides what the policy allows: never assumed (it would be root).
     Caller who;
-    if (remote::has_field(m, "who")) {
-        auto decoded = decode_caller(m["who"]);
+    if (op->needs_caller || remote::has_field(m, "who")) {
+        auto decoded = remote::has_field(m, "who")
+                           ? decode_caller(m["who"])
+                           : ErrorOr<Caller>(std::unexpected(Error(EPROTO, "no caller")));
         if (!decoded) {
             respond(remote::error_response(*id, bad_request(decoded.error().message())));
             return;
         }
         who = std::move(*decoded);
+        who.host = peer_host_;
     }
     Vm* vm = nullptr;
     if (op->target == Target::kPath) {
@@ -309,20 +330,20 @@ void WireServer::handle_request(Message m) {
         }
         vm = (*handle)->node->vm();
     }
-    execute(*id, vm, [this, op, m = std::move(m), who = std::move(who)] {
-        return (this->*(op->fn))(m, who);
+    execute(*id, vm, [self = shared_from_this(), op, m = std::move(m), who = std::move(who)] {
+        return ((*self).*(op->fn))(m, who);
     });
 }
 
 void WireServer::execute(uint64_t id, Vm* vm, std::function<ErrorOr<Message>()> work) {
-    auto answer_with = [this, id](const ErrorOr<Message>& result) {
+    auto answer_with = [self = shared_from_this(), id](const ErrorOr<Message>& result) {
         if (!result) {
-            respond(remote::error_response(id, result.error()));
+            self->respond(remote::error_response(id, result.error()));
             return;
         }
         Message out = *result;
         out["id"] = id;
-        respond(out);
+        self->respond(out);
     };
     if (vm == nullptr) {
         answer_with(work());
@@ -336,8 +357,8 @@ void WireServer::execute(uint64_t id, Vm* vm, std::function<ErrorOr<Message>()> 
             vm->record(elapsed_ms(start), result ? nullptr : &result.error());
             self.answer([&] { answer_with(result); });
         },
-        [this, id](int err, bool ran) {
-            respond(remote::error_response(
+        [self = shared_from_this(), id](int err, bool ran) {
+            self->respond(remote::error_response(
                 id, Error(err, ran ? "request interrupted" : "request dropped")));
         },
         nullptr, deadline);
@@ -379,10 +400,11 @@ ErrorOr<std::shared_ptr<Node>> WireServer::resolve(const std::string& path) {
 
 void WireServer::forget_below(const std::string& path) {
     std::lock_guard lock(cache_mutex_);
-    for (auto it = cache_.lower_bound(path); it != cache_.end();) {
-        if (it->first != path && !it->first.starts_with(path + "/")) break;
+    cache_.erase(path);
+    // "a/..." sort together, but not next to "a": "a.old" comes between.
+    std::string below = path + "/";
+    for (auto it = cache_.lower_bound(below); it != cache_.end() && it->first.starts_with(below);)
         it = cache_.erase(it);
-    }
 }
 
 ErrorOr<std::shared_ptr<ServedHandle>> WireServer::handle_of(const Message& m) {
@@ -437,25 +459,16 @@ ErrorOr<Message> WireServer::op_readlink(const Message& m, const Caller&) {
 ErrorOr<Message> WireServer::op_open(const Message& m, const Caller& who) {
     auto node = TRY(resolve(TRY(remote::field_string(m, "path"))));
     int flags = static_cast<int>(TRY(remote::field_i64(m, "flags")));
-    auto handle = TRY(node->open(flags, who));
-    Message out{{"dio", handle->direct_io()}};
     uint64_t want = remote::has_field(m, "prefetch") ? TRY(remote::field_u64(m, "prefetch")) : 0;
     want = std::min<uint64_t>(want, remote::kMaxReadChunk);
+    auto handle = TRY(node->open(flags, who));
+    Message out{{"dio", handle->direct_io()}};
     // A read-only open answers with the file's first bytes: a small file's `cat` is then
     // this one round trip. A failed read is left for the peer's own read to report.
     if ((flags & O_ACCMODE) == O_RDONLY && want > 0) {
-        std::vector<uint8_t> data;
-        bool got = false;
-        if (auto cached = handle->read_cached(want, 0)) {
-            data.assign(cached->begin(), cached->end());
-            got = true;
-        } else if (auto read = handle->read(want, 0)) {
-            data = std::move(*read);
-            got = true;
-        }
-        if (got) {
-            out["data"] = Message::binary(std::move(data));
-            if (out["data"].get_binary().size() < want) {
+        if (auto head = read_head(*handle, want)) {
+            out["data"] = Message::binary(std::move(head->data));
+            if (head->eof) {
                 handle->release();
                 out["eof"] = true;
                 return out;
@@ -527,8 +540,12 @@ ErrorOr<Message> WireServer::op_create(const Message& m, const Caller& who) {
     auto child = TRY(parent->create(name, mode, flags, handle, who));
     if (!handle) return make_error(EIO, "create opened nothing");
     bool dio = handle->direct_io();
-    auto attr = TRY(child->getattr());
-    Message out{{"attr", encode_remote_attr(attr, *child)}, {"dio", dio}};
+    auto attr = child->getattr();
+    if (!attr) {
+        handle->release();  // the peer never hears of it
+        return std::unexpected(attr.error());
+    }
+    Message out{{"attr", encode_remote_attr(*attr, *child)}, {"dio", dio}};
     out["handle"] = TRY(keep_handle(child, std::move(handle)));
     return out;
 }
@@ -577,9 +594,32 @@ ErrorOr<Message> WireServer::op_rename(const Message& m, const Caller& who) {
 
 }  // namespace
 
+std::optional<FileHead> read_head(FileHandle& handle, uint64_t want) {
+    FileHead head;
+    while (head.data.size() < want) {
+        size_t ask = want - head.data.size();
+        auto off = static_cast<off_t>(head.data.size());
+        std::vector<uint8_t> piece;
+        if (auto cached = handle.read_cached(ask, off)) {
+            piece.assign(cached->begin(), cached->end());
+        } else if (auto read = handle.read(ask, off)) {
+            piece = std::move(*read);
+        } else {
+            if (head.data.empty()) return std::nullopt;
+            return head;  // what was read so far; the peer's next read meets the error
+        }
+        if (piece.empty()) {
+            head.eof = true;
+            return head;
+        }
+        head.data.insert(head.data.end(), piece.begin(), piece.end());
+    }
+    return head;
+}
+
 int serve_wire(Filesystem& fs, const std::string& node, int in_fd, int out_fd) {
-    WireServer server(fs, node, in_fd, out_fd);
-    return server.run();
+    auto server = std::make_shared<WireServer>(fs, node, in_fd, out_fd);
+    return server->run();
 }
 
 }  // namespace cloudvmi::fs

@@ -25,6 +25,8 @@ constexpr Millis kMaxBackoff{30000};
 // from the beginning again.
 constexpr Millis kStableConnection{30000};
 constexpr size_t kStderrTail = 400;
+// Pings in a row a server may leave unanswered before its connection is given up.
+constexpr int kPingsMissed = 3;
 
 void append_tail(std::string& tail, const char* data, size_t n) {
     tail.append(data, n);
@@ -190,13 +192,20 @@ ErrorOr<RemoteLink::Child> RemoteLink::spawn() const {
     c.to = UniqueFd(::dup(ours.get()));
     c.from = std::move(ours);
     c.err = std::move(err_read);
-    if (!c.to.valid()) return make_error(errno, "dup");
+    if (!c.to.valid()) {
+        int err = errno;
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        return make_error(err, "dup");
+    }
     return c;
 }
 
 ErrorOr<void> RemoteLink::handshake(Child& child, FrameReader& reader) {
     Deadline deadline = Deadline::after(settings_.connect_timeout);
-    auto frame = encode_frame(hello_request());
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    auto frame = encode_frame(hello_request(host));
     size_t off = 0;
     std::string tail;
     auto failure = [&](int err, const std::string& what) {
@@ -262,7 +271,8 @@ Error RemoteLink::serve_connection(Child& child, FrameReader& reader) {
     std::string& tail = stderr_tail_;
     tail.clear();
     for (;;) {
-        maybe_ping(child.to.get());
+        if (auto silent = maybe_ping(child.to.get())) return *silent;
+        flush_orphans(child.to.get());
         pollfd fds[3] = {
             {child.from.get(), POLLIN, 0}, {child.err.get(), POLLIN, 0}, {wake_fd_[0], POLLIN, 0}};
         int n = ::poll(fds, 3, 500);
@@ -298,7 +308,13 @@ void RemoteLink::deliver(Message response) {
     uint64_t id = response["id"].get<uint64_t>();
     std::lock_guard lock(mutex_);
     auto it = pending_.find(id);
-    if (it == pending_.end()) return;  // its caller gave up (timeout) or a posted request
+    if (it == pending_.end()) {
+        // Its caller gave up (timeout), or it was posted. A handle opened for a caller that
+        // is gone is closed, or it would stay open on the node until the connection ends.
+        if (auto handle = field_u64(response, "handle"))
+            orphans_.push_back(Message{{"op", "close"}, {"handle", *handle}});
+        return;
+    }
     auto pending = it->second;
     pending_.erase(it);
     if (ping_id_ && *ping_id_ == id) {
@@ -318,19 +334,29 @@ void RemoteLink::deliver(Message response) {
     cv_.notify_all();
 }
 
-void RemoteLink::maybe_ping(int fd) {
-    std::unique_lock write_lock(write_mutex_, std::try_to_lock);
-    if (!write_lock.owns_lock()) return;  // a caller is writing: ping next round
-    std::lock_guard lock(mutex_);
+std::optional<Error> RemoteLink::maybe_ping(int fd) {
     auto now = Clock::now();
-    if (ping_id_ || now - last_ping_ < settings_.ping_interval) return;
+    {
+        std::lock_guard lock(mutex_);
+        // ssh's keepalives watch the network; this watches the server behind it.
+        if (ping_id_ && now - last_ping_ > kPingsMissed * settings_.ping_interval) {
+            return Error(ETIMEDOUT,
+                         "no answer to a ping for " +
+                             std::to_string(kPingsMissed * settings_.ping_interval.count() / 1000) +
+                             " s");
+        }
+    }
+    std::unique_lock write_lock(write_mutex_, std::try_to_lock);
+    if (!write_lock.owns_lock()) return std::nullopt;  // a caller is writing: next round
+    std::lock_guard lock(mutex_);
+    if (ping_id_ || now - last_ping_ < settings_.ping_interval) return std::nullopt;
     uint64_t id = next_id_++;
     auto frame = encode_frame(Message{{"id", id}, {"op", "ping"}});
     ssize_t w = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w != static_cast<ssize_t>(frame.size())) {
         // A partial frame would corrupt the stream: end it (the supervisor reconnects).
-        if (w > 0) ::shutdown(fd, SHUT_RDWR);
-        return;
+        if (w > 0) return Error(EIO, "a ping could not be sent whole");
+        return std::nullopt;
     }
     auto pending = std::make_shared<Pending>();
     pending->sent = now;
@@ -338,6 +364,25 @@ void RemoteLink::maybe_ping(int fd) {
     pending_[id] = pending;
     ping_id_ = id;
     last_ping_ = now;
+    return std::nullopt;
+}
+
+void RemoteLink::flush_orphans(int fd) {
+    std::unique_lock write_lock(write_mutex_, std::try_to_lock);
+    if (!write_lock.owns_lock()) return;
+    std::lock_guard lock(mutex_);
+    while (!orphans_.empty()) {
+        Message m = orphans_.front();
+        m["id"] = next_id_++;
+        auto frame = encode_frame(m);
+        ssize_t w = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w == static_cast<ssize_t>(frame.size())) {
+            orphans_.pop_front();
+            continue;
+        }
+        if (w > 0) ::shutdown(fd, SHUT_RDWR);  // torn frame: the connection must end
+        return;
+    }
 }
 
 void RemoteLink::end_connection(Child& child, const Error& why) {
@@ -349,14 +394,17 @@ void RemoteLink::end_connection(Child& child, const Error& why) {
         bool was_up = write_fd_ >= 0;
         write_fd_ = -1;
         if (was_up) status_.drops++;
+        // Down from now on: calls made meanwhile wait for the next connection.
+        status_.state = LinkState::kDown;
         for (auto& [id, p] : pending_) {
-            if (p->ping) continue;
+            if (p->ping || p->result) continue;
             p->result = make_error(EIO, "connection to node " + settings_.node +
                                             " lost during the request (" + why.message() + ")");
             status_.failed++;
         }
         pending_.clear();
         ping_id_.reset();
+        orphans_.clear();  // their handles went with the connection
         cv_.notify_all();
     }
     if (child.pid > 0) {
@@ -374,11 +422,18 @@ void RemoteLink::end_connection(Child& child, const Error& why) {
     }
 }
 
-ErrorOr<void> RemoteLink::send_frame(const Message& m, Deadline deadline) {
+ErrorOr<void> RemoteLink::send_frame(const Message& m, uint64_t generation) {
     auto frame = encode_frame(m);
     if (frame.size() > kMaxFrame + 4)
         return std::unexpected(Error::refusal(E2BIG, "request too large for one frame"));
     std::lock_guard write_lock(write_mutex_);
+    // From here: the time waiting for other writers does not count against this frame.
+    Deadline deadline = Deadline::after(settings_.request_timeout);
+    {
+        std::lock_guard lock(mutex_);
+        if (status_.connects != generation)
+            return make_error(EIO, "connection to node " + settings_.node + " lost");
+    }
     int fd = write_fd_;
     if (fd < 0) return make_error(EIO, "connection to node " + settings_.node + " lost");
     size_t off = 0;
@@ -400,35 +455,46 @@ ErrorOr<void> RemoteLink::send_frame(const Message& m, Deadline deadline) {
     return {};
 }
 
-ErrorOr<Message> RemoteLink::call(Message request) {
+ErrorOr<Message> RemoteLink::call(Message request, std::optional<uint64_t> on_connection,
+                                  uint64_t* answered_on) {
     auto pending = std::make_shared<Pending>();
-    uint64_t id;
+    uint64_t id, generation;
     {
         std::unique_lock lock(mutex_);
-        // Right after a drop the next connection is worth waiting for; a node that failed
-        // twice in a row is away, and its requests fail at once until it is back.
-        cv_.wait_for(lock, settings_.connect_timeout, [&] {
-            return stopping_ || status_.state == LinkState::kUp || failures_ >= 2;
-        });
+        if (!on_connection) {
+            // Right after a drop the next connection is worth waiting for; a node that
+            // failed twice in a row is away, and its requests fail at once until it is back.
+            cv_.wait_for(lock, settings_.connect_timeout, [&] {
+                return stopping_ || status_.state == LinkState::kUp || failures_ >= 2;
+            });
+        }
         if (stopping_) return make_error(ESHUTDOWN, "the mount is ending");
+        if (on_connection &&
+            (*on_connection != status_.connects || status_.state != LinkState::kUp)) {
+            // What the request names (an open file) lived on a connection that is gone.
+            return make_error(EIO, "the connection to node " + settings_.node +
+                                       " this file was opened on is gone");
+        }
         if (status_.state != LinkState::kUp) {
             return make_error(ENOTCONN, "node " + settings_.node + " is unreachable" +
                                             (status_.error.empty() ? "" : ": " + status_.error));
         }
         id = next_id_++;
+        generation = status_.connects;
         request["id"] = id;
         pending->sent = Clock::now();
         pending_[id] = pending;
     }
-    auto deadline = Deadline::after(settings_.request_timeout);
-    auto sent = send_frame(request, deadline);
+    if (answered_on) *answered_on = generation;
+    auto sent = send_frame(request, generation);
     std::unique_lock lock(mutex_);
     if (!sent) {
         pending_.erase(id);
         status_.failed++;
         return std::unexpected(sent.error());
     }
-    cv_.wait_until(lock, deadline.when(), [&] { return pending->result.has_value(); });
+    auto deadline = Clock::now() + settings_.request_timeout;
+    cv_.wait_until(lock, deadline, [&] { return pending->result.has_value(); });
     if (!pending->result) {
         pending_.erase(id);
         status_.failed++;
@@ -438,13 +504,13 @@ ErrorOr<Message> RemoteLink::call(Message request) {
     return std::move(*pending->result);
 }
 
-void RemoteLink::post(Message request) {
+void RemoteLink::post(Message request, uint64_t on_connection) {
     {
         std::lock_guard lock(mutex_);
-        if (status_.state != LinkState::kUp) return;
+        if (status_.state != LinkState::kUp || status_.connects != on_connection) return;
         request["id"] = next_id_++;  // its answer finds no caller and is dropped
     }
-    (void)send_frame(request, Deadline::after(settings_.request_timeout));
+    (void)send_frame(request, on_connection);
 }
 
 }  // namespace cloudvmi::remote

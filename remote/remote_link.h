@@ -13,6 +13,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,10 +67,14 @@ class RemoteLink {
     void wait_for_first(Millis timeout);
     // Sends `request` (its id is set here) and waits for the answer. The answer's error, if
     // any, is returned as the Error (the remote's errno unchanged); a lost connection is EIO,
-    // no answer in time ETIMEDOUT, a stopped link ESHUTDOWN.
-    ErrorOr<Message> call(Message request);
-    // Sends without waiting for the answer (releasing a remote handle). Dropped while down.
-    void post(Message request);
+    // no answer in time ETIMEDOUT, a stopped link ESHUTDOWN. `on_connection`: only on that
+    // connection (what the request names, an open handle, lives there), else EIO at once;
+    // `answered_on` is set to the connection the request went out on.
+    ErrorOr<Message> call(Message request, std::optional<uint64_t> on_connection = std::nullopt,
+                          uint64_t* answered_on = nullptr);
+    // Sends without waiting for the answer (releasing a remote handle), on that connection
+    // only; nothing is sent once it is gone (and the handle with it).
+    void post(Message request, uint64_t on_connection);
     LinkStatus status() const;
     const LinkSettings& settings() const { return settings_; }
     // Ends the connection for good; pending calls get ESHUTDOWN.
@@ -92,9 +97,14 @@ class RemoteLink {
     // Reads frames until the connection ends; returns why it ended.
     Error serve_connection(Child& child, FrameReader& reader);
     void deliver(Message response);
-    void maybe_ping(int fd);
+    // Sends a ping when one is due; an error when the server left pings unanswered.
+    std::optional<Error> maybe_ping(int fd);
+    // Sends the closes of handles whose callers gave up before the open was answered.
+    void flush_orphans(int fd);
     void end_connection(Child& child, const Error& why);
-    ErrorOr<void> send_frame(const Message& m, Deadline deadline);
+    // Sends a whole frame on connection `generation`, within the request timeout counted
+    // from when it may write.
+    ErrorOr<void> send_frame(const Message& m, uint64_t generation);
     void sleep_interruptible(Millis d);
 
     const LinkSettings settings_;
@@ -108,6 +118,7 @@ class RemoteLink {
     uint64_t next_id_ = 1;
     std::map<uint64_t, std::shared_ptr<Pending>> pending_;
     std::optional<uint64_t> ping_id_;
+    std::deque<Message> orphans_;  // closes to send for handles nobody waits for
     Clock::time_point last_ping_{};
     bool first_done_ = false;
     int failures_ = 0;  // connection attempts failed in a row

@@ -13,7 +13,7 @@ constexpr int kMaxDepth = 16;
 // Builds the message as nlohmann's own DOM parser does, counting nesting on the way.
 class BoundedSax : public nlohmann::json_sax<Message> {
   public:
-    explicit BoundedSax(Message& out) : dom_(out, false) {}
+    BoundedSax(Message& out, size_t payload) : dom_(out, false), payload_(payload) {}
     bool null() override { return dom_.null(); }
     bool boolean(bool v) override { return dom_.boolean(v); }
     bool number_integer(number_integer_t v) override { return dom_.number_integer(v); }
@@ -23,8 +23,10 @@ class BoundedSax : public nlohmann::json_sax<Message> {
     }
     bool string(string_t& v) override { return dom_.string(v); }
     bool binary(binary_t& v) override { return dom_.binary(v); }
+    // A declared length is checked against the frame first: nlohmann throws on lengths it
+    // cannot reserve, whatever the exception setting.
     bool start_object(std::size_t n) override {
-        return ++depth_ <= kMaxDepth && dom_.start_object(n);
+        return ++depth_ <= kMaxDepth && plausible(n) && dom_.start_object(n);
     }
     bool key(string_t& v) override { return dom_.key(v); }
     bool end_object() override {
@@ -32,7 +34,7 @@ class BoundedSax : public nlohmann::json_sax<Message> {
         return dom_.end_object();
     }
     bool start_array(std::size_t n) override {
-        return ++depth_ <= kMaxDepth && dom_.start_array(n);
+        return ++depth_ <= kMaxDepth && plausible(n) && dom_.start_array(n);
     }
     bool end_array() override {
         --depth_;
@@ -46,7 +48,11 @@ class BoundedSax : public nlohmann::json_sax<Message> {
     bool failed() const { return failed_; }
 
   private:
+    // Every element takes a byte at least; an indefinite length is size_t(-1).
+    bool plausible(std::size_t n) const { return n == std::size_t(-1) || n <= payload_; }
+
     nlohmann::detail::json_sax_dom_parser<Message> dom_;
+    size_t payload_;
     int depth_ = 0;
     bool failed_ = false;
 };
@@ -101,9 +107,14 @@ ErrorOr<std::optional<Message>> FrameReader::next() {
 
 ErrorOr<Message> decode_message(std::span<const uint8_t> payload) {
     Message out;
-    BoundedSax sax(out);
-    bool ok = Message::sax_parse(payload.begin(), payload.end(), &sax,
-                                 nlohmann::detail::input_format_t::cbor, true);
+    BoundedSax sax(out, payload.size());
+    bool ok = false;
+    try {
+        ok = Message::sax_parse(payload.begin(), payload.end(), &sax,
+                                nlohmann::detail::input_format_t::cbor, true);
+    } catch (const std::exception&) {
+        ok = false;  // whatever the library still throws is a malformed frame
+    }
     if (sax.too_deep()) {
         return make_error(EPROTO, "frame nested deeper than " + std::to_string(kMaxDepth));
     }
@@ -167,7 +178,11 @@ ErrorOr<double> field_double(const Message& m, const char* name) {
 }
 
 Message error_response(uint64_t id, const Error& e) {
-    return Message{{"id", id}, {"err", e.code()}, {"msg", e.message()}};
+    const char* kind = e.from_guest()    ? "guest"
+                       : e.refused()     ? "refused"
+                       : e.unavailable() ? "unavailable"
+                                         : "host";
+    return Message{{"id", id}, {"err", e.code()}, {"msg", e.message()}, {"kind", kind}};
 }
 
 std::optional<Error> response_error(const Message& response) {
@@ -175,13 +190,18 @@ std::optional<Error> response_error(const Message& response) {
     auto code = field_i64(response, "err");
     int err = code && *code >= 1 && *code <= 511 ? static_cast<int>(*code) : EIO;
     auto msg = field_string(response, "msg");
+    std::string text = msg ? *msg : "error from the remote node";
     // The remote node already decided what its caller may see (vm_error there): its errno
-    // reaches ours unchanged, like a guest's.
-    return Error::guest(err, msg ? *msg : "error from the remote node");
+    // reaches ours unchanged, with what kind of answer it was (for the log).
+    auto kind = field_string(response, "kind");
+    if (kind && *kind == "guest") return Error::guest(err, std::move(text));
+    if (kind && *kind == "refused") return Error::refusal(err, std::move(text));
+    if (kind && *kind == "unavailable") return Error::unavailable(err, std::move(text));
+    return Error(err, "on the remote node: " + text);
 }
 
-Message hello_request() {
-    return Message{{"id", 0}, {"op", "hello"}, {"version", kProtocolVersion}};
+Message hello_request(const std::string& host) {
+    return Message{{"id", 0}, {"op", "hello"}, {"version", kProtocolVersion}, {"host", host}};
 }
 
 ErrorOr<Message> answer_hello(const Message& hello, const std::string& node) {

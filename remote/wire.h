@@ -67,8 +67,8 @@ Message error_response(uint64_t id, const Error& e);
 // success.
 std::optional<Error> response_error(const Message& response);
 
-// The hello exchange.
-Message hello_request();
+// The hello exchange; `host` names the mounting host (for the remote's audit trail).
+Message hello_request(const std::string& host);
 // The server's answer to a hello: its greeting, or the error to send before hanging up.
 ErrorOr<Message> answer_hello(const Message& hello, const std::string& node);
 // Checks the server's greeting.

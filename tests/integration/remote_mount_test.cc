@@ -112,10 +112,19 @@ TEST_CASE(
         auto audit = read_whole_file(remote_dir + "/audit.log");
         CHECK_THAT(audit, Catch::Contains("/tmp/cvmi-remote/note"));
         CHECK_THAT(audit, Catch::Contains("remote-scratch"));
+        // The caller as the mounting host saw it: its name for the process, and the host.
+        CHECK_THAT(audit, Catch::Contains("\"comm\":\"sh\""));
+        CHECK_THAT(audit, Catch::Contains("\"host\":"));
         CHECK(run_command({"rm", "-r", scratch}).status == 0);
     }
 
     SECTION("a dropped connection fails the request in flight with EIO, then recovers") {
+        // A file open across the drop: its handle lived on the old connection.
+        int held = ::open((far + "/g/proc/kallsyms").c_str(), O_RDONLY);
+        REQUIRE(held >= 0);
+        char first[4096];
+        REQUIRE(::read(held, first, sizeof first) == static_cast<ssize_t>(sizeof first));
+
         // The server stopped, a request waits for its answer: in flight, deterministically.
         // The server, not the mount's ssh client (whose command line names it too).
         auto pgrep = run_command(
@@ -154,5 +163,11 @@ TEST_CASE(
         CHECK(status_field(after, "state") == "connected");
         CHECK(status_field(after, "drops") == "1");
         CHECK(status_field(after, "connects") == "2");
+        // The file opened before the drop is gone with its connection: EIO, never another
+        // file that a new connection's handle of the same number would name.
+        char later[4096];
+        CHECK(::pread(held, later, sizeof later, 1 << 20) == -1);
+        CHECK(errno == EIO);
+        ::close(held);
     }
 }

@@ -221,9 +221,11 @@ TEST_CASE("Config::parse: libvirt nodes", "[fs]") {
     expect_error("nodes:\n  - name: x\n    uri: a\n    gdb_dir: rel\n", 4, "absolute path");
     expect_error("nodes:\n  - name: x\n    uri: a\n    gdb_dir: /a,b\n", 4, "without commas");
     expect_error("nodes: lab\n", 1, "'nodes' must be a list");
-    expect_error("nodes:\n  - name: lab\n", 2, "needs 'name' and 'uri'");
-    expect_error("nodes:\n  - name: lab\n    uri: test:///default\n    ssh: x\n", 4,
-                 "unknown key 'ssh' in a node");
+    expect_error("nodes:\n  - name: lab\n", 2, "either 'uri' (libvirt) or 'ssh'");
+    expect_error("nodes:\n  - name: lab\n    uri: test:///default\n    ssh: x\n", 2,
+                 "either 'uri' (libvirt) or 'ssh'");
+    expect_error("nodes:\n  - name: lab\n    uri: test:///default\n    ssh_options: [-v]\n", 2,
+                 "need 'ssh'");
     expect_error("nodes:\n  - name: a/b\n    uri: test:///default\n", 2, "not usable");
     expect_error("nodes:\n  - name: .cloudvmi\n    uri: test:///default\n", 2, "not usable");
     expect_error("nodes:\n  - name: x\n    uri: ''\n", 3, "libvirt URI");
@@ -418,4 +420,31 @@ TEST_CASE("Config::parse: who may use the mount, and consuming reads", "[fs]") {
                  "operators_group must be a group name or number");
     expect_error("allow_consuming_reads: sometimes\n" + vm_yaml("a", "unix:/a.gdb"), 1,
                  "wrong type");
+}
+
+TEST_CASE("Config::parse: nodes on other hosts, reached over ssh", "[fs]") {
+    auto c = Config::parse(
+        "nodes:\n  - name: far\n    ssh: root@far.example\n"
+        "    ssh_options: [-p, \"2222\", -i, /etc/cloudvmi/key]\n"
+        "  - name: near\n    ssh: near\n    remote_command: /opt/cloudvmi serve --stdio\n",
+        "t.yaml");
+    REQUIRE(c);
+    REQUIRE(c->nodes.size() == 2);
+    CHECK(c->nodes[0].remote());
+    CHECK(c->nodes[0].ssh == "root@far.example");
+    CHECK(c->nodes[0].ssh_options ==
+          std::vector<std::string>{"-p", "2222", "-i", "/etc/cloudvmi/key"});
+    CHECK(c->nodes[0].remote_command == "cloudvmi serve --stdio");  // the default
+    CHECK(c->nodes[1].remote_command == "/opt/cloudvmi serve --stdio");
+    // ssh would read a leading '-' as an option of its own.
+    expect_error("nodes:\n  - name: far\n    ssh: -oProxyCommand=x\n", 3, "must be a host");
+    expect_error("nodes:\n  - name: far\n    ssh: 'a b'\n", 3, "must be a host");
+    expect_error("nodes:\n  - name: far\n    ssh: h\n    ssh_options: -v\n", 4,
+                 "list of arguments");
+    expect_error("nodes:\n  - name: far\n    ssh: h\n    ssh_options: [[a]]\n", 4,
+                 "must be a string");
+    expect_error("nodes:\n  - name: far\n    ssh: h\n    remote_command: ''\n", 4,
+                 "must not be empty");
+    expect_error("nodes:\n  - name: far\n    ssh: h\n    gdb_dir: /x\n", 4,
+                 "remote host's business");
 }

@@ -35,7 +35,7 @@ ErrorOr<std::optional<Message>> read_one(const std::vector<uint8_t>& bytes) {
 
 TEST_CASE("wire: frames survive any cutting of the stream, in order", "[remote]") {
     std::vector<Message> sent = {
-        hello_request(),
+        hello_request("mounthost"),
         Message{{"id", 7}, {"data", Message::binary({0, 1, 2, 255})}, {"eof", true}},
         Message{{"id", 8},
                 {"entries", Message::array({Message{{"name", "proc"}, {"type", 040000}}})}},
@@ -75,6 +75,10 @@ TEST_CASE("wire: malformed frames are EPROTO and say what is wrong", "[remote]")
         {"an HTTP answer", {'H', 'T', 'T', 'P', '/', '1', '.', '1'}, "not a cloudvmi peer"},
         {"not a map", raw_frame(1, {0x05}), "not a map"},
         {"truncated CBOR", raw_frame(2, {0xa1, 0x61}), "not a CBOR value"},
+        {"an array of 2^60 elements", raw_frame(9, {0x9b, 0x10, 0, 0, 0, 0, 0, 0, 0}),
+         "not a CBOR value"},
+        {"a map of 2^60 pairs", raw_frame(9, {0xbb, 0x10, 0, 0, 0, 0, 0, 0, 0}),
+         "not a CBOR value"},
         {"nested too deep", raw_frame(41, std::vector<uint8_t>(40, 0x81)), "nested deeper"},
     };
     rows.back().bytes.push_back(0x00);
@@ -101,17 +105,25 @@ TEST_CASE("wire: fields are typed, errors carry a valid errno", "[remote]") {
     CHECK_THAT(missing.error().message(), Catch::Contains("'size' is missing"));
 
     CHECK_FALSE(response_error(m));
-    auto enoent = response_error(error_response(3, Error(ENOENT, "no such file")));
+    // The errno passes unchanged, and so does what kind of answer it was.
+    auto enoent = response_error(error_response(3, Error::guest(ENOENT, "no such file")));
     REQUIRE(enoent);
     CHECK(enoent->code() == ENOENT);
-    CHECK(enoent->from_guest());  // passed on unchanged
+    CHECK(enoent->from_guest());
+    auto busy = response_error(error_response(3, Error::unavailable(EBUSY, "held")));
+    CHECK((busy->code() == EBUSY && busy->unavailable()));
+    auto big = response_error(error_response(3, Error::refusal(EFBIG, "cap")));
+    CHECK((big->code() == EFBIG && big->refused()));
+    auto lost = response_error(error_response(3, Error(ENOTCONN, "vm away")));
+    CHECK((lost->code() == ENOTCONN && !lost->from_guest()));
+    CHECK_THAT(lost->message(), Catch::Contains("on the remote node"));
     CHECK(response_error(Message{{"id", 1}, {"err", 100000}})->code() == EIO);
     CHECK(response_error(Message{{"id", 1}, {"err", -1}})->code() == EIO);
     CHECK(response_error(Message{{"id", 1}, {"err", "x"}})->code() == EIO);
 }
 
 TEST_CASE("wire: the hello names both versions when they differ", "[remote]") {
-    auto ok = answer_hello(hello_request(), "lab");
+    auto ok = answer_hello(hello_request("mounthost"), "lab");
     REQUIRE(ok);
     CHECK(check_greeting(*ok));
     CHECK((*ok)["node"] == "lab");

@@ -19,6 +19,8 @@ using remote::Message;
 
 namespace {
 
+const Message kWho{{"uid", 0}, {"gid", 0}, {"pid", 1}, {"comm", "test"}};
+
 Config make_config(const std::string& state_dir) {
     auto c = Config::parse("node: n1\nstate_dir: " + state_dir +
                                "\nrequest_timeout_ms: 500\nvms:\n"
@@ -79,7 +81,7 @@ struct Served {
         return receive();
     }
     void greet() {
-        auto greeting = ask(remote::hello_request());
+        auto greeting = ask(remote::hello_request("mounthost"));
         REQUIRE(remote::check_greeting(greeting));
         CHECK(greeting["node"] == "n1");
     }
@@ -95,7 +97,8 @@ TEST_CASE("wire server: inventory, files and errors over the protocol", "[remote
     Served s;
     s.greet();
 
-    auto listing = s.ask(Message{{"id", 1}, {"op", "list"}, {"path", ""}, {"plus", true}});
+    auto listing =
+        s.ask(Message{{"id", 1}, {"op", "list"}, {"path", ""}, {"plus", true}, {"who", kWho}});
     REQUIRE(listing["id"] == 1);
     std::vector<std::string> names;
     for (const auto& e : listing["entries"])
@@ -106,7 +109,8 @@ TEST_CASE("wire server: inventory, files and errors over the protocol", "[remote
                                 {"op", "open"},
                                 {"path", ".cloudvmi/status"},
                                 {"flags", 0},
-                                {"prefetch", 65536}});
+                                {"prefetch", 65536},
+                                {"who", kWho}});
     REQUIRE(s.error_of(status) == 0);
     CHECK(status["eof"] == true);
     CHECK_FALSE(status.contains("handle"));  // the whole file came with the open
@@ -136,11 +140,14 @@ TEST_CASE("wire server: inventory, files and errors over the protocol", "[remote
               {{"op", "pread"}, {"handle", 99}, {"offset", 0}, {"size", 1}},
               EBADF},
              {"a name with a slash",
-              {{"op", "unlink"}, {"path", "vm-a/root"}, {"name", "a/b"}},
+              {{"op", "unlink"}, {"path", "vm-a/root"}, {"name", "a/b"}, {"who", kWho}},
               EINVAL},
              {"a change outside any VM",
-              {{"op", "mkdir"}, {"path", ""}, {"name", "x"}, {"mode", 0755}},
+              {{"op", "mkdir"}, {"path", ""}, {"name", "x"}, {"mode", 0755}, {"who", kWho}},
               EACCES},
+             {"a change without its caller",
+              {{"op", "mkdir"}, {"path", "vm-a/root"}, {"name", "x"}, {"mode", 0755}},
+              EINVAL},
              {"a bad caller", {{"op", "stat"}, {"path", ""}, {"who", "root"}}, EINVAL},
          }) {
         INFO(row.what);
@@ -170,4 +177,48 @@ TEST_CASE("wire server: requests before the hello are refused", "[remote]") {
     auto answer = s.ask(Message{{"id", 5}, {"op", "stat"}, {"path", ""}});
     CHECK(s.error_of(answer) == EPROTO);
     CHECK(s.exit_status.get() == 1);
+}
+
+namespace {
+
+// Hands out a file in pieces of at most `piece` bytes, as seq_file does.
+class PiecemealFile final : public FileHandle {
+  public:
+    PiecemealFile(std::string text, size_t piece, bool fail_at_end = false)
+        : text_(std::move(text)), piece_(piece), fail_at_end_(fail_at_end) {}
+    ErrorOr<std::vector<uint8_t>> read(size_t size, off_t off) override {
+        if (static_cast<size_t>(off) >= text_.size() && fail_at_end_)
+            return make_error(EIO, "gone");
+        size_t start = std::min(static_cast<size_t>(off), text_.size());
+        size_t n = std::min({size, piece_, text_.size() - start});
+        return std::vector<uint8_t>(text_.begin() + start, text_.begin() + start + n);
+    }
+
+  private:
+    std::string text_;
+    size_t piece_;
+    bool fail_at_end_;
+};
+
+}  // namespace
+
+TEST_CASE("wire server: an open's first bytes end only at an empty read", "[remote]") {
+    std::string text(10000, 'x');
+    PiecemealFile paged(text, 4096);
+    auto whole = read_head(paged, 65536);
+    REQUIRE(whole);
+    CHECK(whole->data.size() == 10000);  // three pages, not the first one
+    CHECK(whole->eof);
+
+    PiecemealFile large(text, 4096);
+    auto head = read_head(large, 8192);
+    REQUIRE(head);
+    CHECK(head->data.size() == 8192);
+    CHECK_FALSE(head->eof);  // more may follow: the handle stays open
+
+    PiecemealFile failing(text, 4096, true);
+    auto partial = read_head(failing, 65536);
+    REQUIRE(partial);
+    CHECK(partial->data.size() == 10000);
+    CHECK_FALSE(partial->eof);  // the peer's next read meets the error
 }
