@@ -122,9 +122,9 @@ std::string Filesystem::node_status(const std::string& name) const {
         auto st = c->status();
         return strformat(
             "node: %s\nkind: libvirt\nuri: %s\nstate: %s\nsince_s: %.0f\nvms: %zu\n"
-            "listing_ms: %.1f\nlistings: %llu\nconnects: %llu\nerror: %s\n",
+            "rtt_ms: %.2f\nlisting_ms: %.1f\nlistings: %llu\nconnects: %llu\nerror: %s\n",
             name.c_str(), c->config().uri.c_str(), nodes::to_string(st.state),
-            std::chrono::duration<double>(Clock::now() - st.since).count(), st.domains,
+            std::chrono::duration<double>(Clock::now() - st.since).count(), st.domains, st.rtt_ms,
             st.refresh_ms, static_cast<unsigned long long>(st.refreshes),
             static_cast<unsigned long long>(st.connects), st.error.c_str());
     }

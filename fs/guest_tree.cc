@@ -262,13 +262,10 @@ class GuestNode final : public Node {
         return key_of(join(path_, name));
     }
     std::shared_ptr<Node> moved_to(const std::string& from, const std::string& to) const override {
-        std::string k = key();
-        bool below = k.size() > from.size() && k.starts_with(from) && k[from.size()] == '/';
-        std::string prefix = key_of("");
-        if ((k != from && !below) || !to.starts_with(prefix)) return nullptr;
-        std::string path = to.substr(prefix.size()) + k.substr(from.size());
+        auto path = moved_path(key(), key_of(""), from, to);
+        if (!path) return nullptr;
         std::lock_guard lock(attr_mutex_);
-        return std::make_shared<GuestNode>(vm_, tree_, path, attr_);
+        return std::make_shared<GuestNode>(vm_, tree_, *path, attr_);
     }
     double entry_timeout() const override {
         return tree_ == GuestTree::kRoot ? vm_.cache().root_entry : vm_.cache().proc_entry;

@@ -21,4 +21,11 @@ struct stat synthetic_stat(mode_t mode, off_t size) {
     return st;
 }
 
+std::optional<std::string> moved_path(const std::string& key, const std::string& prefix,
+                                      const std::string& from, const std::string& to) {
+    bool below = key.size() > from.size() && key.starts_with(from) && key[from.size()] == '/';
+    if ((key != from && !below) || !to.starts_with(prefix)) return std::nullopt;
+    return to.substr(prefix.size()) + key.substr(from.size());
+}
+
 }  // namespace cloudvmi::fs

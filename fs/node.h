@@ -160,4 +160,9 @@ class Node : public std::enable_shared_from_this<Node> {
 // Attributes of a synthetic directory or file owned by root.
 struct stat synthetic_stat(mode_t mode, off_t size = 0);
 
+// For Node::moved_to of nodes keyed `prefix` + path: the path the node keyed `key` has
+// after `from` was renamed to `to` (it was `from` or below it); nullopt if unaffected.
+std::optional<std::string> moved_path(const std::string& key, const std::string& prefix,
+                                      const std::string& from, const std::string& to);
+
 }  // namespace cloudvmi::fs

@@ -113,12 +113,8 @@ class RemoteNode : public Node {
     }
     // After a rename the kernel keeps its inodes: they stand for the new paths.
     std::shared_ptr<Node> moved_to(const std::string& from, const std::string& to) const override {
-        std::string k = key();
-        bool below = k.size() > from.size() && k.starts_with(from) && k[from.size()] == '/';
-        std::string prefix = key_of("");
-        if ((k != from && !below) || !to.starts_with(prefix)) return nullptr;
-        std::string path = to.substr(prefix.size()) + k.substr(from.size());
-        return std::make_shared<RemoteNode>(peer_, node_, path, info_);
+        auto path = moved_path(key(), key_of(""), from, to);
+        return path ? std::make_shared<RemoteNode>(peer_, node_, *path, info_) : nullptr;
     }
     VmExecutor* queue() const override { return peer_.queue.get(); }
     Exposure exposure() const override { return info_.exposure; }

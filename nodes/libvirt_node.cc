@@ -336,10 +336,16 @@ ErrorOr<std::vector<DomainInfo>> LibvirtNode::list_domains() {
 void LibvirtNode::refresh(std::unique_lock<std::mutex>& lock) {
     dirty_ = false;
     lock.unlock();
+    // The cheapest call that reaches the daemon: the link's own round-trip time.
+    auto probed = Clock::now();
+    unsigned long version = 0;
+    bool answered = connection_ && virConnectGetLibVersion(connection_->conn, &version) == 0;
+    double rtt = answered ? elapsed_ms(probed) : -1;
     auto started = Clock::now();
     auto listed = list_domains();
     double ms = elapsed_ms(started);
     lock.lock();
+    status_.rtt_ms = rtt;
     if (!listed) {
         status_.error = listed.error().describe();
         LOG_WARN("node %s: %s", options_.name.c_str(), status_.error.c_str());

@@ -45,6 +45,7 @@ struct NodeStatus {
     Clock::time_point since;  // of the current state
     size_t domains = 0;
     double refresh_ms = 0;  // the last listing's round trips, all together
+    double rtt_ms = -1;     // one round trip to the daemon, before the last listing
     uint64_t refreshes = 0;
     uint64_t connects = 0;  // successful connections, the first included
     std::string describe() const;

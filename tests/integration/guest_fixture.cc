@@ -95,6 +95,17 @@ void require_guest_prerequisites() {
     REQUIRE(executable(cloudvmi_binary()));
 }
 
+CommandResult cat_until_ok(const std::string& path, int timeout_ms) {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    CommandResult r;
+    while (!deadline.expired()) {
+        r = run_command({"cat", path}, 60000);
+        if (r.status == 0) return r;
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    return r;
+}
+
 CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms) {
     // No Catch assertions in here: it also runs after the test run (stopping guests).
     CommandResult r;

@@ -109,6 +109,9 @@ class TestGuest {
 
 // Runs a command, capturing stdout and stderr; returns the exit status (or 128+signal).
 CommandResult run_command(const std::vector<std::string>& argv, int timeout_ms = 120000);
+// `cat PATH`, again every half second until it succeeds or `timeout_ms` passed (a VM that
+// boots, or is being attached to); the last attempt's result.
+CommandResult cat_until_ok(const std::string& path, int timeout_ms = 90000);
 
 // Starts a program with stdout and stderr appended to `log`; with `own_group`, in a
 // process group of its own (so that a signal to the test's group does not reach it).

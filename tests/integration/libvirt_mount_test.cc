@@ -35,18 +35,6 @@ bool listing_becomes(const std::string& dir, P pred, int timeout_ms = 10000) {
     return pred(listing(dir));
 }
 
-// cat of a file through the mount, retried while the guest boots or is attached to.
-CommandResult cat_until_ok(const std::string& path, int timeout_ms = 90000) {
-    auto deadline = Deadline::after_ms(timeout_ms);
-    CommandResult r;
-    while (!deadline.expired()) {
-        r = run_command({"cat", path}, 60000);
-        if (r.status == 0) return r;
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-    return r;
-}
-
 bool exists(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0;
@@ -71,6 +59,12 @@ TEST_CASE("libvirt node: domains appear, serve, go, and a suspended one stays su
     std::string status = read_whole_file(lab + "/.cloudvmi/status");
     CHECK(status.find("state: connected\n") != std::string::npos);
     CHECK(status.find("vms: 3\n") != std::string::npos);
+    // The round trip to the daemon, measured before each listing.
+    auto rtt_at = status.find("rtt_ms: ");
+    REQUIRE(rtt_at != std::string::npos);
+    double rtt = std::stod(status.substr(rtt_at + 8));
+    CHECK(rtt >= 0);
+    CHECK(rtt < 5000);
     CHECK(read_whole_file(m.mnt + "/.cloudvmi/nodes").find("node: lab\n") != std::string::npos);
 
     // Each serves its own guest, through the gdbstub its XML declares.

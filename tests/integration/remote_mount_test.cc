@@ -47,17 +47,6 @@ std::string remote_config(const TestGuest& guest, const std::string& dir) {
     return dir + "/remote.yaml";
 }
 
-CommandResult cat_until_ok(const std::string& path, int timeout_ms) {
-    auto deadline = Deadline::after_ms(timeout_ms);
-    CommandResult r;
-    while (!deadline.expired()) {
-        r = run_command({"cat", path}, 60000);
-        if (r.status == 0) return r;
-        std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-    return r;
-}
-
 std::string status_field(const std::string& status, const std::string& key) {
     for (auto line : split(status, '\n')) {
         if (line.starts_with(key + ": ")) return std::string(line.substr(key.size() + 2));
