@@ -121,28 +121,42 @@ TEST_CASE(
              "^" + std::string(CLOUDVMI_BINARY) + " serve --stdio --config " + remote_yaml});
         REQUIRE(pgrep.status == 0);
         pid_t server = static_cast<pid_t>(std::stol(pgrep.out));
+        // Their lookups are cached first (for a second): the kernel makes concurrent
+        // lookups of one name wait for each other, the opens are separate requests.
+        const std::vector<std::string> files = {"uptime", "loadavg", "version"};
+        std::vector<std::string> stat_files = {"stat"};
+        for (const auto& f : files)
+            stat_files.push_back(far + "/g/proc/" + f);
+        REQUIRE(run_command(stat_files).status == 0);
         REQUIRE(::kill(server, SIGSTOP) == 0);
-        std::string log = remote_dir + "/cat-in-flight.log";
-        pid_t cat = spawn_process({"/bin/cat", far + "/g/proc/uptime"}, log);
-        auto deadline = Deadline::after_ms(10000);
+        // Three readers at once: three requests in flight on the one connection.
+        std::vector<pid_t> cats;
+        for (const auto& f : files)
+            cats.push_back(spawn_process({"/bin/cat", far + "/g/proc/" + f},
+                                         remote_dir + "/in-flight-" + f + ".log"));
+        auto deadline = Deadline::after_ms(5000);  // within the requests' own timeout
         std::string before;
         while (!deadline.expired()) {
             before = run_command({"cat", far + "/.cloudvmi/status"}).out;
-            if (status_field(before, "in_flight") == "1") break;
+            if (status_field(before, "in_flight") == "3") break;
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
-        CHECK(status_field(before, "in_flight") == "1");
+        CHECK(status_field(before, "in_flight") == "3");
         // The connection goes as in a network failure: the server sees its end closed.
         CHECK(sshd.kill_connections() >= 1);
         ::kill(server, SIGCONT);
-        int wstatus = 0;
-        deadline = Deadline::after_ms(15000);
-        while (::waitpid(cat, &wstatus, WNOHANG) == 0 && !deadline.expired())
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        if (deadline.expired()) ::kill(cat, SIGKILL), ::waitpid(cat, &wstatus, 0);
-        CHECK(WIFEXITED(wstatus));
-        CHECK(WEXITSTATUS(wstatus) != 0);
-        CHECK_THAT(read_whole_file(log), Catch::Contains("Input/output error"));
+        for (size_t i = 0; i < cats.size(); ++i) {
+            INFO(files[i]);
+            int wstatus = 0;
+            deadline = Deadline::after_ms(15000);
+            while (::waitpid(cats[i], &wstatus, WNOHANG) == 0 && !deadline.expired())
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            if (deadline.expired()) ::kill(cats[i], SIGKILL), ::waitpid(cats[i], &wstatus, 0);
+            CHECK(WIFEXITED(wstatus));
+            CHECK(WEXITSTATUS(wstatus) != 0);
+            CHECK_THAT(read_whole_file(remote_dir + "/in-flight-" + files[i] + ".log"),
+                       Catch::Contains("Input/output error"));
+        }
 
         // Later requests succeed once ssh is back (the old serve may still be detaching).
         auto again = cat_until_ok(far + "/g/proc/version", 120000);
