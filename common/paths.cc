@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <fstream>
 
 #include "common/strings.h"
 
@@ -104,6 +105,27 @@ ErrorOr<UniqueFd> open_private_file(const std::string& path, int flags) {
         return make_error(EPERM, path + " has other hard links; refusing it (remove it)");
     }
     return fd;
+}
+
+ErrorOr<void> write_all(int fd, std::span<const uint8_t> data, const char* what) {
+    size_t done = 0;
+    while (done < data.size()) {
+        ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return errno_error(what);
+        }
+        done += static_cast<size_t>(n);
+    }
+    return {};
+}
+
+std::string process_name(pid_t pid) {
+    if (pid <= 0) return "";
+    std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
+    std::string comm;
+    std::getline(in, comm);
+    return comm;
 }
 
 }  // namespace cloudvmi

@@ -1,6 +1,10 @@
 // Small file-system helpers shared by the mount and the redirector.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
+#include <span>
 #include <string>
 
 #include "common/error.h"
@@ -23,5 +27,12 @@ ErrorOr<void> ensure_private_dir(const std::string& dir, const char* what = "sta
 // O_CREAT is among them: never through a symbolic link, and only a regular file of the
 // effective user with a single link (not a hard link to a file elsewhere).
 ErrorOr<UniqueFd> open_private_file(const std::string& path, int flags);
+
+// Writes all of `data` to `fd` (a file or a pipe, blocking), again after EINTR and short
+// writes. `what` says what was being written, in errors.
+ErrorOr<void> write_all(int fd, std::span<const uint8_t> data, const char* what);
+
+// A process's name as its /proc/PID/comm shows it ("" when gone or unreadable).
+std::string process_name(pid_t pid);
 
 }  // namespace cloudvmi

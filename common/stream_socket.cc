@@ -74,11 +74,14 @@ ErrorOr<UniqueFd> connect_tcp_socket(const std::string& host, uint16_t port, Dea
     return std::unexpected(last);
 }
 
-ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer) {
+ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer,
+                       size_t* sent) {
+    if (sent) *sent = 0;
     while (!bytes.empty()) {
         ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
         if (n > 0) {
             bytes.remove_prefix(static_cast<size_t>(n));
+            if (sent) *sent += static_cast<size_t>(n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;

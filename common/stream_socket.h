@@ -18,7 +18,9 @@ ErrorOr<UniqueFd> connect_tcp_socket(const std::string& host, uint16_t port, Dea
 
 // Sends all of `bytes` before `deadline` ("sending to PEER ..." in errors). ETIMEDOUT
 // leaves the connection usable; any other error means it is broken (a closed peer is
-// ECONNRESET).
-ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer);
+// ECONNRESET). `sent`, if given, says how much went out (a framed stream cut mid-frame
+// is unusable, even after a timeout).
+ErrorOr<void> send_all(int fd, std::string_view bytes, Deadline deadline, const std::string& peer,
+                       size_t* sent = nullptr);
 
 }  // namespace cloudvmi

@@ -19,19 +19,6 @@ std::string parent_dir(const std::string& path) {
     return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-ErrorOr<void> write_all(int fd, const std::string& data) {
-    size_t done = 0;
-    while (done < data.size()) {
-        ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return errno_error("writing the audit log");
-        }
-        done += static_cast<size_t>(n);
-    }
-    return {};
-}
-
 }  // namespace
 
 ErrorOr<std::unique_ptr<AuditLog>> AuditLog::open(const AuditOptions& options) {
@@ -82,7 +69,8 @@ ErrorOr<void> AuditLog::append(const std::string& json_line, bool durable) {
     if (options_.path.empty()) return {};
     std::string line = json_line + "\n";
     if (size_ > 0 && size_ + line.size() > options_.max_bytes) TRY(rotate());
-    TRY(write_all(fd_.get(), line));
+    TRY(write_all(fd_.get(), std::span(reinterpret_cast<const uint8_t*>(line.data()), line.size()),
+                  "writing the audit log"));
     size_ += line.size();
     if (durable && ::fdatasync(fd_.get()) < 0) return errno_error("syncing the audit log");
     return {};

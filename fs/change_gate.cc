@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
+#include "common/paths.h"
 #include "common/random.h"
 #include "common/strings.h"
 
@@ -53,12 +54,7 @@ std::string now_text() {
 // The caller's command, as its host shows it (it may be gone already).
 std::string command_of(const Caller& caller) {
     if (!caller.host.empty()) return caller.comm;  // its pid is another host's
-    pid_t pid = caller.pid;
-    if (pid <= 0) return "";
-    std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
-    std::string comm;
-    std::getline(in, comm);
-    return comm;
+    return process_name(caller.pid);
 }
 
 // The fields an intent and its outcome share (time and phase come first in each line).

@@ -1,7 +1,8 @@
 #include "fs/remote_attr.h"
 
 #include <cmath>
-#include <fstream>
+
+#include "common/paths.h"
 
 namespace cloudvmi::fs {
 
@@ -103,12 +104,7 @@ ErrorOr<RemoteAttr> decode_remote_attr(const Message& m) {
 
 Message encode_caller(const Caller& who) {
     Message m{{"uid", who.uid}, {"gid", who.gid}, {"pid", who.pid}, {"groups", who.groups}};
-    std::string comm = who.comm;
-    if (comm.empty() && who.pid > 0) {
-        std::ifstream in("/proc/" + std::to_string(who.pid) + "/comm");
-        std::getline(in, comm);
-    }
-    m["comm"] = comm;
+    m["comm"] = who.comm.empty() ? process_name(who.pid) : who.comm;
     return m;
 }
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/paths.h"
 #include "fs/remote_attr.h"
 #include "remote/wire.h"
 
@@ -200,17 +201,8 @@ void WireServer::respond(const Message& m) {
                                                         std::to_string(frame.size()) + " bytes)")));
     }
     std::lock_guard lock(out_mutex_);
-    size_t off = 0;
-    while (!out_broken_ && off < frame.size()) {
-        ssize_t w = ::write(out_fd_, frame.data() + off, frame.size() - off);
-        if (w > 0) {
-            off += size_t(w);
-        } else if (w < 0 && errno == EINTR) {
-            continue;
-        } else {
-            out_broken_ = true;  // the peer is gone; the read side ends too
-        }
-    }
+    // A failed write: the peer is gone, and the read side ends too.
+    if (!out_broken_ && !write_all(out_fd_, frame, "answering the mount")) out_broken_ = true;
 }
 
 ErrorOr<void> WireServer::greet(remote::FrameReader& reader) {

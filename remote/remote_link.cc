@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "common/stream_socket.h"
 
 extern char** environ;
 
@@ -436,20 +437,13 @@ ErrorOr<void> RemoteLink::send_frame(const Message& m, uint64_t generation) {
     }
     int fd = write_fd_;
     if (fd < 0) return make_error(EIO, "connection to node " + settings_.node + " lost");
-    size_t off = 0;
-    while (off < frame.size()) {
-        ssize_t w = ::send(fd, frame.data() + off, frame.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0) {
-            off += size_t(w);
-            continue;
-        }
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && errno == EAGAIN) {
-            pollfd p{fd, POLLOUT, 0};
-            if (::poll(&p, 1, deadline.poll_timeout_ms()) > 0) continue;
-        }
+    size_t sent = 0;
+    auto whole =
+        send_all(fd, std::string_view(reinterpret_cast<const char*>(frame.data()), frame.size()),
+                 deadline, "node " + settings_.node, &sent);
+    if (!whole) {
         // Stuck or broken mid-frame: the stream is unusable, and ended for a reconnect.
-        if (off > 0) ::shutdown(fd, SHUT_RDWR);
+        if (sent > 0) ::shutdown(fd, SHUT_RDWR);
         return make_error(EIO, "sending to node " + settings_.node + " failed");
     }
     return {};
