@@ -84,11 +84,8 @@ void Filesystem::start_nodes(CloudNode::Changed changed, Millis first_listing) {
     Deadline deadline = Deadline::after(first_listing);
     for (const auto& c : clouds_)
         c->wait_for_first_listing(deadline);
-    for (const auto& [name, peer] : remotes_) {
-        auto left =
-            std::max(Millis(0), std::chrono::duration_cast<Millis>(deadline.when() - Clock::now()));
-        peer->link->wait_for_first(left);
-    }
+    for (const auto& [name, peer] : remotes_)
+        peer->link->wait_for_first(deadline);
 }
 
 std::vector<std::string> Filesystem::node_names() const {

@@ -29,11 +29,6 @@ constexpr size_t kStderrTail = 400;
 // Pings in a row a server may leave unanswered before its connection is given up.
 constexpr int kPingsMissed = 3;
 
-void append_tail(std::string& tail, const char* data, size_t n) {
-    tail.append(data, n);
-    if (tail.size() > kStderrTail) tail.erase(0, tail.size() - kStderrTail);
-}
-
 // The transport's last line, for error messages ("ssh: connect to host ... refused").
 std::string last_line(const std::string& text) {
     std::string t = text;
@@ -41,6 +36,14 @@ std::string last_line(const std::string& text) {
         t.pop_back();
     auto nl = t.find_last_of('\n');
     return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+// A frame sent whole at once, without waiting (the supervisor's own small frames).
+enum class Sent { kWhole, kNothing, kTorn };
+Sent send_now(int fd, const std::vector<uint8_t>& frame) {
+    ssize_t w = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w == static_cast<ssize_t>(frame.size())) return Sent::kWhole;
+    return w > 0 ? Sent::kTorn : Sent::kNothing;
 }
 
 }  // namespace
@@ -76,9 +79,9 @@ void RemoteLink::start() {
     supervisor_ = std::thread([this] { supervise(); });
 }
 
-void RemoteLink::wait_for_first(Millis timeout) {
+void RemoteLink::wait_for_first(Deadline deadline) {
     std::unique_lock lock(mutex_);
-    cv_.wait_for(lock, timeout, [&] { return first_done_ || stopping_; });
+    cv_.wait_until(lock, deadline.when(), [&] { return first_done_ || stopping_; });
 }
 
 void RemoteLink::stop() {
@@ -190,16 +193,22 @@ ErrorOr<RemoteLink::Child> RemoteLink::spawn() const {
     ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);
     Child c;
     c.pid = pid;
-    c.to = UniqueFd(::dup(ours.get()));
-    c.from = std::move(ours);
+    c.sock = std::move(ours);
     c.err = std::move(err_read);
-    if (!c.to.valid()) {
-        int err = errno;
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, nullptr, 0);
-        return make_error(err, "dup");
-    }
     return c;
+}
+
+void RemoteLink::drain_stderr(Child& child) {
+    char buf[512];
+    ssize_t r = ::read(child.err.get(), buf, sizeof buf);
+    if (r <= 0) return;
+    child.said.append(buf, size_t(r));
+    if (child.said.size() > kStderrTail) child.said.erase(0, child.said.size() - kStderrTail);
+}
+
+std::string RemoteLink::with_last_words(const Child& child, const std::string& what) {
+    std::string said = last_line(child.said);
+    return what + (said.empty() ? "" : ": " + said);
 }
 
 ErrorOr<void> RemoteLink::handshake(Child& child, FrameReader& reader) {
@@ -208,38 +217,30 @@ ErrorOr<void> RemoteLink::handshake(Child& child, FrameReader& reader) {
     ::gethostname(host, sizeof host - 1);
     auto frame = encode_frame(hello_request(host));
     size_t off = 0;
-    std::string tail;
     auto failure = [&](int err, const std::string& what) {
-        std::string said = last_line(tail);
-        return make_error(err, what + (said.empty() ? "" : ": " + said));
+        return make_error(err, with_last_words(child, what));
     };
     for (;;) {
         pollfd fds[3] = {
-            {child.from.get(), POLLIN, 0}, {child.err.get(), POLLIN, 0}, {wake_fd_[0], POLLIN, 0}};
+            {child.sock.get(), POLLIN, 0}, {child.err.get(), POLLIN, 0}, {wake_fd_[0], POLLIN, 0}};
         if (off < frame.size()) fds[0].events |= POLLOUT;
         int n = ::poll(fds, 3, deadline.poll_timeout_ms());
         if (n < 0 && errno == EINTR) continue;
         if (n == 0) return failure(ETIMEDOUT, "no answer from the node within the connect timeout");
         if (fds[2].revents) return make_error(ESHUTDOWN, "the mount is ending");
-        if (fds[1].revents & POLLIN) {
-            char buf[512];
-            ssize_t r = ::read(child.err.get(), buf, sizeof buf);
-            if (r > 0) append_tail(tail, buf, size_t(r));
-        }
+        if (fds[1].revents & POLLIN) drain_stderr(child);
         if ((fds[0].revents & POLLOUT) && off < frame.size()) {
-            ssize_t w = ::send(child.from.get(), frame.data() + off, frame.size() - off,
+            ssize_t w = ::send(child.sock.get(), frame.data() + off, frame.size() - off,
                                MSG_NOSIGNAL | MSG_DONTWAIT);
             if (w > 0) off += size_t(w);
         }
         if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             uint8_t buf[4096];
-            ssize_t r = ::recv(child.from.get(), buf, sizeof buf, MSG_DONTWAIT);
+            ssize_t r = ::recv(child.sock.get(), buf, sizeof buf, MSG_DONTWAIT);
             if (r == 0 || (r < 0 && errno != EAGAIN)) {
                 // Let the transport finish saying why.
                 ::poll(fds + 1, 1, 200);
-                char more[512];
-                ssize_t m = ::read(child.err.get(), more, sizeof more);
-                if (m > 0) append_tail(tail, more, size_t(m));
+                drain_stderr(child);
                 return failure(EHOSTUNREACH, "the transport ended before the greeting");
             }
             if (r > 0) reader.feed(std::span<const uint8_t>(buf, size_t(r)));
@@ -250,7 +251,7 @@ ErrorOr<void> RemoteLink::handshake(Child& child, FrameReader& reader) {
                 if (!checked) return std::unexpected(checked.error());
                 std::lock_guard write_lock(write_mutex_);
                 std::lock_guard lock(mutex_);
-                write_fd_ = child.to.get();
+                write_fd_ = child.sock.get();
                 status_.state = LinkState::kUp;
                 status_.since = Clock::now();
                 status_.connects++;
@@ -269,29 +270,21 @@ ErrorOr<void> RemoteLink::handshake(Child& child, FrameReader& reader) {
 }
 
 Error RemoteLink::serve_connection(Child& child, FrameReader& reader) {
-    std::string& tail = stderr_tail_;
-    tail.clear();
+    child.said.clear();  // what it said while logging in is no reason for a later drop
     for (;;) {
-        if (auto silent = maybe_ping(child.to.get())) return *silent;
-        flush_orphans(child.to.get());
+        if (auto silent = maybe_ping(child.sock.get())) return *silent;
+        if (auto torn = flush_orphans(child.sock.get())) return *torn;
         pollfd fds[3] = {
-            {child.from.get(), POLLIN, 0}, {child.err.get(), POLLIN, 0}, {wake_fd_[0], POLLIN, 0}};
+            {child.sock.get(), POLLIN, 0}, {child.err.get(), POLLIN, 0}, {wake_fd_[0], POLLIN, 0}};
         int n = ::poll(fds, 3, 500);
         if (n < 0 && errno == EINTR) continue;
         if (fds[2].revents) return Error(ESHUTDOWN, "the mount is ending");
-        if (fds[1].revents & POLLIN) {
-            char buf[512];
-            ssize_t r = ::read(child.err.get(), buf, sizeof buf);
-            if (r > 0) append_tail(tail, buf, size_t(r));
-        }
+        if (fds[1].revents & POLLIN) drain_stderr(child);
         if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
         uint8_t buf[65536];
-        ssize_t r = ::recv(child.from.get(), buf, sizeof buf, MSG_DONTWAIT);
+        ssize_t r = ::recv(child.sock.get(), buf, sizeof buf, MSG_DONTWAIT);
         if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-        if (r <= 0) {
-            std::string said = last_line(tail);
-            return Error(EIO, "connection lost" + (said.empty() ? "" : ": " + said));
-        }
+        if (r <= 0) return Error(EIO, with_last_words(child, "connection lost"));
         reader.feed(std::span<const uint8_t>(buf, size_t(r)));
         for (;;) {
             auto message = reader.next();
@@ -352,43 +345,46 @@ std::optional<Error> RemoteLink::maybe_ping(int fd) {
     std::lock_guard lock(mutex_);
     if (ping_id_ || now - last_ping_ < settings_.ping_interval) return std::nullopt;
     uint64_t id = next_id_++;
-    auto frame = encode_frame(Message{{"id", id}, {"op", "ping"}});
-    ssize_t w = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w != static_cast<ssize_t>(frame.size())) {
+    switch (send_now(fd, encode_frame(Message{{"id", id}, {"op", "ping"}}))) {
+        case Sent::kNothing:
+            return std::nullopt;  // the socket is full: next round
         // A partial frame would corrupt the stream: end it (the supervisor reconnects).
-        if (w > 0) return Error(EIO, "a ping could not be sent whole");
-        return std::nullopt;
+        case Sent::kTorn:
+            return Error(EIO, "a ping could not be sent whole");
+        case Sent::kWhole:
+            break;
     }
     auto pending = std::make_shared<Pending>();
     pending->sent = now;
-    pending->ping = true;
     pending_[id] = pending;
     ping_id_ = id;
     last_ping_ = now;
     return std::nullopt;
 }
 
-void RemoteLink::flush_orphans(int fd) {
+std::optional<Error> RemoteLink::flush_orphans(int fd) {
     std::unique_lock write_lock(write_mutex_, std::try_to_lock);
-    if (!write_lock.owns_lock()) return;
+    if (!write_lock.owns_lock()) return std::nullopt;
     std::lock_guard lock(mutex_);
     while (!orphans_.empty()) {
         Message m = orphans_.front();
         m["id"] = next_id_++;
-        auto frame = encode_frame(m);
-        ssize_t w = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w == static_cast<ssize_t>(frame.size())) {
-            orphans_.pop_front();
-            continue;
+        switch (send_now(fd, encode_frame(m))) {
+            case Sent::kWhole:
+                orphans_.pop_front();
+                continue;
+            case Sent::kNothing:
+                return std::nullopt;  // the socket is full: next round
+            case Sent::kTorn:
+                return Error(EIO, "a close could not be sent whole");
         }
-        if (w > 0) ::shutdown(fd, SHUT_RDWR);  // torn frame: the connection must end
-        return;
     }
+    return std::nullopt;
 }
 
 void RemoteLink::end_connection(Child& child, const Error& why) {
     // Wakes callers blocked in send() first, so that the write lock comes free.
-    if (child.from.valid()) ::shutdown(child.from.get(), SHUT_RDWR);
+    if (child.sock.valid()) ::shutdown(child.sock.get(), SHUT_RDWR);
     {
         std::lock_guard write_lock(write_mutex_);
         std::lock_guard lock(mutex_);
@@ -398,7 +394,7 @@ void RemoteLink::end_connection(Child& child, const Error& why) {
         // Down from now on: calls made meanwhile wait for the next connection.
         status_.state = LinkState::kDown;
         for (auto& [id, p] : pending_) {
-            if (p->ping || p->result) continue;
+            if (id == ping_id_ || p->result) continue;
             p->result = make_error(EIO, "connection to node " + settings_.node +
                                             " lost during the request (" + why.message() + ")");
             status_.failed++;

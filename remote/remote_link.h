@@ -63,8 +63,8 @@ class RemoteLink {
 
     // Starts connecting (in the background).
     void start();
-    // Waits up to `timeout` for the first connection to succeed or fail.
-    void wait_for_first(Millis timeout);
+    // Waits until the first connection succeeded or failed, or `deadline`.
+    void wait_for_first(Deadline deadline);
     // Sends `request` (its id is set here) and waits for the answer. The answer's error, if
     // any, is returned as the Error (the remote's errno unchanged); a lost connection is EIO,
     // no answer in time ETIMEDOUT, a stopped link ESHUTDOWN. `on_connection`: only on that
@@ -84,23 +84,30 @@ class RemoteLink {
     struct Pending {
         std::optional<ErrorOr<Message>> result;
         Clock::time_point sent;
-        bool ping = false;
     };
+    // The transport: its process, the socket that is its stdin and stdout, and its stderr
+    // with the last words read from it (for error messages).
     struct Child {
         pid_t pid = -1;
-        UniqueFd to, from, err;
+        UniqueFd sock, err;
+        std::string said;
     };
 
     void supervise();
     ErrorOr<Child> spawn() const;
     ErrorOr<void> handshake(Child& child, FrameReader& reader);
+    // Reads what the transport wrote on stderr into child.said (its tail).
+    static void drain_stderr(Child& child);
+    // `what`, followed by the transport's last line if it said anything.
+    static std::string with_last_words(const Child& child, const std::string& what);
     // Reads frames until the connection ends; returns why it ended.
     Error serve_connection(Child& child, FrameReader& reader);
     void deliver(Message response);
-    // Sends a ping when one is due; an error when the server left pings unanswered.
+    // Sends a ping when one is due; an error when the server left pings unanswered or a
+    // ping was torn.
     std::optional<Error> maybe_ping(int fd);
     // Sends the closes of handles whose callers gave up before the open was answered.
-    void flush_orphans(int fd);
+    std::optional<Error> flush_orphans(int fd);
     void end_connection(Child& child, const Error& why);
     // Sends a whole frame on connection `generation`, within the request timeout counted
     // from when it may write.
@@ -124,7 +131,6 @@ class RemoteLink {
     int failures_ = 0;  // connection attempts failed in a row
     bool stopping_ = false;
     int wake_fd_[2] = {-1, -1};  // a pipe: stop() wakes the supervisor's poll
-    std::string stderr_tail_;    // the transport's last words, for the error message
     std::thread supervisor_;
 };
 

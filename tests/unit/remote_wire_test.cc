@@ -201,7 +201,7 @@ TEST_CASE("remote link: a transport that fails is reported with its own words", 
     s.connect_timeout = Millis(5000);
     RemoteLink link(s);
     link.start();
-    link.wait_for_first(Millis(5000));
+    link.wait_for_first(Deadline::after_ms(5000));
     auto st = link.status();
     CHECK(st.state != LinkState::kUp);
     CHECK_THAT(st.error, Catch::Contains("Connection refused"));
@@ -241,7 +241,7 @@ TEST_CASE("remote link: a peer that is no cloudvmi, or speaks another version, i
         s.command = {"sh", "-c", "cat " + path + "; sleep 5"};
         RemoteLink link(s);
         link.start();
-        link.wait_for_first(Millis(5000));
+        link.wait_for_first(Deadline::after_ms(5000));
         auto st = link.status();
         CHECK(st.state != LinkState::kUp);
         CHECK_THAT(st.error, Catch::Contains(row.says));
