@@ -15,21 +15,6 @@ constexpr double kMaxCacheSeconds = 3600;
 constexpr size_t kMaxGroups = 256;
 constexpr size_t kMaxComm = 64;  // the kernel's are 15 bytes
 
-int64_t ns_of(const timespec& t) {
-    return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
-}
-
-timespec timespec_of(int64_t ns) {
-    timespec t{};
-    t.tv_sec = ns / 1000000000;
-    t.tv_nsec = ns % 1000000000;
-    if (t.tv_nsec < 0) {
-        t.tv_nsec += 1000000000;
-        t.tv_sec -= 1;
-    }
-    return t;
-}
-
 bool known_file_type(mode_t mode) {
     switch (mode & S_IFMT) {
         case S_IFREG:
@@ -59,6 +44,25 @@ ErrorOr<uint32_t> field_u32(const Message& m, const char* name) {
 }
 
 }  // namespace
+
+int64_t ns_of(const timespec& t) {
+    return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
+
+timespec timespec_of(int64_t ns) {
+    timespec t{};
+    t.tv_sec = ns / 1000000000;
+    t.tv_nsec = ns % 1000000000;
+    if (t.tv_nsec < 0) {
+        t.tv_nsec += 1000000000;
+        t.tv_sec -= 1;
+    }
+    return t;
+}
+
+std::string child_path(const std::string& dir, const std::string& name) {
+    return dir.empty() ? name : dir + "/" + name;
+}
 
 Message encode_remote_attr(const NodeAttr& attr, const Node& node) {
     const struct stat& st = attr.st;

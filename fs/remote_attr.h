@@ -16,6 +16,13 @@ struct RemoteAttr {
     Exposure exposure = Exposure::kGuestData;
 };
 
+// Times on the wire: nanoseconds since the epoch (a negative remainder normalised).
+int64_t ns_of(const timespec& t);
+timespec timespec_of(int64_t ns);
+
+// The path of `name` in the directory at `dir` ("" is the served node directory).
+std::string child_path(const std::string& dir, const std::string& name);
+
 remote::Message encode_remote_attr(const NodeAttr& attr, const Node& node);
 // Refuses file types that do not exist and absurd cache lifetimes (EPROTO).
 ErrorOr<RemoteAttr> decode_remote_attr(const remote::Message& m);

@@ -19,22 +19,14 @@ using remote::RemoteLink;
 // What an open asks the remote to read at once: more than any proc or sys file.
 constexpr uint64_t kPrefetch = 128 * 1024;
 
-std::string child_path(const std::string& dir, const std::string& name) {
-    return dir.empty() ? name : dir + "/" + name;
-}
-
 Message request(const char* op, const std::string& path, const Caller* who = nullptr) {
     Message m{{"op", op}, {"path", path}};
     if (who) m["who"] = encode_caller(*who);
     return m;
 }
 
-int64_t time_ns(const timespec& t) {
-    return int64_t(t.tv_sec) * 1000000000 + t.tv_nsec;
-}
-
 Message time_field(const AttrChange::Time& t) {
-    return t.now ? Message("now") : Message(time_ns(t.value));
+    return t.now ? Message("now") : Message(ns_of(t.value));
 }
 
 // An open file of the remote node. Its handle belongs to the connection it was opened on:
@@ -185,16 +177,10 @@ class RemoteNode : public Node {
         return child(child_path(path_, name), info);
     }
     ErrorOr<void> unlink(const std::string& name, const Caller& who) override {
-        auto m = request("unlink", path_, &who);
-        m["name"] = name;
-        TRY(link_->call(std::move(m)));
-        return {};
+        return remove("unlink", name, who);
     }
     ErrorOr<void> rmdir(const std::string& name, const Caller& who) override {
-        auto m = request("rmdir", path_, &who);
-        m["name"] = name;
-        TRY(link_->call(std::move(m)));
-        return {};
+        return remove("rmdir", name, who);
     }
     ErrorOr<std::shared_ptr<Node>> symlink(const std::string& target, const std::string& name,
                                            const Caller& who) override {
@@ -224,6 +210,12 @@ class RemoteNode : public Node {
         return decode_remote_attr(answer["attr"]);
     }
     std::string key_of(const std::string& path) const { return "r:" + node_ + "/" + path; }
+    ErrorOr<void> remove(const char* op, const std::string& name, const Caller& who) {
+        auto m = request(op, path_, &who);
+        m["name"] = name;
+        TRY(link_->call(std::move(m)));
+        return {};
+    }
     std::shared_ptr<Node> child(std::string path, const RemoteAttr& info) const {
         return std::make_shared<RemoteNode>(peer_, node_, std::move(path), info);
     }

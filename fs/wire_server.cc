@@ -31,8 +31,14 @@ Error bad_request(const std::string& what) {
     return Error::refusal(EINVAL, "bad request: " + what);
 }
 
-// A path below the served node directory: "" is the directory itself; no empty, "." or
-// ".." component, so that no request can name anything but a node below it.
+// One component of a path: never empty, "." or "..", so that no request can name anything
+// but a node below the served directory.
+bool is_component(const std::string& name) {
+    return !name.empty() && name != "." && name != ".." && name.size() <= kMaxName &&
+           name.find_first_of(std::string("/\0", 2)) == std::string::npos;
+}
+
+// A path below the served node directory ("" is the directory itself).
 ErrorOr<std::vector<std::string>> split_path(const std::string& path) {
     if (path.size() > kMaxPath) return std::unexpected(Error::refusal(ENAMETOOLONG, "path"));
     std::vector<std::string> parts;
@@ -41,10 +47,7 @@ ErrorOr<std::vector<std::string>> split_path(const std::string& path) {
     for (;;) {
         size_t slash = path.find('/', start);
         std::string part = path.substr(start, slash == std::string::npos ? slash : slash - start);
-        if (part.empty() || part == "." || part == ".." || part.size() > kMaxName ||
-            part.find('\0') != std::string::npos) {
-            return std::unexpected(bad_request("path '" + path + "'"));
-        }
+        if (!is_component(part)) return std::unexpected(bad_request("path '" + path + "'"));
         parts.push_back(std::move(part));
         if (slash == std::string::npos) return parts;
         start = slash + 1;
@@ -60,10 +63,8 @@ std::string join(const std::vector<std::string>& parts, size_t n) {
 
 ErrorOr<std::string> entry_name(const Message& m, const char* field) {
     auto name = TRY(remote::field_string(m, field));
-    if (name.empty() || name == "." || name == ".." || name.size() > kMaxName ||
-        name.find_first_of(std::string("/\0", 2)) != std::string::npos) {
+    if (!is_component(name))
         return std::unexpected(bad_request(std::string(field) + " '" + name + "'"));
-    }
     return name;
 }
 
@@ -74,9 +75,8 @@ ErrorOr<AttrChange::Time> change_time(const Message& m, const char* field) {
         return t;
     }
     int64_t ns = TRY(remote::field_i64(m, field));
-    t.value.tv_sec = ns / 1000000000;
-    t.value.tv_nsec = ns % 1000000000;
-    if (t.value.tv_nsec < 0) return std::unexpected(bad_request("negative time"));
+    if (ns % 1000000000 < 0) return std::unexpected(bad_request("negative time"));
+    t.value = timespec_of(ns);
     return t;
 }
 
@@ -94,6 +94,14 @@ ErrorOr<AttrChange> attr_change(const Message& m) {
     if (remote::has_field(m, "atime")) c.atime = TRY(change_time(m, "atime"));
     if (remote::has_field(m, "mtime")) c.mtime = TRY(change_time(m, "mtime"));
     return c;
+}
+
+// What a read of `size` bytes at `off` gives: the handle's own bytes when it holds them,
+// else a read through the guest.
+ErrorOr<std::vector<uint8_t>> read_at(FileHandle& handle, size_t size, off_t off) {
+    if (auto cached = handle.read_cached(size, off))
+        return std::vector<uint8_t>(cached->begin(), cached->end());
+    return handle.read(size, off);
 }
 
 // A file opened for the peer; released when it closes it or hangs up.
@@ -476,10 +484,7 @@ ErrorOr<Message> WireServer::op_pread(const Message& m, const Caller&) {
     int64_t off = TRY(remote::field_i64(m, "offset"));
     uint64_t size = std::min<uint64_t>(TRY(remote::field_u64(m, "size")), remote::kMaxReadChunk);
     if (off < 0) return std::unexpected(bad_request("negative offset"));
-    if (auto cached = served->handle->read_cached(size, off))
-        return Message{{"data", Message::binary({cached->begin(), cached->end()})}};
-    auto data = TRY(served->handle->read(size, off));
-    return Message{{"data", Message::binary(std::move(data))}};
+    return Message{{"data", Message::binary(TRY(read_at(*served->handle, size, off)))}};
 }
 
 ErrorOr<Message> WireServer::op_pwrite(const Message& m, const Caller& who) {
@@ -546,7 +551,7 @@ ErrorOr<Message> WireServer::op_unlink(const Message& m, const Caller& who) {
     auto path = TRY(remote::field_string(m, "path"));
     auto name = TRY(entry_name(m, "name"));
     TRY(TRY(resolve(path))->unlink(name, who));
-    forget_below(path.empty() ? name : path + "/" + name);
+    forget_below(child_path(path, name));
     return Message::object();
 }
 
@@ -554,7 +559,7 @@ ErrorOr<Message> WireServer::op_rmdir(const Message& m, const Caller& who) {
     auto path = TRY(remote::field_string(m, "path"));
     auto name = TRY(entry_name(m, "name"));
     TRY(TRY(resolve(path))->rmdir(name, who));
-    forget_below(path.empty() ? name : path + "/" + name);
+    forget_below(child_path(path, name));
     return Message::object();
 }
 
@@ -579,8 +584,8 @@ ErrorOr<Message> WireServer::op_rename(const Message& m, const Caller& who) {
     auto from = TRY(resolve(path));
     auto to = TRY(resolve(to_path));
     TRY(from->rename(name, *to, to_name, flags, who));
-    forget_below(path.empty() ? name : path + "/" + name);
-    forget_below(to_path.empty() ? to_name : to_path + "/" + to_name);
+    forget_below(child_path(path, name));
+    forget_below(child_path(to_path, to_name));
     return Message::object();
 }
 
@@ -591,20 +596,16 @@ std::optional<FileHead> read_head(FileHandle& handle, uint64_t want) {
     while (head.data.size() < want) {
         size_t ask = want - head.data.size();
         auto off = static_cast<off_t>(head.data.size());
-        std::vector<uint8_t> piece;
-        if (auto cached = handle.read_cached(ask, off)) {
-            piece.assign(cached->begin(), cached->end());
-        } else if (auto read = handle.read(ask, off)) {
-            piece = std::move(*read);
-        } else {
+        auto piece = read_at(handle, ask, off);
+        if (!piece) {
             if (head.data.empty()) return std::nullopt;
             return head;  // what was read so far; the peer's next read meets the error
         }
-        if (piece.empty()) {
+        if (piece->empty()) {
             head.eof = true;
             return head;
         }
-        head.data.insert(head.data.end(), piece.begin(), piece.end());
+        head.data.insert(head.data.end(), piece->begin(), piece->end());
     }
     return head;
 }

@@ -127,9 +127,18 @@ bool has_field(const Message& m, const char* name) {
     return m.is_object() && m.contains(name) && !m[name].is_null();
 }
 
-ErrorOr<uint64_t> field_u64(const Message& m, const char* name) {
+namespace {
+
+// The field every typed accessor starts from.
+ErrorOr<const Message*> present(const Message& m, const char* name) {
     if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    return &m[name];
+}
+
+}  // namespace
+
+ErrorOr<uint64_t> field_u64(const Message& m, const char* name) {
+    const Message& v = *TRY(present(m, name));
     // Built in memory, a non-negative number may be signed; from CBOR it is unsigned.
     if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= 0)
         return static_cast<uint64_t>(v.get<int64_t>());
@@ -138,8 +147,7 @@ ErrorOr<uint64_t> field_u64(const Message& m, const char* name) {
 }
 
 ErrorOr<int64_t> field_i64(const Message& m, const char* name) {
-    if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    const Message& v = *TRY(present(m, name));
     if (v.is_number_unsigned()) {
         uint64_t u = v.get<uint64_t>();
         if (u > uint64_t(INT64_MAX)) return std::unexpected(field_error(name, "is too large"));
@@ -150,29 +158,25 @@ ErrorOr<int64_t> field_i64(const Message& m, const char* name) {
 }
 
 ErrorOr<std::string> field_string(const Message& m, const char* name) {
-    if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    const Message& v = *TRY(present(m, name));
     if (!v.is_string()) return std::unexpected(field_error(name, "is not a string"));
     return v.get<std::string>();
 }
 
 ErrorOr<std::vector<uint8_t>> field_bytes(const Message& m, const char* name) {
-    if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    const Message& v = *TRY(present(m, name));
     if (!v.is_binary()) return std::unexpected(field_error(name, "is not a byte string"));
     return std::vector<uint8_t>(v.get_binary().begin(), v.get_binary().end());
 }
 
 ErrorOr<bool> field_bool(const Message& m, const char* name) {
-    if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    const Message& v = *TRY(present(m, name));
     if (!v.is_boolean()) return std::unexpected(field_error(name, "is not a boolean"));
     return v.get<bool>();
 }
 
 ErrorOr<double> field_double(const Message& m, const char* name) {
-    if (!has_field(m, name)) return std::unexpected(field_error(name, "is missing"));
-    const auto& v = m[name];
+    const Message& v = *TRY(present(m, name));
     if (!v.is_number()) return std::unexpected(field_error(name, "is not a number"));
     return v.get<double>();
 }
