@@ -56,9 +56,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-note() { printf '== %s\n' "$*" >&2; }
-# record LABEL JSON: one measurement, tagged
-record() { printf '%s\n' "$2" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]=sys.argv[1]; print(json.dumps(d))' "$1" >>"$results"; }
+# shellcheck source=bench/lib.sh
+. "$SELF_DIR/lib.sh"
 
 note "building bench/guest_ops.c (static)"
 gcc -O2 -static -o "$dir/guest_ops" "$SELF_DIR/guest_ops.c"
@@ -87,21 +86,6 @@ note "guest CPU throughput unmonitored (${spin} s)"
 record spin-unmonitored-before "$(gssh /root/guest_ops spin "$spin")"
 
 note "ssh cat (reused connection, then new connections)"
-time_cmd() {  # LABEL N COMMAND...: wall time of each run (after $GAP s of quiet), as guest_ops prints it
-    local label=$1 n=$2; shift 2
-    local times=() t0 t1
-    for _ in $(seq "$n"); do
-        sleep "${GAP:-0}"
-        t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N)
-        times+=($(( (t1 - t0) / 1000 )))
-    done
-    record "$label" "$(printf '%s\n' "${times[@]}" | python3 -c '
-import json, sys
-t = sorted(int(x) for x in sys.stdin.read().split())
-n = len(t)
-print(json.dumps({"op": "cmd", "n": n, "median_us": t[n // 2], "p90_us": t[min(n - 1, n * 9 // 10)],
-                  "min_us": t[0], "mean_us": sum(t) / n}))')"
-}
 cm=(-o ControlMaster=auto -o ControlPath="$dir/ssh-%r@%h:%p" -o ControlPersist=120)
 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 true
 time_cmd ssh-reused-cat-meminfo 20 ssh "${ssh_opts[@]}" "${cm[@]}" root@127.0.0.1 cat /proc/meminfo

@@ -58,8 +58,8 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-note() { printf '== %s\n' "$*" >&2; }
-record() { printf '%s\n' "$2" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]=sys.argv[1]; print(json.dumps(d))' "$1" >>"$results"; }
+# shellcheck source=bench/lib.sh
+. "$SELF_DIR/lib.sh"
 
 note "building bench/guest_ops.c (static)"
 gcc -O2 -static -o "$dir/guest_ops" "$SELF_DIR/guest_ops.c"
@@ -129,19 +129,7 @@ YAML
     cat "$mnt/here/$1/proc/version" "$mnt/far/$3/proc/version" >/dev/null  # attach first
     echo "$mnt"
 }
-sweep() {  # LABEL MNT: the fleet sweep, timed from the host
-    local times=() t0 t1
-    for _ in $(seq 20); do
-        t0=$(date +%s%N); cat "$2"/*/*/proc/loadavg >/dev/null; t1=$(date +%s%N)
-        times+=($(( (t1 - t0) / 1000 )))
-    done
-    record "$1" "$(printf '%s\n' "${times[@]}" | python3 -c '
-import json, sys
-t = sorted(int(x) for x in sys.stdin.read().split())
-n = len(t)
-print(json.dumps({"op": "sweep", "n": n, "median_us": t[n // 2], "p90_us": t[min(n - 1, n * 9 // 10)],
-                  "min_us": t[0], "mean_us": sum(t) / n}))')"
-}
+sweep_once() { cat "$1"/*/*/proc/loadavg; }  # MNT: the fleet sweep, globbed by this shell
 measure() {  # TAG MNT LOCAL REMOTE
     local mnt=$2
     for f in loadavg meminfo; do
@@ -150,7 +138,7 @@ measure() {  # TAG MNT LOCAL REMOTE
     done
     record "$1-local-ls-proc" "$("$dir/guest_ops" ls "$mnt/here/$3/proc" 5)"
     record "$1-remote-ls-proc" "$("$dir/guest_ops" ls "$mnt/far/$4/proc" 5)"
-    sweep "$1-sweep" "$mnt"
+    time_cmd "$1-sweep" 20 sweep_once "$mnt"
     record "$1-far-status" "$(python3 -c 'import json,sys; print(json.dumps(dict(l.split(": ",1) for l in open(sys.argv[1]).read().splitlines() if ": " in l)))' "$mnt/far/.cloudvmi/status")"
 }
 

@@ -55,7 +55,8 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-note() { printf '== %s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$SELF_DIR/lib.sh"
 
 gcc -O2 -static -o "$dir/guest_ops" "$SELF_DIR/guest_ops.c"
 

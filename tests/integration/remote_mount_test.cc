@@ -11,7 +11,6 @@
 #include <thread>
 
 #include "common/deadline.h"
-#include "common/strings.h"
 #include "tests/integration/ssh_fixture.h"
 #include "tests/integration/test_mount.h"
 
@@ -47,13 +46,6 @@ std::string remote_config(const TestGuest& guest, const std::string& dir) {
     return dir + "/remote.yaml";
 }
 
-std::string status_field(const std::string& status, const std::string& key) {
-    for (auto line : split(status, '\n')) {
-        if (line.starts_with(key + ": ")) return std::string(line.substr(key.size() + 2));
-    }
-    return "";
-}
-
 }  // namespace
 
 TEST_CASE(
@@ -82,10 +74,10 @@ TEST_CASE(
     CHECK_THAT(version.out, Catch::StartsWith("Linux version " + guest.kernel_version()));
     auto status = run_command({"cat", far + "/.cloudvmi/status"}).out;
     INFO(status);
-    CHECK(status_field(status, "kind") == "ssh");
-    CHECK(status_field(status, "state") == "connected");
-    CHECK(status_field(status, "remote_node") == "far-host");
-    CHECK(status_field(status, "vms") == "1");
+    CHECK(field_value(status, "kind") == "ssh");
+    CHECK(field_value(status, "state") == "connected");
+    CHECK(field_value(status, "remote_node") == "far-host");
+    CHECK(field_value(status, "vms") == "1");
     CHECK(run_command({"cat", m.mnt + "/.cloudvmi/nodes"}).out.find("node: far") !=
           std::string::npos);
 
@@ -138,10 +130,10 @@ TEST_CASE(
         std::string before;
         while (!deadline.expired()) {
             before = run_command({"cat", far + "/.cloudvmi/status"}).out;
-            if (status_field(before, "in_flight") == "3") break;
+            if (field_value(before, "in_flight") == "3") break;
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
-        CHECK(status_field(before, "in_flight") == "3");
+        CHECK(field_value(before, "in_flight") == "3");
         // The connection goes as in a network failure: the server sees its end closed.
         CHECK(sshd.kill_connections() >= 1);
         ::kill(server, SIGCONT);
@@ -163,9 +155,9 @@ TEST_CASE(
         CHECK(again.status == 0);
         auto after = run_command({"cat", far + "/.cloudvmi/status"}).out;
         INFO(after);
-        CHECK(status_field(after, "state") == "connected");
-        CHECK(status_field(after, "drops") == "1");
-        CHECK(status_field(after, "connects") == "2");
+        CHECK(field_value(after, "state") == "connected");
+        CHECK(field_value(after, "drops") == "1");
+        CHECK(field_value(after, "connects") == "2");
         // The file opened before the drop is gone with its connection: EIO, never another
         // file that a new connection's handle of the same number would name.
         char later[4096];
