@@ -2,7 +2,9 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 
+#include "apps/apps.h"
 #include "cli/commands.h"
 #include "fs/fuse_server.h"
 
@@ -13,6 +15,8 @@ const char kUsage[] =
     "       cloudvmi guest --gdb ENDPOINT [OPTIONS] COMMAND [ARGS]\n"
     "       cloudvmi policy check|explain FILE ...     the policy file (see cloudvmi-policy(5))\n"
     "       cloudvmi serve --stdio [OPTIONS]   serve this host's VMs to a mount elsewhere\n"
+    "       cloudvmi top|ps|find|state|secmon|exporter [OPTIONS]   applications on a mount\n"
+    "                                          (each has --help; see cloudvmi-apps(7))\n"
     "       cloudvmi --help | --version\n"
     "\n"
     "Reads and changes the live state of running QEMU/KVM guests from the host, by\n"
@@ -30,6 +34,14 @@ int main(int argc, char** argv) {
     if (cmd == "guest") return cloudvmi::cli::guest_main(argc - 1, argv + 1);
     if (cmd == "guard") return cloudvmi::cli::guard_main(argc - 2, argv + 2);
     if (cmd == "policy") return cloudvmi::cli::policy_main(argc - 1, argv + 1);
+    using AppMain = int (*)(int, char**);
+    static const std::pair<const char*, AppMain> kApps[] = {
+        {"top", cloudvmi::apps::top_main},       {"ps", cloudvmi::apps::ps_main},
+        {"find", cloudvmi::apps::find_main},     {"state", cloudvmi::apps::state_main},
+        {"secmon", cloudvmi::apps::secmon_main}, {"exporter", cloudvmi::apps::exporter_main}};
+    for (const auto& [name, app_main] : kApps) {
+        if (cmd == name) return app_main(argc - 1, argv + 1);
+    }
     if (cmd == "serve") {
         const char* self = cloudvmi::cli::self_executable();
         return cloudvmi::cli::serve_main(argc - 1, argv + 1, self ? self : "");

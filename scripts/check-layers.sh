@@ -19,6 +19,7 @@ declare -A rank=(
   [policy]=1
   [nodes]=1
   [remote]=1
+  [apps]=1
   [fs]=7
 )
 # What fs/ may include from the redirector: the session, the endpoint syntax it checks in
@@ -52,6 +53,6 @@ while IFS= read -r file; do
       status=1
     fi
   done < <(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$file")
-done < <(git ls-files 'common/*' 'redirector/*' 'policy/*' 'nodes/*' 'remote/*' 'fs/*' | grep -E '\.(h|cc|S)$')
+done < <(git ls-files 'common/*' 'redirector/*' 'policy/*' 'nodes/*' 'remote/*' 'apps/*' 'fs/*' | grep -E '\.(h|cc|S)$')
 [[ $status == 0 ]] && echo "layers: every include goes down"
 exit $status

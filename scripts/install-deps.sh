@@ -10,7 +10,7 @@ libfuse3-dev fuse3
 libvirt-dev libxml2-dev
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 libyaml-cpp-dev
-nlohmann-json3-dev
+nlohmann-json3-dev libcli11-dev prometheus-cpp-dev
 libssl-dev
 catch2
 linux-libc-dev
@@ -18,7 +18,7 @@ qemu-system-x86 qemu-utils
 busybox-static cpio gzip
 debootstrap e2fsprogs openssh-client openssh-server
 python3-docutils
-socat
+socat curl bash-completion libelf1
 procps
 "
 

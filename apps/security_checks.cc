@@ -1,0 +1,186 @@
+#include "apps/security_checks.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include "apps/digest.h"
+#include "apps/procfs.h"
+#include "common/strings.h"
+
+namespace cloudvmi::apps {
+namespace {
+
+// Bounds of the setuid search: a hostile guest can make directories as deep and as full as
+// it likes, so the walk stops and says so rather than running forever.
+constexpr int kMaxSetuidDepth = 6;
+constexpr size_t kMaxSetuidEntries = 50000;
+constexpr size_t kMaxWatchedFile = 16 << 20;
+
+Alert make_alert(std::string check, std::string severity, std::string detail, nlohmann::json data) {
+    return Alert{std::move(check), std::move(severity), std::move(detail), std::move(data)};
+}
+
+ErrorOr<std::set<long>> listed_pids(const VmRef& vm) {
+    std::set<long> pids;
+    for (const auto& name : TRY(list_dir(vm.path + "/proc"))) {
+        if (auto pid = parse_pid_name(name)) pids.insert(*pid);
+    }
+    return pids;
+}
+
+void walk_setuid(const std::string& tree_root, const std::string& guest_dir, int depth,
+                 size_t* budget, std::set<std::string>* out) {
+    auto names = list_dir(tree_root + guest_dir);
+    if (!names) return;  // absent or unreadable directories are simply not searched
+    for (const auto& name : *names) {
+        if (*budget == 0) return;
+        --*budget;
+        std::string guest_path = (guest_dir == "/" ? "" : guest_dir) + "/" + name;
+        struct stat st {};
+        if (::lstat((tree_root + guest_path).c_str(), &st) != 0) continue;
+        if (S_ISDIR(st.st_mode) && depth < kMaxSetuidDepth) {
+            walk_setuid(tree_root, guest_path, depth + 1, budget, out);
+        } else if (S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID))) {
+            out->insert(strformat("%s %04o", guest_path.c_str(), st.st_mode & 07777));
+        }
+    }
+}
+
+template <class T>
+std::vector<T> added(const std::set<T>& before, const std::set<T>& now) {
+    std::vector<T> out;
+    std::set_difference(now.begin(), now.end(), before.begin(), before.end(),
+                        std::back_inserter(out));
+    return out;
+}
+
+long probe_bound(const VmRef& vm, const std::set<long>& listed) {
+    long last = 0, pid_max = 4194304;
+    if (auto text = read_file(vm.path + "/proc/loadavg", 4096)) {
+        if (auto l = parse_loadavg(*text)) last = l->last_pid;
+    }
+    if (auto text = read_file(vm.path + "/proc/sys/kernel/pid_max", 4096)) {
+        if (auto v = parse_u64(split(*text, '\n').front()); v && *v > 0 && *v <= 4194304) {
+            pid_max = static_cast<long>(*v);
+        }
+    }
+    long highest = std::max(last, listed.empty() ? 0L : *listed.rbegin());
+    return std::min(pid_max, highest + 1024);
+}
+
+}  // namespace
+
+SecmonSettings default_settings() {
+    return SecmonSettings{{"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/sudoers",
+                           "/etc/ssh/sshd_config", "/root/.ssh/authorized_keys"},
+                          {"/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/tmp",
+                           "/var/tmp", "/dev/shm"},
+                          0};
+}
+
+ErrorOr<Baseline> take_baseline(const VmRef& vm, const SecmonSettings& settings) {
+    Baseline b;
+    for (auto& m : parse_modules(TRY(read_file(vm.path + "/proc/modules")))) {
+        b.modules.insert(std::move(m));
+    }
+    for (const char* proto : {"tcp", "tcp6", "udp", "udp6"}) {
+        auto table = read_file(vm.path + "/proc/net/" + proto);
+        if (!table) continue;  // no IPv6 in this guest
+        for (const auto& l : parse_net_listeners(*table, proto))
+            b.listeners.insert(l.key());
+    }
+    for (const auto& path : settings.files) {
+        auto data = read_file(vm.path + "/root" + path, kMaxWatchedFile);
+        if (!data && data.error().code() != ENOENT) return std::unexpected(data.error());
+        b.files[path] = data ? sha256_hex(*data) : "absent";
+    }
+    size_t budget = kMaxSetuidEntries;
+    for (const auto& dir : settings.setuid_paths) {
+        walk_setuid(vm.path + "/root", dir, 0, &budget, &b.setuid);
+    }
+    return b;
+}
+
+nlohmann::json baseline_json(const Baseline& b) {
+    return {{"version", 1},
+            {"modules", b.modules},
+            {"listeners", b.listeners},
+            {"files", b.files},
+            {"setuid", b.setuid}};
+}
+
+ErrorOr<Baseline> baseline_from_json(const nlohmann::json& j) {
+    try {
+        if (!j.is_object() || j.value("version", 0) != 1) {
+            return make_error(EINVAL, "not a version 1 baseline");
+        }
+        Baseline b;
+        b.modules = j.at("modules").get<std::set<std::string>>();
+        b.listeners = j.at("listeners").get<std::set<std::string>>();
+        b.files = j.at("files").get<std::map<std::string, std::string>>();
+        b.setuid = j.at("setuid").get<std::set<std::string>>();
+        return b;
+    } catch (const nlohmann::json::exception& e) {
+        return make_error(EINVAL, std::string("malformed baseline: ") + e.what());
+    }
+}
+
+std::vector<Alert> compare_baselines(const Baseline& before, const Baseline& now) {
+    std::vector<Alert> out;
+    for (const auto& m : added(before.modules, now.modules)) {
+        out.push_back(make_alert("module-added", "critical", "kernel module " + m + " loaded",
+                                 {{"module", m}}));
+    }
+    for (const auto& m : added(now.modules, before.modules)) {
+        out.push_back(make_alert("module-removed", "warning", "kernel module " + m + " unloaded",
+                                 {{"module", m}}));
+    }
+    for (const auto& l : added(before.listeners, now.listeners)) {
+        out.push_back(make_alert("listener-added", "warning", "new listening socket " + l,
+                                 {{"listener", l}}));
+    }
+    for (const auto& [path, hash] : now.files) {
+        auto it = before.files.find(path);
+        if (it == before.files.end() || it->second == hash) continue;
+        out.push_back(make_alert("file-changed", "critical",
+                                 path + (hash == "absent" ? " removed" : " changed"),
+                                 {{"path", path}, {"before", it->second}, {"now", hash}}));
+    }
+    for (const auto& s : added(before.setuid, now.setuid)) {
+        out.push_back(
+            make_alert("setuid-added", "critical", "new setuid/setgid file " + s, {{"file", s}}));
+    }
+    return out;
+}
+
+ErrorOr<std::vector<Alert>> hidden_processes(const VmRef& vm, long probe_max) {
+    auto listed = TRY(listed_pids(vm));
+    long bound = probe_max > 0 ? probe_max : probe_bound(vm, listed);
+    std::vector<long> candidates;
+    for (long pid = 1; pid <= bound; ++pid) {
+        if (listed.count(pid)) continue;
+        if (TRY(exists(vm.path + "/proc/" + std::to_string(pid)))) candidates.push_back(pid);
+    }
+    if (candidates.empty()) return std::vector<Alert>{};
+    // A second listing: processes born during the probe are listed now.
+    auto relisted = TRY(listed_pids(vm));
+    std::vector<Alert> out;
+    for (long pid : candidates) {
+        if (relisted.count(pid)) continue;
+        std::string dir = vm.path + "/proc/" + std::to_string(pid);
+        auto status_text = read_file(dir + "/status", 65536);
+        auto status = status_text ? parse_pid_status(*status_text) : std::nullopt;
+        if (!status || status->tgid != pid) continue;  // gone, or a thread of a listed process
+        std::string cmdline;
+        if (auto raw = read_file(dir + "/cmdline", 65536)) cmdline = cmdline_text(*raw);
+        out.push_back(make_alert(
+            "hidden-process", "critical",
+            strformat("pid %ld (%s) is alive but hidden from the /proc listing", pid,
+                      printable(status->name, 32).c_str()),
+            {{"pid", pid}, {"name", status->name}, {"uid", status->uid}, {"cmdline", cmdline}}));
+    }
+    return out;
+}
+
+}  // namespace cloudvmi::apps
