@@ -32,6 +32,13 @@ int parse_command_line(CLI::App& app, int argc, char** argv) {
 
 ErrorOr<std::vector<VmRef>> selected_vms(const CommonOptions& options, const char* program) {
     auto vms = list_vms(options.mount, options.vms);
+    if (vms && vms->empty() && !options.vms.empty()) {
+        // A mistyped glob must not pass for "all clear" in a cron job.
+        std::string globs;
+        for (const auto& g : options.vms)
+            globs += (globs.empty() ? "" : " ") + g;
+        vms = make_error(ENOENT, "no VM matches " + globs + " under " + options.mount);
+    }
     if (!vms) {
         std::fprintf(stderr, "%s: %s\n", program, vms.error().describe().c_str());
     }

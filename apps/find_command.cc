@@ -130,7 +130,7 @@ int run_find(const FindOptions& o, int signal) {
         if (!m.outcome.empty()) std::cout << "  signal " << o.signal << ": " << m.outcome;
         std::cout << "\n";
     }
-    if (o.common.json) std::cout << j.dump(2) << std::endl;
+    if (o.common.json) std::cout << json_text(j, 2) << std::endl;
     if (signal != 0 && !o.yes && !matches.empty()) {
         std::cerr << "cloudvmi find: dry run: add --yes to send " << o.signal << " to "
                   << matches.size() << " process(es)\n";

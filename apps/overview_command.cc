@@ -144,7 +144,7 @@ int run_top(const TopOptions& o) {
             nlohmann::json j = nlohmann::json::array();
             for (const auto& s : view)
                 j.push_back(snapshot_json(s, o.top));
-            std::cout << j.dump(2) << std::endl;
+            std::cout << json_text(j, 2) << std::endl;
         } else {
             // In place on a terminal: home, the report, clear what the last one left below.
             std::cout << (live ? "\033[H" : "") << text_report(view, o) << (live ? "\033[J" : "")
@@ -243,7 +243,7 @@ int ps_main(int argc, char** argv) {
                         cpu_s / 60, cpu_s % 60, command.c_str());
         }
     }
-    if (common.json) std::cout << j.dump(2) << std::endl;
+    if (common.json) std::cout << json_text(j, 2) << std::endl;
     return report_exit(all);
 }
 

@@ -13,6 +13,7 @@
 #include "apps/app_support.h"
 #include "apps/apps.h"
 #include "apps/security_checks.h"
+#include "apps/snapshot_json.h"
 #include "common/paths.h"
 #include "common/strings.h"
 
@@ -45,7 +46,7 @@ ErrorOr<void> save_baseline(const std::string& path, const Baseline& b) {
     std::string tmp = path + ".tmp";
     ::unlink(tmp.c_str());
     auto fd = TRY(open_private_file(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC));
-    std::string text = baseline_json(b).dump(2) + "\n";
+    std::string text = json_text(baseline_json(b), 2) + "\n";
     TRY(write_all(fd.get(), {reinterpret_cast<const uint8_t*>(text.data()), text.size()},
                   "the baseline"));
     if (::fsync(fd.get()) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -75,7 +76,7 @@ void print_alert(const SecmonOptions& o, const VmRef& vm, const Alert& a) {
         nlohmann::json j = {{"time", now_text()}, {"node", vm.node},        {"vm", vm.name},
                             {"check", a.check},   {"severity", a.severity}, {"detail", a.detail},
                             {"data", a.data}};
-        std::cout << j.dump() << std::endl;
+        std::cout << json_text(j) << std::endl;
     } else {
         std::cout << strformat("%-24s %-8s %-15s %s", vm.id().c_str(), a.severity.c_str(),
                                a.check.c_str(), a.detail.c_str())

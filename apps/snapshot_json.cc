@@ -4,6 +4,10 @@
 
 namespace cloudvmi::apps {
 
+std::string json_text(const nlohmann::json& j, int indent) {
+    return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 double by_cpu(const ProcessInfo& p) {
     return p.cpu_percent;
 }

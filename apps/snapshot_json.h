@@ -7,6 +7,10 @@
 
 namespace cloudvmi::apps {
 
+// JSON text of `j`. Guest strings (process names, command lines, file names) may be any
+// bytes; invalid UTF-8 is replaced (U+FFFD) rather than thrown on.
+std::string json_text(const nlohmann::json& j, int indent = -1);
+
 nlohmann::json process_json(const ProcessInfo& p, const MemInfo& mem);
 
 // The summary, with `top` processes by CPU and by memory (none when 0).

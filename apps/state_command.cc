@@ -8,6 +8,7 @@
 #include "apps/app_support.h"
 #include "apps/apps.h"
 #include "apps/desired_state.h"
+#include "apps/snapshot_json.h"
 #include "common/strings.h"
 
 namespace cloudvmi::apps {
@@ -81,7 +82,7 @@ int run_state(const StateOptions& o, bool do_apply) {
             std::cout << drift_text(d) << "\n";
         }
     }
-    if (o.common.json) std::cout << j.dump(2) << std::endl;
+    if (o.common.json) std::cout << json_text(j, 2) << std::endl;
     if (failed) return kAppFailed;
     if (error) return kAppUnreachable;
     return drift ? kAppFinding : kAppOk;

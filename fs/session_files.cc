@@ -3,7 +3,9 @@
 // when the VM is down or busy; kernel asks the guest (uname) through the VM's queue.
 #include <fcntl.h>
 
+#include <cmath>
 #include <ctime>
+#include <nlohmann/json.hpp>
 
 #include "common/strings.h"
 #include "fs/filesystem.h"
@@ -29,28 +31,9 @@ class BufferHandle final : public FileHandle {
     std::string content_;
 };
 
-std::string json_escape(const std::string& s) {
-    std::string out;
-    for (char c : s) {
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            default:
-                if (static_cast<unsigned char>(c) < 0x20) {
-                    out += strformat("\\u%04x", c);
-                } else {
-                    out += c;
-                }
-        }
-    }
-    return out;
+// Latencies are kept to the precision they are measured at (microseconds).
+double rounded(double v, double unit) {
+    return std::round(v / unit) * unit;
 }
 
 std::string status_text(Vm& vm) {
@@ -80,58 +63,50 @@ std::string status_text(Vm& vm) {
     return out;
 }
 
-std::string stats_text(Vm& vm, bool json) {
+// One set of fields for stats (key: value lines) and stats.json (one JSON object).
+nlohmann::ordered_json stats_fields(Vm& vm) {
     auto s = vm.stats();
     auto st = vm.session().status();
-    struct Field {
-        const char* key;
-        std::string value;
-        bool number;
+    return {
+        {"requests", s.requests},
+        {"errors", s.errors},
+        {"guest_errors", s.guest_errors},
+        {"queued", s.queued},
+        {"latency_p50_ms", rounded(s.p50_ms, 0.001)},
+        {"latency_p90_ms", rounded(s.p90_ms, 0.001)},
+        {"latency_p99_ms", rounded(s.p99_ms, 0.001)},
+        {"latency_max_ms", rounded(s.max_ms, 0.001)},
+        {"batches", st.batches},
+        {"batch_failures", st.failures},
+        {"shadows_created", st.shadows_created},
+        {"bootstrap_ms", rounded(st.bootstrap.total_ms, 0.1)},
+        {"bootstrap_vm_stops", st.bootstrap_cost.stops},
+        {"bootstrap_kernel_trap_stops", st.bootstrap.injector.kernel_trap_stops},
+        {"vm_stops", st.vm_cost.stops},
+        {"breakpoint_changes", st.vm_cost.breakpoint_changes},
+        {"mailbox_batches", st.mailbox.batches},
+        {"mailbox_round_trip_p50_us", rounded(st.mailbox.p50_us, 0.1)},
+        {"mailbox_round_trip_p90_us", rounded(st.mailbox.p90_us, 0.1)},
+        {"mailbox_round_trip_p99_us", rounded(st.mailbox.p99_us, 0.1)},
+        {"mailbox_round_trip_max_us", rounded(st.mailbox.max_us, 0.1)},
+        {"mailbox_remaps", st.mailbox.remaps},
+        {"mailbox_withdrawn", st.mailbox.withdrawn},
+        {"shadows_distrusted", st.distrusted},
+        {"stuck_shadows_ended", st.stuck_shadows_ended},
+        {"paused_by_others", st.paused_by_others ? 1 : 0},
+        {"vm_status", st.vm_status.empty() ? "unknown" : st.vm_status},
+        {"engine", st.engine.empty() ? "none" : st.engine},
+        {"state", to_string(st.state)},
     };
-    std::vector<Field> fields = {
-        {"requests", std::to_string(s.requests), true},
-        {"errors", std::to_string(s.errors), true},
-        {"guest_errors", std::to_string(s.guest_errors), true},
-        {"queued", std::to_string(s.queued), true},
-        {"latency_p50_ms", strformat("%.3f", s.p50_ms), true},
-        {"latency_p90_ms", strformat("%.3f", s.p90_ms), true},
-        {"latency_p99_ms", strformat("%.3f", s.p99_ms), true},
-        {"latency_max_ms", strformat("%.3f", s.max_ms), true},
-        {"batches", std::to_string(st.batches), true},
-        {"batch_failures", std::to_string(st.failures), true},
-        {"shadows_created", std::to_string(st.shadows_created), true},
-        {"bootstrap_ms", strformat("%.1f", st.bootstrap.total_ms), true},
-        {"bootstrap_vm_stops", std::to_string(st.bootstrap_cost.stops), true},
-        {"bootstrap_kernel_trap_stops", std::to_string(st.bootstrap.injector.kernel_trap_stops),
-         true},
-        {"vm_stops", std::to_string(st.vm_cost.stops), true},
-        {"breakpoint_changes", std::to_string(st.vm_cost.breakpoint_changes), true},
-        {"mailbox_batches", std::to_string(st.mailbox.batches), true},
-        {"mailbox_round_trip_p50_us", strformat("%.1f", st.mailbox.p50_us), true},
-        {"mailbox_round_trip_p90_us", strformat("%.1f", st.mailbox.p90_us), true},
-        {"mailbox_round_trip_p99_us", strformat("%.1f", st.mailbox.p99_us), true},
-        {"mailbox_round_trip_max_us", strformat("%.1f", st.mailbox.max_us), true},
-        {"mailbox_remaps", std::to_string(st.mailbox.remaps), true},
-        {"mailbox_withdrawn", std::to_string(st.mailbox.withdrawn), true},
-        {"shadows_distrusted", std::to_string(st.distrusted), true},
-        {"stuck_shadows_ended", std::to_string(st.stuck_shadows_ended), true},
-        {"paused_by_others", st.paused_by_others ? "1" : "0", true},
-        {"vm_status", st.vm_status.empty() ? "unknown" : st.vm_status, false},
-        {"engine", st.engine.empty() ? "none" : st.engine, false},
-        {"state", to_string(st.state), false},
-    };
+}
+
+std::string stats_text(Vm& vm, bool json) {
+    auto fields = stats_fields(vm);
+    // Guest-influenced strings (vm_status) are escaped by nlohmann, never by hand.
+    if (json) return fields.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     std::string out;
-    if (json) {
-        out = "{";
-        for (size_t i = 0; i < fields.size(); ++i) {
-            if (i) out += ", ";
-            out += "\"" + std::string(fields[i].key) + "\": ";
-            out += fields[i].number ? fields[i].value : "\"" + json_escape(fields[i].value) + "\"";
-        }
-        out += "}\n";
-    } else {
-        for (const auto& f : fields)
-            out += std::string(f.key) + ": " + f.value + "\n";
+    for (const auto& [key, value] : fields.items()) {
+        out += key + ": " + (value.is_string() ? value.get<std::string>() : value.dump()) + "\n";
     }
     return out;
 }
