@@ -11,7 +11,8 @@ void add_common_options(CLI::App& app, CommonOptions& options, bool json) {
         ->capture_default_str();
     app.add_option("--vm", options.vms,
                    "VMs to include: a glob on the VM's name, or on NODE/VM when it has a '/' "
-                   "(repeatable; default: every VM)");
+                   "(repeatable; default: every VM)")
+        ->allow_extra_args(false);  // one glob per --vm: a FILE after it stays a FILE
     if (json) app.add_flag("--json", options.json, "JSON output");
     app.add_flag("-q,--quiet", options.quiet, "no progress on stderr");
 }

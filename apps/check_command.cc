@@ -4,6 +4,7 @@
 // text with performance data after '|'.
 #include <unistd.h>
 
+#include <charconv>
 #include <csignal>
 #include <cstdio>
 
@@ -66,8 +67,8 @@ int check_main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        int rc = app.exit(e);
-        return rc == 0 ? kOk : kUnknown;  // --help is 0; a usage error is UNKNOWN (guidelines)
+        if (app.exit(e) == 0) return kOk;                            // --help
+        return report(kUnknown, "usage: " + std::string(e.what()));  // guidelines: UNKNOWN
     }
     auto warn = warning.empty() ? std::nullopt : parse_nagios_range(warning);
     auto crit = critical.empty() ? std::nullopt : parse_nagios_range(critical);
@@ -85,7 +86,10 @@ int check_main(int argc, char** argv) {
     NagiosState state = crit && crit->alerts(*value)   ? kCritical
                         : warn && warn->alerts(*value) ? kWarning
                                                        : kOk;
-    std::string shown = strformat("%g", *value);
+    // Shortest exact form: no exponent or rounding for what perfdata parsers read.
+    char digits[64];
+    auto end = std::to_chars(digits, digits + sizeof digits, *value, std::chars_format::fixed).ptr;
+    std::string shown(digits, end);
     return report(state, label + " = " + shown + unit + " | " + perf_label(label) + "=" + shown +
                              unit + ";" + warning + ";" + critical);
 }

@@ -1,9 +1,12 @@
 #include "apps/desired_state.h"
 
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
+#include <set>
 
 #include "common/strings.h"
 
@@ -20,18 +23,16 @@ Error bad(const YAML::Node& node, const std::string& what) {
                  mark.is_null() ? what : strformat("line %d: %s", mark.line + 1, what.c_str()));
 }
 
+// "vm.swappiness", or with slashes where a name holds a dot, as sysctl(8) takes it
+// ("net/ipv4/conf/eth0.100/forwarding").
 bool valid_sysctl_key(const std::string& key) {
     if (key.empty() || key.size() > 255) return false;
-    for (auto part : split(key, '.')) {
-        if (part.empty() || part == ".." || part.find('/') != std::string_view::npos) return false;
-    }
-    return true;
-}
-
-bool valid_file_path(const std::string& path) {
-    if (path.size() < 2 || path[0] != '/' || path.size() > 4095) return false;
-    for (auto part : split(std::string_view(path).substr(1), '/')) {
-        if (part.empty() || part == "." || part == "..") return false;
+    char sep = key.find('/') != std::string::npos ? '/' : '.';
+    for (auto part : split(key, sep)) {
+        if (part.empty() || part == "." || part == ".." ||
+            part.find('/') != std::string_view::npos) {
+            return false;
+        }
     }
     return true;
 }
@@ -64,7 +65,7 @@ ErrorOr<void> check_keys(const YAML::Node& map, std::initializer_list<const char
 
 ErrorOr<DesiredSetting> parse_file(const YAML::Node& key, const YAML::Node& spec) {
     DesiredSetting s{DesiredSetting::Kind::kFile, key.as<std::string>(), "", 0644};
-    if (!valid_file_path(s.key)) {
+    if (!valid_guest_path(s.key)) {
         return std::unexpected(bad(key, "'" + s.key + "' is not an absolute path without . or .."));
     }
     if (!spec.IsMap() || !spec["content"]) {
@@ -95,16 +96,29 @@ ErrorOr<DesiredGroup> parse_group(const YAML::Node& node) {
     if (match.IsSequence()) {
         for (const auto& m : match)
             g.match.push_back(m.as<std::string>());
-    } else {
+    } else if (match.IsScalar()) {
         g.match.push_back(match.as<std::string>());
     }
+    // No pattern would select every VM: an empty list is a mistake, not "all".
+    if (g.match.empty() ||
+        std::any_of(g.match.begin(), g.match.end(), [](auto& m) { return m.empty(); })) {
+        return std::unexpected(bad(match, "match: needs one or more VM globs"));
+    }
+    std::set<std::string> keys;
     if (const auto& sysctl = node["sysctl"]) {
         if (!sysctl.IsMap()) return std::unexpected(bad(sysctl, "sysctl: is a map of key: value"));
         for (const auto& item : sysctl) {
+            if (!item.second.IsScalar()) {  // also an empty value (null)
+                return std::unexpected(
+                    bad(item.second, "a sysctl's value is a number or a string"));
+            }
             DesiredSetting s{DesiredSetting::Kind::kSysctl, item.first.as<std::string>(),
                              item.second.as<std::string>()};
             if (!valid_sysctl_key(s.key)) {
                 return std::unexpected(bad(item.first, "'" + s.key + "' is not a sysctl name"));
+            }
+            if (!keys.insert(s.key).second) {
+                return std::unexpected(bad(item.first, "sysctl " + s.key + " is given twice"));
             }
             g.settings.push_back(std::move(s));
         }
@@ -123,7 +137,7 @@ ErrorOr<DesiredGroup> parse_group(const YAML::Node& node) {
 std::string DesiredSetting::tree_path() const {
     if (kind == Kind::kFile) return "root" + key;
     std::string path = "proc/sys/" + key;
-    std::replace(path.begin() + 9, path.end(), '.', '/');
+    if (key.find('/') == std::string::npos) std::replace(path.begin() + 9, path.end(), '.', '/');
     return path;
 }
 
@@ -188,22 +202,42 @@ const char* status_name(Drift::Status s) {
 
 namespace {
 
+void measure_file_mode(Drift& d, const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) {
+        d.status = Drift::Status::kError;
+        d.error = std::string("cannot stat: ") + std::strerror(errno);
+    } else if ((st.st_mode & 07777) != d.setting.mode) {
+        d.status = Drift::Status::kDrift;
+        d.current += strformat(", mode %04o", st.st_mode & 07777);
+    }
+}
+
 void measure(Drift& d) {
+    bool sysctl = d.setting.kind == DesiredSetting::Kind::kSysctl;
     auto path = d.vm.path + "/" + d.setting.tree_path();
-    auto text = read_file(path, kMaxDesiredFile + 1);
+    auto text = read_file(path, kMaxDesiredFile);
     if (!text) {
-        bool absent = text.error().code() == ENOENT;
-        d.status = absent && d.setting.kind == DesiredSetting::Kind::kFile ? Drift::Status::kMissing
-                                                                           : Drift::Status::kError;
-        d.error = absent ? "" : text.error().describe();
+        int code = text.error().code();
+        d.current.clear();
+        d.error.clear();
+        if (code == ENOENT && !sysctl) {
+            d.status = Drift::Status::kMissing;
+        } else if (code == EFBIG && !sysctl) {
+            d.status = Drift::Status::kDrift;  // larger than any content it could be given
+            d.current = "more than 1 MiB";
+        } else {
+            d.status = Drift::Status::kError;
+            d.error = code == ENOENT ? "no such sysctl in this guest" : text.error().describe();
+        }
         return;
     }
-    bool sysctl = d.setting.kind == DesiredSetting::Kind::kSysctl;
     d.current =
         sysctl ? printable(std::string_view(*text).substr(0, text->find_last_not_of('\n') + 1), 256)
                : std::to_string(text->size()) + " bytes";
     bool equal = sysctl ? sysctl_equal(*text, d.setting.value) : *text == d.setting.value;
     d.status = equal ? Drift::Status::kInSync : Drift::Status::kDrift;
+    if (!sysctl) measure_file_mode(d, path);
 }
 
 }  // namespace
@@ -222,14 +256,23 @@ void apply(Drift& d) {
     if (d.status != Drift::Status::kDrift && d.status != Drift::Status::kMissing) return;
     bool sysctl = d.setting.kind == DesiredSetting::Kind::kSysctl;
     auto path = d.vm.path + "/" + d.setting.tree_path();
-    auto written = sysctl ? write_file(path, d.setting.value + "\n")
-                          : write_file(path, d.setting.value,
-                                       d.status == Drift::Status::kMissing
-                                           ? std::optional<mode_t>(d.setting.mode)
-                                           : std::nullopt);
-    if (!written) {
+    ErrorOr<void> done;
+    if (sysctl) {
+        done = write_file(path, d.setting.value + "\n");
+    } else {
+        bool create = d.status == Drift::Status::kMissing;
+        done = write_file(path, d.setting.value,
+                          create ? std::optional(d.setting.mode) : std::nullopt);
+        // The mode of a file that existed, or one the host's umask cut when it was made.
+        struct stat st {};
+        if (done && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 07777) != d.setting.mode &&
+            ::chmod(path.c_str(), d.setting.mode) != 0) {
+            done = make_error(errno, "cannot chmod " + path);
+        }
+    }
+    if (!done) {
         d.status = Drift::Status::kFailed;
-        d.error = written.error().describe();
+        d.error = done.error().describe();
         return;
     }
     Drift check{d.vm, d.setting};

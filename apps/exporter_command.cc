@@ -50,8 +50,8 @@ constexpr StatsField kStatsFields[] = {
      "Batches of system calls injected"},
     {"shadows_created", "cloudvmi_shadows_created_total", MetricType::Counter, 1,
      "Shadow processes created in the guest"},
-    {"paused_by_others", "cloudvmi_paused_by_others_total", MetricType::Counter, 1,
-     "Requests refused because the VM's owner paused it"},
+    {"paused_by_others", "cloudvmi_vm_paused_by_owner", MetricType::Gauge, 1,
+     "1 while the VM's owner keeps it paused (requests fail with EAGAIN)"},
 };
 // Latency quantiles of stats.json, in milliseconds there, in seconds here.
 constexpr std::pair<const char*, const char*> kLatencyFields[] = {
@@ -84,7 +84,7 @@ class Families {
 
 using Labels = std::vector<ClientMetric::Label>;
 
-void add_guest_metrics(Families& f, const VmSnapshot& s, size_t processes, const Labels& vm) {
+void add_guest_metrics(Families& f, const VmSnapshot& s, const Labels& vm) {
     const auto g = MetricType::Gauge;
     f.add("cloudvmi_vm_up", g, "1 when the VM's tree could be read", vm, s.ok() ? 1 : 0);
     if (!s.ok()) return;
@@ -96,7 +96,7 @@ void add_guest_metrics(Families& f, const VmSnapshot& s, size_t processes, const
     f.add("cloudvmi_vm_memory_available_bytes", g, "Guest MemAvailable", vm,
           static_cast<double>(s.mem.available_kib) * 1024);
     f.add("cloudvmi_vm_processes", g, "Processes listed in the guest's /proc", vm,
-          static_cast<double>(processes));
+          static_cast<double>(s.process_count));
     f.add("cloudvmi_vm_uptime_seconds", g, "Guest uptime", vm, s.uptime_s);
     Labels info = vm;
     info.push_back({"kernel", s.kernel});
@@ -176,12 +176,7 @@ class FleetCollector : public prometheus::Collectable {
         auto snapshots = take_snapshots(*vms, false);
         for (size_t i = 0; i < vms->size(); ++i) {
             Labels vm{{"node", (*vms)[i].node}, {"vm", (*vms)[i].name}};
-            size_t processes = 0;
-            if (auto names = list_dir((*vms)[i].path + "/proc")) {
-                for (const auto& n : *names)
-                    processes += parse_pid_name(n).has_value();
-            }
-            add_guest_metrics(f, snapshots[i], processes, vm);
+            add_guest_metrics(f, snapshots[i], vm);
             add_cloudvmi_metrics(f, (*vms)[i], vm);
         }
         return f.take();

@@ -1,12 +1,13 @@
 // `cloudvmi find`: processes across VMs by name, command line, user or executable hash, and
 // optionally a signal to each through the VM's ctl/kill (so the mount's policy decides and
 // audits it). Without --yes a signal is a dry run.
+#include <regex.h>
 #include <unistd.h>
 
 #include <iostream>
 #include <map>
 #include <optional>
-#include <regex>
+#include <stdexcept>
 
 #include "apps/app_support.h"
 #include "apps/apps.h"
@@ -34,16 +35,38 @@ struct Match {
     std::string outcome;  // for --signal: "sent", "dry run", or the error
 };
 
+// A POSIX extended regular expression. Not std::regex: libstdc++'s matcher recurses per
+// character, and a guest's padded command line would overflow the stack.
+class Pattern {
+  public:
+    explicit Pattern(const std::string& text) {
+        if (int rc = ::regcomp(&re_, text.c_str(), REG_EXTENDED | REG_NOSUB); rc != 0) {
+            char why[256];
+            ::regerror(rc, &re_, why, sizeof why);
+            throw std::invalid_argument("'" + text + "': " + why);
+        }
+    }
+    ~Pattern() { ::regfree(&re_); }
+    Pattern(const Pattern&) = delete;
+    Pattern& operator=(const Pattern&) = delete;
+    bool search(const std::string& s) const {
+        return ::regexec(&re_, s.c_str(), 0, nullptr, 0) == 0;
+    }
+
+  private:
+    regex_t re_;
+};
+
 class Finder {
   public:
-    explicit Finder(const FindOptions& o)
-        : o_(o),
-          name_(o.name.empty() ? std::nullopt : std::optional(std::regex(o.name))),
-          cmdline_(o.cmdline.empty() ? std::nullopt : std::optional(std::regex(o.cmdline))) {}
+    explicit Finder(const FindOptions& o) : o_(o) {
+        if (!o.name.empty()) name_.emplace(o.name);
+        if (!o.cmdline.empty()) cmdline_.emplace(o.cmdline);
+    }
 
     bool matches(const VmSnapshot& s, const ProcessInfo& p, std::string* sha256) {
-        if (name_ && !std::regex_search(p.stat.comm, *name_)) return false;
-        if (cmdline_ && !std::regex_search(p.cmdline, *cmdline_)) return false;
+        if (name_ && !name_->search(p.stat.comm)) return false;
+        if (cmdline_ && !cmdline_->search(p.cmdline)) return false;
         if (!o_.user.empty() && o_.user != p.user && o_.user != std::to_string(p.uid)) return false;
         if (o_.exe_sha256.empty() && !o_.hash) return true;
         *sha256 = executable_hash(s, p);
@@ -52,9 +75,10 @@ class Finder {
 
   private:
     // The executable is read through the VM's proc/PID/exe link, which the mount keeps in
-    // the VM's own root/; hashes are cached per VM and target, as many processes share one.
+    // the VM's own root/: the file at that path now (see BUGS in cloudvmi-find(1)). Hashes
+    // are cached per VM and target, as many processes share one.
     std::string executable_hash(const VmSnapshot& s, const ProcessInfo& p) {
-        if (p.cmdline.empty()) return "";  // kernel threads have no executable
+        if (p.stat.kernel_thread()) return "";
         std::string link = s.vm.path + "/proc/" + std::to_string(p.stat.pid) + "/exe";
         char target[4096];
         ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
@@ -66,17 +90,22 @@ class Finder {
     }
 
     const FindOptions& o_;
-    std::optional<std::regex> name_, cmdline_;
+    std::optional<Pattern> name_, cmdline_;
     std::map<std::string, std::string> cache_;
 };
 
-// The process is signalled only if it is still the one found (same start time): a pid
-// reused since the sweep must not get the signal.
+// The process is signalled only if it is still the one found: same start time (not a
+// reused pid), same name and command line (not exec'd into something else since).
 std::string send_signal(const Match& m, int signal) {
     std::string proc = m.vm->vm.path + "/proc/" + std::to_string(m.process->stat.pid);
     auto stat_text = read_file(proc + "/stat", 4096);
     auto stat = stat_text ? parse_pid_stat(*stat_text) : std::nullopt;
-    if (!stat || stat->start_time != m.process->stat.start_time) return "gone before the signal";
+    auto cmdline = read_prefix(proc + "/cmdline", 4096);
+    if (!stat || stat->start_time != m.process->stat.start_time) return "gone";
+    if (stat->comm != m.process->stat.comm || !cmdline ||
+        cmdline_text(*cmdline) != m.process->cmdline) {
+        return "changed since found; not signalled";
+    }
     auto sent = write_file(m.vm->vm.path + "/ctl/kill", std::to_string(m.process->stat.pid) + " " +
                                                             std::to_string(signal) + "\n");
     return sent ? "sent" : sent.error().describe();
@@ -113,7 +142,8 @@ int run_find(const FindOptions& o, int signal) {
     for (auto& m : matches) {
         if (signal == 0) continue;
         m.outcome = o.yes ? send_signal(m, signal) : "dry run";
-        failed |= o.yes && m.outcome != "sent";
+        // A process that ended before its signal is what the signal was for.
+        failed |= o.yes && m.outcome != "sent" && m.outcome != "gone";
     }
     nlohmann::json j = nlohmann::json::array();
     for (const auto& m : matches) {
@@ -122,9 +152,9 @@ int run_find(const FindOptions& o, int signal) {
             continue;
         }
         std::cout << strformat("%-24s %7ld %-10s %s", m.vm->vm.id().c_str(), m.process->stat.pid,
-                               m.process->user.c_str(),
+                               display_text(m.process->user, 32).c_str(),
                                m.process->cmdline.empty()
-                                   ? ("[" + printable(m.process->stat.comm, 15) + "]").c_str()
+                                   ? ("[" + display_text(m.process->stat.comm, 16) + "]").c_str()
                                    : m.process->cmdline.c_str());
         if (!m.sha256.empty()) std::cout << "  sha256:" << m.sha256;
         if (!m.outcome.empty()) std::cout << "  signal " << o.signal << ": " << m.outcome;
@@ -151,8 +181,9 @@ int find_main(int argc, char** argv) {
         "found, 1 none found, 3 a VM unreachable, 4 a signal refused or failed.",
         "cloudvmi find"};
     add_common_options(app, o.common);
-    app.add_option("--name", o.name, "regular expression on the process name (comm)");
-    app.add_option("--cmdline", o.cmdline, "regular expression on the command line");
+    app.add_option("--name", o.name, "extended regular expression on the process name (comm)");
+    app.add_option("--cmdline", o.cmdline,
+                   "extended regular expression on the command line (its first 4 KiB)");
     app.add_option("--user", o.user, "user name or uid (the guest's)");
     app.add_option("--exe-sha256", o.exe_sha256, "SHA-256 of the executable (64 hex digits)")
         ->check([](const std::string& v) {
@@ -180,8 +211,8 @@ int find_main(int argc, char** argv) {
     }
     try {
         return run_find(o, signal);
-    } catch (const std::regex_error& e) {
-        std::cerr << "cloudvmi find: bad regular expression: " << e.what() << "\n";
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "cloudvmi find: bad regular expression " << e.what() << "\n";
         return kAppUsage;
     }
 }

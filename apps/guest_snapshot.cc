@@ -10,6 +10,8 @@
 namespace cloudvmi::apps {
 namespace {
 
+constexpr size_t kMaxCmdline = 4096;
+
 std::string first_line(const std::string& text) {
     auto line = split(text, '\n').front();
     return printable(line, 128);
@@ -30,30 +32,24 @@ std::optional<ProcessInfo> read_process(const std::string& proc, long pid,
     p.stat = std::move(*stat);
     p.uid = status->uid;
     p.user = user_name(users, p.uid);
-    if (auto raw = read_file(dir + "/cmdline", 65536)) p.cmdline = cmdline_text(*raw);
+    // Only shown and matched: a guest may pad its argv to megabytes.
+    if (auto raw = read_prefix(dir + "/cmdline", kMaxCmdline)) p.cmdline = cmdline_text(*raw);
     double life_s = uptime_s - static_cast<double>(p.stat.start_time) / kUserHz;
     double cpu_s = static_cast<double>(p.stat.utime + p.stat.stime) / kUserHz;
     p.cpu_percent = life_s > 0 ? 100.0 * cpu_s / life_s : 0;
     return p;
 }
 
-std::string read_processes(const VmRef& vm, VmSnapshot& s) {
-    auto names = list_dir(vm.path + "/proc");
-    if (!names) return names.error().describe();
+void read_processes(const VmRef& vm, const std::vector<long>& pids, VmSnapshot& s) {
     std::map<uid_t, std::string> users;
     if (auto passwd = read_file(vm.path + "/root/etc/passwd", 1 << 20)) {
         users = parse_passwd(*passwd);
     }
-    for (const auto& name : *names) {
-        auto pid = parse_pid_name(name);
-        if (!pid) continue;
-        if (auto p = read_process(vm.path + "/proc", *pid, users, s.uptime_s)) {
+    for (long pid : pids) {
+        if (auto p = read_process(vm.path + "/proc", pid, users, s.uptime_s)) {
             s.processes.push_back(std::move(*p));
         }
     }
-    std::sort(s.processes.begin(), s.processes.end(),
-              [](const ProcessInfo& a, const ProcessInfo& b) { return a.stat.pid < b.stat.pid; });
-    return "";
 }
 
 }  // namespace
@@ -84,10 +80,15 @@ VmSnapshot take_snapshot(const VmRef& vm, bool with_processes) {
     if (auto h = read_file(vm.path + "/proc/sys/kernel/hostname", 4096)) {
         s.hostname = first_line(*h);
     }
-    if (with_processes) {
-        auto error = read_processes(vm, s);
-        if (!error.empty()) return fail(Error(EIO, error));
+    auto names = list_dir(vm.path + "/proc");
+    if (!names) return fail(names.error());
+    std::vector<long> pids;
+    for (const auto& name : *names) {
+        if (auto pid = parse_pid_name(name)) pids.push_back(*pid);
     }
+    std::sort(pids.begin(), pids.end());
+    s.process_count = pids.size();
+    if (with_processes) read_processes(vm, pids, s);
     return s;
 }
 

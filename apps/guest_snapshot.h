@@ -28,13 +28,15 @@ struct VmSnapshot {
     LoadAvg load;
     MemInfo mem;
     double uptime_s = 0;
-    std::string kernel;    // proc/sys/kernel/osrelease
-    std::string hostname;  // proc/sys/kernel/hostname
+    std::string kernel;        // proc/sys/kernel/osrelease
+    std::string hostname;      // proc/sys/kernel/hostname
+    size_t process_count = 0;  // pids in the proc/ listing
     std::vector<ProcessInfo> processes;
     bool ok() const { return error.empty(); }
 };
 
-// Reads the VM's summary, and its processes when `with_processes`. A process that exits
+// Reads the VM's summary (with the count of listed pids), and its processes when
+// `with_processes`. A process that exits
 // while it is read is left out. CPU percentages are over each process's life (as ps
 // computes %CPU) until `add_cpu_rates` replaces them.
 VmSnapshot take_snapshot(const VmRef& vm, bool with_processes);

@@ -56,7 +56,7 @@ struct TopOptions {
 void sort_snapshots(std::vector<VmSnapshot>& all, const std::string& key) {
     auto value = [&](const VmSnapshot& s) -> double {
         if (key == "mem") return memory_used_percent(s.mem);
-        if (key == "procs") return static_cast<double>(s.processes.size());
+        if (key == "procs") return static_cast<double>(s.process_count);
         if (key == "uptime") return s.uptime_s;
         return s.load.load1;
     };
@@ -70,7 +70,7 @@ void sort_snapshots(std::vector<VmSnapshot>& all, const std::string& key) {
 std::string process_column(const std::vector<const ProcessInfo*>& list, bool cpu) {
     std::string out;
     for (const auto* p : list) {
-        out += strformat("  %ld %s %s", p->stat.pid, printable(p->stat.comm, 15).c_str(),
+        out += strformat("  %ld %s %s", p->stat.pid, display_text(p->stat.comm, 16).c_str(),
                          cpu ? strformat("%.1f%%", p->cpu_percent).c_str()
                              : human_bytes(p->rss_bytes()).c_str());
     }
@@ -95,7 +95,7 @@ std::string text_report(const std::vector<VmSnapshot>& all, const TopOptions& o)
         out += strformat("%-24s %6.2f %6.2f %6.2f %5.1f %7s %7s %6zu %8s  %s\n", s.vm.id().c_str(),
                          s.load.load1, s.load.load5, s.load.load15, memory_used_percent(s.mem),
                          human_bytes(used).c_str(), human_bytes(s.mem.total_kib * 1024).c_str(),
-                         s.processes.size(), human_duration(s.uptime_s).c_str(), s.kernel.c_str());
+                         s.process_count, human_duration(s.uptime_s).c_str(), s.kernel.c_str());
         if (o.top > 0) {
             out += "    cpu:" + process_column(top_processes(s, o.top, by_cpu), true) + "\n";
             out += "    mem:" + process_column(top_processes(s, o.top, by_memory), false) + "\n";
@@ -147,14 +147,28 @@ int run_top(const TopOptions& o) {
             std::cout << json_text(j, 2) << std::endl;
         } else {
             // In place on a terminal: home, the report, clear what the last one left below.
-            std::cout << (live ? "\033[H" : "") << text_report(view, o) << (live ? "\033[J" : "")
-                      << std::flush;
+            std::string report = text_report(view, o);
+            if (live) {
+                // Each line clears what a longer line of the last frame left behind.
+                std::string cleared;
+                for (auto line : split(report, '\n')) {
+                    if (!line.empty()) cleared += std::string(line) + "\033[K\n";
+                }
+                report = "\033[H" + cleared + "\033[J";
+            }
+            std::cout << report << std::flush;
         }
         if (!live || (o.count > 0 && frame + 1 >= o.count)) return report_exit(now);
         before = std::move(now);
         // The VM list is read again, so that VMs that start or stop come and go.
-        if (auto again = list_vms(o.common.mount, o.common.vms);
-            again && again->size() != vms->size()) {
+        auto again = list_vms(o.common.mount, o.common.vms);
+        auto ids = [](const std::vector<VmRef>& list) {
+            std::vector<std::string> out;
+            for (const auto& vm : list)
+                out.push_back(vm.id());
+            return out;
+        };
+        if (again && ids(*again) != ids(*vms)) {
             vms = std::move(again);
             before = sample(*vms, o, nullptr);
         }
@@ -196,11 +210,13 @@ int ps_main(int argc, char** argv) {
         "each process's life, as ps computes it.",
         "cloudvmi ps"};
     add_common_options(app, common);
-    app.add_option("vm", common.vms, "VMs to list (globs, as --vm)");
+    std::vector<std::string> positional;
+    app.add_option("vm", positional, "VMs to list (globs, as --vm)");
     app.add_option("-s,--sort", sort, "order")
         ->check(CLI::IsMember({"pid", "cpu", "mem"}))
         ->capture_default_str();
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
+    common.vms.insert(common.vms.end(), positional.begin(), positional.end());
     auto vms = selected_vms(common, "cloudvmi ps");
     if (!vms) return kAppUnreachable;
     Progress progress(!common.quiet, vms->size());
@@ -233,10 +249,10 @@ int ps_main(int argc, char** argv) {
             auto row = process_json(*p, s.mem);
             long cpu_s = static_cast<long>(row["cpu_seconds"].get<double>());
             std::string command =
-                p->cmdline.empty() ? "[" + printable(p->stat.comm, 15) + "]" : p->cmdline;
+                p->cmdline.empty() ? "[" + display_text(p->stat.comm, 16) + "]" : p->cmdline;
             std::printf("%s%-10s %7ld %5.1f %5.1f %8llu %7llu %-4c %6ld:%02ld %s\n",
                         many ? strformat("%-21s", s.vm.id().c_str()).c_str() : "",
-                        p->user.substr(0, 10).c_str(), p->stat.pid, p->cpu_percent,
+                        display_text(p->user, 10).c_str(), p->stat.pid, p->cpu_percent,
                         row["mem_percent"].get<double>(),
                         static_cast<unsigned long long>(p->stat.vsize / 1024),
                         static_cast<unsigned long long>(p->rss_bytes() / 1024), p->stat.state,

@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 
 #include "common/strings.h"
@@ -31,6 +33,7 @@ bool parse_number(std::string_view text, T* out, int base = 10) {
     std::from_chars_result r;
     if constexpr (std::is_floating_point_v<T>) {
         r = std::from_chars(text.data(), end, *out);
+        if (!std::isfinite(*out)) return false;  // "inf" and "nan" parse, but are no load
     } else {
         r = std::from_chars(text.data(), end, *out, base);
     }
@@ -120,7 +123,7 @@ std::optional<PidStat> parse_pid_stat(std::string_view text) {
     if (!parse_number(f[1], &s.ppid) || !parse_number(f[11], &s.utime) ||
         !parse_number(f[12], &s.stime) || !parse_number(f[17], &s.threads) ||
         !parse_number(f[19], &s.start_time) || !parse_number(f[20], &s.vsize) ||
-        !parse_number(f[21], &rss)) {
+        !parse_number(f[21], &rss) || !parse_number(f[6], &s.flags)) {
         return std::nullopt;
     }
     s.rss_pages = rss > 0 ? static_cast<uint64_t>(rss) : 0;
@@ -153,21 +156,55 @@ std::optional<PidStatus> parse_pid_status(std::string_view text) {
     return s;
 }
 
+namespace {
+
+// The length of the valid UTF-8 sequence at the start of `s` and its code point; 0 when
+// it is not one (overlong forms and surrogates included).
+size_t utf8_sequence(std::string_view s, uint32_t* cp) {
+    auto b = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+    size_t len = b(0) < 0x80           ? 1
+                 : (b(0) >> 5) == 0x6  ? 2
+                 : (b(0) >> 4) == 0xe  ? 3
+                 : (b(0) >> 3) == 0x1e ? 4
+                                       : 0;
+    if (len == 0 || len > s.size()) return 0;
+    *cp = len == 1 ? b(0) : b(0) & (0x7f >> len);
+    for (size_t i = 1; i < len; ++i) {
+        if ((b(i) & 0xc0) != 0x80) return 0;
+        *cp = (*cp << 6) | (b(i) & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (*cp < kMin[len] || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff)) return 0;
+    return len;
+}
+
+}  // namespace
+
+std::string display_text(std::string_view raw, size_t max_bytes) {
+    std::string out;
+    std::string_view rest = raw.substr(0, max_bytes);
+    while (!rest.empty()) {
+        uint32_t cp = 0;
+        size_t len = utf8_sequence(rest, &cp);
+        bool control = cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp < 0xa0) || cp == '\\';
+        if (len == 0 || control) {
+            out += strformat("\\x%02x", static_cast<unsigned char>(rest[0]));
+            rest.remove_prefix(1);
+        } else {
+            out.append(rest.substr(0, len));
+            rest.remove_prefix(len);
+        }
+    }
+    if (raw.size() > max_bytes) out += "...";
+    return out;
+}
+
 std::string cmdline_text(std::string_view raw) {
     while (!raw.empty() && raw.back() == '\0')
         raw.remove_suffix(1);
-    std::string out;
-    out.reserve(raw.size());
-    for (char c : raw) {
-        if (c == '\0') {
-            out += ' ';
-        } else if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-            out += strformat("\\x%02x", static_cast<unsigned char>(c));
-        } else {
-            out += c;
-        }
-    }
-    return out;
+    std::string spaced(raw);
+    std::replace(spaced.begin(), spaced.end(), '\0', ' ');
+    return display_text(spaced);
 }
 
 std::optional<long> parse_pid_name(std::string_view name) {

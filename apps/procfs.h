@@ -47,6 +47,9 @@ struct PidStat {
     long threads = 0;
     uint64_t vsize = 0;      // bytes
     uint64_t rss_pages = 0;  // resident pages
+    uint64_t flags = 0;      // PF_* flags
+    // From the kernel's own flag, not from an empty command line (any process can have one).
+    bool kernel_thread() const { return (flags & 0x00200000) != 0; }  // PF_KTHREAD
 };
 // The comm is the text between the first '(' and the LAST ')': it may itself hold ") ".
 std::optional<PidStat> parse_pid_stat(std::string_view text);
@@ -58,7 +61,12 @@ struct PidStatus {
 };
 std::optional<PidStatus> parse_pid_status(std::string_view text);
 
-// proc/PID/cmdline with its NULs as spaces, control bytes escaped, trailing NULs dropped.
+// Guest text made safe for a terminal: valid UTF-8 is kept, except C0 and C1 controls and
+// DEL; those, bytes that are not UTF-8, and the backslash are escaped as \xNN. Cut at
+// `max_bytes` of input ("..." then).
+std::string display_text(std::string_view raw, size_t max_bytes = 4096);
+
+// proc/PID/cmdline with its NULs as spaces, as display_text shows it, trailing NULs dropped.
 std::string cmdline_text(std::string_view raw);
 
 // A numeric proc/ entry name ("1234") as a pid; nullopt for anything else.

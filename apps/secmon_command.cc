@@ -84,6 +84,11 @@ void print_alert(const SecmonOptions& o, const VmRef& vm, const Alert& a) {
     }
 }
 
+void print_notes(const char* program, const VmRef& vm, const std::vector<std::string>& notes) {
+    for (const auto& note : notes)
+        std::cerr << program << ": " << vm.id() << ": " << note << "\n";
+}
+
 int run_baseline(const SecmonOptions& o) {
     auto vms = selected_vms(o.common, "cloudvmi secmon baseline");
     if (!vms) return kAppUnreachable;
@@ -99,6 +104,7 @@ int run_baseline(const SecmonOptions& o) {
             rc = kAppUnreachable;
             continue;
         }
+        print_notes("cloudvmi secmon baseline", vm, b->notes);
         if (!o.common.quiet) {
             std::cerr << strformat("%s: %zu modules, %zu listeners, %zu files, %zu setuid\n",
                                    vm.id().c_str(), b->modules.size(), b->listeners.size(),
@@ -108,19 +114,24 @@ int run_baseline(const SecmonOptions& o) {
     return rc;
 }
 
-// The checks of one VM; false when something could not be checked (said on stderr).
+// The checks of one VM; false when something could not be checked (said on stderr). Each
+// check runs whatever became of the others: a failed probe must not hide a loaded module.
 bool check_vm(const SecmonOptions& o, const VmRef& vm, size_t* alerts) {
+    const char* program = "cloudvmi secmon check";
     auto complain = [&](const Error& e) {
-        std::cerr << "cloudvmi secmon check: " << vm.id() << ": " << e.describe() << "\n";
+        std::cerr << program << ": " << vm.id() << ": " << e.describe() << "\n";
         return false;
     };
     std::vector<Alert> found;
-    if (!o.no_probe) {
-        auto hidden = hidden_processes(vm, o.probe_max);
-        if (!hidden) return complain(hidden.error());
-        found = std::move(*hidden);
-    }
+    std::vector<std::string> notes;
     bool complete = true;
+    if (!o.no_probe) {
+        if (auto hidden = hidden_processes(vm, o.probe_max, &notes); hidden) {
+            found = std::move(*hidden);
+        } else {
+            complete = complain(hidden.error());
+        }
+    }
     auto before = load_baseline(baseline_path(o, vm));
     if (!before) {
         complete =
@@ -130,7 +141,9 @@ bool check_vm(const SecmonOptions& o, const VmRef& vm, size_t* alerts) {
     } else {
         for (auto& a : compare_baselines(*before, *now))
             found.push_back(std::move(a));
+        notes.insert(notes.end(), now->notes.begin(), now->notes.end());
     }
+    print_notes(program, vm, notes);
     for (const auto& a : found)
         print_alert(o, vm, a);
     *alerts += found.size();
@@ -176,6 +189,10 @@ int secmon_main(int argc, char** argv) {
     check->add_option("--probe-max", o.probe_max, "highest pid probed (default: derived)");
     check->add_flag("--no-probe", o.no_probe, "skip the hidden-process probe");
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
+    if (auto valid = check_settings(settings_of(o)); !valid) {
+        std::cerr << "cloudvmi secmon: " << valid.error().message() << "\n";
+        return kAppUsage;
+    }
     return baseline->parsed() ? run_baseline(o) : run_check(o);
 }
 

@@ -29,22 +29,76 @@ ErrorOr<std::set<long>> listed_pids(const VmRef& vm) {
     return pids;
 }
 
-void walk_setuid(const std::string& tree_root, const std::string& guest_dir, int depth,
-                 size_t* budget, std::set<std::string>* out) {
-    auto names = list_dir(tree_root + guest_dir);
-    if (!names) return;  // absent or unreadable directories are simply not searched
+struct SetuidSearch {
+    std::string tree_root;  // the VM's root/
+    size_t budget = kMaxSetuidEntries;
+    std::set<std::string>* found;
+    std::vector<std::string>* notes;
+};
+
+void walk_setuid(SetuidSearch& search, const std::string& guest_dir, int depth) {
+    auto names = list_dir(search.tree_root + guest_dir);
+    if (!names) {
+        if (names.error().code() != ENOENT) {
+            search.notes->push_back("setuid search: " + printable(guest_dir, 256) + ": " +
+                                    names.error().describe());
+        }
+        return;
+    }
     for (const auto& name : *names) {
-        if (*budget == 0) return;
-        --*budget;
+        if (search.budget == 0) {
+            search.notes->push_back(strformat("setuid search stopped after %zu entries in %s",
+                                              kMaxSetuidEntries,
+                                              printable(guest_dir, 256).c_str()));
+            return;
+        }
+        --search.budget;
         std::string guest_path = (guest_dir == "/" ? "" : guest_dir) + "/" + name;
         struct stat st {};
-        if (::lstat((tree_root + guest_path).c_str(), &st) != 0) continue;
-        if (S_ISDIR(st.st_mode) && depth < kMaxSetuidDepth) {
-            walk_setuid(tree_root, guest_path, depth + 1, budget, out);
+        if (::lstat((search.tree_root + guest_path).c_str(), &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth < kMaxSetuidDepth) {
+                walk_setuid(search, guest_path, depth + 1);
+            } else {
+                search.notes->push_back("setuid search: not below " + printable(guest_path, 256));
+            }
         } else if (S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID))) {
-            out->insert(strformat("%s %04o", guest_path.c_str(), st.st_mode & 07777));
+            search.found->insert(
+                strformat("%s %04o", printable(guest_path, 4096).c_str(), st.st_mode & 07777));
         }
     }
+}
+
+// The first port of the guest's ephemeral range: UDP sockets bound there are clients.
+unsigned ephemeral_start(const VmRef& vm) {
+    auto text = read_file(vm.path + "/proc/sys/net/ipv4/ip_local_port_range", 4096);
+    auto start = text ? parse_u64(split(split(*text, '\n').front(), '\t').front()) : std::nullopt;
+    return start && *start > 0 && *start < 65536 ? static_cast<unsigned>(*start) : 32768;
+}
+
+void add_listeners(const VmRef& vm, Baseline& b) {
+    unsigned ephemeral = ephemeral_start(vm);
+    for (const char* proto : {"tcp", "tcp6", "udp", "udp6"}) {
+        auto table = read_file(vm.path + "/proc/net/" + proto, 256 << 20);
+        if (!table) {
+            // No IPv6 in this guest is no news; any other failure is kept, so it shows.
+            if (table.error().code() != ENOENT) {
+                b.listeners.insert(std::string(proto) + ": " + table.error().describe());
+            }
+            continue;
+        }
+        for (const auto& l : parse_net_listeners(*table, proto)) {
+            if (l.proto.starts_with("udp") && l.port >= ephemeral) continue;
+            b.listeners.insert(l.key());
+        }
+    }
+}
+
+// One lookup of proc/PID, tried twice: a transient error must not end the probe.
+ErrorOr<bool> pid_exists(const VmRef& vm, long pid) {
+    std::string path = vm.path + "/proc/" + std::to_string(pid);
+    auto first = exists(path);
+    return first ? first : exists(path);
 }
 
 template <class T>
@@ -79,26 +133,36 @@ SecmonSettings default_settings() {
                           0};
 }
 
+ErrorOr<void> check_settings(const SecmonSettings& settings) {
+    for (const auto* list : {&settings.files, &settings.setuid_paths}) {
+        for (const auto& path : *list) {
+            if (!valid_guest_path(path)) {
+                return make_error(EINVAL,
+                                  "'" + path + "' is not an absolute guest path without . or ..");
+            }
+        }
+    }
+    return {};
+}
+
 ErrorOr<Baseline> take_baseline(const VmRef& vm, const SecmonSettings& settings) {
+    TRY(check_settings(settings));
     Baseline b;
-    for (auto& m : parse_modules(TRY(read_file(vm.path + "/proc/modules")))) {
-        b.modules.insert(std::move(m));
+    for (auto& m : parse_modules(TRY(read_file(vm.path + "/proc/modules", 16 << 20)))) {
+        b.modules.insert(printable(m, 256));
     }
-    for (const char* proto : {"tcp", "tcp6", "udp", "udp6"}) {
-        auto table = read_file(vm.path + "/proc/net/" + proto);
-        if (!table) continue;  // no IPv6 in this guest
-        for (const auto& l : parse_net_listeners(*table, proto))
-            b.listeners.insert(l.key());
-    }
+    add_listeners(vm, b);
     for (const auto& path : settings.files) {
+        // A file that cannot be read (too big, refused by the policy) is recorded as such:
+        // a change either way is an alert, and the other checks still run.
         auto data = read_file(vm.path + "/root" + path, kMaxWatchedFile);
-        if (!data && data.error().code() != ENOENT) return std::unexpected(data.error());
-        b.files[path] = data ? sha256_hex(*data) : "absent";
+        b.files[path] = data                            ? sha256_hex(*data)
+                        : data.error().code() == ENOENT ? "absent"
+                                                        : "error: " + data.error().describe();
     }
-    size_t budget = kMaxSetuidEntries;
-    for (const auto& dir : settings.setuid_paths) {
-        walk_setuid(vm.path + "/root", dir, 0, &budget, &b.setuid);
-    }
+    SetuidSearch search{vm.path + "/root", kMaxSetuidEntries, &b.setuid, &b.notes};
+    for (const auto& dir : settings.setuid_paths)
+        walk_setuid(search, dir, 0);
     return b;
 }
 
@@ -154,13 +218,19 @@ std::vector<Alert> compare_baselines(const Baseline& before, const Baseline& now
     return out;
 }
 
-ErrorOr<std::vector<Alert>> hidden_processes(const VmRef& vm, long probe_max) {
+ErrorOr<std::vector<Alert>> hidden_processes(const VmRef& vm, long probe_max,
+                                             std::vector<std::string>* notes) {
     auto listed = TRY(listed_pids(vm));
     long bound = probe_max > 0 ? probe_max : probe_bound(vm, listed);
     std::vector<long> candidates;
     for (long pid = 1; pid <= bound; ++pid) {
         if (listed.count(pid)) continue;
-        if (TRY(exists(vm.path + "/proc/" + std::to_string(pid)))) candidates.push_back(pid);
+        auto present = pid_exists(vm, pid);
+        // Neither present nor absent (a rootkit may answer its pid's lookup with an error):
+        // looked at closer below, like a present one.
+        if (!present)
+            notes->push_back(strformat("pid %ld: %s", pid, present.error().describe().c_str()));
+        if (!present || *present) candidates.push_back(pid);
     }
     if (candidates.empty()) return std::vector<Alert>{};
     // A second listing: processes born during the probe are listed now.

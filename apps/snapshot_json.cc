@@ -62,7 +62,7 @@ nlohmann::json snapshot_json(const VmSnapshot& s, size_t top) {
     j["uptime_seconds"] = s.uptime_s;
     j["kernel"] = s.kernel;
     j["hostname"] = s.hostname;
-    if (!s.processes.empty()) j["processes"] = s.processes.size();
+    j["processes"] = s.process_count;
     if (top > 0 && !s.processes.empty()) {
         for (const auto* p : top_processes(s, top, by_cpu)) {
             j["top_cpu"].push_back(process_json(*p, s.mem));

@@ -40,7 +40,7 @@ std::string drift_text(const Drift& d) {
     if (sysctl && d.status == Drift::Status::kDrift) {
         line += ": " + d.current + " -> " + printable(d.setting.value, 256);
     } else if (!sysctl && d.status == Drift::Status::kDrift) {
-        line += ": content differs (" + d.current + " now)";
+        line += ": differs (" + d.current + " now)";
     }
     if (!d.error.empty()) line += ": " + d.error;
     return line;

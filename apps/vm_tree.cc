@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "common/strings.h"
 #include "common/unique_fd.h"
 
 namespace cloudvmi::apps {
@@ -58,21 +59,49 @@ ErrorOr<std::vector<VmRef>> list_vms(const std::string& mount,
     return vms;
 }
 
-ErrorOr<std::string> read_file(const std::string& path, size_t cap) {
+namespace {
+
+// Reads until the end or until more than `cap` bytes came; `*more` says which.
+ErrorOr<std::string> read_bounded(const std::string& path, size_t cap, bool* more) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return std::unexpected(file_error("cannot open", path));
     std::string data;
     char buffer[65536];
+    *more = false;
     while (true) {
         ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return std::unexpected(file_error("cannot read", path));
         if (n == 0) return data;
-        if (data.size() + static_cast<size_t>(n) > cap) {
-            return make_error(EFBIG, path + " is larger than " + std::to_string(cap) + " bytes");
+        size_t room = cap - data.size();
+        data.append(buffer, std::min(room, static_cast<size_t>(n)));
+        if (static_cast<size_t>(n) > room) {
+            *more = true;
+            return data;
         }
-        data.append(buffer, static_cast<size_t>(n));
     }
+}
+
+}  // namespace
+
+ErrorOr<std::string> read_file(const std::string& path, size_t cap) {
+    bool more = false;
+    auto data = TRY(read_bounded(path, cap, &more));
+    if (more) return make_error(EFBIG, path + " is larger than " + std::to_string(cap) + " bytes");
+    return data;
+}
+
+ErrorOr<std::string> read_prefix(const std::string& path, size_t cap) {
+    bool more = false;
+    return read_bounded(path, cap, &more);
+}
+
+bool valid_guest_path(std::string_view path) {
+    if (path.size() < 2 || path[0] != '/' || path.size() > 4095) return false;
+    for (auto part : split(path.substr(1), '/')) {
+        if (part.empty() || part == "." || part == "..") return false;
+    }
+    return true;
 }
 
 ErrorOr<void> write_file(const std::string& path, std::string_view data,

@@ -36,6 +36,13 @@ ErrorOr<std::vector<VmRef>> list_vms(const std::string& mount,
 // A whole file, up to `cap` bytes (EFBIG beyond: never a silent prefix).
 ErrorOr<std::string> read_file(const std::string& path, size_t cap = 4 << 20);
 
+// The first `cap` bytes of a file (all of it when shorter): for what is only shown.
+ErrorOr<std::string> read_prefix(const std::string& path, size_t cap);
+
+// An absolute guest path without empty, "." or ".." components (so that VM + "/root" + path
+// stays in the VM's tree).
+bool valid_guest_path(std::string_view path);
+
 // Replaces a file's content in one write (as `echo VALUE > FILE` does); creates it with
 // `create_mode` when given and absent.
 ErrorOr<void> write_file(const std::string& path, std::string_view data,

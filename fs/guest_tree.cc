@@ -160,6 +160,30 @@ ErrorOr<void> refuse_shadow_paths(Vm& vm, const std::string& path) {
     return {};
 }
 
+// How long the close of a written file may wait in the VM's queue before it is left to
+// the VM's next batch.
+constexpr auto kWrittenCloseWait = std::chrono::seconds(30);
+
+// Closes a guest fd that was open for writing as soon as the VM's queue reaches it, not
+// with the VM's next batch (which may be hours away): until it is closed the guest sees
+// the file still open for writing, so that running or loading what was just copied in
+// fails with ETXTBSY, and watchers waiting for inotify's IN_CLOSE_WRITE see nothing.
+// release() runs on a FUSE thread and must not wait for the guest, hence the job.
+void close_written(Vm& vm, GuestFd fd) {
+    auto job = std::make_shared<Job>(
+        [&vm, fd](Job&) {
+            // EBADF: its shadow was replaced and took its fds along; nothing left to close.
+            if (auto closed = vm.files().close(fd); !closed && closed.error().code() != EBADF) {
+                LOG_DEBUG("closing a written file: %s", closed.error().describe().c_str());
+            }
+        },
+        [&vm, fd](int, bool ran) {
+            if (!ran) vm.files().close_soon(fd);
+        },
+        nullptr, Clock::now() + kWrittenCloseWait);
+    if (!vm.executor().submit(job)) vm.files().close_soon(fd);
+}
+
 // A guest file open for writing: every write call is decided by the policy and audited
 // (fs/change_gate.h), then written at its offset (or appended, for O_APPEND).
 class GuestWriteHandle final : public FileHandle {
@@ -201,7 +225,7 @@ class GuestWriteHandle final : public FileHandle {
     }
 
     void release() override {
-        if (fd_.fd >= 0) vm_.files().close_soon(fd_);
+        if (fd_.fd >= 0) close_written(vm_, fd_);
         fd_ = GuestFd{};
     }
 

@@ -10,7 +10,7 @@ keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
 scripts/install-deps.sh
-scripts/build.sh cloudvmi
+scripts/build.sh cloudvmi check_cloudvmi
 
 dir=${CLOUDVMI_DEMO_DIR:-/tmp/cloudvmi-demo}
 mnt=${CLOUDVMI_DEMO_MOUNT:-/vmi}
@@ -20,7 +20,10 @@ if mountpoint -q "$mnt"; then
     exit 1
 fi
 tests/guest/launch-guest.sh stop --name demo --dir "$dir" >/dev/null 2>&1 || true
-echo "== booting the demo guest (TCG; about 10 s)"
+tests/guest/launch-guest.sh stop --name demo2 --dir "$dir" >/dev/null 2>&1 || true
+echo "== booting the demo guests, a fleet of two (TCG; about 10 s each)"
+eval "$(tests/guest/launch-guest.sh start --name demo2 --dir "$dir" --hostname db-01)"
+GDB2=$GDB VMI_QMP2=$VMI_QMP
 eval "$(tests/guest/launch-guest.sh start --name demo --dir "$dir" --hostname web-01)"
 
 cat >"$dir/policy.yaml" <<EOF
@@ -43,12 +46,16 @@ vms:
   - name: web-01
     gdb: $GDB
     qmp: $VMI_QMP
+  - name: db-01
+    gdb: $GDB2
+    qmp: $VMI_QMP2
 EOF
 
 cleanup() {
     if [ "$keep" = false ]; then
         fusermount3 -u "$mnt" 2>/dev/null || true
         tests/guest/launch-guest.sh stop --name demo --dir "$dir" >/dev/null 2>&1 || true
+        tests/guest/launch-guest.sh stop --name demo2 --dir "$dir" >/dev/null 2>&1 || true
     fi
 }
 trap cleanup EXIT
@@ -62,6 +69,9 @@ echo "== mounting $mnt"
 build/cloudvmi --config "$dir/cloudvmi.yaml" "$mnt"
 vm=$mnt/demo-node/web-01
 show "ls $mnt/demo-node"
+echo
+echo "== the fleet overview (cloudvmi top; on a terminal it refreshes in place)"
+show "build/cloudvmi top --mount $mnt --once --interval 1"
 show "ls $vm"
 show "cat $vm/proc/loadavg"
 show "head -n 3 $vm/proc/meminfo"
@@ -82,6 +92,12 @@ show "cut -c1-150 $dir/audit/audit.log"
 show "cat $vm/.cloudvmi/status"
 show "cat $vm/.cloudvmi/stats"
 echo
+echo "== applications on the tree (cloudvmi-apps(7)): processes, finding, monitoring"
+show "build/cloudvmi ps --mount $mnt db-01 | head -n 6"
+show "build/cloudvmi find --mount $mnt --name '^sleep\$' --hash"
+show "build/check_cloudvmi -f $vm/proc/loadavg --field 1 --label load1 -w 2 -c 4"
+show "build/cloudvmi exporter --mount $mnt --textfile $dir/cloudvmi.prom && grep -m 4 '^cloudvmi_vm_' $dir/cloudvmi.prom"
+echo
 if [ "$keep" = true ]; then
     echo "$mnt stays mounted and the demo guest keeps running: GDB=$GDB"
     echo "  unmount: fusermount3 -u $mnt"
@@ -96,4 +112,4 @@ echo "The same without a mount, one command at a time:"
 show "build/cloudvmi guest --gdb $GDB --qmp $VMI_QMP --state-dir $dir/state info | head -n 4"
 show "build/cloudvmi guest --gdb $GDB --qmp $VMI_QMP --state-dir $dir/state ls /proc | grep -c '^[0-9]'"
 echo
-echo "== stopping the demo guest"
+echo "== stopping the demo guests"

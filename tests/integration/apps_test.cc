@@ -38,7 +38,7 @@ rules:
   - id: desired-files
     decision: allow
     paths: [/etc/cloudvmi-motd, /tmp/cloudvmi_hide.ko]
-    ops: [write, truncate, create]
+    ops: [write, truncate, create, chmod]
 )";
 
 class AppsLab {
@@ -316,13 +316,27 @@ TEST_CASE(
         900000);
     INFO(built.err);
     REQUIRE(built.status == 0);
-    auto lines = split(trimmed(built.out), '\n');
-    std::string ko = std::string(lines.back());
+    std::string out = trimmed(built.out);
+    std::string ko = out.substr(out.rfind('\n') + 1);  // the last line names the module
     REQUIRE(cloudvmi::test::read_whole_file(ko).size() > 1000);
     auto copy = run_command({"cp", ko, lab.vm("deb-01") + "/root/tmp/cloudvmi_hide.ko"});
     INFO(copy.err);
     REQUIRE(copy.status == 0);
     long hidden = start_sleeper(lab.deb(), 9999);
+    // Once cp has closed it, the guest has no fd on the copy: loading (or running) what was
+    // written through the mount must not fail with ETXTBSY.
+    std::string shadow =
+        field_value(read_whole_file(lab.vm("deb-01") + "/.cloudvmi/status"), "shadow_pid");
+    REQUIRE_FALSE(shadow.empty());
+    auto holders = [&] {
+        return must_ssh(lab.deb(),
+                        "ls -l /proc/" + shadow + "/fd | grep -c cloudvmi_hide.ko || true");
+    };
+    auto closed_by = Deadline::after_ms(3000);
+    while (holders() != "0" && !closed_by.expired()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(holders() == "0");
     must_ssh(lab.deb(), "insmod /tmp/cloudvmi_hide.ko hide_pid=" + std::to_string(hidden) +
                             " && cp /etc/passwd /root/passwd.orig && "
                             "echo 'intruder:x:0:0::/root:/bin/sh' >> /etc/passwd");
@@ -334,7 +348,8 @@ TEST_CASE(
     INFO(check.out << check.err);
     CHECK(check.status == 1);
     std::multiset<std::string> seen;
-    for (auto line : split(trimmed(check.out), '\n')) {
+    std::string alerts = trimmed(check.out);
+    for (auto line : split(alerts, '\n')) {
         auto alert = nlohmann::json::parse(line, nullptr, false);
         REQUIRE(alert.is_object());
         CHECK(alert["vm"] == "deb-01");  // the busybox guest stays clean

@@ -40,6 +40,9 @@ TEST_CASE("proc/loadavg, meminfo and uptime parse; malformed text is refused", "
 
     CHECK(parse_uptime("1234.56 2000.00\n") == Approx(1234.56));
     CHECK_FALSE(parse_uptime("-1 2"));
+    CHECK_FALSE(parse_uptime("inf 2"));
+    CHECK_FALSE(parse_uptime("nan 2"));
+    CHECK_FALSE(parse_loadavg("inf 0.40 0.30 2/93 4121"));
     CHECK_FALSE(parse_uptime("\n"));
 }
 
@@ -58,6 +61,11 @@ TEST_CASE("proc/PID/stat: the name runs to the last ')', whatever it holds", "[a
     CHECK(s->start_time == 6142);
     CHECK(s->vsize == 2981888);
     CHECK(s->rss_pages == 219);
+    CHECK_FALSE(s->kernel_thread());  // flags 4194560: no PF_KTHREAD
+    auto kthread = parse_pid_stat(
+        "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0 184467 0 0 0");
+    REQUIRE(kthread);
+    CHECK(kthread->kernel_thread());
     // A process may name itself to look like more fields.
     auto tricky = parse_pid_stat("77 (x) R 1 2 (y)" + tail);
     REQUIRE(tricky);
@@ -82,6 +90,14 @@ TEST_CASE("proc/PID/status, cmdline, pid names and passwd", "[apps]") {
                                    "100\0",
                                    10)) == "sleep 100");
     CHECK(cmdline_text(std::string("a\nb\x1b", 4)) == "a\\x0ab\\x1b");
+    // Terminal-safe: C1 controls (raw or as UTF-8), DEL, backslash and stray bytes escaped;
+    // other UTF-8 kept.
+    CHECK(display_text("caf\xc3\xa9 \xe2\x82\xac") == "caf\xc3\xa9 \xe2\x82\xac");
+    CHECK(display_text("\xc2\x9b" "31m") == "\\xc2\\x9b31m");
+    CHECK(display_text("\x9b\x7f\\") == "\\x9b\\x7f\\x5c");
+    CHECK(display_text("\xc0\xaf\xed\xa0\x80") ==
+          "\\xc0\\xaf\\xed\\xa0\\x80");  // overlong, surrogate
+    CHECK(display_text("abcdef", 3) == "abc...");
     CHECK(parse_pid_name("123") == 123L);
     CHECK_FALSE(parse_pid_name("0123"));
     CHECK_FALSE(parse_pid_name("self"));
@@ -150,6 +166,11 @@ vms:
     CHECK(s[2].mode == 0600);
     CHECK(state->for_vm(other).size() == 2);
     CHECK(state->for_vm(VmRef{"lab", "db-1", ""}).size() == 3);
+    auto dotted = parse_desired_state(
+        "version: 1\nvms:\n  - match: x\n    sysctl: {net/ipv4/conf/eth0.100/forwarding: 1}\n");
+    REQUIRE(dotted);
+    CHECK(dotted->groups[0].settings[0].tree_path() ==
+          "proc/sys/net/ipv4/conf/eth0.100/forwarding");
 
     const char* bad[] = {
         "version: 2\nvms: []\n",
@@ -163,6 +184,12 @@ vms:
         "version: 1\nvms:\n  - sysctl: {a.b: 1}\n",
         "version: 1\nvms: [\n",
         "[1, 2]",
+        "version: 1\nvms:\n  - match: []\n    sysctl: {a.b: 1}\n",
+        "version: 1\nvms:\n  - match: ''\n    sysctl: {a.b: 1}\n",
+        "version: 1\nvms:\n  - match: x\n    sysctl: {a.b: }\n",
+        "version: 1\nvms:\n  - match: x\n    sysctl: {a.b: [1]}\n",
+        "version: 1\nvms:\n  - match: x\n    sysctl:\n      a.b: 1\n      a.b: 2\n",
+        "version: 1\nvms:\n  - match: x\n    sysctl: {net/ipv4/../x: 1}\n",
     };
     for (const char* text : bad) {
         INFO(text);
