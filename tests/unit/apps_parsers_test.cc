@@ -93,7 +93,8 @@ TEST_CASE("proc/PID/status, cmdline, pid names and passwd", "[apps]") {
     // Terminal-safe: C1 controls (raw or as UTF-8), DEL, backslash and stray bytes escaped;
     // other UTF-8 kept.
     CHECK(display_text("caf\xc3\xa9 \xe2\x82\xac") == "caf\xc3\xa9 \xe2\x82\xac");
-    CHECK(display_text("\xc2\x9b" "31m") == "\\xc2\\x9b31m");
+    CHECK(display_text("\xc2\x9b"
+                       "31m") == "\\xc2\\x9b31m");
     CHECK(display_text("\x9b\x7f\\") == "\\x9b\\x7f\\x5c");
     CHECK(display_text("\xc0\xaf\xed\xa0\x80") ==
           "\\xc0\\xaf\\xed\\xa0\\x80");  // overlong, surrogate
