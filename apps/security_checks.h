@@ -62,7 +62,8 @@ std::vector<Alert> compare_baselines(const Baseline& before, const Baseline& now
 // Pids alive but not listed; `notes` gets the pids whose lookup failed twice (neither
 // present nor absent). The probe runs from 1 to `probe_max`, or when that is 0 to the
 // highest of the last allocated pid and the highest listed pid, plus 1024 (capped at the
-// guest's pid_max). Threads (lookups of a thread id succeed too) and processes that started
+// guest's pid_max); unlisted children of listed processes are examined whatever their pid.
+// Threads (lookups of a thread id succeed too) and processes that started
 // or ended during the probe are not reported.
 ErrorOr<std::vector<Alert>> hidden_processes(const VmRef& vm, long probe_max,
                                              std::vector<std::string>* notes);
