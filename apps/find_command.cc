@@ -11,7 +11,7 @@
 
 #include "apps/app_support.h"
 #include "apps/apps.h"
-#include "apps/digest.h"
+#include "common/digest.h"
 #include "apps/snapshot_json.h"
 #include "common/signals.h"
 #include "common/strings.h"

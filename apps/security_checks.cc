@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "apps/digest.h"
+#include "common/digest.h"
 #include "apps/procfs.h"
 #include "common/strings.h"
 

@@ -1,11 +1,10 @@
 #include "fs/change_gate.h"
 
-#include <openssl/evp.h>
-
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/digest.h"
 #include "common/log.h"
 #include "common/paths.h"
 #include "common/random.h"
@@ -102,16 +101,6 @@ std::string new_id() {
 }
 
 }  // namespace
-
-std::string sha256_hex(std::span<const uint8_t> data) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr) != 1) return "";
-    std::string hex;
-    for (unsigned i = 0; i < len; ++i)
-        hex += strformat("%02x", digest[i]);
-    return hex;
-}
 
 ErrorOr<ChangeGate::Ticket> ChangeGate::admit(const ChangeScope& scope, const Caller& caller,
                                               const ChangeAsk& ask) {

@@ -80,7 +80,4 @@ class ChangeGate {
     AuditLog* audit_;
 };
 
-// Lowercase hex SHA-256 of `data`.
-std::string sha256_hex(std::span<const uint8_t> data);
-
 }  // namespace cloudvmi::fs

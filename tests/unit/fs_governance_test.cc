@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "common/digest.h"
 #include "common/strings.h"
 #include "fs/audit_log.h"
 #include "fs/change_gate.h"
@@ -305,7 +306,8 @@ TEST_CASE("sha256_hex: known digests", "[fs][policy]") {
     std::string abc = "abc";
     CHECK(sha256_hex(std::span(reinterpret_cast<const uint8_t*>(abc.data()), abc.size())) ==
           "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    CHECK(sha256_hex({}) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha256_hex(std::span<const uint8_t>{}) ==
+          "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
 TEST_CASE("config: policy and audit keys", "[fs][policy]") {
