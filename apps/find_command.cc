@@ -11,8 +11,8 @@
 
 #include "apps/app_support.h"
 #include "apps/apps.h"
-#include "common/digest.h"
 #include "apps/snapshot_json.h"
+#include "common/digest.h"
 #include "common/signals.h"
 #include "common/strings.h"
 
