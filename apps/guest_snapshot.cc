@@ -40,7 +40,7 @@ std::optional<ProcessInfo> read_process(const std::string& proc, long pid,
     return p;
 }
 
-void read_processes(const VmRef& vm, const std::vector<long>& pids, VmSnapshot& s) {
+void read_processes(const VmRef& vm, const std::set<long>& pids, VmSnapshot& s) {
     std::map<uid_t, std::string> users;
     if (auto passwd = read_file(vm.path + "/root/etc/passwd", 1 << 20)) {
         users = parse_passwd(*passwd);
@@ -53,6 +53,14 @@ void read_processes(const VmRef& vm, const std::vector<long>& pids, VmSnapshot& 
 }
 
 }  // namespace
+
+ErrorOr<std::set<long>> listed_pids(const VmRef& vm) {
+    std::set<long> pids;
+    for (const auto& name : TRY(list_dir(vm.path + "/proc"))) {
+        if (auto pid = parse_pid_name(name)) pids.insert(*pid);
+    }
+    return pids;
+}
 
 VmSnapshot take_snapshot(const VmRef& vm, bool with_processes) {
     VmSnapshot s;
@@ -80,15 +88,10 @@ VmSnapshot take_snapshot(const VmRef& vm, bool with_processes) {
     if (auto h = read_file(vm.path + "/proc/sys/kernel/hostname", 4096)) {
         s.hostname = first_line(*h);
     }
-    auto names = list_dir(vm.path + "/proc");
-    if (!names) return fail(names.error());
-    std::vector<long> pids;
-    for (const auto& name : *names) {
-        if (auto pid = parse_pid_name(name)) pids.push_back(*pid);
-    }
-    std::sort(pids.begin(), pids.end());
-    s.process_count = pids.size();
-    if (with_processes) read_processes(vm, pids, s);
+    auto pids = listed_pids(vm);
+    if (!pids) return fail(pids.error());
+    s.process_count = pids->size();
+    if (with_processes) read_processes(vm, *pids, s);
     return s;
 }
 

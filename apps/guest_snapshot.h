@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,13 @@ struct ProcessInfo {
     std::string cmdline;     // "" for kernel threads
     double cpu_percent = 0;  // over the sampling interval, or over the process's life
     uint64_t rss_bytes() const { return stat.rss_pages * kPageSize; }
+    double cpu_seconds() const { return static_cast<double>(stat.utime + stat.stime) / kUserHz; }
+    // Resident memory as a share of the guest's MemTotal (ps's %MEM).
+    double memory_percent(const MemInfo& mem) const {
+        return mem.total_kib ? 100.0 * static_cast<double>(rss_bytes()) /
+                                   (static_cast<double>(mem.total_kib) * 1024.0)
+                             : 0;
+    }
 };
 
 struct VmSnapshot {
@@ -34,6 +42,9 @@ struct VmSnapshot {
     std::vector<ProcessInfo> processes;
     bool ok() const { return error.empty(); }
 };
+
+// The pids of the VM's proc/ listing, in order.
+ErrorOr<std::set<long>> listed_pids(const VmRef& vm);
 
 // Reads the VM's summary (with the count of listed pids), and its processes when
 // `with_processes`. A process that exits

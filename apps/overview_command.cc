@@ -246,14 +246,13 @@ int ps_main(int argc, char** argv) {
                 j.push_back(std::move(row));
                 continue;
             }
-            auto row = process_json(*p, s.mem);
-            long cpu_s = static_cast<long>(row["cpu_seconds"].get<double>());
+            long cpu_s = static_cast<long>(p->cpu_seconds());
             std::string command =
                 p->cmdline.empty() ? "[" + display_text(p->stat.comm, 16) + "]" : p->cmdline;
             std::printf("%s%-10s %7ld %5.1f %5.1f %8llu %7llu %-4c %6ld:%02ld %s\n",
                         many ? strformat("%-21s", s.vm.id().c_str()).c_str() : "",
                         display_text(p->user, 10).c_str(), p->stat.pid, p->cpu_percent,
-                        row["mem_percent"].get<double>(),
+                        p->memory_percent(s.mem),
                         static_cast<unsigned long long>(p->stat.vsize / 1024),
                         static_cast<unsigned long long>(p->rss_bytes() / 1024), p->stat.state,
                         cpu_s / 60, cpu_s % 60, command.c_str());

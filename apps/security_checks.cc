@@ -4,8 +4,9 @@
 
 #include <algorithm>
 
-#include "common/digest.h"
+#include "apps/guest_snapshot.h"
 #include "apps/procfs.h"
+#include "common/digest.h"
 #include "common/strings.h"
 
 namespace cloudvmi::apps {
@@ -19,14 +20,6 @@ constexpr size_t kMaxWatchedFile = 16 << 20;
 
 Alert make_alert(std::string check, std::string severity, std::string detail, nlohmann::json data) {
     return Alert{std::move(check), std::move(severity), std::move(detail), std::move(data)};
-}
-
-ErrorOr<std::set<long>> listed_pids(const VmRef& vm) {
-    std::set<long> pids;
-    for (const auto& name : TRY(list_dir(vm.path + "/proc"))) {
-        if (auto pid = parse_pid_name(name)) pids.insert(*pid);
-    }
-    return pids;
 }
 
 struct SetuidSearch {

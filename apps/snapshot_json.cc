@@ -27,9 +27,6 @@ std::vector<const ProcessInfo*> top_processes(const VmSnapshot& s, size_t n,
 }
 
 nlohmann::json process_json(const ProcessInfo& p, const MemInfo& mem) {
-    double mem_percent = mem.total_kib ? 100.0 * static_cast<double>(p.rss_bytes()) /
-                                             (static_cast<double>(mem.total_kib) * 1024.0)
-                                       : 0;
     return {{"pid", p.stat.pid},
             {"ppid", p.stat.ppid},
             {"user", p.user},
@@ -38,11 +35,11 @@ nlohmann::json process_json(const ProcessInfo& p, const MemInfo& mem) {
             {"comm", p.stat.comm},
             {"cmdline", p.cmdline},
             {"cpu_percent", p.cpu_percent},
-            {"mem_percent", mem_percent},
+            {"mem_percent", p.memory_percent(mem)},
             {"rss_bytes", p.rss_bytes()},
             {"vsize_bytes", p.stat.vsize},
             {"threads", p.stat.threads},
-            {"cpu_seconds", static_cast<double>(p.stat.utime + p.stat.stime) / kUserHz},
+            {"cpu_seconds", p.cpu_seconds()},
             {"start_seconds", static_cast<double>(p.stat.start_time) / kUserHz}};
 }
 
