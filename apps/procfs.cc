@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cmath>
 #include <cstring>
 
 #include "common/strings.h"
@@ -12,32 +11,17 @@
 namespace cloudvmi::apps {
 namespace {
 
-std::vector<std::string_view> fields_of(std::string_view line) {
-    std::vector<std::string_view> out;
-    size_t i = 0;
-    while (i < line.size()) {
-        while (i < line.size() && (line[i] == ' ' || line[i] == '\t'))
-            ++i;
-        size_t start = i;
-        while (i < line.size() && line[i] != ' ' && line[i] != '\t')
-            ++i;
-        if (i > start) out.push_back(line.substr(start, i - start));
-    }
-    return out;
-}
-
 template <class T>
 bool parse_number(std::string_view text, T* out, int base = 10) {
-    if (text.empty()) return false;
-    const char* end = text.data() + text.size();
-    std::from_chars_result r;
     if constexpr (std::is_floating_point_v<T>) {
-        r = std::from_chars(text.data(), end, *out);
-        if (!std::isfinite(*out)) return false;  // "inf" and "nan" parse, but are no load
+        auto v = parse_double(text);  // "inf" and "nan" are no load
+        if (v) *out = *v;
+        return v.has_value();
     } else {
-        r = std::from_chars(text.data(), end, *out, base);
+        const char* end = text.data() + text.size();
+        auto r = std::from_chars(text.data(), end, *out, base);
+        return !text.empty() && r.ec == std::errc() && r.ptr == end;
     }
-    return r.ec == std::errc() && r.ptr == end;
 }
 
 // "1/93" -> 1, 93
@@ -66,7 +50,7 @@ std::optional<std::string> net_address(std::string_view hex) {
 }  // namespace
 
 std::optional<LoadAvg> parse_loadavg(std::string_view text) {
-    auto f = fields_of(split(text, '\n').front());
+    auto f = split_fields(split(text, '\n').front());
     LoadAvg l;
     if (f.size() != 5 || !parse_number(f[0], &l.load1) || !parse_number(f[1], &l.load5) ||
         !parse_number(f[2], &l.load15) || !parse_ratio(f[3], &l.running, &l.total) ||
@@ -85,7 +69,7 @@ std::optional<MemInfo> parse_meminfo(std::string_view text) {
                                                            {"SwapTotal:", &m.swap_total_kib},
                                                            {"SwapFree:", &m.swap_free_kib}};
     for (auto line : split(text, '\n')) {
-        auto f = fields_of(line);
+        auto f = split_fields(line);
         if (f.size() < 2) continue;
         for (auto& [key, slot] : keys) {
             if (f[0] != key || !parse_number(f[1], slot)) continue;
@@ -99,7 +83,7 @@ std::optional<MemInfo> parse_meminfo(std::string_view text) {
 }
 
 std::optional<double> parse_uptime(std::string_view text) {
-    auto f = fields_of(split(text, '\n').front());
+    auto f = split_fields(split(text, '\n').front());
     double v = 0;
     if (f.empty() || !parse_number(f[0], &v) || v < 0) return std::nullopt;
     return v;
@@ -112,11 +96,11 @@ std::optional<PidStat> parse_pid_stat(std::string_view text) {
         return std::nullopt;
     }
     PidStat s;
-    auto head = fields_of(text.substr(0, open));
+    auto head = split_fields(text.substr(0, open));
     if (head.size() != 1 || !parse_number(head[0], &s.pid)) return std::nullopt;
     s.comm = std::string(text.substr(open + 1, close - open - 1));
     // Fields after the comm, numbered as proc(5) numbers them from 3 (state).
-    auto f = fields_of(split(text.substr(close + 1), '\n').front());
+    auto f = split_fields(split(text.substr(close + 1), '\n').front());
     if (f.size() < 22 || f[0].size() != 1) return std::nullopt;
     s.state = f[0][0];
     int64_t rss = 0;
@@ -137,7 +121,7 @@ std::optional<PidStatus> parse_pid_status(std::string_view text) {
         auto colon = line.find(':');
         if (colon == std::string_view::npos) continue;
         auto key = line.substr(0, colon);
-        auto f = fields_of(line.substr(colon + 1));
+        auto f = split_fields(line.substr(colon + 1));
         if (key == "Name") {
             // The name is tab-separated and may hold spaces: take the rest of the line.
             auto rest = line.substr(colon + 1);
@@ -226,7 +210,7 @@ std::vector<Listener> parse_net_listeners(std::string_view text, std::string_vie
             header = false;
             continue;
         }
-        auto f = fields_of(line);
+        auto f = split_fields(line);
         if (f.size() < 10) continue;
         if (f[3] != (udp ? "07" : "0A")) continue;
         auto colon = f[1].find(':');
@@ -247,7 +231,7 @@ std::vector<Listener> parse_net_listeners(std::string_view text, std::string_vie
 std::vector<std::string> parse_modules(std::string_view text) {
     std::vector<std::string> out;
     for (auto line : split(text, '\n')) {
-        auto f = fields_of(line);
+        auto f = split_fields(line);
         if (!f.empty()) out.emplace_back(f[0]);
     }
     return out;

@@ -1,7 +1,5 @@
 #include "apps/value_select.h"
 
-#include <charconv>
-#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
@@ -15,22 +13,9 @@ ErrorOr<double> as_number(std::string_view s, const std::string& what) {
     }
     while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
         s.remove_prefix(1);
-    double v = 0;
-    auto r = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v)) {
-        return make_error(EINVAL, what + " is not a number: '" + printable(s, 40) + "'");
-    }
-    return v;
-}
-
-std::vector<std::string_view> fields(std::string_view line) {
-    std::vector<std::string_view> out;
-    for (auto part : split(line, ' ')) {
-        for (auto f : split(part, '\t')) {
-            if (!f.empty()) out.push_back(f);
-        }
-    }
-    return out;
+    auto v = parse_double(s);
+    if (!v) return make_error(EINVAL, what + " is not a number: '" + printable(s, 40) + "'");
+    return *v;
 }
 
 }  // namespace
@@ -48,7 +33,7 @@ ErrorOr<double> select_value(std::string_view text, const ValueSelector& s) {
     auto lines = split(text, '\n');
     if (!s.key.empty()) {
         for (auto line : lines) {
-            auto f = fields(line);
+            auto f = split_fields(line);
             if (f.size() >= 2 && (f[0] == s.key || f[0] == s.key + ":")) {
                 return as_number(f[1], "the value of " + s.key);
             }
@@ -59,7 +44,7 @@ ErrorOr<double> select_value(std::string_view text, const ValueSelector& s) {
     size_t index = s.line > 0 ? static_cast<size_t>(s.line - 1) : 0;
     if (index >= lines.size()) return make_error(EINVAL, strformat("no line %d", s.line));
     if (s.field == 0) return as_number(lines[index], strformat("line %d", s.line));
-    auto f = fields(lines[index]);
+    auto f = split_fields(lines[index]);
     if (static_cast<size_t>(s.field) > f.size()) {
         return make_error(EINVAL, strformat("no field %d on line %zu", s.field, index + 1));
     }

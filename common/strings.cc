@@ -1,5 +1,7 @@
 #include "common/strings.h"
 
+#include <charconv>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 
@@ -92,6 +94,30 @@ std::string printable(std::string_view raw, size_t max_len) {
     }
     if (raw.size() > max_len) out += "...";
     return out;
+}
+
+std::vector<std::string_view> split_fields(std::string_view line) {
+    std::vector<std::string_view> out;
+    size_t i = 0;
+    while (i < line.size()) {
+        while (i < line.size() && (line[i] == ' ' || line[i] == '\t'))
+            ++i;
+        size_t start = i;
+        while (i < line.size() && line[i] != ' ' && line[i] != '\t')
+            ++i;
+        if (i > start) out.push_back(line.substr(start, i - start));
+    }
+    return out;
+}
+
+std::optional<double> parse_double(std::string_view text) {
+    double v = 0;
+    const char* end = text.data() + text.size();
+    auto r = std::from_chars(text.data(), end, v);
+    if (text.empty() || r.ec != std::errc() || r.ptr != end || !std::isfinite(v)) {
+        return std::nullopt;
+    }
+    return v;
 }
 
 std::vector<std::string_view> split(std::string_view s, char sep) {

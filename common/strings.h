@@ -34,6 +34,13 @@ std::string printable(std::string_view raw, size_t max_len = 64);
 
 std::vector<std::string_view> split(std::string_view s, char sep);
 
+// The non-empty runs between spaces and tabs ("a \tb " -> a, b).
+std::vector<std::string_view> split_fields(std::string_view line);
+
+// A whole decimal number (as from_chars reads it), finite; nullopt for anything else
+// ("", "1x", "inf", "nan").
+std::optional<double> parse_double(std::string_view text);
+
 inline bool starts_with(std::string_view s, std::string_view prefix) {
     return s.substr(0, prefix.size()) == prefix;
 }
