@@ -156,6 +156,7 @@ TEST_CASE("Apps: top's values are what the guests report; ps lists a guest's pro
     auto& lab = AppsLab::shared();
     long sleeper = start_sleeper(lab.deb(), 600);
     auto r = lab.app({"top", "--once", "--json", "-i", "0.5", "-q"});
+    INFO(r.err);  // which VM could not be read, and why
     REQUIRE(r.status == 0);
     auto report = parse_json(r);
     REQUIRE(report.size() == 2);
