@@ -31,7 +31,14 @@ fuzz_status=0
 scripts/fuzz.sh --seconds 15 || fuzz_status=$?
 
 echo "== all tests (unit + real guests)"
-ctest --test-dir build --output-on-failure --timeout 1200 "$@"
+ctest_status=0
+ctest --test-dir build --output-on-failure --timeout 1200 "$@" || ctest_status=$?
+if [ "$ctest_status" -ne 0 ]; then
+    echo "== what failed (the full output is above)"
+    scripts/ci-failure-summary.sh build
+    [ "$fuzz_status" -eq 0 ] || echo "test.sh: the fuzz smoke run failed too (see above)" >&2
+    exit "$ctest_status"
+fi
 if [ "$fuzz_status" -ne 0 ]; then
     echo "test.sh: the fuzz smoke run failed (see its output above)" >&2
     exit "$fuzz_status"

@@ -87,7 +87,7 @@ ErrorOr<std::unique_ptr<RecoveryLog>> RecoveryLog::open_file(const std::string& 
 void RecoveryLog::commit() {
     if (map_ == nullptr) return;
     auto* file = static_cast<LogFile*>(map_);
-    working_.clean = working_.nothing_to_undo() ? 1 : 0;
+    working_.clean = working_.nothing_to_undo() && working_.connect_pause == 0 ? 1 : 0;
     uint64_t seq = __atomic_load_n(&file->sequence, __ATOMIC_RELAXED);
     std::memcpy(&file->slots[(seq + 1) & 1], &working_, sizeof working_);
     // The slot is complete before the sequence names it: a reader after our death sees
@@ -119,6 +119,7 @@ ErrorOr<RecoveryRecord> RecoveryLog::parse(std::span<const uint8_t> bytes,
     }
     r.endpoint[sizeof r.endpoint - 1] = '\0';
     if (r.breakpoint_count > RecoveryRecord::kMaxBreakpoints) r.breakpoint_count = 0;
+    r.connect_pause = r.connect_pause != 0 ? 1 : 0;
     return r;
 }
 

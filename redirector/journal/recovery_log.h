@@ -54,7 +54,11 @@ struct RecoveryRecord {
     uint64_t iret = 0;
 
     uint32_t breakpoint_count = 0;
-    uint32_t pad0 = 0;
+    // 1 from just before our stub connection until the VM has run for us since: QEMU
+    // pauses a VM when its stub takes a connection, so until then a "paused" VM is our
+    // doing, not its owner's, and resuming it is part of the recovery. (Earlier records
+    // have 0 in this slot, which was padding.)
+    uint32_t connect_pause = 0;
     uint64_t breakpoints[kMaxBreakpoints] = {};
 
     ThreadPhase thread_phase = ThreadPhase::kNone;
@@ -78,7 +82,8 @@ struct RecoveryRecord {
     bool has_breakpoint(uint64_t addr) const;
     void add_breakpoint(uint64_t addr);
     void remove_breakpoint(uint64_t addr);
-    // True when nothing would need undoing.
+    // True when nothing in the guest would need undoing (our connection's pause aside:
+    // a detach undoes that).
     bool nothing_to_undo() const;
 };
 

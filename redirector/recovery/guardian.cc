@@ -172,9 +172,10 @@ namespace {
 
 // QEMU's run state as the dead session left it, or "" if it was ours to resume: "running",
 // "debug" (a breakpoint or an interrupt of ours) and "prelaunch" (a reset while stopped:
-// we only attach to a running VM) are; anything else (paused, io-error, ...) was someone
-// else's stop. "" as well when QMP does not answer: then the VM is resumed as before.
-std::string stopped_by_others(const GuardianArgs& args) {
+// we only attach to a running VM) are, and "paused" while the record says our stub
+// connection paused it; anything else (paused, io-error, ...) was someone else's stop.
+// "" as well when QMP does not answer: then the VM is resumed as before.
+std::string stopped_by_others(const GuardianArgs& args, const RecoveryRecord& rec) {
     if (args.qmp.empty()) return "";
     auto monitor = QmpMonitor::connect(args.qmp, Deadline::after(kQmpTimeout));
     auto state = monitor ? (*monitor)->current(Deadline::after(kQmpTimeout))
@@ -185,6 +186,7 @@ std::string stopped_by_others(const GuardianArgs& args) {
         return "";
     }
     if (state->running || state->status == "debug" || state->status == "prelaunch") return "";
+    if (state->status == "paused" && rec.connect_pause) return "";
     return state->status;
 }
 
@@ -248,7 +250,7 @@ int run_guardian(const GuardianArgs& args) {
     auto start = Clock::now();
     auto deadline = Deadline::after(kReconnectTimeout);
     // Asked before our own stub connection pauses the VM.
-    std::string stopped_by = stopped_by_others(args);
+    std::string stopped_by = stopped_by_others(args, *rec);
     std::unique_ptr<GdbstubAccess> guest;
     if (rec->about_earlier_vm_run(endpoint->identity())) {
         report(args, "the VM is gone or was restarted: nothing to restore");
@@ -288,6 +290,7 @@ int run_guardian(const GuardianArgs& args) {
                result.error().describe().c_str());
         return 1;
     }
+    (*log)->edit().connect_pause = 0;  // resumed by the detach, or left to its owner
     if (!stopped_by.empty()) {
         // A detach would resume it: only close the connection.
         guest->abandon();
@@ -302,7 +305,8 @@ int run_guardian(const GuardianArgs& args) {
         return 1;
     }
     (*log)->commit();
-    report(args, "guest restored in %.0f ms (%s)", elapsed_ms(start), result->describe().c_str());
+    report(args, "guest restored in %.0f ms (%s%s)", elapsed_ms(start), result->describe().c_str(),
+           rec->connect_pause ? ", the pause of its stub connection ended" : "");
     return 0;
 }
 

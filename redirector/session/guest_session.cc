@@ -148,6 +148,11 @@ ErrorOr<void> GuestSession::attach_locked() {
         std::this_thread::sleep_for(Millis(20));
     }
 
+    auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
+    if (!endpoint) return fail(endpoint.error());
+    uint64_t identity = endpoint->identity();
+    std::optional<RecoveryRecord> leftover = leftover_record_locked(identity);
+
     // A VM its owner paused is not ours to run: connecting the stub keeps it stopped, but
     // the bootstrap would resume it. (Checked under the lock: the owner view's socket
     // serves one client.)
@@ -162,39 +167,30 @@ ErrorOr<void> GuestSession::attach_locked() {
         return std::unexpected(e);
     }
 
-    std::optional<RecoveryRecord> leftover;
-    if (::access(log_path_.c_str(), F_OK) == 0) {
-        auto rec = RecoveryLog::read_file(log_path_);
-        if (rec && !rec->clean) leftover = *rec;
-        if (!rec) LOG_WARN("ignoring unreadable recovery log: %s", rec.error().describe().c_str());
+    auto log = RecoveryLog::open_file(log_path_, leftover.has_value());
+    if (!log) return fail(log.error());
+    log_ = std::move(*log);
+    // The stub's pause on connecting is claimed first, so that a job killed before the VM
+    // runs again leaves its guardian a VM to resume. A leftover record stays until the
+    // guest it names is restored, through this connection.
+    if (!leftover) {
+        if (auto r = claim_session_locked(*endpoint, identity); !r) return fail(r.error());
     }
-
-    auto endpoint = gdb::Endpoint::parse(options_.gdb_endpoint);
-    if (!endpoint) return fail(endpoint.error());
     if (options_.stub.open) {
-        if (auto opened = options_.stub.open(); !opened)
+        if (auto opened = options_.stub.open(); !opened) {
+            forget_connect_pause_locked();
             return fail(opened.error().with_context("opening a gdbstub in the VM"));
+        }
         stub_opened_ = true;
     }
     auto access = connect_locked(*endpoint);
     if (!access) {
         // QEMU stops the VM when it takes a stub connection, even one we gave up on.
         own_pause_possible_ = true;
+        forget_connect_pause_locked();
         return fail(access.error().with_context("attaching to " + options_.gdb_endpoint));
     }
     guest_ = std::move(*access);
-
-    uint64_t identity = endpoint->identity();
-    if (leftover && leftover->about_earlier_vm_run(identity)) {
-        LOG_WARN(
-            "ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
-            "was restarted since",
-            leftover->owner_pid);
-        leftover.reset();
-    }
-    auto log = RecoveryLog::open_file(log_path_, leftover.has_value());
-    if (!log) return fail(log.error());
-    log_ = std::move(*log);
     if (leftover) {
         LOG_WARN("a previous session (pid %d) left the guest modified; restoring it first",
                  leftover->owner_pid);
@@ -202,26 +198,7 @@ ErrorOr<void> GuestSession::attach_locked() {
         if (!report) return fail(report.error().with_context("restoring after a crashed session"));
         update_status([&](SessionStatus& st) { st.recovered = report->describe(); });
         LOG_WARN("restored: %s", report->describe().c_str());
-    }
-    auto& rec = log_->edit();
-    rec = RecoveryRecord{};
-    rec.session_id = random_u64() | 1;
-    rec.owner_pid = ::getpid();
-    rec.endpoint_identity = identity;
-    std::snprintf(rec.endpoint, sizeof rec.endpoint, "%s", endpoint->to_string().c_str());
-    log_->commit();
-
-    if (!options_.guardian_program.empty()) {
-        GuardianArgs ga;
-        ga.log_path = log_path_;
-        ga.lock_path = lock_path_;
-        ga.session_id = rec.session_id;
-        ga.report_path = options_.state_dir + "/guardian.log";
-        ga.qmp = options_.qmp;
-        auto g = spawn_guardian(options_.guardian_program, ga);
-        if (!g) return fail(g.error());
-        update_status([&](SessionStatus& st) { st.guardian_pid = g->pid; });
-        guardian_ = std::move(*g);
+        if (auto r = claim_session_locked(*endpoint, identity); !r) return fail(r.error());
     }
 
     auto vcpu = first_vcpu_locked();
@@ -242,12 +219,66 @@ ErrorOr<void> GuestSession::attach_locked() {
     kernel_ = *kernel;
     update_status([&](SessionStatus& st) { st.kernel = *kernel; });
     if (auto r = ensure_shadow_locked(); !r) return fail(r.error());
+    // The bootstrap ran the VM: a pause from now on is not our connection's.
+    forget_connect_pause_locked();
     update_status([](SessionStatus& st) {
         st.state = SessionState::kAttached;
         st.error.clear();
     });
     wake_idle_work_locked();
     return {};
+}
+
+std::optional<RecoveryRecord> GuestSession::leftover_record_locked(uint64_t identity) {
+    if (::access(log_path_.c_str(), F_OK) != 0) return std::nullopt;
+    auto rec = RecoveryLog::read_file(log_path_);
+    if (!rec) {
+        LOG_WARN("ignoring unreadable recovery log: %s", rec.error().describe().c_str());
+        return std::nullopt;
+    }
+    if (rec->clean) return std::nullopt;
+    if (rec->about_earlier_vm_run(identity)) {
+        LOG_WARN(
+            "ignoring the recovery log of an earlier run of this VM (pid %d): the VM "
+            "was restarted since",
+            rec->owner_pid);
+        return std::nullopt;
+    }
+    // A dead job's stub connection paused the VM and its guardian did not resume it.
+    if (rec->connect_pause) own_pause_possible_ = true;
+    return *rec;
+}
+
+ErrorOr<void> GuestSession::claim_session_locked(const gdb::Endpoint& endpoint, uint64_t identity) {
+    auto& rec = log_->edit();
+    rec = RecoveryRecord{};
+    rec.session_id = random_u64() | 1;
+    rec.owner_pid = ::getpid();
+    rec.endpoint_identity = identity;
+    rec.connect_pause = 1;
+    std::snprintf(rec.endpoint, sizeof rec.endpoint, "%s", endpoint.to_string().c_str());
+    log_->commit();
+    if (options_.guardian_program.empty()) return {};
+    GuardianArgs ga;
+    ga.log_path = log_path_;
+    ga.lock_path = lock_path_;
+    ga.session_id = rec.session_id;
+    ga.report_path = options_.state_dir + "/guardian.log";
+    ga.qmp = options_.qmp;
+    auto g = spawn_guardian(options_.guardian_program, ga);
+    if (!g) {
+        forget_connect_pause_locked();  // a detach resumes the VM; no guardian is needed
+        return std::unexpected(g.error());
+    }
+    update_status([&](SessionStatus& st) { st.guardian_pid = g->pid; });
+    guardian_ = std::move(*g);
+    return {};
+}
+
+void GuestSession::forget_connect_pause_locked() {
+    if (!log_ || log_->current().connect_pause == 0) return;
+    log_->edit().connect_pause = 0;
+    log_->commit();
 }
 
 ErrorOr<void> GuestSession::ensure_shadow_locked() {
@@ -725,6 +756,7 @@ ErrorOr<void> GuestSession::detach_locked() {
         // A detach command would resume the VM: only close the connection.
         guest_->abandon();
         guest_.reset();
+        if (log_) log_->edit().connect_pause = 0;  // its owner's pause now, not ours
     }
     if (guest_) {
         if (log_ && !log_->current().nothing_to_undo()) {
@@ -734,6 +766,7 @@ ErrorOr<void> GuestSession::detach_locked() {
         }
         if (auto r = guest_->detach(); !r && !first) first = r.error();
         guest_.reset();
+        if (log_) log_->edit().connect_pause = 0;  // the detach resumed the VM
     }
     if (log_) log_->commit();
     if (stub_opened_ && options_.stub.close) options_.stub.close();
@@ -775,7 +808,7 @@ void GuestSession::fail_locked(const Error& error) {
         if (!paused_by_others()) own_pause_possible_ = true;
         // A detach would resume a VM that someone else paused.
         if (log_ && log_->current().nothing_to_undo() && !paused_by_others()) {
-            (void)guest_->detach();
+            if (guest_->detach()) forget_connect_pause_locked();
         } else {
             guest_->abandon();
         }

@@ -137,6 +137,13 @@ class GuestSession {
 
   private:
     ErrorOr<void> attach_locked();
+    // The recovery log a dead session left dirty about this run of the VM, if any.
+    std::optional<RecoveryRecord> leftover_record_locked(uint64_t identity);
+    // Writes this session's record (the VM paused by our connection, from now until it
+    // runs again for us) and starts its guardian.
+    ErrorOr<void> claim_session_locked(const gdb::Endpoint& endpoint, uint64_t identity);
+    // The VM has run for us since we connected (or a detach resumed it).
+    void forget_connect_pause_locked();
     ErrorOr<std::unique_ptr<GuestAccess>> connect_locked(const gdb::Endpoint& endpoint);
     ErrorOr<void> ensure_shadow_locked();
     ErrorOr<VcpuId> first_vcpu_locked();  // EPROTO if the stub reports none

@@ -231,3 +231,56 @@ TEST_CASE("a VM its owner paused while cloudvmi was dead stays paused after the 
     GuestFileOps ops(s);
     CHECK(census(ops).shadows.size() <= 1);  // at most the session's own
 }
+
+TEST_CASE("a job killed while its stub connection holds the VM paused leaves it running",
+          "[guardian]") {
+    auto& guest = TestGuest::shared();
+    // QEMU pauses a VM when its stub takes a connection; the job lets it run again once it
+    // has looked at the kernel. Killed in between, a job used to leave the VM paused for
+    // good (seen in the chaos test): its guardian took "paused" for the owner's doing.
+    bool caught = false;
+    for (int attempt = 0; attempt < 10 && !caught; ++attempt) {
+        REQUIRE(guest.run_state() == "running");
+        size_t report_start = read_whole_file(guest.state_dir() + "/guardian.log").size();
+        std::vector<std::string> argv = {
+            cloudvmi_binary(), "guest",       "--gdb",           guest.gdb(), "--qmp",
+            guest.vmi_qmp(),   "--state-dir", guest.state_dir(), "cat",       "/proc/uptime"};
+        pid_t pid = spawn_process(argv, "/dev/null", true);
+        auto deadline = Deadline::after_ms(30000);
+        while (guest.run_state() == "running" && !deadline.expired()) {
+        }
+        // Stopped, the job cannot change the VM's state any more: "paused" now is the
+        // pause of its connection, before the VM first ran for it.
+        ::kill(-pid, SIGSTOP);
+        caught = guest.run_state() == "paused";
+        ::kill(-pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        auto gone = Deadline::after_ms(60000);
+        while (!guardians_of(guest.state_dir()).empty() && !gone.expired())
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        REQUIRE(guardians_of(guest.state_dir()).empty());
+        if (!caught) {
+            WARN("attempt " << attempt << ": the job was past its connection's pause; again");
+            auto running = Deadline::after_ms(30000);
+            while (guest.run_state() != "running" && !running.expired())
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            continue;
+        }
+        std::string report =
+            read_whole_file(guest.state_dir() + "/guardian.log").substr(report_start);
+        INFO("guardian log:\n" << report);
+        auto running = Deadline::after_ms(10000);
+        while (guest.run_state() != "running" && !running.expired())
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        CHECK(guest.run_state() == "running");
+        CHECK(report.find("the pause of its stub connection ended") != std::string::npos);
+        CHECK_FALSE(recovery_log_dirty(guest.state_dir()));
+        if (guest.run_state() != "running") (void)guest.qmp("cont");  // for the tests after
+    }
+    REQUIRE(caught);
+    auto r = run_command({cloudvmi_binary(), "guest", "--gdb", guest.gdb(), "--qmp",
+                          guest.vmi_qmp(), "--state-dir", guest.state_dir(), "cat", "/proc/uptime"},
+                         60000);
+    INFO(r.out << r.err);
+    CHECK(r.status == 0);
+}

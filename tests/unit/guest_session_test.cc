@@ -131,6 +131,40 @@ TEST_CASE("session on the fake guest: a broken link fails the session and keeps 
     CHECK(dirty);
 }
 
+TEST_CASE("session on the fake guest: the log claims the stub's pause before connecting",
+          "[session]") {
+    // QEMU pauses the VM when its stub takes a connection. A job killed between that and
+    // the VM's next run left it paused for good (seen in the chaos test): its guardian only
+    // acts on a dirty log, and took "paused" for the owner's doing.
+    test::ScopedLogLevel quiet{log::Level::kError};
+    SessionOnFake f;
+    std::optional<RecoveryRecord> at_connect;
+    auto forward = f.options.connect;
+    f.options.connect = [&](const gdb::Endpoint& e) -> ErrorOr<std::unique_ptr<GuestAccess>> {
+        for (const auto& entry : std::filesystem::directory_iterator(f.dir.path())) {
+            if (entry.path().extension() != ".log") continue;
+            if (auto rec = RecoveryLog::read_file(entry.path())) at_connect = *rec;
+        }
+        return forward(e);
+    };
+    GuestSession s(f.options);
+    REQUIRE(s.attach());
+    REQUIRE(at_connect);
+    CHECK(at_connect->owner_pid == ::getpid());
+    CHECK_FALSE(at_connect->clean);
+    CHECK(at_connect->connect_pause == 1);
+    // Once attached the VM has run for us: its pauses are no longer ours to undo.
+    std::optional<RecoveryRecord> after;
+    for (const auto& entry : std::filesystem::directory_iterator(f.dir.path())) {
+        if (entry.path().extension() == ".log") {
+            if (auto rec = RecoveryLog::read_file(entry.path())) after = *rec;
+        }
+    }
+    REQUIRE(after);
+    CHECK(after->connect_pause == 0);
+    REQUIRE(s.detach());
+}
+
 TEST_CASE("session on the fake guest: a shadow stuck in a guest syscall is ended by the next",
           "[session]") {
     test::ScopedLogLevel quiet{log::Level::kError};
