@@ -46,6 +46,8 @@ constexpr StatsField kStatsFields[] = {
     {"queued", "cloudvmi_requests_queued", MetricType::Gauge, 1, "Requests waiting for the VM"},
     {"vm_stops", "cloudvmi_vm_stops_total", MetricType::Counter, 1,
      "Times the VM's vCPUs were stopped by CloudVMI"},
+    {"vm_stopped_ms", "cloudvmi_vm_stopped_seconds_total", MetricType::Counter, 0.001,
+     "Time the VM's vCPUs stood still for CloudVMI"},
     {"batches", "cloudvmi_batches_total", MetricType::Counter, 1,
      "Batches of system calls injected"},
     {"shadows_created", "cloudvmi_shadows_created_total", MetricType::Counter, 1,

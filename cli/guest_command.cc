@@ -123,13 +123,14 @@ int cmd_info(GuestSession& session, GuestFileOps& ops) {
                 inj.candidates_rejected, inj.rejected.empty() ? "" : ": ", inj.rejected.c_str());
     std::printf(
         "vm stops:      %llu during the bootstrap (%d at the kernel-wide trap, armed "
-        "%.1f ms; %d of other threads), %llu breakpoint changes\n",
+        "%.1f ms; %d of other threads), %llu breakpoint changes, stopped %.1f ms in all\n",
         static_cast<unsigned long long>(st.bootstrap_cost.stops), inj.kernel_trap_stops,
         inj.kernel_trap_armed_ms, inj.foreign_stops,
-        static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes));
+        static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes),
+        st.bootstrap_cost.stopped_ms);
     std::printf("engine:        %s\n", st.engine.c_str());
-    std::printf("vm stops:      %llu in all (the uname above included)\n",
-                static_cast<unsigned long long>(st.vm_cost.stops));
+    std::printf("vm stops:      %llu in all (the uname above included), stopped %.1f ms\n",
+                static_cast<unsigned long long>(st.vm_cost.stops), st.vm_cost.stopped_ms);
     if (!st.recovered.empty()) std::printf("recovered:     %s\n", st.recovered.c_str());
     return kExitOk;
 }

@@ -141,13 +141,27 @@ ErrorOr<bool> GdbstubAccess::stopped_by_others() {
 
 ErrorOr<void> GdbstubAccess::resume() {
     cache_.clear();
-    return client_->resume();
+    TRY(client_->resume());
+    note_resumed();
+    return {};
+}
+
+void GdbstubAccess::note_resumed() {
+    if (stopped_since_) counters_.stopped_ms += elapsed_ms(*stopped_since_);
+    stopped_since_.reset();
+}
+
+RunControlCounters GdbstubAccess::counters() const {
+    RunControlCounters c = counters_;
+    if (stopped_since_) c.stopped_ms += elapsed_ms(*stopped_since_);
+    return c;
 }
 
 ErrorOr<StopEvent> GdbstubAccess::wait_for_stop(Deadline deadline) {
     auto stop = TRY(client_->wait_for_stop(deadline));
     late_interrupt_ = false;  // whichever stop this is, no other one is owed to us
     ++counters_.stops;
+    stopped_since_ = Clock::now();
     return to_event(stop);
 }
 
@@ -161,6 +175,7 @@ ErrorOr<StopEvent> GdbstubAccess::interrupt(Deadline deadline) {
     }
     late_interrupt_ = false;
     ++counters_.stops;
+    stopped_since_ = Clock::now();
     return to_event(*stop);
 }
 
@@ -257,7 +272,9 @@ ErrorOr<void> GdbstubAccess::detach() {
     if (client_->physical_mode() && !client_->running()) {
         (void)client_->set_physical_mode(false);
     }
-    return client_->detach();
+    TRY(client_->detach());
+    note_resumed();
+    return {};
 }
 
 }  // namespace cloudvmi

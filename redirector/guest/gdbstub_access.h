@@ -3,7 +3,9 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 
+#include "common/deadline.h"
 #include "redirector/gdb/gdb_client.h"
 #include "redirector/guest/guest_access.h"
 
@@ -37,7 +39,7 @@ class GdbstubAccess final : public GuestAccess {
     ErrorOr<void> insert_breakpoint(uint64_t va) override;
     ErrorOr<void> remove_breakpoint(uint64_t va) override;
     ErrorOr<void> detach() override;
-    RunControlCounters counters() const override { return counters_; }
+    RunControlCounters counters() const override;
 
     gdb::GdbClient& client() { return *client_; }
     void abandon() override { client_->abandon(); }
@@ -50,8 +52,10 @@ class GdbstubAccess final : public GuestAccess {
                                      std::span<uint8_t> raw);
 
   private:
-    RunControlCounters counters_{1, 0};  // attaching stops the VM
+    RunControlCounters counters_{1, 0};                              // attaching stops the VM
+    std::optional<Clock::time_point> stopped_since_ = Clock::now();  // stopped for us, since
     explicit GdbstubAccess(std::unique_ptr<gdb::GdbClient> client) : client_(std::move(client)) {}
+    void note_resumed();
     gdb::ThreadId thread_of(VcpuId vcpu) const;
     StopEvent to_event(const gdb::StopReply& stop) const;
     ErrorOr<void> use_memory_mode(VcpuId vcpu, bool physical);

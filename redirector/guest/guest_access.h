@@ -51,6 +51,8 @@ struct StopEvent {
 struct RunControlCounters {
     uint64_t stops = 0;               // the VM stopped (breakpoint, interrupt, step, attach)
     uint64_t breakpoint_changes = 0;  // insertions and removals
+    // How long the VM stood still for us: from each stop (as we learn of it) to its resume.
+    double stopped_ms = 0;
 };
 
 // Guest-physical memory through the debug link (the VM stopped, or the link refuses).

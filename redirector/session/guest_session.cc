@@ -310,7 +310,8 @@ ErrorOr<void> GuestSession::ensure_shadow_locked() {
     update_status([&](SessionStatus& st) {
         st.progress.clear();
         st.bootstrap_cost = {after.stops - before.stops,
-                             after.breakpoint_changes - before.breakpoint_changes};
+                             after.breakpoint_changes - before.breakpoint_changes,
+                             after.stopped_ms - before.stopped_ms};
         st.vm_cost = after;
     });
     auto shadow = TRY(std::move(created));

@@ -128,6 +128,18 @@ HeartbeatWatch& heartbeat() {
     return watch;
 }
 
+// Returns once the guest has beaten again (at most 10 s). Each attach delays the beat by up
+// to about a second under TCG (every VM stop and breakpoint change flushes QEMU's translated
+// code, and the guest runs slowly while it is translated again); jobs started back to back
+// add theirs up within one 2 s period. Waiting for a beat between them measures each job's
+// own stall.
+void await_next_beat() {
+    long seen = heartbeat().beats();
+    auto deadline = Deadline::after_ms(10000);
+    while (heartbeat().beats() == seen && !deadline.expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
+
 // Says how long the guest's heartbeat stalled during the test case that ends here.
 struct HeartbeatCheckpoint {
     const char* name;
@@ -191,10 +203,15 @@ Attach attach_once(TestGuest& guest) {
     UNSCOPED_INFO("attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops << " VM stops ("
                             << inj.kernel_trap_stops << " kernel-wide, " << inj.foreign_stops
                             << " foreign), " << a.status.bootstrap_cost.breakpoint_changes
-                            << " breakpoint changes; borrowed " << a.status.bootstrap.borrowed
-                            << "; let go: " << inj.rejected);
+                            << " breakpoint changes, VM stopped "
+                            << a.status.bootstrap_cost.stopped_ms << " ms; borrowed "
+                            << a.status.bootstrap.borrowed << "; let go: " << inj.rejected);
     CHECK(a.status.bootstrap_cost.stops < kMaxStopsPerAttach);
+    // The time it stood the VM still: a small part of the attach (the rest runs the guest).
+    CHECK(a.status.bootstrap_cost.stopped_ms > 0);
+    CHECK(a.status.bootstrap_cost.stopped_ms < a.ms);
     CHECK(a.borrowed_seccomp == "0");
+    await_next_beat();
     return a;
 }
 
@@ -202,7 +219,8 @@ void print_attach(const char* label, const Attach& a) {
     const auto& inj = a.status.bootstrap.injector;
     WARN(label << ": attach " << a.ms << " ms, " << a.status.bootstrap_cost.stops << " VM stops ("
                << inj.kernel_trap_stops << " at the kernel-wide trap), "
-               << a.status.bootstrap_cost.breakpoint_changes << " breakpoint changes, borrowed "
+               << a.status.bootstrap_cost.breakpoint_changes << " breakpoint changes, VM stopped "
+               << a.status.bootstrap_cost.stopped_ms << " ms, borrowed "
                << a.status.bootstrap.borrowed);
 }
 
@@ -574,6 +592,7 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
     HeartbeatCheckpoint checkpoint{"SIGKILL at any moment never harms the gu"};
     std::mt19937 rng(0xdeb1);
     const int kRounds = 8;
+    std::string rounds;  // per round: when the job was killed, the longest heartbeat gap
     for (int round = 0; round < kRounds; ++round) {
         KillRound plan;
         plan.long_job = round % 2 == 1;
@@ -586,7 +605,14 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
                       << (plan.after_guest_modified ? " from the first modification" : ""));
         INFO(killed.next_attach.err);
         REQUIRE(killed.next_attach.status == 0);
+        // Each round's stalls (the killed job's, its guardian's, the next attach's)
+        // measured on their own.
+        await_next_beat();
+        rounds += strformat("%d: killed at %d ms%s, gap %.1f s; ", round, killed.killed_after_ms,
+                            plan.after_guest_modified ? " after a change" : "",
+                            heartbeat().gap_since_checkpoint());
     }
+    WARN("rounds " << rounds);
     std::string report = read_whole_file(guest.state_dir() + "/guardian.log");
     INFO("guardian log:\n" << report);
     CHECK(report.find("recovery failed") == std::string::npos);
