@@ -1,7 +1,8 @@
 #!/bin/bash
 # attach-cost.sh - what attaching costs a guest: time to a ready shadow, VM stops (every
 # one pauses all vCPUs and, under TCG, discards QEMU's translated code), stops at the
-# kernel-wide trap and breakpoint changes. Four guests in one run: the busybox guest and the
+# kernel-wide trap, breakpoint changes and how long the VM stood still for those stops in
+# all. Four guests in one run: the busybox guest and the
 # Debian 12 systemd guest, each idle and with two CPU-bound loops running.
 #
 #   bench/attach-cost.sh [--rounds N] [--cloudvmi PATH] [--json FILE] [--only busybox|debian]
@@ -38,19 +39,22 @@ records=()
 
 # measure LABEL GDB: ROUNDS attaches, one `cloudvmi guest info` each.
 measure() {
-    local label=$1 gdb=$2 i out ms stops ktrap bpc
-    local all_ms=() all_stops=() all_ktrap=() all_bpc=()
+    local label=$1 gdb=$2 i out ms stops ktrap bpc stopped
+    local all_ms=() all_stops=() all_ktrap=() all_bpc=() all_stopped=()
     for i in $(seq "$ROUNDS"); do
         out=$("$CLOUDVMI" guest --gdb "$gdb" --state-dir "$RUN/state" info)
         ms=$(sed -n 's/^bootstrap: .* total \([0-9.]*\) ms.*/\1/p' <<<"$out")
         stops=$(sed -n 's/^vm stops: *\([0-9]*\) during the bootstrap.*/\1/p' <<<"$out")
         ktrap=$(sed -n 's/^vm stops: .*(\([0-9]*\) at the kernel-wide trap.*/\1/p' <<<"$out")
         bpc=$(sed -n 's/^vm stops: .*, \([0-9]*\) breakpoint changes.*/\1/p' <<<"$out")
+        stopped=$(sed -n 's/^vm stops: .* during the bootstrap .*, stopped \([0-9.]*\) ms in all$/\1/p' <<<"$out")
         all_ms+=("$ms"); all_stops+=("$stops"); all_ktrap+=("$ktrap"); all_bpc+=("$bpc")
-        records+=("{\"guest\": \"$label\", \"round\": $i, \"attach_ms\": $ms, \"vm_stops\": $stops, \"kernel_trap_stops\": $ktrap, \"breakpoint_changes\": $bpc}")
+        all_stopped+=("$stopped")
+        records+=("{\"guest\": \"$label\", \"round\": $i, \"attach_ms\": $ms, \"vm_stops\": $stops, \"kernel_trap_stops\": $ktrap, \"breakpoint_changes\": $bpc, \"vm_stopped_ms\": $stopped}")
     done
-    rows+=("$(printf '%-28s %8s %10s %8s %8s' "$label" "$(stat_of "${all_ms[@]}")" \
-        "$(stat_of "${all_stops[@]}")" "$(stat_of "${all_ktrap[@]}")" "$(stat_of "${all_bpc[@]}")")")
+    rows+=("$(printf '%-28s %8s %10s %8s %8s %10s' "$label" "$(stat_of "${all_ms[@]}")" \
+        "$(stat_of "${all_stops[@]}")" "$(stat_of "${all_ktrap[@]}")" "$(stat_of "${all_bpc[@]}")" \
+        "$(stat_of "${all_stopped[@]}")")")
 }
 
 # "median (min-max)"
@@ -88,7 +92,7 @@ fi
 
 echo
 echo "attach cost, $ROUNDS rounds each: median (min-max)"
-printf '%-28s %8s %10s %8s %8s\n' "guest" "ms" "VM stops" "kernel" "bp chg"
+printf '%-28s %8s %10s %8s %8s %10s\n' "guest" "ms" "VM stops" "kernel" "bp chg" "stopped ms"
 printf '%s\n' "${rows[@]}"
 if [ -n "$JSON" ]; then
     { echo "["; (IFS=$'\n'; echo "${records[*]}" | sed '$!s/$/,/'); echo "]"; } >"$JSON"
