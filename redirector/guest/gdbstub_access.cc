@@ -141,9 +141,17 @@ ErrorOr<bool> GdbstubAccess::stopped_by_others() {
 
 ErrorOr<void> GdbstubAccess::resume() {
     cache_.clear();
+    run_before_resume();
     TRY(client_->resume());
     note_resumed();
     return {};
+}
+
+void GdbstubAccess::run_before_resume() {
+    if (!before_resume_) return;
+    auto note = std::move(before_resume_);
+    before_resume_ = nullptr;
+    note();
 }
 
 void GdbstubAccess::note_resumed() {
@@ -272,6 +280,7 @@ ErrorOr<void> GdbstubAccess::detach() {
     if (client_->physical_mode() && !client_->running()) {
         (void)client_->set_physical_mode(false);
     }
+    run_before_resume();
     TRY(client_->detach());
     note_resumed();
     return {};

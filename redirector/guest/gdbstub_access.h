@@ -22,6 +22,9 @@ class GdbstubAccess final : public GuestAccess {
     void resumed_by_others() override { client_->assume_running(); }
     bool running() const override { return client_->running(); }
     ErrorOr<void> resume() override;
+    void before_next_resume(std::function<void()> note) override {
+        before_resume_ = std::move(note);
+    }
     ErrorOr<StopEvent> wait_for_stop(Deadline deadline) override;
     ErrorOr<StopEvent> interrupt(Deadline deadline) override;
     ErrorOr<StopEvent> step(VcpuId vcpu, Deadline deadline) override;
@@ -56,6 +59,8 @@ class GdbstubAccess final : public GuestAccess {
     std::optional<Clock::time_point> stopped_since_ = Clock::now();  // stopped for us, since
     explicit GdbstubAccess(std::unique_ptr<gdb::GdbClient> client) : client_(std::move(client)) {}
     void note_resumed();
+    void run_before_resume();
+    std::function<void()> before_resume_;
     gdb::ThreadId thread_of(VcpuId vcpu) const;
     StopEvent to_event(const gdb::StopReply& stop) const;
     ErrorOr<void> use_memory_mode(VcpuId vcpu, bool physical);

@@ -12,6 +12,7 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -76,6 +77,9 @@ class GuestRunControl {
     virtual bool running() const = 0;
     // Resumes every vCPU.
     virtual ErrorOr<void> resume() = 0;
+    // Calls `note` once, just before the VM is next let run (a resume or a detach), so that
+    // a record can say beforehand that the VM ran since we connected.
+    virtual void before_next_resume(std::function<void()> note) { (void)note; }
     // Waits for the next stop after resume()/step().
     virtual ErrorOr<StopEvent> wait_for_stop(Deadline deadline) = 0;
     // Stops a running guest.

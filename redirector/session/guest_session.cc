@@ -200,6 +200,10 @@ ErrorOr<void> GuestSession::attach_locked() {
         LOG_WARN("restored: %s", report->describe().c_str());
         if (auto r = claim_session_locked(*endpoint, identity); !r) return fail(r.error());
     }
+    // From the VM's first run for us on, a pause is not our connection's: an owner may
+    // pause it while the attach goes on, and that pause must stay if we die. (Cleared just
+    // before the resume: a job killed in that one round trip leaves the VM paused.)
+    guest_->before_next_resume([this] { forget_connect_pause_locked(); });
 
     auto vcpu = first_vcpu_locked();
     if (!vcpu) return fail(vcpu.error());
@@ -219,7 +223,7 @@ ErrorOr<void> GuestSession::attach_locked() {
     kernel_ = *kernel;
     update_status([&](SessionStatus& st) { st.kernel = *kernel; });
     if (auto r = ensure_shadow_locked(); !r) return fail(r.error());
-    // The bootstrap ran the VM: a pause from now on is not our connection's.
+    // The bootstrap ran the VM (a link that cannot say when already did).
     forget_connect_pause_locked();
     update_status([](SessionStatus& st) {
         st.state = SessionState::kAttached;
