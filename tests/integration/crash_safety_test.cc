@@ -203,10 +203,7 @@ TEST_CASE("a VM its owner paused while cloudvmi was dead stays paused after the 
         }
         for (pid_t g : guards)
             ::kill(g, SIGCONT);
-        auto gone = Deadline::after_ms(60000);
-        while (!guardians_of(guest.state_dir()).empty() && !gone.expired())
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        REQUIRE(guardians_of(guest.state_dir()).empty());
+        REQUIRE(await_guardians_gone(guest.state_dir(), 60000));
         if (!stopped_by_owner) {
             WARN("attempt " << attempt << ": the job died with the VM stopped for it; again");
             continue;
@@ -255,24 +252,16 @@ TEST_CASE("a job killed while its stub connection holds the VM paused leaves it 
         caught = guest.run_state() == "paused";
         ::kill(-pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
-        auto gone = Deadline::after_ms(60000);
-        while (!guardians_of(guest.state_dir()).empty() && !gone.expired())
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        REQUIRE(guardians_of(guest.state_dir()).empty());
+        REQUIRE(await_guardians_gone(guest.state_dir(), 60000));
         if (!caught) {
             WARN("attempt " << attempt << ": the job was past its connection's pause; again");
-            auto running = Deadline::after_ms(30000);
-            while (guest.run_state() != "running" && !running.expired())
-                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            (void)guest.await_run_state("running", 30000);
             continue;
         }
         std::string report =
             read_whole_file(guest.state_dir() + "/guardian.log").substr(report_start);
         INFO("guardian log:\n" << report);
-        auto running = Deadline::after_ms(10000);
-        while (guest.run_state() != "running" && !running.expired())
-            std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        CHECK(guest.run_state() == "running");
+        CHECK(guest.await_run_state("running", 10000));
         CHECK(report.find("the pause of its stub connection ended") != std::string::npos);
         CHECK_FALSE(recovery_log_dirty(guest.state_dir()));
         if (guest.run_state() != "running") (void)guest.qmp("cont");  // for the tests after

@@ -617,9 +617,7 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
     INFO("guardian log:\n" << report);
     CHECK(report.find("recovery failed") == std::string::npos);
     // Guardians finish in the background: give the last one time to let go.
-    auto deadline = Deadline::after_ms(30000);
-    while (!guardians_of(guest.state_dir()).empty() && !deadline.expired())
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    (void)await_guardians_gone(guest.state_dir(), 30000);
     auto shadows = Deadline::after_ms(30000);
     while (guest.ssh("pgrep -x cloudvmi-shadow").status == 0 && !shadows.expired())
         std::this_thread::sleep_for(std::chrono::milliseconds(500));

@@ -405,6 +405,15 @@ std::string TestGuest::run_state() const {
     return reply.substr(at, reply.find('"', at) - at);
 }
 
+bool TestGuest::await_run_state(const std::string& state, int timeout_ms) const {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    while (run_state() != state) {
+        if (deadline.expired()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return true;
+}
+
 SessionOptions TestGuest::session_options() const {
     SessionOptions o;
     o.engine = env_or("CLOUDVMI_TEST_ENGINE", "mailbox") == "trap" ? EngineKind::kTrap
@@ -528,6 +537,15 @@ std::vector<pid_t> processes_with(const std::string& needle) {
 
 std::vector<pid_t> guardians_of(const std::string& state_dir) {
     return processes_with(" guard --log " + state_dir + "/");
+}
+
+bool await_guardians_gone(const std::string& state_dir, int timeout_ms) {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    while (!guardians_of(state_dir).empty()) {
+        if (deadline.expired()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return true;
 }
 
 std::string text(const std::vector<uint8_t>& bytes) {

@@ -87,6 +87,8 @@ class TestGuest {
     const std::string& vmi_qmp() const { return vmi_qmp_; }
     // QMP query-status's "status" ("running", "paused", ...).
     std::string run_state() const;
+    // Polls run_state() until it is `state` or `timeout_ms` passes; whether it got there.
+    bool await_run_state(const std::string& state, int timeout_ms) const;
 
     // Runs a shell command in the guest over ssh (the debian image only).
     CommandResult ssh(const std::string& command, int timeout_ms = 60000) const;
@@ -145,6 +147,8 @@ bool recovery_log_dirty(const std::string& state_dir);
 std::vector<pid_t> processes_with(const std::string& needle);
 // Host pids of the guardians (`cloudvmi guard`) keeping logs in `state_dir`.
 std::vector<pid_t> guardians_of(const std::string& state_dir);
+// Waits up to `timeout_ms` for those guardians to finish; whether none is left.
+bool await_guardians_gone(const std::string& state_dir, int timeout_ms);
 // A direct connection to the guest's gdbstub (the VM stopped), for tests below the
 // session; REQUIREs success.
 std::unique_ptr<GdbstubAccess> attach_stub(const TestGuest& guest);
