@@ -78,8 +78,9 @@ class GuestRunControl {
     // Resumes every vCPU.
     virtual ErrorOr<void> resume() = 0;
     // Calls `note` once, just before the VM is next let run (a resume or a detach), so that
-    // a record can say beforehand that the VM ran since we connected.
-    virtual void before_next_resume(std::function<void()> note) { (void)note; }
+    // a record can say beforehand that the VM ran since we connected. Every link must: the
+    // session clears its claim on the connection's pause only there.
+    virtual void before_next_resume(std::function<void()> note) = 0;
     // Waits for the next stop after resume()/step().
     virtual ErrorOr<StopEvent> wait_for_stop(Deadline deadline) = 0;
     // Stops a running guest.

@@ -223,8 +223,6 @@ ErrorOr<void> GuestSession::attach_locked() {
     kernel_ = *kernel;
     update_status([&](SessionStatus& st) { st.kernel = *kernel; });
     if (auto r = ensure_shadow_locked(); !r) return fail(r.error());
-    // The bootstrap ran the VM (a link that cannot say when already did).
-    forget_connect_pause_locked();
     update_status([](SessionStatus& st) {
         st.state = SessionState::kAttached;
         st.error.clear();
@@ -771,7 +769,6 @@ ErrorOr<void> GuestSession::detach_locked() {
         }
         if (auto r = guest_->detach(); !r && !first) first = r.error();
         guest_.reset();
-        if (log_) log_->edit().connect_pause = 0;  // the detach resumed the VM
     }
     if (log_) log_->commit();
     if (stub_opened_ && options_.stub.close) options_.stub.close();
@@ -813,7 +810,7 @@ void GuestSession::fail_locked(const Error& error) {
         if (!paused_by_others()) own_pause_possible_ = true;
         // A detach would resume a VM that someone else paused.
         if (log_ && log_->current().nothing_to_undo() && !paused_by_others()) {
-            if (guest_->detach()) forget_connect_pause_locked();
+            (void)guest_->detach();  // its note clears our connection's pause
         } else {
             guest_->abandon();
         }

@@ -2315,8 +2315,16 @@ void FakeGuest::host_moved(Vcpu& c, uint64_t rip) {
     t.natural_entry = false;
 }
 
+void FakeGuest::run_before_resume() {
+    if (!before_resume_) return;
+    auto note = std::move(before_resume_);
+    before_resume_ = nullptr;
+    note();
+}
+
 ErrorOr<void> FakeGuest::resume() {
     TRY(stopped());
+    run_before_resume();
     running_ = true;
     ++stats_.resumes;
     return {};
@@ -2490,6 +2498,7 @@ ErrorOr<void> FakeGuest::detach() {
     // As GdbClient::detach does: a running VM is interrupted first.
     if (running_) TRY(interrupt(Deadline::after_ms(1000)));
     breakpoints_.clear();
+    run_before_resume();
     running_ = true;
     detached_ = true;
     return {};

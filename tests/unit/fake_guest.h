@@ -211,6 +211,9 @@ class FakeGuest : public GuestAccess {
     std::string describe() const override;
     bool running() const override { return running_; }
     ErrorOr<void> resume() override;
+    void before_next_resume(std::function<void()> note) override {
+        before_resume_ = std::move(note);
+    }
     ErrorOr<StopEvent> wait_for_stop(Deadline deadline) override;
     ErrorOr<StopEvent> interrupt(Deadline deadline) override;
     ErrorOr<StopEvent> step(VcpuId vcpu, Deadline deadline) override;
@@ -275,6 +278,9 @@ class FakeGuest : public GuestAccess {
     struct Node;
 
   private:
+    // Called once before the next resume or detach, as GdbstubAccess does.
+    std::function<void()> before_resume_;
+    void run_before_resume();
     struct Vcpu {
         int64_t tid = 0;  // 0: idle
         VcpuState idle;
@@ -422,6 +428,9 @@ class FailingGuest : public GuestAccess {
     std::string describe() const override { return "failing:" + inner_.describe(); }
     bool running() const override { return inner_.running(); }
     ErrorOr<void> resume() override { return gate("resume") ? inner_.resume() : fail(); }
+    void before_next_resume(std::function<void()> note) override {
+        inner_.before_next_resume(std::move(note));
+    }
     ErrorOr<StopEvent> wait_for_stop(Deadline d) override {
         if (die_on_wait_) {
             transient_ = false;

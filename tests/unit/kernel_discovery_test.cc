@@ -143,6 +143,7 @@ class FakeGuest final : public GuestAccess {
     std::string describe() const override { return "fake"; }
     bool running() const override { return false; }
     ErrorOr<void> resume() override { return unsupported(); }
+    void before_next_resume(std::function<void()>) override {}  // never resumes
     ErrorOr<StopEvent> wait_for_stop(Deadline) override { return unsupported(); }
     ErrorOr<StopEvent> interrupt(Deadline) override { return unsupported(); }
     ErrorOr<StopEvent> step(VcpuId, Deadline) override { return unsupported(); }
