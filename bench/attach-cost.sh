@@ -2,8 +2,9 @@
 # attach-cost.sh - what attaching costs a guest: time to a ready shadow, VM stops (every
 # one pauses all vCPUs and, under TCG, discards QEMU's translated code), stops at the
 # kernel-wide trap, breakpoint changes and how long the VM stood still for those stops in
-# all. Four guests in one run: the busybox guest and the
-# Debian 12 systemd guest, each idle and with two CPU-bound loops running.
+# all. In one run: the busybox guest and the Debian 12 systemd guest, each idle and with
+# two CPU-bound loops running, and the Debian guest with a busy container (a process that
+# must not be borrowed, returning from syscalls all the time).
 #
 #   bench/attach-cost.sh [--rounds N] [--cloudvmi PATH] [--json FILE] [--only busybox|debian]
 #
@@ -88,6 +89,11 @@ if [ "$ONLY" != busybox ]; then
     ssh_deb "systemd-run --unit=cvmi-busy /bin/sh -c '(while :; do :; done) & while :; do :; done'" >/dev/null
     measure "debian, 2 busy loops" "$GDB"
     ssh_deb systemctl stop cvmi-busy || true
+    # A root process that may not be borrowed (pid 1 of its own pid namespace) and returns
+    # from syscalls all the time: each of its stops at the trap costs until another comes.
+    ssh_deb "systemd-run --unit=cvmi-ns /usr/bin/unshare -fpm --mount-proc /bin/sh -c 'while :; do read x </proc/uptime; done'" >/dev/null
+    measure "debian, busy container" "$GDB"
+    ssh_deb "systemctl kill --signal=KILL cvmi-ns; systemctl stop cvmi-ns" >/dev/null 2>&1 || true
 fi
 
 echo

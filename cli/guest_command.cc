@@ -123,9 +123,10 @@ int cmd_info(GuestSession& session, GuestFileOps& ops) {
                 inj.candidates_rejected, inj.rejected.empty() ? "" : ": ", inj.rejected.c_str());
     std::printf(
         "vm stops:      %llu during the bootstrap (%d at the kernel-wide trap, armed "
-        "%.1f ms; %d of other threads), %llu breakpoint changes, stopped %.1f ms in all\n",
+        "%.1f ms, rested %d times; %d of other threads), %llu breakpoint changes, stopped "
+        "%.1f ms in all\n",
         static_cast<unsigned long long>(st.bootstrap_cost.stops), inj.kernel_trap_stops,
-        inj.kernel_trap_armed_ms, inj.foreign_stops,
+        inj.kernel_trap_armed_ms, inj.kernel_trap_rests, inj.foreign_stops,
         static_cast<unsigned long long>(st.bootstrap_cost.breakpoint_changes),
         st.bootstrap_cost.stopped_ms);
     std::printf("engine:        %s\n", st.engine.c_str());

@@ -83,6 +83,7 @@ nlohmann::ordered_json stats_fields(Vm& vm) {
         {"bootstrap_vm_stops", st.bootstrap_cost.stops},
         {"bootstrap_vm_stopped_ms", rounded(st.bootstrap_cost.stopped_ms, 0.1)},
         {"bootstrap_kernel_trap_stops", st.bootstrap.injector.kernel_trap_stops},
+        {"bootstrap_kernel_trap_rests", st.bootstrap.injector.kernel_trap_rests},
         {"vm_stops", st.vm_cost.stops},
         {"vm_stopped_ms", rounded(st.vm_cost.stopped_ms, 0.1)},
         {"breakpoint_changes", st.vm_cost.breakpoint_changes},

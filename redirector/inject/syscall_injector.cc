@@ -17,6 +17,16 @@ constexpr uint8_t kSyscallInsn[2] = {0x0f, 0x05};
 constexpr uint64_t kPrGetSeccomp = 21;
 constexpr const char* kInitKeptForLast = "init, borrowed only if no other process comes by";
 constexpr Millis kInitLastFor{1000};
+// A thread that may not be borrowed but returns from syscalls all the time (a busy
+// container, a non-root server) would stop the VM twice per syscall while another is
+// awaited. After a few such stops in a row the trap is lifted for a rest that doubles up
+// to the longest, and after each rest it stays armed for two of them at least (a thread
+// woken with the busy one, by the same timer, comes by second). A thread that comes by
+// during a rest is caught at one of its later syscalls.
+constexpr int kRefusedStopsBeforeRest = 4;
+constexpr int kRefusedStopsBetweenRests = 2;
+constexpr Millis kFirstTrapRest{8};
+constexpr Millis kLongestTrapRest{64};
 
 std::set<uint64_t> merged(std::set<uint64_t> a, const std::set<uint64_t>& b) {
     a.insert(b.begin(), b.end());
@@ -144,6 +154,9 @@ ErrorOr<void> SyscallInjector::catch_candidate(const std::set<uint64_t>& rejecte
         stats_.kernel_trap_armed_ms += elapsed_ms(armed_at);
         return {};
     };
+    int refused_in_a_row = 0;
+    int refused_allowed = kRefusedStopsBeforeRest;
+    Millis rest = kFirstTrapRest;
     while (true) {
         auto ev = guest_.wait_for_stop(deadline_);
         if (!ev) {
@@ -190,15 +203,37 @@ ErrorOr<void> SyscallInjector::catch_candidate(const std::set<uint64_t>& rejecte
                 return {};
             }
         }
-        TRY(step_over(ev->vcpu, kernel_.sysret));
-        TRY(guest_.resume());
+        if (++refused_in_a_row < refused_allowed) {
+            TRY(step_over(ev->vcpu, kernel_.sysret));
+            TRY(guest_.resume());
+            continue;
+        }
+        stats_.kernel_trap_armed_ms += elapsed_ms(armed_at);
+        TRY(rest_trap(rest));
+        armed_at = Clock::now();
+        rest = std::min(rest * 2, kLongestTrapRest);
+        refused_in_a_row = 0;
+        refused_allowed = kRefusedStopsBetweenRests;
     }
+}
+
+ErrorOr<void> SyscallInjector::rest_trap(Millis rest) {
+    ++stats_.kernel_trap_rests;
+    // Lifted, the trap needs no step over it: the thread at it runs on with the guest.
+    TRY(traps_.disarm(kernel_.sysret));
+    TRY(guest_.resume());
+    auto other = guest_.wait_for_stop(deadline_.min(Deadline::after(rest)));
+    if (!other && other.error().code() != ETIMEDOUT) return std::unexpected(other.error());
+    // Stopped by something else meanwhile, or now by us: either way nothing of ours is
+    // armed there, and the guest may go on. At the deadline the caller's wait ends at once.
+    if (!other) TRY(guest_.interrupt(Deadline::after(kCleanupGrace)));
+    TRY(traps_.arm(kernel_.sysret));
+    return guest_.resume();
 }
 
 ErrorOr<std::string> SyscallInjector::vet_candidate(Deadline init_allowed,
                                                     const std::set<int64_t>& foreign_pids) {
     pid_ = x86abi::as_signed(TRY(syscall(x86abi::kGetpid, {})));
-    if (pid_ == 1 && !init_allowed.expired()) return std::string(kInitKeptForLast);
     if (foreign_pids.count(pid_)) return std::string("in another namespace (seen before)");
     if (!foreign_pids.empty()) {
         // Short-lived children of a process in a container would each cost a full check.
@@ -217,6 +252,14 @@ ErrorOr<std::string> SyscallInjector::vet_candidate(Deadline init_allowed,
                    ? strformat("prctl(PR_GET_SECCOMP) failed: %s",
                                std::strerror(static_cast<int>(-x86abi::as_signed(mode))))
                    : strformat("seccomp mode %llu", static_cast<unsigned long long>(mode));
+    }
+    if (pid_ == 1) {
+        // Asked only now that no seccomp filter can object. The VM's init sees kthreadd as
+        // pid 2, in no session; a container's init sees its own processes, or none (ESRCH).
+        uint64_t sid_of_2 = TRY(syscall(x86abi::kGetsid, {2}));
+        if (sid_of_2 != 0)
+            return std::string("init of another pid namespace (its pid 2 is not kthreadd)");
+        if (!init_allowed.expired()) return std::string(kInitKeptForLast);
     }
     return std::string();
 }

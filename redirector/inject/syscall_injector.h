@@ -42,6 +42,7 @@ struct InjectorStats {
     int candidates_rejected = 0;
     int kernel_trap_stops = 0;        // every stop at the kernel-wide trap
     double kernel_trap_armed_ms = 0;  // how long it was armed, in all
+    int kernel_trap_rests = 0;        // times it was lifted for a while (busy unusable threads)
     int landings = 0;                 // our own thread back at its landing
     int foreign_stops = 0;            // other threads at one of our user breakpoints
     double hijack_ms = 0;
@@ -61,9 +62,11 @@ class SyscallInjector {
     // first thread that returns to user mode after a `syscall` instruction, runs as root
     // and has no seccomp filter (checked with getpid, getuid and prctl(PR_GET_SECCOMP),
     // which every filter systemd or a container runtime installs allows), and whose
-    // address space is not in `skip_cr3s`; init only if no other such thread comes by
-    // within a second. Processes in `foreign_pids` (found in other namespaces before) and
-    // their children are let go too. Returns with that thread held and the guest stopped.
+    // address space is not in `skip_cr3s`; the VM's init only if no other such thread comes
+    // by within a second (pid 1 of a container, whose pid 2 is not kthreadd, never). Processes
+    // in `foreign_pids` (found in other namespaces before) and their children are let go too.
+    // Busy threads that are let go make the trap rest now and then (catch_candidate).
+    // Returns with that thread held and the guest stopped.
     ErrorOr<void> hijack(const std::set<uint64_t>& skip_cr3s = {},
                          const std::set<int64_t>& foreign_pids = {});
     bool hijacked() const { return phase_ != Phase::kIdle; }
@@ -130,6 +133,9 @@ class SyscallInjector {
                                        const std::set<int64_t>& foreign_pids);
     // Gives a vetted-out candidate back and lets the guest run on towards the next one.
     ErrorOr<void> let_go(const std::string& why);
+    // With the guest stopped at the kernel-wide trap: lets it run without the trap for
+    // `rest`, then arms it again and leaves the guest running.
+    ErrorOr<void> rest_trap(Millis rest);
     ErrorOr<void> step_over(VcpuId vcpu, uint64_t addr);
     // Writes `regs` to the thread, lets the guest run and waits for it at the landing.
     ErrorOr<kvm_regs> run_to_landing(const kvm_regs& regs);

@@ -198,7 +198,8 @@ ErrorOr<void> ShadowProcess::bootstrap_once(const KernelEntryPoints& kernel,
         LOG_INFO("not borrowing the thread with cr3 %s: %s", hex_u64(inj.cr3()).c_str(),
                  refusal.c_str());
         skip.insert(parent_space_);
-        if (foreign_parent_) foreign_pids_.insert(inj.pid());
+        // Pids count per namespace: 1 is the VM's init as well (and every daemon's parent).
+        if (foreign_parent_ && inj.pid() != 1) foreign_pids_.insert(inj.pid());
         return make_error(EAGAIN, "the borrowed process is unsuitable: " + refusal);
     }
     if (started) {

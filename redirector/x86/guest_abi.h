@@ -38,6 +38,7 @@ enum Sys : uint64_t {
     kGetuid = 102,
     kGetppid = 110,
     kSetsid = 112,
+    kGetsid = 124,
     kMlock = 149,
     kPrctl = 157,
     kGettid = 186,

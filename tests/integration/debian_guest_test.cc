@@ -38,6 +38,19 @@ namespace {
 // candidates go (two unprivileged, one under seccomp) at a few stops each.
 constexpr uint64_t kMaxStopsPerAttach = 80;
 
+// Where a thread that must not be borrowed returns from syscalls all the time, the attach
+// also pays two stops for each of its stops at the kernel-wide trap until a usable thread
+// comes by, which may take seconds; the trap's rests bound how many those are (see
+// SyscallInjector::catch_candidate): per candidate caught, four before the first rest and
+// three rests of 8, 16 and 32 ms; then two per 64 ms rest.
+bool trap_rests_bound_refused_stops(const InjectorStats& inj) {
+    int refused = inj.kernel_trap_stops - inj.candidates_seen;
+    double bound = 10.0 * inj.candidates_seen + inj.hijack_ms / 32 + 2;
+    UNSCOPED_INFO(refused << " refused stops at the trap in " << inj.hijack_ms << " ms, "
+                          << inj.kernel_trap_rests << " rests; at most " << bound);
+    return refused <= bound;
+}
+
 // Arrival times (host clock) of the guest's "HEARTBEAT <time> <n>" console lines.
 class HeartbeatWatch {
   public:
@@ -177,7 +190,8 @@ struct Attach {
 };
 
 // One attach with a session of its own; checks the cost and what was borrowed, detaches.
-Attach attach_once(TestGuest& guest) {
+// `busy_unusable` says a thread that must not be borrowed makes syscalls all the time.
+Attach attach_once(TestGuest& guest, bool busy_unusable = false) {
     Attach a;
     GuestSession s(guest.session_options());
     auto start = Clock::now();
@@ -195,7 +209,9 @@ Attach attach_once(TestGuest& guest) {
     if (st) {
         a.borrowed_seccomp = field_value(text(*st), "Seccomp");
     } else {
-        CHECK(st.error().code() == ENOENT);  // a short-lived process, gone since
+        // A short-lived process, gone since: before the open (ENOENT) or before the read.
+        INFO(st.error().describe());
+        CHECK((st.error().code() == ENOENT || st.error().code() == ESRCH));
         a.borrowed_seccomp = "0";
     }
     REQUIRE(s.detach());
@@ -206,7 +222,13 @@ Attach attach_once(TestGuest& guest) {
                             << " breakpoint changes, VM stopped "
                             << a.status.bootstrap_cost.stopped_ms << " ms; borrowed "
                             << a.status.bootstrap.borrowed << "; let go: " << inj.rejected);
-    CHECK(a.status.bootstrap_cost.stops < kMaxStopsPerAttach);
+    if (busy_unusable) {
+        uint64_t refused = inj.kernel_trap_stops - inj.candidates_seen;
+        CHECK(a.status.bootstrap_cost.stops - 2 * refused < kMaxStopsPerAttach);
+        CHECK(trap_rests_bound_refused_stops(inj));
+    } else {
+        CHECK(a.status.bootstrap_cost.stops < kMaxStopsPerAttach);
+    }
     // The time it stood the VM still: a small part of the attach (the rest runs the guest).
     CHECK(a.status.bootstrap_cost.stopped_ms > 0);
     CHECK(a.status.bootstrap_cost.stopped_ms < a.ms);
@@ -294,7 +316,7 @@ TEST_CASE("Debian guest: a root loop in its own pid and mount namespaces is neve
     for (int i = 0; i < 3; ++i) {
         // Our own ssh session's sshd, fresh from syscalls, would come by first.
         std::this_thread::sleep_for(std::chrono::seconds(2));
-        auto a = attach_once(guest);
+        auto a = attach_once(guest, /*busy_unusable=*/true);
         if (a.status.bootstrap.injector.rejected.find("namespace") != std::string::npos) ++let_go;
         WARN("borrowed " << a.status.bootstrap.borrowed
                          << "; let go: " << a.status.bootstrap.injector.rejected);
@@ -305,6 +327,9 @@ TEST_CASE("Debian guest: a root loop in its own pid and mount namespaces is neve
         if (ns.status == 0) CHECK(trimmed(ns.out) == init_ns);  // (or it exited since)
     }
     WARN("candidates in other namespaces let go in " << let_go << " of 3 attaches");
+    // It comes by first nearly every time, and is let go as what it is: once taken for the
+    // VM's init, it was kept for last and stopped the VM at each of its syscalls.
+    CHECK(let_go >= 1);
     CHECK(processes_with_shadow_code(guest).empty());
     // Its sh is pid 1 of its namespace and ignores SIGTERM: killed, and forgotten.
     must_ssh(guest,

@@ -291,6 +291,7 @@ struct OpenFile {
 
 struct FakeGuest::Process {
     int64_t pid = 0, ppid = 0, pgid = 0, sid = 0;
+    int64_t ns_pid = 0;  // in its own pid namespace, if not the initial one
     uint32_t uid = 0;
     std::string comm, mnt_ns, pid_ns, user_ns, exe, root = "/", cwd = "/";
     uint64_t seccomp = 0;
@@ -310,6 +311,19 @@ struct FakeGuest::Process {
     uint64_t arg_start = 0, arg_end = 0;
     bool locked = false;
 };
+
+namespace {
+
+// Pids as the process itself sees them: a container's init is pid 1 in its namespace,
+// and its parent is outside it (0).
+int64_t visible_pid(const FakeGuest::Process& p) {
+    return p.ns_pid != 0 ? p.ns_pid : p.pid;
+}
+int64_t visible_ppid(const FakeGuest::Process& p) {
+    return p.ns_pid == 1 ? 0 : p.ppid;
+}
+
+}  // namespace
 
 struct FakeGuest::Thread {
     int64_t tid = 0, pid = 0;
@@ -407,6 +421,7 @@ FakeGuest::FakeGuest(FakeOptions options) : options_(std::move(options)) {
     init.pid = kInitPid;
     init.comm = "init";
     init.loop = {Step::call(kWait4, {~uint64_t{0}, 0, kWall, 0}), Step::sleep(10)};
+    if (options_.busy_init) init.loop = {Step::call(kGetpid)};
     create_process(init, 0);
     if (options_.sleeper) {
         ProcessSpec s;
@@ -459,6 +474,7 @@ FakeGuest::Process& FakeGuest::create_process(const ProcessSpec& spec, int64_t p
     p->ppid = ppid;
     p->pgid = p->pid;
     p->sid = p->pid;
+    p->ns_pid = spec.ns_pid;
     p->uid = spec.uid;
     p->comm = spec.comm.substr(0, 15);
     p->mnt_ns = spec.mnt_ns;
@@ -1266,7 +1282,7 @@ void FakeGuest::workload_check(Thread& t) {
     std::optional<uint64_t> want;
     switch (t.expect_nr) {
         case kGetpid:
-            want = static_cast<uint64_t>(p.pid);
+            want = static_cast<uint64_t>(visible_pid(p));
             break;
         case kGetuid:
             want = p.uid;
@@ -1275,7 +1291,7 @@ void FakeGuest::workload_check(Thread& t) {
             want = static_cast<uint64_t>(t.tid);
             break;
         case kGetppid:
-            want = static_cast<uint64_t>(p.ppid);
+            want = static_cast<uint64_t>(visible_ppid(p));
             break;
         case kNanosleep:
             if (r.rax != neg(EINTR)) want = 0;
@@ -1733,11 +1749,13 @@ FakeGuest::Outcome FakeGuest::dispatch(Thread& t, uint64_t nr, const std::array<
             return block(Thread::Wait::kSleep);
         }
         case kGetpid:
-            return done(static_cast<uint64_t>(p.pid));
+            return done(static_cast<uint64_t>(visible_pid(p)));
         case kGettid:
             return done(static_cast<uint64_t>(t.tid));
         case kGetppid:
-            return done(static_cast<uint64_t>(p.ppid));
+            return done(static_cast<uint64_t>(visible_ppid(p)));
+        case kGetsid:
+            return done(sys_getsid(p, as_signed(a[0])));
         case kGetuid:
             return done(p.uid);
         case kClone:
@@ -1884,6 +1902,21 @@ uint64_t FakeGuest::sys_mprotect(Process& p, uint64_t addr, uint64_t len, uint64
     if (end == addr) return 0;
     if ((prot & kProtExec) && p.deny_exec) return neg(EACCES);
     return p.mm.protect(addr, end, prot) ? 0 : neg(ENOMEM);
+}
+
+uint64_t FakeGuest::sys_getsid(const Process& p, int64_t pid) const {
+    if (pid == 0) return static_cast<uint64_t>(p.ns_pid != 0 ? 0 : p.sid);
+    if (p.pid_ns == kInitPidNs) {
+        if (pid == 2) return 0;  // kthreadd, in no session
+        const Process* q = process_ptr(pid);
+        return q ? static_cast<uint64_t>(q->sid) : neg(ESRCH);
+    }
+    // Another pid namespace sees its own processes alone, by their pids there; their
+    // sessions began outside it.
+    for (const auto& [global, q] : processes_) {
+        if (q->pid_ns == p.pid_ns && visible_pid(*q) == pid) return 0;
+    }
+    return neg(ESRCH);
 }
 
 uint64_t FakeGuest::sys_clone(Thread& t, const std::array<uint64_t, 6>& a) {

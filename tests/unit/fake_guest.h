@@ -108,6 +108,7 @@ struct Step {
 
 struct ProcessSpec {
     int64_t pid = 0;
+    int64_t ns_pid = 0;  // its pid in its own pid namespace (0: `pid`); 1 for a container's init
     std::string comm;
     uint32_t uid = 0;
     std::string mnt_ns = kInitMntNs;
@@ -131,6 +132,7 @@ struct FakeOptions {
     bool container = false;    // root in another mount namespace, nanosleep(container_sleep_ms)
     int container_sleep_ms = 2;
     bool band_process = false;  // root, its code in the shadow band, getpid + nanosleep(1)
+    bool busy_init = false;     // init calls getpid all the time (and reaps nothing)
     std::vector<ProcessSpec> extra;
     int warmup_ticks = 25;                   // ticks run by the constructor before "attaching"
     int time_slice = 3;                      // user-mode ticks before a thread is preempted
@@ -348,6 +350,7 @@ class FakeGuest : public GuestAccess {
     uint64_t sys_munmap(Process& p, uint64_t addr, uint64_t len);
     uint64_t sys_mprotect(Process& p, uint64_t addr, uint64_t len, uint64_t prot);
     uint64_t sys_clone(Thread& t, const std::array<uint64_t, 6>& a);
+    uint64_t sys_getsid(const Process& p, int64_t pid) const;
     uint64_t sys_openat(Process& p, const std::array<uint64_t, 6>& a);
     uint64_t sys_read(Thread& t, const std::array<uint64_t, 6>& a, bool positional, bool& block);
     uint64_t sys_getdents64(Process& p, const std::array<uint64_t, 6>& a);

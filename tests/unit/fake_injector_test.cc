@@ -171,7 +171,9 @@ TEST_CASE("fake injector: a root thread under a seccomp filter is let go after p
     auto k = fixture_entry_points();
     RecoveryLog log;
     SyscallInjector inj(g, k, log, attach_deadline());
-    REQUIRE(inj.hijack());
+    auto hj = inj.hijack();
+    INFO((hj ? std::string() : hj.error().describe()));
+    REQUIRE(hj);
     CHECK(g.thread(hijacked_tid(g, inj))->pid == kSleeperPid);
     // Asked its uid and its seccomp mode (queries its filter allows), nothing else.
     CHECK(only_vetted(g, 500));
@@ -182,6 +184,72 @@ TEST_CASE("fake injector: a root thread under a seccomp filter is let go after p
     uint64_t c0 = checked(g, 500);
     run_free(g, 100);
     CHECK(checked(g, 500) > c0);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake injector: pid 1 of a container is let go, not kept as the VM's init", "[fake]") {
+    // Root, no seccomp, pid 1 in its own pid namespace and making syscalls all the time:
+    // kept for last as if it were the VM's init, it would stop the VM at each of them
+    // while other threads are waited for.
+    ProcessSpec init_of_container;
+    init_of_container.pid = 500;
+    init_of_container.ns_pid = 1;
+    init_of_container.comm = "container-init";
+    init_of_container.mnt_ns = kContainerMntNs;
+    init_of_container.pid_ns = kContainerPidNs;
+    init_of_container.loop = {Step::call(kGetpid)};
+    FakeGuest g(
+        FakeOptions{.sleeper_delay_ms = 200, .worker = false, .extra = {init_of_container}});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    SyscallInjector inj(g, k, log, attach_deadline());
+    REQUIRE(inj.hijack());
+    CHECK(g.thread(hijacked_tid(g, inj))->pid == kSleeperPid);
+    INFO(inj.stats().rejected);
+    CHECK(inj.stats().rejected.find("pid 1: init of another pid namespace") != std::string::npos);
+    CHECK(inj.stats().rejected.find("init, borrowed only if") == std::string::npos);
+    CHECK(injected_kinds(g, 500).count(kGetsid));
+    REQUIRE(inj.release());
+    run_free(g, 50);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake injector: the VM's init is kept for last, after a look at pid 2", "[fake]") {
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 200, .worker = false, .busy_init = true});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    SyscallInjector inj(g, k, log, attach_deadline());
+    REQUIRE(inj.hijack());
+    CHECK(g.thread(hijacked_tid(g, inj))->pid == kSleeperPid);
+    CHECK(inj.stats().rejected == "pid 1: init, borrowed only if no other process comes by");
+    REQUIRE(inj.release());
+    run_free(g, 50);
+    INFO(g.anomalies_text());
+    CHECK(g.anomalies().empty());
+}
+
+TEST_CASE("fake injector: a busy thread that is never borrowed stops the VM only now and then",
+          "[fake]") {
+    // The uid-1000 worker returns from a syscall every tick or two; the sleeper, the only
+    // usable thread, starts after a second.
+    FakeGuest g(FakeOptions{.sleeper_delay_ms = 1000});
+    auto k = fixture_entry_points();
+    RecoveryLog log;
+    SyscallInjector inj(g, k, log, attach_deadline());
+    REQUIRE(inj.hijack());
+    CHECK(g.thread(hijacked_tid(g, inj))->pid == kSleeperPid);
+    CHECK(g.now() >= 1000);
+    CHECK(natural(g, kWorkerPid) > 150);
+    INFO("worker syscalls " << natural(g, kWorkerPid) << ", trap rests "
+                            << inj.stats().kernel_trap_rests);
+    CHECK(inj.stats().kernel_trap_stops < 60);  // 200 and more without rests
+    CHECK(inj.stats().kernel_trap_rests > 5);
+    CHECK(g.stats().stops < 120);
+    REQUIRE(inj.release());
+    CHECK(g.armed_breakpoints().empty());
+    run_free(g, 50);
     INFO(g.anomalies_text());
     CHECK(g.anomalies().empty());
 }
