@@ -1,6 +1,7 @@
 #include "redirector/guest/gdbstub_access.h"
 
 #include <cstring>
+#include <utility>
 
 #include "common/strings.h"
 
@@ -148,10 +149,7 @@ ErrorOr<void> GdbstubAccess::resume() {
 }
 
 void GdbstubAccess::run_before_resume() {
-    if (!before_resume_) return;
-    auto note = std::move(before_resume_);
-    before_resume_ = nullptr;
-    note();
+    if (auto note = std::exchange(before_resume_, nullptr)) note();
 }
 
 void GdbstubAccess::note_resumed() {

@@ -43,8 +43,11 @@ constexpr uint64_t kMaxStopsPerAttach = 80;
 // comes by, which may take seconds; the trap's rests bound how many those are (see
 // SyscallInjector::catch_candidate): per candidate caught, four before the first rest and
 // three rests of 8, 16 and 32 ms; then two per 64 ms rest.
+int refused_trap_stops(const InjectorStats& inj) {
+    return inj.kernel_trap_stops - inj.candidates_seen;
+}
 bool trap_rests_bound_refused_stops(const InjectorStats& inj) {
-    int refused = inj.kernel_trap_stops - inj.candidates_seen;
+    int refused = refused_trap_stops(inj);
     double bound = 10.0 * inj.candidates_seen + inj.hijack_ms / 32 + 2;
     UNSCOPED_INFO(refused << " refused stops at the trap in " << inj.hijack_ms << " ms, "
                           << inj.kernel_trap_rests << " rests; at most " << bound);
@@ -223,7 +226,7 @@ Attach attach_once(TestGuest& guest, bool busy_unusable = false) {
                             << a.status.bootstrap_cost.stopped_ms << " ms; borrowed "
                             << a.status.bootstrap.borrowed << "; let go: " << inj.rejected);
     if (busy_unusable) {
-        uint64_t refused = inj.kernel_trap_stops - inj.candidates_seen;
+        uint64_t refused = refused_trap_stops(inj);
         CHECK(a.status.bootstrap_cost.stops - 2 * refused < kMaxStopsPerAttach);
         CHECK(trap_rests_bound_refused_stops(inj));
     } else {

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -33,6 +34,16 @@ namespace {
 
 // Boots after the first one when a guest kernel dies while booting (see TestGuest::boot).
 constexpr int kBootRetries = 2;
+
+// Checks `done` every 100 ms until it holds or `timeout_ms` passes; whether it held.
+bool poll_until(const std::function<bool()>& done, int timeout_ms) {
+    auto deadline = Deadline::after_ms(timeout_ms);
+    while (!done()) {
+        if (deadline.expired()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return true;
+}
 
 std::string env_or(const char* name, const std::string& fallback) {
     const char* v = std::getenv(name);
@@ -411,12 +422,7 @@ std::string TestGuest::run_state() const {
 }
 
 bool TestGuest::await_run_state(const std::string& state, int timeout_ms) const {
-    auto deadline = Deadline::after_ms(timeout_ms);
-    while (run_state() != state) {
-        if (deadline.expired()) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return true;
+    return poll_until([&] { return run_state() == state; }, timeout_ms);
 }
 
 SessionOptions TestGuest::session_options() const {
@@ -545,12 +551,7 @@ std::vector<pid_t> guardians_of(const std::string& state_dir) {
 }
 
 bool await_guardians_gone(const std::string& state_dir, int timeout_ms) {
-    auto deadline = Deadline::after_ms(timeout_ms);
-    while (!guardians_of(state_dir).empty()) {
-        if (deadline.expired()) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return true;
+    return poll_until([&] { return guardians_of(state_dir).empty(); }, timeout_ms);
 }
 
 std::string text(const std::vector<uint8_t>& bytes) {

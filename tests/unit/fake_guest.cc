@@ -6,6 +6,7 @@
 #include <iterator>
 #include <map>
 #include <sstream>
+#include <utility>
 
 #include "common/strings.h"
 #include "redirector/shadow/shadow_layout.h"
@@ -2349,10 +2350,7 @@ void FakeGuest::host_moved(Vcpu& c, uint64_t rip) {
 }
 
 void FakeGuest::run_before_resume() {
-    if (!before_resume_) return;
-    auto note = std::move(before_resume_);
-    before_resume_ = nullptr;
-    note();
+    if (auto note = std::exchange(before_resume_, nullptr)) note();
 }
 
 ErrorOr<void> FakeGuest::resume() {
