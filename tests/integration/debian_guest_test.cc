@@ -55,6 +55,9 @@ bool trap_rests_bound_refused_stops(const InjectorStats& inj) {
 }
 
 // Arrival times (host clock) of the guest's "HEARTBEAT <time> <n>" console lines.
+// The guest's clock stands still while the VM is stopped (under TCG it follows QEMU's
+// virtual clock), so by how much it falls behind the host's tells a stopped VM from a
+// running guest that did not get to beat (to the second: the beat carries whole seconds).
 class HeartbeatWatch {
   public:
     explicit HeartbeatWatch(const TestGuest& guest) : guest_(guest) {
@@ -67,52 +70,74 @@ class HeartbeatWatch {
     // Longest time between two heartbeats seen so far, the one in progress included.
     double max_gap_s() const {
         std::lock_guard lock(mutex_);
-        double open = last_ ? std::chrono::duration<double>(Clock::now() - *last_).count() : 0;
-        return std::max(max_gap_, open);
+        return std::max(max_gap_, open_gap());
     }
     long beats() const {
         std::lock_guard lock(mutex_);
         return last_counter_;
     }
-    // The longest gap since the previous call (for telling which step starved the guest).
-    double gap_since_checkpoint() {
+    // How long the VM stood still since the first beat seen (to about a second).
+    double vm_stopped_s() const {
         std::lock_guard lock(mutex_);
-        double open = last_ ? std::chrono::duration<double>(Clock::now() - *last_).count() : 0;
-        double gap = std::max(checkpoint_gap_, open);
+        return clock_lag_ - first_lag_;
+    }
+    struct Stall {
+        double longest_gap_s = 0;
+        double vm_stopped_s = 0;  // how far the guest's clock fell behind meanwhile
+    };
+    // Since the previous call (for telling which step starved the guest).
+    Stall stall_since_checkpoint() {
+        std::lock_guard lock(mutex_);
+        Stall stall{std::max(checkpoint_gap_, open_gap()), clock_lag_ - checkpoint_lag_};
         checkpoint_gap_ = 0;
-        return gap;
+        checkpoint_lag_ = clock_lag_;
+        return stall;
     }
 
   private:
+    struct Beat {
+        long counter = -1;
+        int64_t guest_time = 0;
+    };
+    double open_gap() const {
+        return last_ ? std::chrono::duration<double>(Clock::now() - *last_).count() : 0;
+    }
     void run() {
         while (!stop_) {
-            long counter = last_counter_in(guest_.serial_log());
+            Beat beat = last_beat_in(guest_.serial_log());
             {
                 std::lock_guard lock(mutex_);
-                if (counter > last_counter_) {
-                    auto now = Clock::now();
-                    if (last_) {
-                        double gap = std::chrono::duration<double>(now - *last_).count();
-                        max_gap_ = std::max(max_gap_, gap);
-                        checkpoint_gap_ = std::max(checkpoint_gap_, gap);
-                    }
-                    last_ = now;
-                    last_counter_ = counter;
-                }
+                if (beat.counter > last_counter_) note(beat);
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
     }
-    static long last_counter_in(const std::string& log) {
+    void note(const Beat& beat) {
+        auto now = Clock::now();
+        if (last_) {
+            double gap = std::chrono::duration<double>(now - *last_).count();
+            max_gap_ = std::max(max_gap_, gap);
+            checkpoint_gap_ = std::max(checkpoint_gap_, gap);
+        }
+        double host_time =
+            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        clock_lag_ = host_time - static_cast<double>(beat.guest_time);
+        if (!last_) first_lag_ = checkpoint_lag_ = clock_lag_;
+        last_ = now;
+        last_counter_ = beat.counter;
+    }
+    static Beat last_beat_in(const std::string& log) {
         size_t pos = log.rfind("HEARTBEAT ");
-        if (pos == std::string::npos) return -1;
+        if (pos == std::string::npos) return {};
         size_t end = log.find('\n', pos);
-        if (end == std::string::npos) return -1;  // a line still being written
+        if (end == std::string::npos) return {};  // a line still being written
         std::string line = log.substr(pos, end - pos);
         if (!line.empty() && line.back() == '\r') line.pop_back();  // the console's CRLF
         auto fields = split(line, ' ');
-        if (fields.size() < 3) return -1;
-        return static_cast<long>(parse_u64(std::string(fields[2])).value_or(0));
+        if (fields.size() < 3) return {};
+        return {static_cast<long>(parse_u64(std::string(fields[2])).value_or(0)),
+                static_cast<int64_t>(parse_u64(std::string(fields[1])).value_or(0))};
     }
 
     const TestGuest& guest_;
@@ -123,6 +148,9 @@ class HeartbeatWatch {
     long last_counter_ = -1;
     double max_gap_ = 0;
     double checkpoint_gap_ = 0;
+    double clock_lag_ = 0;  // host clock minus the guest's, at the last beat
+    double checkpoint_lag_ = 0;
+    double first_lag_ = 0;
 };
 
 TestGuest& debian() {
@@ -156,12 +184,19 @@ void await_next_beat() {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
 }
 
-// Says how long the guest's heartbeat stalled during the test case that ends here.
+// Says how long the guest's heartbeat stalled during the test case it spans (the watch
+// starts with the first one, so a test case run on its own is measured too).
 struct HeartbeatCheckpoint {
     const char* name;
+    explicit HeartbeatCheckpoint(const char* case_name) : name(case_name) {
+        (void)heartbeat().stall_since_checkpoint();
+    }
     ~HeartbeatCheckpoint() {
-        WARN("longest heartbeat gap during '" << name << "': " << heartbeat().gap_since_checkpoint()
-                                              << " s");
+        auto stall = heartbeat().stall_since_checkpoint();
+        WARN(
+            strformat("longest heartbeat gap during '%s': %.1f s (the VM stood still for about "
+                      "%.0f s in all)",
+                      name, stall.longest_gap_s, stall.vm_stopped_s));
     }
 };
 
@@ -463,7 +498,7 @@ TEST_CASE("Debian guest: 100 000 directory entries list whole; big files read wh
 // changed through the mount, as the policy allows it.
 TEST_CASE("Debian guest: changes through the mount, as the policy allows", "[debian]") {
     auto& guest = debian();
-    heartbeat();
+    HeartbeatCheckpoint checkpoint{"changes through the mount, as the policy "};
     must_ssh(guest,
              "rm -rf /root/cvmi && mkdir /root/cvmi && echo keep >/root/cvmi/keep && "
              "sysctl -qw net.ipv4.ip_forward=0");
@@ -592,24 +627,32 @@ TEST_CASE("Debian guest: a borrowed thread killed during an injected syscall is 
     x86abi::Timespec long_sleep{600, 0};
     REQUIRE(inj.write_memory(
         page + 64, std::span(reinterpret_cast<const uint8_t*>(&long_sleep), sizeof long_sleep)));
-    std::thread killer([&] {
+    // The injector comes back with the VM stopped, which the killer's ssh session needs
+    // running to end: it is joined only once the VM runs again (joined right here, it once
+    // held the VM for a minute). Its session stays open a while after the kill to show it,
+    // in a builtin: a process started after the kill could take over the freed page table
+    // that tells the injector the loop's address space is gone (see wait_for_landing).
+    std::jthread killer([&] {
         std::this_thread::sleep_for(std::chrono::seconds(2));
-        guest.ssh("kill -KILL " + std::to_string(victim));
+        guest.ssh(
+            "rm -f /run/cvmi-hold && mkfifo /run/cvmi-hold && exec 3<>/run/cvmi-hold && "
+            "kill -KILL " +
+            std::to_string(victim) + "; read -t 15 -u 3 x; rm -f /run/cvmi-hold");
     });
     auto started = Clock::now();
     auto slept = inj.syscall(x86abi::kNanosleep, {page + 64, 0});
     double waited_ms = elapsed_ms(started);
-    killer.join();
     INFO("waited " << waited_ms << " ms: " << (slept ? "came back" : slept.error().describe()));
     REQUIRE_FALSE(slept);
     CHECK(slept.error().code() == ESRCH);
     CHECK_FALSE(inj.hijacked());
     CHECK(log.current().thread_phase == ThreadPhase::kNone);
-    // The kill over ssh (seconds under TCG), then at most a check slice or two.
+    // The kill, then at most a few check slices.
     CHECK(waited_ms < 20000);
     WARN("a killed borrowed thread was let go after " << waited_ms << " ms");
     REQUIRE(inj.release());
     REQUIRE(g.detach());
+    killer.join();
     CHECK(guest.ssh("kill -0 " + std::to_string(victim)).status != 0);
     must_ssh(guest, "systemctl reset-failed cvmi-victim 2>/dev/null; true");
     CHECK(trimmed(must_ssh(guest, "echo alive")) == "alive");
@@ -636,9 +679,11 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
         // Each round's stalls (the killed job's, its guardian's, the next attach's)
         // measured on their own.
         await_next_beat();
-        rounds += strformat("%d: killed at %d ms%s, gap %.1f s; ", round, killed.killed_after_ms,
-                            plan.after_guest_modified ? " after a change" : "",
-                            heartbeat().gap_since_checkpoint());
+        auto stall = heartbeat().stall_since_checkpoint();
+        rounds +=
+            strformat("%d: killed at %d ms%s, gap %.1f s (VM stopped ~%.0f s); ", round,
+                      killed.killed_after_ms, plan.after_guest_modified ? " after a change" : "",
+                      stall.longest_gap_s, stall.vm_stopped_s);
     }
     WARN("rounds " << rounds);
     std::string report = read_whole_file(guest.state_dir() + "/guardian.log");
@@ -656,10 +701,19 @@ TEST_CASE("Debian guest: SIGKILL at any moment never harms the guest", "[debian]
         trimmed(must_ssh(guest, "grep -c ' Z ' /proc/[0-9]*/stat | grep -v ':0$'; true")).empty());
 }
 
-TEST_CASE("Debian guest: the heartbeat never stopped for more than 5 s", "[debian]") {
+// Two claims, measured apart: the VM stood still (stopped by us) for no more than a few
+// seconds in all, across every attach, mount, recovery and kill round above; and the guest,
+// running, always got to beat within 8 s. The second bound is looser than what our stops
+// cost: a guest kept busy by its own loops, on a host whose two cores also run QEMU's other
+// threads and the tests, has starved its heartbeat for 4.8-5.4 s on its own.
+TEST_CASE("Debian guest: the VM hardly stood still, and the heartbeat never stopped for long",
+          "[debian]") {
     auto& watch = heartbeat();
     INFO("heartbeats seen: " << watch.beats());
     CHECK(watch.beats() > 20);
-    WARN("longest heartbeat gap during the Debian tests: " << watch.max_gap_s() << " s");
-    CHECK(watch.max_gap_s() <= 5.0);
+    WARN("during the Debian tests the VM stood still for about "
+         << strformat("%.0f", watch.vm_stopped_s()) << " s; longest heartbeat gap "
+         << watch.max_gap_s() << " s");
+    CHECK(watch.vm_stopped_s() <= 3.0);
+    CHECK(watch.max_gap_s() <= 8.0);
 }
